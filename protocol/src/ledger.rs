@@ -1,0 +1,231 @@
+//! The ledger entry format, entry hashing and chain verification.
+//!
+//! A node's ledger is an append-only sequence of entries. Entry `n` holds its sequence number, a
+//! timestamp, the hash of entry `n - 1` ([`Hash32::ZERO`] for the first) and a body holding raw
+//! signed documents. An entry is stored as its framed encoding (version byte + bincode), and its
+//! hash is the RFC 6962 leaf hash of those exact bytes:
+//!
+//! ```text
+//! entry_hash = SHA-256(0x00 || raw entry bytes)
+//! ```
+//!
+//! The `0x00` prefix separates leaves from Merkle interior nodes (`0x01`), and, as no tagged suanli
+//! hash starts with a zero byte, from every other hash suanli computes. The same hash links the
+//! chain and will be the leaf of the ledger's Merkle tree.
+//!
+//! [`ChainVerifier`] checks a ledger entry by entry (so a ledger of any length is verified in
+//! constant memory) and reports the first bad index: modified, reordered, inserted or removed
+//! entries break the sequence numbers or the hash links; forged documents fail their signatures.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::hash::Hash32;
+use crate::identity::NodeId;
+use crate::negotiation::{Contract, Evidence, FailureRecord, Receipt, Settlement};
+use crate::signed::{CoSigned, Signed, VerifyError};
+
+/// Cap on one encoded entry (evidence is the largest body).
+pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LedgerEntry {
+    /// 0 for the first entry, then +1 each.
+    pub seq: u64,
+    /// Unix ms at append; never less than the previous entry's.
+    pub timestamp_ms: u64,
+    /// [`entry_hash`] of the previous entry's raw bytes.
+    pub prev_hash: Hash32,
+    pub body: EntryBody,
+}
+
+/// What an entry records: a raw signed document, exactly as it was signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum EntryBody {
+    /// A contract signed by both parties.
+    Contract(CoSigned<Contract>),
+    /// A provider's receipt.
+    Receipt(Signed<Receipt>),
+    /// A settlement signed by both parties.
+    Settlement(CoSigned<Settlement>),
+    /// The ledger owner's statement that a contract failed.
+    Failure(Signed<FailureRecord>),
+    /// The ledger owner's record of a peer's misbehaviour.
+    Misbehaviour(Signed<Evidence>),
+}
+
+impl EntryBody {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EntryBody::Contract(_) => "contract",
+            EntryBody::Receipt(_) => "receipt",
+            EntryBody::Settlement(_) => "settlement",
+            EntryBody::Failure(_) => "failure",
+            EntryBody::Misbehaviour(_) => "misbehaviour",
+        }
+    }
+
+    /// Verifies every signature in the body and that `owner` is entitled to record it: a party to
+    /// the contract, receipt or settlement, or the signer of its own statements.
+    pub fn verify(&self, owner: NodeId) -> Result<(), EntryError> {
+        let parties = match self {
+            EntryBody::Contract(contract) => {
+                let contract = contract.verify()?;
+                [contract.requester, contract.provider]
+            }
+            EntryBody::Receipt(receipt) => {
+                let receipt = receipt.verify()?;
+                [receipt.requester, receipt.provider]
+            }
+            EntryBody::Settlement(settlement) => {
+                let settlement = settlement.verify()?;
+                [settlement.requester, settlement.provider]
+            }
+            EntryBody::Failure(failure) => [failure.verify()?.recorder; 2],
+            EntryBody::Misbehaviour(evidence) => [evidence.verify()?.reporter; 2],
+        };
+        if parties.contains(&owner) {
+            Ok(())
+        } else {
+            Err(EntryError::NotAParty)
+        }
+    }
+}
+
+/// RFC 6962 leaf hash of a raw entry: `SHA-256(0x00 || bytes)`.
+pub fn entry_hash(raw: &[u8]) -> Hash32 {
+    let mut hasher = Sha256::new();
+    hasher.update([0u8]);
+    hasher.update(raw);
+    Hash32(hasher.finalize().into())
+}
+
+impl LedgerEntry {
+    /// The raw bytes stored and hashed for this entry.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let bytes = codec::encode_framed(self)?;
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Err(EncodeError::too_large(bytes.len(), MAX_ENTRY_BYTES));
+        }
+        Ok(bytes)
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<LedgerEntry, DecodeError> {
+        codec::decode_framed(raw, MAX_ENTRY_BYTES)
+    }
+}
+
+/// What is wrong with one entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("cannot be decoded: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("sequence number {found}, expected {expected}")]
+    Sequence { expected: u64, found: u64 },
+    #[error("previous-hash link broken (entry before it was modified, removed or reordered)")]
+    BrokenLink,
+    #[error("timestamp {found} is before the previous entry's {previous}")]
+    TimeWentBack { previous: u64, found: u64 },
+    #[error("document: {0}")]
+    Document(#[from] VerifyError),
+    #[error("the ledger owner is not a party to this document")]
+    NotAParty,
+}
+
+/// The first bad entry of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("entry {index}: {error}")]
+pub struct ChainError {
+    pub index: u64,
+    pub error: EntryError,
+}
+
+/// The state after the last verified entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Number of entries verified from the start (the next expected sequence number).
+    pub size: u64,
+    /// Hash of the last entry ([`Hash32::ZERO`] for an empty ledger).
+    pub head: Hash32,
+    /// Timestamp of the last entry.
+    pub timestamp_ms: u64,
+}
+
+impl ChainHead {
+    pub const EMPTY: ChainHead = ChainHead {
+        size: 0,
+        head: Hash32::ZERO,
+        timestamp_ms: 0,
+    };
+}
+
+/// Verifies a ledger one raw entry at a time.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    owner: NodeId,
+    state: ChainHead,
+}
+
+impl ChainVerifier {
+    /// Verifies a ledger of `owner` from its first entry.
+    pub fn new(owner: NodeId) -> ChainVerifier {
+        ChainVerifier::resume(owner, ChainHead::EMPTY)
+    }
+
+    /// Continues after a head verified earlier.
+    pub fn resume(owner: NodeId, state: ChainHead) -> ChainVerifier {
+        ChainVerifier { owner, state }
+    }
+
+    /// Checks the next raw entry: its encoding, sequence number, link, timestamp and documents.
+    pub fn push(&mut self, raw: &[u8]) -> Result<LedgerEntry, ChainError> {
+        let index = self.state.size;
+        let fail = |error| ChainError { index, error };
+        let entry = LedgerEntry::decode(raw).map_err(|e| fail(e.into()))?;
+        if entry.seq != index {
+            return Err(fail(EntryError::Sequence {
+                expected: index,
+                found: entry.seq,
+            }));
+        }
+        if entry.prev_hash != self.state.head {
+            return Err(fail(EntryError::BrokenLink));
+        }
+        if entry.timestamp_ms < self.state.timestamp_ms {
+            return Err(fail(EntryError::TimeWentBack {
+                previous: self.state.timestamp_ms,
+                found: entry.timestamp_ms,
+            }));
+        }
+        entry.body.verify(self.owner).map_err(fail)?;
+        self.state = ChainHead {
+            size: index + 1,
+            head: entry_hash(raw),
+            timestamp_ms: entry.timestamp_ms,
+        };
+        Ok(entry)
+    }
+
+    pub fn head(&self) -> ChainHead {
+        self.state
+    }
+}
+
+/// Verifies a whole ledger of `owner` and returns its head, or the first bad entry.
+pub fn verify_chain<'a>(
+    owner: NodeId,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<ChainHead, ChainError> {
+    let mut verifier = ChainVerifier::new(owner);
+    for raw in entries {
+        verifier.push(raw)?;
+    }
+    Ok(verifier.head())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,48 @@
+//! `suanli-protocol`: everything that crosses a node boundary or lands in a ledger, defined once.
+//!
+//! This crate owns the wire types, the canonical codec, node identities, signed documents, the
+//! contract lifecycle state machine and the ledger entry format, together with their pure
+//! verification. It performs **no I/O**: no files, no sockets, no clocks (callers pass `now_ms`),
+//! no async runtime, no sled, no libp2p networking. The one exception is drawing fresh key material
+//! from the operating system's random source in [`Keypair::generate`].
+//!
+//! Map of the crate:
+//! - [`codec`] — the only place that knows the byte encoding (bincode 2, size-limited, no trailing
+//!   bytes, protocol version byte on every top-level message).
+//! - [`identity`] — [`NodeId`] (an ed25519 public key shown in libp2p `PeerId` form) and [`Keypair`].
+//! - [`signed`] — [`Signed`] and [`CoSigned`] documents with per-kind domain separation.
+//! - [`money`] — [`Credits`] (integer micro-credits) and [`PriceTerms`].
+//! - [`advert`] — capacity adverts gossiped by every node.
+//! - [`job`] — job specs, limits, placement and the derived [`JobId`].
+//! - [`negotiation`] — quote requests, offers, declines, contracts, receipts, settlements.
+//! - [`lifecycle`] — the pure contract state machine.
+//! - [`wire`] — request/response enums of `/suanli/market/1` and `/suanli/ledger/1` and gossip
+//!   payloads, each with its size cap.
+//! - [`ledger`] — ledger entries, entry hashing and chain verification.
+
+pub mod advert;
+pub mod codec;
+pub mod hash;
+pub mod identity;
+pub mod job;
+pub mod ledger;
+pub mod lifecycle;
+pub mod money;
+pub mod negotiation;
+pub mod signed;
+pub mod wire;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use advert::{CapacityAdvert, ExecutorKind, Gpu, Resources};
+pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
+pub use hash::Hash32;
+pub use identity::{Keypair, NodeId};
+pub use job::{JobId, JobSpec, Limits, Placement};
+pub use money::{Credits, PriceTerms};
+pub use negotiation::{
+    Contract, ContractId, Decline, DeclineCode, Evidence, FailureReason, FailureRecord, Offer,
+    Outcome, QuoteRequest, Receipt, Settlement, Usage,
+};
+pub use signed::{CoSigned, Document, Signed, VerifyError};

@@ -1,0 +1,302 @@
+//! Wire messages: the request and response enums of the market protocol (`/suanli/market/1`) and
+//! the ledger-sync protocol (`/suanli/ledger/1`), and the gossip payloads.
+//!
+//! Every message is framed by [`crate::codec::encode_framed`] (protocol version byte + bincode)
+//! and has a size cap, enforced both when encoding and before decoding.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::advert::{CapacityAdvert, MAX_ADVERT_BYTES};
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::hash::Hash32;
+use crate::job::{MAX_MODULE_BYTES, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES};
+use crate::negotiation::{
+    Contract, ContractId, Decline, MAX_MESSAGE_BYTES, Offer, QuoteRequest, Receipt, Settlement,
+};
+use crate::signed::{CoSigned, Signed};
+#[cfg(test)]
+use proptest::strategy::Strategy;
+
+/// The libp2p protocol name of the market (negotiation, job transfer, delivery).
+pub const MARKET_PROTOCOL: &str = "/suanli/market/1";
+/// The libp2p protocol name of ledger sync.
+pub const LEDGER_PROTOCOL: &str = "/suanli/ledger/1";
+/// The gossipsub topic of capacity adverts.
+pub const ADVERT_TOPIC: &str = "suanli/adverts/1";
+
+/// Cap on a market message: a module, stdin and overhead (16 MiB).
+pub const MAX_MARKET_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Cap on a ledger-sync message (16 MiB).
+pub const MAX_LEDGER_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Cap on a gossip message.
+pub const MAX_GOSSIP_MESSAGE_BYTES: usize = MAX_ADVERT_BYTES + 1024;
+/// Most entries one ledger range request may ask for.
+pub const MAX_LEDGER_RANGE: u32 = 1024;
+
+// The market cap must hold the largest module and stdin together.
+const _: () = assert!(MAX_MODULE_BYTES + MAX_STDIN_BYTES + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
+const _: () = assert!(MAX_OUTPUT_BYTES as usize + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
+
+/// A top-level message with a size cap, framed with the protocol version.
+pub trait WireMessage: Serialize + DeserializeOwned {
+    const MAX_BYTES: usize;
+
+    /// Encodes the message; refuses to produce more than [`Self::MAX_BYTES`].
+    fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        let bytes = codec::encode_framed(self)?;
+        if bytes.len() > Self::MAX_BYTES {
+            return Err(EncodeError::too_large(bytes.len(), Self::MAX_BYTES));
+        }
+        Ok(bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_framed(bytes, Self::MAX_BYTES)
+    }
+}
+
+/// The module and stdin of a signed contract, sent once both parties have appended it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ExecuteRequest {
+    pub contract_id: ContractId,
+    #[serde(with = "serde_bytes")]
+    pub module: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stdin: Vec<u8>,
+}
+
+/// What a provider sends when a run ends: its receipt, its half of the settlement, the output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Delivery {
+    pub receipt: Signed<Receipt>,
+    pub settlement: Signed<Settlement>,
+    #[serde(with = "serde_bytes")]
+    pub output: Vec<u8>,
+}
+
+/// Requests of `/suanli/market/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum MarketRequest {
+    /// Requester → provider: price this job. Answer: `Offer` or `Decline`.
+    Quote(QuoteRequest),
+    /// Requester → provider: the contract, signed by the requester. Answer: `Countersigned` or
+    /// `Decline`.
+    Propose(Signed<Contract>),
+    /// Requester → provider: run it. Answer: `Accepted` at once; the result comes as `Deliver`.
+    Execute(ExecuteRequest),
+    /// Provider → requester: the run ended. Answer: `Settled`.
+    Deliver(Delivery),
+    /// Requester → provider: stop and release the contract. Answer: `Cancelled`.
+    Cancel { contract_id: ContractId },
+}
+
+/// Responses of `/suanli/market/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum MarketResponse {
+    Offer(Signed<Offer>),
+    Decline(Signed<Decline>),
+    Countersigned(CoSigned<Contract>),
+    Accepted { contract_id: ContractId },
+    Settled(CoSigned<Settlement>),
+    Cancelled { contract_id: ContractId },
+    Error(WireError),
+}
+
+impl WireMessage for MarketRequest {
+    const MAX_BYTES: usize = MAX_MARKET_MESSAGE_BYTES;
+}
+
+impl WireMessage for MarketResponse {
+    const MAX_BYTES: usize = MAX_MARKET_MESSAGE_BYTES;
+}
+
+/// Requests of `/suanli/ledger/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LedgerRequest {
+    /// The ledger's size and the hash of its last entry.
+    Head,
+    /// Up to `limit` (at most [`MAX_LEDGER_RANGE`]) raw entries starting at sequence `from`.
+    Range { from: u64, limit: u32 },
+}
+
+/// Responses of `/suanli/ledger/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LedgerResponse {
+    Head {
+        size: u64,
+        head: Hash32,
+    },
+    /// Raw encoded entries, exactly as stored and hashed.
+    Entries {
+        from: u64,
+        #[cfg_attr(
+            test,
+            proptest(
+                strategy = "proptest::collection::vec(proptest::arbitrary::any::<Vec<u8>>().prop_map(serde_bytes::ByteBuf::from), 0..4)"
+            )
+        )]
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
+    Error(WireError),
+}
+
+impl WireMessage for LedgerRequest {
+    const MAX_BYTES: usize = 64;
+}
+
+impl WireMessage for LedgerResponse {
+    const MAX_BYTES: usize = MAX_LEDGER_MESSAGE_BYTES;
+}
+
+/// Payloads of the gossip topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum GossipMessage {
+    Advert(Signed<CapacityAdvert>),
+}
+
+impl WireMessage for GossipMessage {
+    const MAX_BYTES: usize = MAX_GOSSIP_MESSAGE_BYTES;
+}
+
+/// Machine-readable class of a protocol-level error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    Forbidden,
+    TooLarge,
+    Unavailable,
+    Internal,
+}
+
+/// An error answer: a code and a message of at most [`MAX_MESSAGE_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        WireError { code, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use proptest::prelude::*;
+
+    fn round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(message: &T) {
+        let bytes = message.to_bytes().unwrap();
+        assert_eq!(&T::from_bytes(&bytes).unwrap(), message);
+    }
+
+    fn never_panics<T: WireMessage>(bytes: &[u8]) {
+        let _ = T::from_bytes(bytes);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn market_requests_round_trip(message in any::<MarketRequest>()) { round_trip(&message) }
+
+        #[test]
+        fn market_responses_round_trip(message in any::<MarketResponse>()) { round_trip(&message) }
+
+        #[test]
+        fn ledger_requests_round_trip(message in any::<LedgerRequest>()) { round_trip(&message) }
+
+        #[test]
+        fn ledger_responses_round_trip(message in any::<LedgerResponse>()) { round_trip(&message) }
+
+        #[test]
+        fn gossip_round_trips(message in any::<GossipMessage>()) { round_trip(&message) }
+
+        #[test]
+        fn random_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            never_panics::<MarketRequest>(&bytes);
+            never_panics::<MarketResponse>(&bytes);
+            never_panics::<LedgerRequest>(&bytes);
+            never_panics::<LedgerResponse>(&bytes);
+            never_panics::<GossipMessage>(&bytes);
+            // And behind a valid version byte, so the payload decoders are reached.
+            bytes.insert(0, codec::PROTOCOL_VERSION);
+            never_panics::<MarketRequest>(&bytes);
+            never_panics::<MarketResponse>(&bytes);
+            never_panics::<LedgerRequest>(&bytes);
+            never_panics::<LedgerResponse>(&bytes);
+            never_panics::<GossipMessage>(&bytes);
+        }
+
+        #[test]
+        fn truncations_are_errors(message in any::<MarketResponse>(), cut in any::<prop::sample::Index>()) {
+            let bytes = message.to_bytes().unwrap();
+            let cut = cut.index(bytes.len());
+            prop_assert!(MarketResponse::from_bytes(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn real_documents_round_trip() {
+        round_trip(&MarketResponse::Countersigned(fixtures::cosigned_contract()));
+        round_trip(&MarketResponse::Settled(fixtures::cosigned_settlement()));
+        round_trip(&MarketRequest::Deliver(Delivery {
+            receipt: fixtures::signed_receipt(),
+            settlement: fixtures::cosigned_settlement().first().clone(),
+            output: b"hello".to_vec(),
+        }));
+    }
+
+    #[test]
+    fn caps_are_enforced_both_ways() {
+        let huge = MarketRequest::Execute(ExecuteRequest {
+            contract_id: fixtures::contract_id(),
+            module: vec![0; MAX_MARKET_MESSAGE_BYTES],
+            stdin: vec![],
+        });
+        assert!(huge.to_bytes().is_err());
+        let oversized = vec![codec::PROTOCOL_VERSION; MAX_GOSSIP_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            GossipMessage::from_bytes(&oversized),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let mut bytes = LedgerRequest::Head.to_bytes().unwrap();
+        bytes[0] = 2;
+        assert_eq!(
+            LedgerRequest::from_bytes(&bytes),
+            Err(DecodeError::UnsupportedVersion { found: 2 })
+        );
+    }
+
+    #[test]
+    fn error_messages_are_capped() {
+        let error = WireError::new(ErrorCode::Internal, "é".repeat(MAX_MESSAGE_BYTES));
+        assert!(error.message.len() <= MAX_MESSAGE_BYTES);
+    }
+}

@@ -1,0 +1,3 @@
+//! suanli's cross-crate integration tests, built into one test binary.
+
+mod protocol;
