@@ -1,12 +1,35 @@
-//! The `suanli` command: runs a node and talks to running nodes.
+//! The `suanli` binary: parses the command line, sets up logging, runs the command.
+
+use std::io::Write;
+use std::process::ExitCode;
 
 use clap::Parser;
+use suanli_node::cli::{Cli, execute};
 
-/// suanli (算力): a peer-to-peer compute-sharing node.
-#[derive(Debug, Parser)]
-#[command(name = "suanli", version)]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&format!("{error:#}")),
+    }
+}
 
-fn main() {
-    let _cli = Cli::parse();
+/// Prints a one-line reason and exits non-zero.
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    ExitCode::FAILURE
 }

@@ -1,0 +1,193 @@
+//! What this node offers: detected resources, capped or overridden by the operator's config, and
+//! the capacity adverts built from them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use suanli_protocol::{CapacityAdvert, ExecutorKind, Gpu, NodeId, PriceTerms, Resources};
+
+use crate::config::CheckedConfig;
+
+/// Resources found on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpus: Vec<Gpu>,
+}
+
+impl Detected {
+    /// Cores from the scheduler's view, memory from `/proc/meminfo`, GPUs from `nvidia-smi`.
+    pub fn probe() -> Detected {
+        let cpu_cores = std::thread::available_parallelism()
+            .map(|cores| u32::try_from(cores.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        Detected {
+            cpu_cores,
+            memory_bytes: total_memory_bytes().unwrap_or(0),
+            gpus: nvidia_gpus(),
+        }
+    }
+}
+
+fn total_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// GPUs reported by `nvidia-smi`, grouped by model; none when the tool is absent or fails.
+fn nvidia_gpus() -> Vec<Gpu> {
+    let output = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            parse_nvidia_smi(&String::from_utf8_lossy(&output.stdout))
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Parses `name, memory MiB` lines into GPU kinds with counts.
+pub fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
+    let mut gpus: Vec<Gpu> = Vec::new();
+    for line in text.lines() {
+        let Some((name, mib)) = line.rsplit_once(',') else {
+            continue;
+        };
+        let Ok(mib) = mib.trim().parse::<u64>() else {
+            continue;
+        };
+        let model: String = name.trim().chars().take(128).collect();
+        let memory_bytes = mib.saturating_mul(1024 * 1024);
+        match gpus
+            .iter_mut()
+            .find(|gpu| gpu.model == model && gpu.memory_bytes == memory_bytes)
+        {
+            Some(gpu) => gpu.count = gpu.count.saturating_add(1),
+            None => gpus.push(Gpu {
+                model,
+                memory_bytes,
+                count: 1,
+            }),
+        }
+    }
+    gpus.truncate(suanli_protocol::advert::MAX_GPU_KINDS);
+    gpus
+}
+
+/// The node's offer: totals after the operator's overrides, its executors and prices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    pub region: String,
+    pub total: Resources,
+    pub executors: Vec<ExecutorKind>,
+    pub prices: PriceTerms,
+}
+
+impl Capacity {
+    /// Applies the config to what was detected. Configured cores and memory are capped at what
+    /// the machine has (an operator cannot offer more than exists); GPUs set in the config
+    /// replace detection, so they can be declared where `nvidia-smi` is not available.
+    pub fn from_config(config: &CheckedConfig, detected: &Detected) -> Capacity {
+        let wanted = &config.capacity;
+        let cpu_cores = wanted
+            .cpu_cores
+            .map_or(detected.cpu_cores, |cores| cores.min(detected.cpu_cores));
+        let memory_bytes = wanted.memory_bytes.map_or(detected.memory_bytes, |bytes| {
+            bytes.min(detected.memory_bytes)
+        });
+        let gpus = wanted.gpus.as_ref().map_or_else(
+            || detected.gpus.clone(),
+            |gpus| {
+                gpus.iter()
+                    .map(|gpu| Gpu {
+                        model: gpu.model.clone(),
+                        memory_bytes: gpu.memory_bytes,
+                        count: gpu.count,
+                    })
+                    .collect()
+            },
+        );
+        Capacity {
+            region: wanted.region.clone(),
+            total: Resources {
+                cpu_cores,
+                memory_bytes,
+                gpus,
+            },
+            executors: config.executors.clone(),
+            prices: config.prices,
+        }
+    }
+
+    /// An advert of this capacity. Until jobs run, everything is free and the load is zero.
+    pub fn advert(
+        &self,
+        node: NodeId,
+        seq: u64,
+        now_ms: u64,
+        ttl: Duration,
+        listen_addrs: Vec<String>,
+    ) -> CapacityAdvert {
+        CapacityAdvert {
+            node,
+            seq,
+            issued_at_ms: now_ms,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            region: self.region.clone(),
+            listen_addrs,
+            total: self.total.clone(),
+            free: self.total.clone(),
+            executors: self.executors.clone(),
+            prices: self.prices,
+            load_permille: 0,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, GpuConfig};
+
+    #[test]
+    fn parses_nvidia_smi_output() {
+        let gpus = parse_nvidia_smi(
+            "NVIDIA H100 80GB HBM3, 81559\nNVIDIA H100 80GB HBM3, 81559\nTesla T4, 15360\ngarbage\n",
+        );
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].count, 2);
+        assert_eq!(gpus[0].memory_bytes, 81559 * 1024 * 1024);
+        assert_eq!(gpus[1].model, "Tesla T4");
+    }
+
+    #[test]
+    fn config_caps_and_overrides_detection() {
+        let detected = Detected {
+            cpu_cores: 8,
+            memory_bytes: 1 << 34,
+            gpus: vec![],
+        };
+        let mut config = Config::default();
+        config.capacity.cpu_cores = Some(64);
+        config.capacity.memory_bytes = Some(1 << 30);
+        config.capacity.gpus = Some(vec![GpuConfig {
+            model: "A100".into(),
+            memory_bytes: 40 << 30,
+            count: 4,
+        }]);
+        let capacity = Capacity::from_config(&config.validate().unwrap(), &detected);
+        assert_eq!(capacity.total.cpu_cores, 8);
+        assert_eq!(capacity.total.memory_bytes, 1 << 30);
+        assert_eq!(capacity.total.gpus[0].count, 4);
+        let probed = Detected::probe();
+        assert!(probed.cpu_cores >= 1);
+    }
+}

@@ -1,0 +1,55 @@
+//! A small client of the node's HTTP API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use serde_json::Value;
+
+/// Talks to one node's API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> anyhow::Result<ApiClient> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--api must be an http:// URL, got {base:?}");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|error| anyhow!("HTTP client: {error}"))?;
+        Ok(ApiClient { base, http })
+    }
+
+    /// GETs `path` and returns its JSON, or a one-line error (API error bodies included).
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let response = self.http.get(&url).send().await.map_err(|error| {
+            let reason = if error.is_connect() {
+                "connection refused or host unreachable (is `suanli run` running?)".to_owned()
+            } else if error.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                error.to_string()
+            };
+            anyhow!("cannot reach the node API at {}: {reason}", self.base)
+        })?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|error| anyhow!("{url}: not a JSON answer ({error})"))?;
+        if !status.is_success() {
+            let message = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message");
+            bail!("{url}: {status}: {message}");
+        }
+        Ok(body)
+    }
+}

@@ -1,0 +1,164 @@
+//! The `suanli` command line. `init`, `id` and `run` work on a data dir; every other command is a
+//! client of a running node's HTTP API and never touches its data.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::Node;
+use crate::config::Config;
+use crate::data_dir::DataDir;
+
+pub use client::ApiClient;
+
+/// suanli (算力): a peer-to-peer compute-sharing node.
+#[derive(Debug, Parser)]
+#[command(name = "suanli", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data dir with a new node key and a commented config.toml; print the node id.
+    Init {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// Replace an existing key (the node gets a new identity).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the node id of a data dir.
+    Id {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Run the node until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Show the running node: id, version, addresses, capacity, uptime.
+    Status(ClientArgs),
+    /// List the peers the running node is connected to.
+    Peers(ClientArgs),
+    /// List every node in the running node's capacity view of the mesh.
+    Mesh(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// Data directory [default: $SUANLI_HOME, else the platform data dir + /suanli].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Config file [default: <data dir>/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen multiaddr; replaces the configured ones (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// HTTP API address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// Bootstrap peer multiaddr; added to the configured ones (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub mdns: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// URL of the node's HTTP API.
+    #[arg(long, env = "SUANLI_API", default_value = "http://127.0.0.1:7070")]
+    pub api: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command. Output goes to stdout; errors are returned to `main`.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data_dir, force } => {
+            let data_dir = DataDir::resolve(data_dir.data_dir)?;
+            let key = data_dir.init(force)?;
+            output::line(&key.node_id().to_string())?;
+            tracing::info!(path = %data_dir.root().display(), "initialised data dir");
+            Ok(())
+        }
+        Command::Id { data_dir } => {
+            let data_dir = DataDir::resolve(data_dir.data_dir)?;
+            let key = data_dir.load_key()?;
+            output::line(&key.node_id().to_string())
+        }
+        Command::Run(args) => run(args).await,
+        Command::Status(args) => {
+            let node = ApiClient::new(&args.api)?.get("/v1/node").await?;
+            output::status(&node, args.json)
+        }
+        Command::Peers(args) => {
+            let peers = ApiClient::new(&args.api)?.get("/v1/peers").await?;
+            output::peers(&peers, args.json)
+        }
+        Command::Mesh(args) => {
+            let mesh = ApiClient::new(&args.api)?.get("/v1/mesh").await?;
+            output::mesh(&mesh, args.json)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let data_dir = DataDir::resolve(args.data_dir.data_dir)?;
+    let config_path = args.config.or_else(|| {
+        let default = data_dir.config_path();
+        default.exists().then_some(default)
+    });
+    let mut config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        config.network.listen = args.listen;
+    }
+    config.network.bootstrap.extend(args.bootstrap);
+    if let Some(api) = args.api {
+        config.api.listen = api;
+    }
+    config.network.mdns |= args.mdns;
+    let checked = config.validate()?;
+    let node = Node::start(data_dir, checked).await.context("start node")?;
+    output::line(&format!(
+        "node {} API http://{}",
+        node.node_id, node.api_addr
+    ))?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("install SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("wait for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+    Ok(())
+}

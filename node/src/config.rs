@@ -1,0 +1,339 @@
+//! Node configuration: one TOML file mapped onto [`Config`], one sub-struct per subsystem.
+//!
+//! Every field has a default, so an empty file (or none) is a working configuration. Command-line
+//! flags override the file; [`Config::validate`] turns the raw values into checked ones in one
+//! place, before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+use suanli_protocol::advert::{MAX_TTL_MS, MIN_TTL_MS};
+use suanli_protocol::{Credits, ExecutorKind, PriceTerms};
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Peer-to-peer networking.
+    pub network: NetworkConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// What this node offers to the mesh.
+    pub capacity: CapacityConfig,
+}
+
+/// Peer-to-peer networking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on (TCP and QUIC). Port 0 picks a free port.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to join through, ideally ending in `/p2p/<node id>`.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Seconds between re-publications of this node's capacity advert.
+    pub advert_interval_secs: u64,
+    /// Seconds an advert stays valid after it is issued.
+    pub advert_ttl_secs: u64,
+    /// Most connections established at once, inbound and outbound together.
+    pub max_connections: u32,
+    /// Most connections to one peer.
+    pub max_connections_per_peer: u32,
+    /// Outbound connections the node keeps dialling discovered peers for.
+    pub target_peers: u32,
+    /// Seconds an idle connection stays open.
+    pub idle_connection_timeout_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7071".into(),
+                "/ip4/0.0.0.0/udp/7071/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: false,
+            advert_interval_secs: 10,
+            advert_ttl_secs: 30,
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            target_peers: 16,
+            idle_connection_timeout_secs: 300,
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `HOST:PORT` the API listens on. Keep it on loopback unless a proxy guards it.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:7070".into(),
+        }
+    }
+}
+
+/// What this node offers. Unset figures are detected; set ones override (or cap) detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// Region label shown to the mesh, e.g. `eu-west`.
+    pub region: String,
+    /// CPU cores offered; default: all detected cores.
+    pub cpu_cores: Option<u32>,
+    /// Memory offered, bytes; default: detected total memory.
+    pub memory_bytes: Option<u64>,
+    /// GPUs offered; default: detected through `nvidia-smi` (none when it is absent).
+    /// An empty list offers no GPU.
+    pub gpus: Option<Vec<GpuConfig>>,
+    /// Executors this node accepts jobs for.
+    pub executors: Vec<String>,
+    /// Flat fee per job, micro-credits.
+    pub price_base: u64,
+    /// Price per million units of fuel, micro-credits.
+    pub price_per_million_fuel: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            region: "default".into(),
+            cpu_cores: None,
+            memory_bytes: None,
+            gpus: None,
+            executors: vec!["wasm".into()],
+            price_base: 100,
+            price_per_million_fuel: 10,
+        }
+    }
+}
+
+/// One kind of GPU offered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    pub model: String,
+    pub memory_bytes: u64,
+    pub count: u32,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// A validated configuration, ready to start a node from.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub advert_interval: Duration,
+    pub advert_ttl: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub target_peers: u32,
+    pub idle_connection_timeout: Duration,
+    pub api_listen: SocketAddr,
+    pub capacity: CapacityConfig,
+    pub executors: Vec<ExecutorKind>,
+    pub prices: PriceTerms,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every value and converts it to the type the node uses.
+    pub fn validate(&self) -> Result<CheckedConfig, ConfigError> {
+        let parse_addrs = |key, addrs: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            addrs
+                .iter()
+                .map(|addr| {
+                    addr.parse()
+                        .map_err(|error| invalid(key, format!("{addr:?}: {error}")))
+                })
+                .collect()
+        };
+        let network = &self.network;
+        let listen = parse_addrs("network.listen", &network.listen)?;
+        if listen.is_empty() {
+            return Err(invalid("network.listen", "at least one address is needed"));
+        }
+        let bootstrap = parse_addrs("network.bootstrap", &network.bootstrap)?;
+        let ttl_ms = network.advert_ttl_secs.saturating_mul(1000);
+        if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl_ms) {
+            return Err(invalid(
+                "network.advert_ttl_secs",
+                format!(
+                    "must be {}..={} seconds",
+                    MIN_TTL_MS / 1000,
+                    MAX_TTL_MS / 1000
+                ),
+            ));
+        }
+        if network.advert_interval_secs == 0
+            || network.advert_interval_secs >= network.advert_ttl_secs
+        {
+            return Err(invalid(
+                "network.advert_interval_secs",
+                "must be at least 1 and below advert_ttl_secs, or adverts expire between re-publications",
+            ));
+        }
+        if network.max_connections == 0 || network.max_connections_per_peer == 0 {
+            return Err(invalid("network.max_connections", "must be at least 1"));
+        }
+        let api_listen =
+            self.api.listen.parse().map_err(|error| {
+                invalid("api.listen", format!("{:?}: {error}", self.api.listen))
+            })?;
+        let capacity = &self.capacity;
+        if capacity.region.len() > suanli_protocol::job::MAX_REGION_BYTES {
+            return Err(invalid("capacity.region", "at most 64 bytes"));
+        }
+        let executors = capacity
+            .executors
+            .iter()
+            .map(|name| match name.as_str() {
+                "wasm" => Ok(ExecutorKind::Wasm),
+                other => Err(invalid(
+                    "capacity.executors",
+                    format!("unknown executor {other:?} (known: wasm)"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CheckedConfig {
+            listen,
+            bootstrap,
+            mdns: network.mdns,
+            advert_interval: Duration::from_secs(network.advert_interval_secs),
+            advert_ttl: Duration::from_secs(network.advert_ttl_secs),
+            max_connections: network.max_connections,
+            max_connections_per_peer: network.max_connections_per_peer,
+            target_peers: network.target_peers,
+            idle_connection_timeout: Duration::from_secs(network.idle_connection_timeout_secs),
+            api_listen,
+            capacity: capacity.clone(),
+            executors,
+            prices: PriceTerms {
+                base: Credits(capacity.price_base),
+                per_million_fuel: Credits(capacity.price_per_million_fuel),
+            },
+        })
+    }
+}
+
+/// The commented `config.toml` that `suanli init` writes. Every key shows its default.
+pub const CONFIG_TEMPLATE: &str = r#"# suanli node configuration. Every key is optional; the values shown are the defaults.
+# Command-line flags of `suanli run` override this file.
+
+[network]
+# Multiaddrs to listen on. Port 0 picks a free port (the node logs the ones it got).
+listen = ["/ip4/0.0.0.0/tcp/7071", "/ip4/0.0.0.0/udp/7071/quic-v1"]
+# Peers to join the mesh through, e.g. "/ip4/203.0.113.7/tcp/7071/p2p/12D3KooW...".
+bootstrap = []
+# Find peers on the local network with mDNS.
+mdns = false
+# Seconds between re-publications of this node's capacity advert, and how long one stays valid.
+advert_interval_secs = 10
+advert_ttl_secs = 30
+# Connection limits.
+max_connections = 256
+max_connections_per_peer = 2
+# Outbound connections to keep to discovered peers.
+target_peers = 16
+idle_connection_timeout_secs = 300
+
+[api]
+# HTTP API address. Keep it on loopback unless a proxy guards it.
+listen = "127.0.0.1:7070"
+
+[capacity]
+# Region label shown to the mesh.
+region = "default"
+# Unset figures are detected. Uncomment to override or cap them.
+# cpu_cores = 8
+# memory_bytes = 17179869184
+# gpus = [{ model = "H100", memory_bytes = 85899345920, count = 8 }]   # [] offers none
+executors = ["wasm"]
+# Prices in micro-credits (1 credit = 1,000,000): a flat fee per job plus a rate per million fuel.
+price_base = 100
+price_per_million_fuel = 10
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let parsed: Config = toml::from_str(CONFIG_TEMPLATE).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("[network]\nlisten_on = []").is_err());
+        let mut config = Config::default();
+        config.network.listen = vec!["not an addr".into()];
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("network.listen")
+        );
+        let mut config = Config::default();
+        config.network.advert_interval_secs = 40;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.capacity.executors = vec!["docker".into()];
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("docker")
+        );
+    }
+}

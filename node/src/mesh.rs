@@ -1,0 +1,137 @@
+//! The capacity view of the mesh: the newest valid advert of every node, until it expires.
+//!
+//! Written only by the network task (the one place adverts arrive and are validated); read by the
+//! API and, later, the market. A cheap clone shares the same table.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use suanli_protocol::{CapacityAdvert, NodeId};
+
+/// Most nodes the table holds; beyond it, adverts of unknown nodes are dropped until some expire.
+pub const MAX_MESH_NODES: usize = 100_000;
+
+/// One node's entry: its advert and when this node received it (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshEntry {
+    pub advert: CapacityAdvert,
+    pub received_at_ms: u64,
+}
+
+/// What happened to an offered advert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// New node or newer sequence number: stored.
+    Stored,
+    /// Same or older sequence number than the one held: ignored.
+    Stale,
+    /// The table is full.
+    Full,
+}
+
+/// The shared capacity table.
+#[derive(Debug, Clone, Default)]
+pub struct MeshView {
+    table: Arc<RwLock<BTreeMap<NodeId, MeshEntry>>>,
+}
+
+impl MeshView {
+    /// Keeps `advert` (already verified and validated) if it is newer than the one held.
+    pub fn offer(&self, advert: CapacityAdvert, now_ms: u64) -> Offered {
+        let mut table = self
+            .table
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(held) = table.get(&advert.node) {
+            if held.advert.seq >= advert.seq {
+                return Offered::Stale;
+            }
+        } else if table.len() >= MAX_MESH_NODES {
+            return Offered::Full;
+        }
+        table.insert(
+            advert.node,
+            MeshEntry {
+                advert,
+                received_at_ms: now_ms,
+            },
+        );
+        Offered::Stored
+    }
+
+    /// Drops every advert expired at `now_ms`; returns the nodes dropped.
+    pub fn prune(&self, now_ms: u64) -> Vec<NodeId> {
+        let mut table = self
+            .table
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let expired: Vec<NodeId> = table
+            .iter()
+            .filter(|(_, entry)| entry.advert.expires_at_ms() <= now_ms)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in &expired {
+            table.remove(node);
+        }
+        expired
+    }
+
+    /// The live entries at `now_ms`, ordered by node id.
+    pub fn snapshot(&self, now_ms: u64) -> Vec<MeshEntry> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        table
+            .values()
+            .filter(|entry| entry.advert.expires_at_ms() > now_ms)
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, node: &NodeId) -> Option<MeshEntry> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        table.get(node).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_protocol::{Keypair, PriceTerms, Resources};
+
+    fn advert(key: &Keypair, seq: u64, issued_at_ms: u64) -> CapacityAdvert {
+        CapacityAdvert {
+            node: key.node_id(),
+            seq,
+            issued_at_ms,
+            ttl_ms: 1_000,
+            region: String::new(),
+            listen_addrs: vec![],
+            total: Resources::default(),
+            free: Resources::default(),
+            executors: vec![],
+            prices: PriceTerms::default(),
+            load_permille: 0,
+            software_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn newest_wins_and_expired_are_dropped() {
+        let view = MeshView::default();
+        let key = Keypair::from_secret_bytes([1; 32]);
+        assert_eq!(view.offer(advert(&key, 2, 1_000), 1_000), Offered::Stored);
+        assert_eq!(view.offer(advert(&key, 1, 1_500), 1_500), Offered::Stale);
+        assert_eq!(view.offer(advert(&key, 2, 1_500), 1_500), Offered::Stale);
+        assert_eq!(view.snapshot(1_999).len(), 1);
+        assert_eq!(view.snapshot(2_000).len(), 0);
+        assert_eq!(view.offer(advert(&key, 3, 1_800), 1_800), Offered::Stored);
+        assert_eq!(view.prune(2_000), vec![]);
+        assert_eq!(view.prune(2_800), vec![key.node_id()]);
+        assert!(view.get(&key.node_id()).is_none());
+    }
+}

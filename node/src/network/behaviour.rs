@@ -1,0 +1,147 @@
+//! The libp2p behaviour of a suanli node and how its Swarm is built.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, kad, mdns, noise,
+    ping, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+use suanli_protocol::wire::{ADVERT_TOPIC, MAX_GOSSIP_MESSAGE_BYTES};
+
+use crate::config::CheckedConfig;
+
+/// The identify protocol version of suanli nodes; peers announcing another are not suanli nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/suanli/1";
+/// suanli's own Kademlia DHT, separate from the IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/suanli/kad/1");
+
+/// Everything a node speaks, connection limits first so they apply before anything else.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The advert topic.
+pub fn advert_topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(ADVERT_TOPIC)
+}
+
+/// Gossipsub as every suanli node runs it: the application validates every message before it is
+/// forwarded (strict mode), message ids are SHA-256 of the payload (content-addressed, so the same
+/// advert from two paths is one message), and messages are capped at the gossip message size.
+pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
+        })
+        .max_transmit_size(MAX_GOSSIP_MESSAGE_BYTES)
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|error| error.to_string())
+}
+
+/// Peer scoring: an invalid advert costs its sender heavily (it is graylisted after one), and
+/// nodes sharing an IP are not penalised (data centers run several nodes behind one address, and
+/// tests run many on loopback). Adverts are infrequent, so mesh-delivery quotas are off.
+pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params.topics.insert(advert_topic().hash(), topic);
+    (params, gossipsub::PeerScoreThresholds::default())
+}
+
+/// Why the Swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("build network: {0}")]
+pub struct BuildError(String);
+
+fn build_error(error: impl std::fmt::Display) -> BuildError {
+    BuildError(error.to_string())
+}
+
+/// Builds the Swarm: TCP (noise + yamux) and QUIC, DNS, and [`Behaviour`].
+pub fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    config: &CheckedConfig,
+) -> Result<Swarm<Behaviour>, BuildError> {
+    let local_peer_id = keypair.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let mdns_enabled = config.mdns;
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(build_error)?
+        .with_quic()
+        .with_dns()
+        .map_err(build_error)?
+        .with_behaviour(|key| {
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub_config()?,
+            )?;
+            let (params, thresholds) = peer_score();
+            gossipsub.with_peer_score(params, thresholds)?;
+            let mut kad = kad::Behaviour::with_config(
+                local_peer_id,
+                kad::store::MemoryStore::new(local_peer_id),
+                kad::Config::new(KAD_PROTOCOL),
+            );
+            // Without this, kad stays a client until an external address is confirmed, and a
+            // node that knows one bootstrap peer never learns of the others.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("suanli/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    local_peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                identify,
+                ping: ping::Behaviour::default(),
+                kad,
+                gossipsub,
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(build_error)?
+        .with_swarm_config(|swarm| {
+            swarm.with_idle_connection_timeout(config.idle_connection_timeout)
+        })
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,451 @@
+//! The network task: owns the Swarm and reacts to commands, swarm events and timers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use suanli_protocol::advert::{MAX_ADDR_BYTES, MAX_LISTEN_ADDRS};
+use suanli_protocol::wire::{GossipMessage, WireMessage};
+use suanli_protocol::{CapacityAdvert, NodeId, Signed};
+
+use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm};
+use super::peers::{PeerBook, is_dialable, without_peer_id};
+use super::{Command, NetworkParts, StartError};
+use crate::clock::now_ms;
+use crate::mesh::Offered;
+
+/// How often timers (re-dials, pending publications) are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How often the DHT is walked for new peers, and the peer book saved.
+const KAD_INTERVAL: Duration = Duration::from_secs(30);
+const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Least time between two advert publications triggered by new subscribers.
+const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    inbox: mpsc::Receiver<Command>,
+    parts: NetworkParts,
+    node_id: NodeId,
+    peers: PeerBook,
+    listen_addrs: Vec<Multiaddr>,
+    /// Bootstrap addresses without a peer id: dialled while the node has no connection.
+    anonymous_bootstrap: Vec<Multiaddr>,
+    advert_seq: u64,
+    last_publish: Option<Instant>,
+    publish_pending: bool,
+    kad_bootstrapped: bool,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    pub fn new(
+        parts: NetworkParts,
+        inbox: mpsc::Receiver<Command>,
+    ) -> Result<EventLoop, StartError> {
+        let mut swarm = build_swarm(parts.keypair.to_libp2p(), &parts.config)?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&advert_topic())
+            .map_err(|error| StartError::Listen {
+                addr: Multiaddr::empty(),
+                message: format!("subscribe to adverts: {error}"),
+            })?;
+        let mut peers = PeerBook::from_persisted(&parts.data_dir.load_peers(), Instant::now());
+        let mut anonymous_bootstrap = Vec::new();
+        for addr in &parts.config.bootstrap {
+            match peer_id_of(addr) {
+                Some(peer_id) => {
+                    peers.learn(peer_id, [addr.clone()]);
+                    peers.dial_soon(&peer_id, Instant::now());
+                }
+                None => anonymous_bootstrap.push(addr.clone()),
+            }
+        }
+        let node_id = parts.keypair.node_id();
+        Ok(EventLoop {
+            swarm,
+            inbox,
+            parts,
+            node_id,
+            peers,
+            listen_addrs: Vec::new(),
+            anonymous_bootstrap,
+            advert_seq: 0,
+            last_publish: None,
+            publish_pending: false,
+            kad_bootstrapped: false,
+        })
+    }
+
+    /// Opens every configured listener and waits until each reports an address.
+    pub async fn listen(&mut self) -> Result<Vec<Multiaddr>, StartError> {
+        let mut pending: HashSet<ListenerId> = HashSet::new();
+        for addr in self.parts.config.listen.clone() {
+            let id = self
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|error| StartError::Listen {
+                    addr,
+                    message: error.to_string(),
+                })?;
+            pending.insert(id);
+        }
+        let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
+        tokio::pin!(deadline);
+        while !pending.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => return Err(StartError::ListenTimeout(LISTEN_TIMEOUT)),
+                event = self.swarm.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { listener_id, address } => {
+                        pending.remove(&listener_id);
+                        self.add_listen_addr(address);
+                    }
+                    SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                        return Err(StartError::Listen {
+                            addr: addresses.into_iter().next().unwrap_or_else(Multiaddr::empty),
+                            message: format!("{reason:?}"),
+                        });
+                    }
+                    SwarmEvent::ListenerError { error, .. } => {
+                        return Err(StartError::Listen { addr: Multiaddr::empty(), message: error.to_string() });
+                    }
+                    other => self.handle_swarm_event(other),
+                },
+            }
+        }
+        Ok(self.listen_addrs.clone())
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut advert = tokio::time::interval(self.parts.config.advert_interval);
+        advert.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut kad_walk = tokio::time::interval(KAD_INTERVAL);
+        kad_walk.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut save = tokio::time::interval(SAVE_INTERVAL);
+        save.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.dial_anonymous_bootstrap();
+        let cancel = self.parts.cancel.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                command = self.inbox.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle_command(command);
+                }
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = advert.tick() => self.publish_advert(),
+                _ = tick.tick() => self.handle_tick(),
+                _ = kad_walk.tick() => {
+                    self.walk_dht();
+                    if self.peers.connected_count() == 0 {
+                        self.dial_anonymous_bootstrap();
+                    }
+                }
+                _ = save.tick() => self.save_peers(),
+            }
+        }
+        self.peers.take_dirty();
+        if let Err(error) = self.parts.data_dir.save_peers(&self.peers.to_persisted()) {
+            warn!(%error, "could not save peers on shutdown");
+        }
+        info!("network stopped");
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers.connected_info());
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::PublishAdvert(reply) => {
+                self.publish_advert();
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn handle_tick(&mut self) {
+        let now = Instant::now();
+        if self.publish_pending
+            && self
+                .last_publish
+                .is_none_or(|last| now.duration_since(last) >= PUBLISH_DEBOUNCE)
+        {
+            self.publish_advert();
+        }
+        for (peer_id, addrs) in self.peers.due(now) {
+            debug!(%peer_id, "re-dialling");
+            self.dial(peer_id, addrs);
+        }
+        for node in self.parts.mesh.prune(now_ms()) {
+            info!(%node, "advert expired; node left the capacity view");
+        }
+    }
+
+    fn dial(&mut self, peer_id: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
+            .addresses(addrs)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            debug!(%peer_id, %error, "dial not started");
+        }
+    }
+
+    fn dial_anonymous_bootstrap(&mut self) {
+        for addr in self.anonymous_bootstrap.clone() {
+            if let Err(error) = self.swarm.dial(addr.clone()) {
+                warn!(%addr, %error, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    fn walk_dht(&mut self) {
+        if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+            debug!(%error, "DHT walk skipped");
+        }
+    }
+
+    fn save_peers(&mut self) {
+        if self.peers.take_dirty()
+            && let Err(error) = self.parts.data_dir.save_peers(&self.peers.to_persisted())
+        {
+            warn!(%error, "could not save peers");
+        }
+    }
+
+    fn add_listen_addr(&mut self, address: Multiaddr) {
+        info!(%address, "listening");
+        if !self.listen_addrs.contains(&address) {
+            self.listen_addrs.push(address);
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => self.add_listen_addr(address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|known| known != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                debug!(%peer_id, address = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    self.peers
+                        .learn(peer_id, [endpoint.get_remote_address().clone()]);
+                }
+                self.peers.connected(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(%peer_id, ?cause, "connection closed");
+                self.peers
+                    .disconnected(&peer_id, num_established, Instant::now());
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, %error, "dial failed");
+                if let Some(peer_id) = peer_id {
+                    self.peers.dial_failed(&peer_id, Instant::now());
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.handle_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
+                if topic == advert_topic().hash() =>
+            {
+                debug!(%peer_id, "peer subscribed to adverts");
+                self.publish_pending = true;
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    debug!(%peer_id, version = %info.protocol_version, "not a suanli peer");
+                    return;
+                }
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(is_dialable)
+                    .map(|addr| without_peer_id(&addr))
+                    .collect();
+                for addr in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                self.peers.learn(peer_id, addrs);
+                self.peers.set_agent(&peer_id, info.agent_version);
+                if !self.kad_bootstrapped {
+                    self.kad_bootstrapped = true;
+                    self.walk_dht();
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let wanted = self.parts.config.target_peers as usize;
+                if peer != *self.swarm.local_peer_id()
+                    && !self.peers.is_connected(&peer)
+                    && self.peers.connected_count() < wanted
+                {
+                    debug!(%peer, "dialling peer found in the DHT");
+                    self.dial(peer, addresses.into_vec());
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer_id, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                    if !self.peers.is_connected(&peer_id) {
+                        self.dial(peer_id, vec![addr]);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Validates a gossiped advert and reports the verdict to gossipsub, which forwards accepted
+    /// messages and penalises the senders of rejected ones.
+    fn handle_gossip(
+        &mut self,
+        propagation_source: PeerId,
+        message_id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let now = now_ms();
+        let acceptance = match validate_advert(&message, now) {
+            Ok(advert) => {
+                let node = advert.node;
+                match self.parts.mesh.offer(advert, now) {
+                    Offered::Stored => {
+                        debug!(%node, "advert stored");
+                        gossipsub::MessageAcceptance::Accept
+                    }
+                    Offered::Stale | Offered::Full => gossipsub::MessageAcceptance::Ignore,
+                }
+            }
+            Err(reason) => {
+                warn!(
+                    source = ?message.source,
+                    via = %propagation_source,
+                    %reason,
+                    "rejected advert; sender penalised"
+                );
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    fn publish_advert(&mut self) {
+        self.publish_pending = false;
+        self.last_publish = Some(Instant::now());
+        let now = now_ms();
+        // Unix ms as the sequence number survives restarts without storing anything.
+        self.advert_seq = now.max(self.advert_seq + 1);
+        let listen_addrs: Vec<String> = self
+            .listen_addrs
+            .iter()
+            .map(ToString::to_string)
+            .filter(|addr| addr.len() <= MAX_ADDR_BYTES)
+            .take(MAX_LISTEN_ADDRS)
+            .collect();
+        let advert = self.parts.capacity.advert(
+            self.node_id,
+            self.advert_seq,
+            now,
+            self.parts.config.advert_ttl,
+            listen_addrs,
+        );
+        let bytes = match Signed::sign(&advert, &self.parts.keypair)
+            .map_err(|error| error.to_string())
+            .and_then(|signed| {
+                GossipMessage::Advert(signed)
+                    .to_bytes()
+                    .map_err(|error| error.to_string())
+            }) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(%error, "cannot build advert");
+                return;
+            }
+        };
+        self.parts.mesh.offer(advert, now);
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(advert_topic(), bytes)
+        {
+            Ok(_) => debug!(seq = self.advert_seq, "advert published"),
+            // Normal right after start or while alone: the next tick or subscription retries.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                debug!("no subscribed peer for the advert yet");
+            }
+            Err(error) => warn!(%error, "advert not published"),
+        }
+    }
+}
+
+/// The checks every received advert passes before use.
+fn validate_advert(message: &gossipsub::Message, now_ms: u64) -> Result<CapacityAdvert, String> {
+    let GossipMessage::Advert(signed) =
+        GossipMessage::from_bytes(&message.data).map_err(|error| error.to_string())?;
+    let advert = signed.verify().map_err(|error| error.to_string())?;
+    let source = message.source.ok_or("unsigned gossip message")?;
+    let sender = NodeId::from_peer_id(&source).map_err(|error| error.to_string())?;
+    if sender != advert.node {
+        return Err(format!("advert for {} published by {sender}", advert.node));
+    }
+    advert.validate(now_ms).map_err(|error| error.to_string())?;
+    Ok(advert)
+}
+
+fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|protocol| match protocol {
+        libp2p::multiaddr::Protocol::P2p(peer_id) => Some(peer_id),
+        _ => None,
+    })
+}
