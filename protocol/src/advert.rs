@@ -2,13 +2,15 @@
 //!
 //! Adverts are lossy by design: they are re-published periodically and on change, carry a TTL,
 //! and the newest sequence number per node wins. A receiver validates an advert (signature,
-//! sender, sizes, TTL bounds, clock skew) before it enters any capacity table.
+//! sender, sizes, TTL bounds, clock skew) before it enters any capacity table. The size checks
+//! are the advert's [`Document::check_bounds`], so signing and verifying enforce them too; the
+//! checks that need a clock are in [`CapacityAdvert::validate`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
 use crate::money::PriceTerms;
-use crate::signed::Document;
+use crate::signed::{BoundsError, Document};
 
 /// Caps and bounds of an advert.
 pub const MAX_ADVERT_BYTES: usize = 16 * 1024;
@@ -93,13 +95,34 @@ impl Document for CapacityAdvert {
     fn signer(&self) -> NodeId {
         self.node
     }
+
+    /// The size checks of [`CapacityAdvert::validate`] (not the clock checks).
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        BoundsError::check("region", self.region.len(), crate::job::MAX_REGION_BYTES)?;
+        BoundsError::check("listen_addrs", self.listen_addrs.len(), MAX_LISTEN_ADDRS)?;
+        for addr in &self.listen_addrs {
+            BoundsError::check("listen_addrs", addr.len(), MAX_ADDR_BYTES)?;
+        }
+        for resources in [&self.total, &self.free] {
+            BoundsError::check("gpus", resources.gpus.len(), MAX_GPU_KINDS)?;
+            for gpu in &resources.gpus {
+                BoundsError::check("gpus", gpu.model.len(), MAX_GPU_MODEL_BYTES)?;
+            }
+        }
+        BoundsError::check("executors", self.executors.len(), MAX_EXECUTORS)?;
+        BoundsError::check(
+            "software_version",
+            self.software_version.len(),
+            MAX_VERSION_BYTES,
+        )
+    }
 }
 
 /// Why an advert was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdvertError {
-    #[error("{field} is too large")]
-    TooLarge { field: &'static str },
+    #[error(transparent)]
+    TooLarge(#[from] BoundsError),
     #[error("ttl {0} ms is outside {MIN_TTL_MS}..={MAX_TTL_MS}")]
     Ttl(u64),
     #[error("issued {0} ms in the future (clock skew)")]
@@ -118,33 +141,10 @@ impl CapacityAdvert {
         self.issued_at_ms.saturating_add(self.ttl_ms)
     }
 
-    /// Checks sizes, TTL bounds and clock skew against the receiver's clock `now_ms`.
+    /// Checks sizes ([`Document::check_bounds`]), TTL bounds and clock skew against the
+    /// receiver's clock `now_ms`.
     pub fn validate(&self, now_ms: u64) -> Result<(), AdvertError> {
-        let too_large = |field| Err(AdvertError::TooLarge { field });
-        if self.region.len() > crate::job::MAX_REGION_BYTES {
-            return too_large("region");
-        }
-        if self.listen_addrs.len() > MAX_LISTEN_ADDRS
-            || self.listen_addrs.iter().any(|a| a.len() > MAX_ADDR_BYTES)
-        {
-            return too_large("listen_addrs");
-        }
-        for resources in [&self.total, &self.free] {
-            if resources.gpus.len() > MAX_GPU_KINDS
-                || resources
-                    .gpus
-                    .iter()
-                    .any(|gpu| gpu.model.len() > MAX_GPU_MODEL_BYTES)
-            {
-                return too_large("gpus");
-            }
-        }
-        if self.executors.len() > MAX_EXECUTORS {
-            return too_large("executors");
-        }
-        if self.software_version.len() > MAX_VERSION_BYTES {
-            return too_large("software_version");
-        }
+        self.check_bounds()?;
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&self.ttl_ms) {
             return Err(AdvertError::Ttl(self.ttl_ms));
         }
@@ -248,5 +248,72 @@ pub(crate) mod tests {
         let signed = Signed::sign(&good, &key).unwrap();
         assert!(signed.bytes().len() < MAX_ADVERT_BYTES);
         assert_eq!(signed.verify().unwrap(), good);
+    }
+
+    #[test]
+    fn size_bounds_are_enforced_by_sign_and_verify() {
+        let key = Keypair::from_secret_bytes([1; 32]);
+        type Case = (fn(&mut CapacityAdvert), &'static str);
+        let cases: Vec<Case> = vec![
+            (|a| a.region = "x".repeat(65), "region"),
+            (
+                |a| a.listen_addrs = vec![String::new(); MAX_LISTEN_ADDRS + 1],
+                "listen_addrs",
+            ),
+            (
+                |a| a.listen_addrs = vec!["x".repeat(MAX_ADDR_BYTES + 1)],
+                "listen_addrs",
+            ),
+            (
+                |a| {
+                    a.total.gpus = vec![
+                        Gpu {
+                            model: String::new(),
+                            memory_bytes: 0,
+                            count: 0,
+                        };
+                        MAX_GPU_KINDS + 1
+                    ]
+                },
+                "gpus",
+            ),
+            (
+                |a| {
+                    a.free.gpus = vec![Gpu {
+                        model: "m".repeat(MAX_GPU_MODEL_BYTES + 1),
+                        memory_bytes: 0,
+                        count: 0,
+                    }]
+                },
+                "gpus",
+            ),
+            (
+                |a| a.executors = vec![ExecutorKind::Wasm; MAX_EXECUTORS + 1],
+                "executors",
+            ),
+            (|a| a.software_version = "v".repeat(65), "software_version"),
+        ];
+        for (mutate, field) in cases {
+            let mut advert = sample_advert(key.node_id());
+            mutate(&mut advert);
+            let error = advert.check_bounds().unwrap_err();
+            assert_eq!(error.field, field);
+            assert!(matches!(
+                Signed::sign(&advert, &key),
+                Err(crate::signed::SignError::OutOfBounds { kind: "advert", .. })
+            ));
+            assert_eq!(
+                crate::signed::tests::sign_unchecked(&advert, &key).verify(),
+                Err(crate::signed::VerifyError::OutOfBounds {
+                    kind: "advert",
+                    source: error.clone()
+                })
+            );
+            assert_eq!(advert.validate(NOW), Err(AdvertError::TooLarge(error)));
+        }
+        // Bounds hold whatever the clock: an expired advert still signs and verifies.
+        let mut stale = sample_advert(key.node_id());
+        stale.issued_at_ms = 0;
+        assert!(Signed::sign(&stale, &key).unwrap().verify().is_ok());
     }
 }

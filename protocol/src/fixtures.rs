@@ -5,7 +5,9 @@ use crate::hash::Hash32;
 use crate::identity::Keypair;
 use crate::job::tests::sample_spec;
 use crate::money::{Credits, PriceTerms};
-use crate::negotiation::{Contract, ContractId, Outcome, Receipt, Settlement, Usage};
+use crate::negotiation::{
+    Contract, ContractId, Offer, Outcome, QuoteRequest, Receipt, Settlement, Usage,
+};
 use crate::signed::{CoSigned, Signed};
 
 pub fn requester() -> Keypair {
@@ -27,16 +29,38 @@ pub fn price() -> PriceTerms {
     }
 }
 
+pub const JOB_NONCE: u128 = 7;
+
+pub fn quote() -> QuoteRequest {
+    QuoteRequest::new(requester().node_id(), &sample_spec(), JOB_NONCE, NOW).unwrap()
+}
+
+pub fn offer() -> Offer {
+    Offer {
+        provider: provider().node_id(),
+        requester: requester().node_id(),
+        job_id: quote().job_id,
+        price: price(),
+        max_cost: price().max_cost(&sample_spec().limits).unwrap(),
+        valid_until_ms: NOW + 5_000,
+        reservation: 1,
+    }
+}
+
+pub fn signed_offer() -> Signed<Offer> {
+    Signed::sign(&offer(), &provider()).unwrap()
+}
+
 pub fn contract() -> Contract {
     let spec = sample_spec();
     Contract {
-        job_id: spec.job_id(7).unwrap(),
+        job_id: spec.job_id(JOB_NONCE).unwrap(),
         job_hash: spec.hash().unwrap(),
         module_hash: spec.module_hash,
         stdin_hash: spec.stdin_hash,
         requester: requester().node_id(),
         provider: provider().node_id(),
-        offer: Hash32::of(b"offer"),
+        offer: signed_offer().digest(),
         price: price(),
         max_cost: price().max_cost(&spec.limits).unwrap(),
         limits: spec.limits,

@@ -10,9 +10,11 @@ use std::str::FromStr;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The identity of a node: a valid ed25519 public key (32 bytes, a point on the curve).
+/// The identity of a node: a valid ed25519 public key (32 bytes, a point on the curve that is
+/// not of small order).
 ///
-/// Encoded as its 32 raw bytes; decoding rejects bytes that are not a valid public key.
+/// Encoded as its 32 raw bytes; decoding rejects bytes that are not a valid public key and
+/// small-order ("weak") keys, for which signatures prove nothing.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId([u8; 32]);
 
@@ -25,12 +27,22 @@ pub enum NodeIdError {
     NotEd25519,
     #[error("not a valid ed25519 public key")]
     InvalidKey,
+    #[error("small-order (weak) ed25519 public key")]
+    WeakKey,
 }
 
 impl NodeId {
-    /// Accepts 32 bytes that form a valid ed25519 public key.
+    /// Accepts 32 bytes that form a valid ed25519 public key of large order.
+    ///
+    /// A small-order key (one of the eight torsion points, e.g. the identity `01 00…00`) is
+    /// refused: with such a key, signatures can be made to verify for many messages without a
+    /// secret, so it cannot stand for a node. `verify_strict` refuses them too; refusing them here
+    /// means no such id ever reaches a capacity table, a document or a ledger.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<NodeId, NodeIdError> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| NodeIdError::InvalidKey)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| NodeIdError::InvalidKey)?;
+        if key.is_weak() {
+            return Err(NodeIdError::WeakKey);
+        }
         Ok(NodeId(bytes))
     }
 
@@ -242,6 +254,33 @@ pub(crate) mod tests {
         assert_eq!(NodeId::from_bytes(bytes), Err(NodeIdError::InvalidKey));
         let encoded = crate::codec::encode(&bytes).unwrap();
         assert!(crate::codec::decode::<NodeId>(&encoded, 64).is_err());
+    }
+
+    #[test]
+    fn rejects_small_order_keys() {
+        // The identity point (y = 1) and the point of order 2 (y = -1): valid encodings of curve
+        // points, accepted by `VerifyingKey::from_bytes`, but of small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        for weak in [identity, minus_one] {
+            assert!(VerifyingKey::from_bytes(&weak).unwrap().is_weak());
+            assert_eq!(NodeId::from_bytes(weak), Err(NodeIdError::WeakKey));
+            let encoded = crate::codec::encode(&weak).unwrap();
+            assert!(crate::codec::decode::<NodeId>(&encoded, 64).is_err());
+            // libp2p accepts the key in a peer id; suanli does not.
+            let peer = libp2p_identity::PublicKey::from(
+                libp2p_identity::ed25519::PublicKey::try_from_bytes(&weak).unwrap(),
+            )
+            .to_peer_id();
+            assert_eq!(NodeId::from_peer_id(&peer), Err(NodeIdError::WeakKey));
+            assert_eq!(
+                peer.to_string().parse::<NodeId>(),
+                Err(NodeIdError::WeakKey)
+            );
+        }
     }
 
     #[test]

@@ -1,19 +1,37 @@
 //! Job specifications: what a developer asks the mesh to run, and the [`JobId`] derived from it.
+//!
+//! A job's identity is computed from the spec's **raw bytes**: the creator encodes the spec once
+//! (canonically) and sends those bytes; every receiver hashes the bytes it received
+//! ([`job_hash_from_bytes`], [`job_id_from_bytes`]) and never re-encodes a decoded spec, since
+//! bincode varints and map order are not canonical and re-encoding may give other bytes.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::advert::ExecutorKind;
-use crate::codec::{self, EncodeError};
+use crate::codec::{self, DecodeError, EncodeError};
 use crate::hash::{self, Hash32, hash_id};
 use crate::identity::NodeId;
 use crate::money::Credits;
 
 hash_id!(
-    /// A job's identifier: `tagged("job-id", canonical spec bytes || submitter nonce (16 bytes))`.
+    /// A job's identifier: `tagged("job-id", spec bytes || submitter nonce (16 bytes LE))`, over
+    /// the spec bytes exactly as sent in the quote request ([`job_id_from_bytes`]).
     JobId
 );
+
+/// `tagged("job-spec", spec_bytes)`: the job hash a contract binds to, computed over the spec's
+/// raw bytes exactly as received (never over a re-encoding).
+pub fn job_hash_from_bytes(spec_bytes: &[u8]) -> Hash32 {
+    hash::tagged("job-spec", &[spec_bytes])
+}
+
+/// `tagged("job-id", spec_bytes || nonce as 16 bytes LE)`: the job id, computed over the spec's
+/// raw bytes exactly as received (never over a re-encoding).
+pub fn job_id_from_bytes(spec_bytes: &[u8], nonce: u128) -> JobId {
+    JobId(hash::tagged("job-id", &[spec_bytes, &nonce.to_le_bytes()]))
+}
 
 /// The largest module the mesh transfers (8 MiB).
 pub const MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
@@ -177,22 +195,30 @@ impl JobSpec {
         Ok(())
     }
 
-    /// The canonical bytes of this spec.
+    /// The canonical bytes of this spec; refuses more than [`MAX_SPEC_BYTES`].
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        codec::encode(self)
+        let bytes = codec::encode(self)?;
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(EncodeError::too_large(bytes.len(), MAX_SPEC_BYTES));
+        }
+        Ok(bytes)
     }
 
-    /// `tagged("job-spec", canonical bytes)`: what a contract binds to.
+    /// Decodes a spec of at most [`MAX_SPEC_BYTES`]. Does not [`validate`](Self::validate) it.
+    pub fn decode(bytes: &[u8]) -> Result<JobSpec, DecodeError> {
+        codec::decode(bytes, MAX_SPEC_BYTES)
+    }
+
+    /// The job hash of this spec's canonical encoding. For the spec's creator only: a receiver
+    /// uses [`job_hash_from_bytes`] on the bytes it received.
     pub fn hash(&self) -> Result<Hash32, EncodeError> {
-        Ok(hash::tagged("job-spec", &[&self.encode()?]))
+        Ok(job_hash_from_bytes(&self.encode()?))
     }
 
-    /// The job's id for this submitter nonce.
+    /// The job's id for this submitter nonce, over this spec's canonical encoding. For the spec's
+    /// creator only: a receiver uses [`job_id_from_bytes`] on the bytes it received.
     pub fn job_id(&self, nonce: u128) -> Result<JobId, EncodeError> {
-        Ok(JobId(hash::tagged(
-            "job-id",
-            &[&self.encode()?, &nonce.to_le_bytes()],
-        )))
+        Ok(job_id_from_bytes(&self.encode()?, nonce))
     }
 }
 
@@ -284,5 +310,64 @@ pub(crate) mod tests {
         other.args.push("x".into());
         assert_ne!(id, other.job_id(1).unwrap());
         assert_ne!(spec.hash().unwrap(), id.0);
+    }
+
+    /// The sample spec with its `limits.fuel` varint written in a longer form than needed.
+    pub(crate) fn non_canonical_sample_bytes() -> Vec<u8> {
+        let canonical = sample_spec().encode().unwrap();
+        // fuel 1 000 000 is `fc 40420f00`; the same value as a u64 marker is `fd 40420f0000000000`.
+        let short = [0xfc, 0x40, 0x42, 0x0f, 0x00];
+        let at = canonical
+            .windows(short.len())
+            .position(|window| window == short)
+            .unwrap();
+        let mut bytes = canonical[..at].to_vec();
+        bytes.extend_from_slice(&[0xfd, 0x40, 0x42, 0x0f, 0x00, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&canonical[at + short.len()..]);
+        bytes
+    }
+
+    #[test]
+    fn identity_is_computed_over_the_raw_bytes() {
+        let spec = sample_spec();
+        let canonical = spec.encode().unwrap();
+        assert_eq!(spec.hash().unwrap(), job_hash_from_bytes(&canonical));
+        assert_eq!(spec.job_id(5).unwrap(), job_id_from_bytes(&canonical, 5));
+        // Bytes that decode to the same spec but are not its canonical encoding: the receiver's
+        // id of what it received differs from an id of the re-encoded value, so a receiver must
+        // hash the bytes, never `JobSpec::hash` of what it decoded.
+        let other = non_canonical_sample_bytes();
+        assert_ne!(other, canonical);
+        assert_eq!(JobSpec::decode(&other).unwrap(), spec);
+        assert_ne!(job_hash_from_bytes(&other), spec.hash().unwrap());
+        assert_ne!(job_id_from_bytes(&other, 5), spec.job_id(5).unwrap());
+    }
+
+    #[test]
+    fn known_answers() {
+        // docs/protocol.md section 14.3.
+        let spec = sample_spec();
+        assert_eq!(spec.encode().unwrap().len(), 109);
+        assert_eq!(
+            spec.hash().unwrap().to_hex(),
+            "8da5e95a86219b06657147dcce08cb97321f17195bd6590a1dc1a546596ddfa3"
+        );
+        assert_eq!(
+            spec.job_id(1).unwrap().0.to_hex(),
+            "fdf61ee60123a70d8716ef5e648be2bfb3e7b8701523581aa99ad149f5fc0e8c"
+        );
+    }
+
+    #[test]
+    fn spec_size_is_capped_both_ways() {
+        let mut spec = sample_spec();
+        spec.args = vec!["x".repeat(MAX_SPEC_BYTES)];
+        assert!(spec.encode().is_err());
+        assert!(spec.hash().is_err());
+        let oversized = vec![0u8; MAX_SPEC_BYTES + 1];
+        assert!(matches!(
+            JobSpec::decode(&oversized),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

@@ -9,8 +9,15 @@
 //! entry_hash = SHA-256(0x00 || raw entry bytes)
 //! ```
 //!
-//! The `0x00` prefix separates leaves from Merkle interior nodes (`0x01`), and, as no tagged suanli
-//! hash starts with a zero byte, from every other hash suanli computes. The same hash links the
+//! The `0x00` prefix separates leaves from Merkle interior nodes (`0x01`), and from suanli's
+//! tagged hashes, whose input starts with `"suanli/v1/"`. It does **not** separate entry hashes
+//! from plain content hashes (module, stdin, output), which are SHA-256 of arbitrary bytes: the
+//! content hash of the byte string `0x00 || raw entry` *is* that entry's hash. What does hold: a
+//! raw entry starts with the version byte `0x01`, so an entry hash's input starts `00 01`, whereas
+//! a wasm module starts `00 61 73 6d` (`\0asm`); an entry hash is never the content hash of a valid
+//! module (short of a SHA-256 collision). Stdin and output have no such structure. Each hash field
+//! says which kind it holds and nothing compares hashes across kinds, so the overlap is harmless;
+//! but the prefix alone does not tell an entry hash from a content hash. The same hash links the
 //! chain and will be the leaf of the ledger's Merkle tree.
 //!
 //! [`ChainVerifier`] checks a ledger entry by entry (so a ledger of any length is verified in

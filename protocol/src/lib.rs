@@ -39,10 +39,11 @@ pub use advert::{CapacityAdvert, ExecutorKind, Gpu, Resources};
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use hash::Hash32;
 pub use identity::{Keypair, NodeId};
-pub use job::{JobId, JobSpec, Limits, Placement};
+pub use job::{JobId, JobSpec, Limits, Placement, job_hash_from_bytes, job_id_from_bytes};
 pub use money::{Credits, PriceTerms};
 pub use negotiation::{
-    Contract, ContractId, Decline, DeclineCode, Evidence, FailureReason, FailureRecord, Offer,
-    Outcome, QuoteRequest, Receipt, Settlement, Usage,
+    Contract, ContractCheckError, ContractField, ContractId, Decline, DeclineCode, Evidence,
+    FailureReason, FailureRecord, Offer, Outcome, QuoteError, QuoteRequest, Receipt, Settlement,
+    Usage,
 };
-pub use signed::{CoSigned, Document, Signed, VerifyError};
+pub use signed::{BoundsError, CoSigned, Document, Signed, VerifyError};

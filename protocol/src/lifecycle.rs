@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash32;
 use crate::money::Credits;
-use crate::negotiation::{Contract, ContractId, Decline, Outcome, Receipt, Settlement};
+use crate::negotiation::{
+    Contract, ContractId, Decline, Outcome, Receipt, Settlement, WALL_TIME_GRACE_MS,
+};
 use crate::signed::{CoSigned, Signed, VerifyError};
 
 /// Where a contract is in its life.
@@ -143,6 +145,8 @@ pub enum LifecycleError {
     UsageBeyondLimits(&'static str),
     #[error("cost {claimed} does not follow the price terms (expected {expected})")]
     WrongCost { claimed: Credits, expected: Credits },
+    #[error("cost {cost} is above the contract's max_cost {max}")]
+    CostAboveMax { cost: Credits, max: Credits },
     #[error("cost overflows")]
     Overflow,
     #[error("deadline has not passed")]
@@ -227,6 +231,11 @@ impl ContractLifecycle {
                     decline.requester == contract.requester,
                 )?;
                 require("decline", "job_id", decline.job_id == contract.job_id)?;
+                require(
+                    "decline",
+                    "contract_id",
+                    decline.contract_id == Some(self.id),
+                )?;
                 S::Declined
             }
             (S::Signed, ContractEvent::Started) => S::Running,
@@ -280,6 +289,10 @@ impl ContractLifecycle {
         if usage.output_bytes > limits.output_bytes {
             return Err(LifecycleError::UsageBeyondLimits("output_bytes"));
         }
+        // Wall time is enforced coarsely (epoch interruption), hence the grace.
+        if usage.wall_time_ms > limits.wall_time_ms.saturating_add(WALL_TIME_GRACE_MS) {
+            return Err(LifecycleError::UsageBeyondLimits("wall_time_ms"));
+        }
         if let Outcome::Succeeded { output_len, .. } = receipt.outcome {
             require("receipt", "output_len", output_len == usage.output_bytes)?;
         }
@@ -287,10 +300,16 @@ impl ContractLifecycle {
             .price
             .cost(usage)
             .map_err(|_| LifecycleError::Overflow)?;
-        if receipt.cost != expected || receipt.cost > contract.max_cost {
+        if receipt.cost != expected {
             return Err(LifecycleError::WrongCost {
                 claimed: receipt.cost,
                 expected,
+            });
+        }
+        if receipt.cost > contract.max_cost {
+            return Err(LifecycleError::CostAboveMax {
+                cost: receipt.cost,
+                max: contract.max_cost,
             });
         }
         Ok(())

@@ -16,14 +16,22 @@
 //!
 //! Every document names its parties, so verifying a signature also checks that the right party
 //! signed. [`FailureRecord`] and [`Evidence`] are a node's own signed statements for its ledger.
+//!
+//! The quote request carries the job spec as raw bytes with the submitter's nonce, so the
+//! provider derives the job id and job hash from exactly the bytes the requester hashed. On
+//! `Propose` the provider checks the contract against the quote ([`Contract::check_quote`]) and
+//! against its own signed offer ([`Contract::check_offer`]) before countersigning.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{DecodeError, EncodeError};
 use crate::hash::{Hash32, hash_id};
 use crate::identity::NodeId;
-use crate::job::{JobId, JobSpec, Limits};
+use crate::job::{self, JobId, JobSpec, Limits, SpecError};
 use crate::money::{Credits, PriceTerms};
-use crate::signed::{CoSignedDocument, Document};
+use crate::signed::{BoundsError, CoSignedDocument, Document, Signed, VerifyError};
 
 hash_id!(
     /// A contract's identifier: the digest of its signed bytes, `tagged("contract", bytes)`.
@@ -36,16 +44,85 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 pub const MAX_EVIDENCE_BYTES: usize = 64 * 1024;
 /// Cap on a small signed document (offer, decline, contract, receipt, settlement, failure).
 pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024;
+/// How far a receipt's `usage.wall_time_ms` may exceed the contract's `limits.wall_time_ms`.
+///
+/// The provider stops a run by wasmtime epoch interruption, which is coarse: the epoch ticks
+/// periodically and the guest is interrupted at its next check, so a run can overshoot its wall
+/// limit by up to a tick plus scheduling delay. Fuel, memory and output are exact; wall time is
+/// not, and is not the basis of the cost.
+pub const WALL_TIME_GRACE_MS: u64 = 1_000;
 
 /// A requester asks a provider for a price. It travels over an authenticated connection, so the
 /// provider checks `requester` against the connection's peer instead of a signature.
+///
+/// `spec` holds the job spec's bytes exactly as the requester encoded and hashed them; the
+/// provider derives the job id ([`job::job_id_from_bytes`]) and the job hash
+/// ([`job::job_hash_from_bytes`]) from these bytes, never from a re-encoding of the decoded spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct QuoteRequest {
     pub requester: NodeId,
+    /// `job_id_from_bytes(spec, nonce)`.
     pub job_id: JobId,
-    pub spec: JobSpec,
+    /// The bincode encoding of a [`JobSpec`] (canonical when produced by [`QuoteRequest::new`]),
+    /// at most [`job::MAX_SPEC_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub spec: Vec<u8>,
+    /// The submitter's nonce, part of the job id.
+    pub nonce: u128,
     pub requested_at_ms: u64,
+}
+
+/// Why a quote request's spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("spec cannot be decoded: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("invalid spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error("job_id {claimed} is not the id of the spec bytes and nonce ({derived})")]
+    JobId { claimed: JobId, derived: JobId },
+}
+
+impl QuoteRequest {
+    /// The requester's side: encodes `spec` canonically and derives the job id from those bytes.
+    /// Does not validate the spec; call [`JobSpec::validate`] first.
+    pub fn new(
+        requester: NodeId,
+        spec: &JobSpec,
+        nonce: u128,
+        requested_at_ms: u64,
+    ) -> Result<QuoteRequest, EncodeError> {
+        let spec = spec.encode()?;
+        Ok(QuoteRequest {
+            requester,
+            job_id: job::job_id_from_bytes(&spec, nonce),
+            spec,
+            nonce,
+            requested_at_ms,
+        })
+    }
+
+    /// The provider's side: decodes the spec (at most [`job::MAX_SPEC_BYTES`], no trailing
+    /// bytes), validates it ([`JobSpec::validate`]) and checks that `job_id` is the id derived
+    /// from the raw spec bytes and the nonce, in that order.
+    pub fn decode_spec(&self) -> Result<JobSpec, QuoteError> {
+        let spec = JobSpec::decode(&self.spec)?;
+        spec.validate()?;
+        let derived = job::job_id_from_bytes(&self.spec, self.nonce);
+        if self.job_id != derived {
+            return Err(QuoteError::JobId {
+                claimed: self.job_id,
+                derived,
+            });
+        }
+        Ok(spec)
+    }
+
+    /// The job hash of the raw spec bytes: what the contract's `job_hash` must be.
+    pub fn job_hash(&self) -> Hash32 {
+        job::job_hash_from_bytes(&self.spec)
+    }
 }
 
 /// A provider's signed promise to run a job on these terms until `valid_until_ms`, holding a
@@ -108,6 +185,9 @@ pub struct Decline {
     pub provider: NodeId,
     pub requester: NodeId,
     pub job_id: JobId,
+    /// The contract declined, when answering a `Propose`; `None` when declining a quote. A
+    /// decline of one contract can therefore not be replayed against another of the same job.
+    pub contract_id: Option<ContractId>,
     pub code: DeclineCode,
     /// At most [`MAX_MESSAGE_BYTES`].
     pub message: String,
@@ -120,6 +200,9 @@ impl Document for Decline {
     fn signer(&self) -> NodeId {
         self.provider
     }
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        BoundsError::check("message", self.message.len(), MAX_MESSAGE_BYTES)
+    }
 }
 
 /// The agreement to run one job: signed by the requester, countersigned by the provider.
@@ -127,7 +210,8 @@ impl Document for Decline {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Contract {
     pub job_id: JobId,
-    /// `JobSpec::hash` of the spec being run.
+    /// Job hash of the spec being run: `job_hash_from_bytes` of the spec bytes exactly as sent
+    /// in the quote request.
     pub job_hash: Hash32,
     /// SHA-256 of the module and of stdin, so the provider can check what it is sent.
     pub module_hash: Hash32,
@@ -158,6 +242,121 @@ impl Document for Contract {
 impl CoSignedDocument for Contract {
     fn countersigner(&self) -> NodeId {
         self.provider
+    }
+}
+
+/// A field of a [`Contract`], as named by [`ContractCheckError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContractField {
+    JobId,
+    JobHash,
+    ModuleHash,
+    StdinHash,
+    Requester,
+    Provider,
+    Offer,
+    Price,
+    MaxCost,
+    Limits,
+}
+
+impl ContractField {
+    pub fn name(self) -> &'static str {
+        match self {
+            ContractField::JobId => "job_id",
+            ContractField::JobHash => "job_hash",
+            ContractField::ModuleHash => "module_hash",
+            ContractField::StdinHash => "stdin_hash",
+            ContractField::Requester => "requester",
+            ContractField::Provider => "provider",
+            ContractField::Offer => "offer",
+            ContractField::Price => "price",
+            ContractField::MaxCost => "max_cost",
+            ContractField::Limits => "limits",
+        }
+    }
+}
+
+impl fmt::Display for ContractField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a proposed contract does not follow the quote request or the offer it claims to accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractCheckError {
+    #[error("quote request: {0}")]
+    Quote(#[from] QuoteError),
+    #[error("offer: {0}")]
+    Offer(#[from] VerifyError),
+    #[error("contract does not match the quote request: {0} differs")]
+    QuoteMismatch(ContractField),
+    #[error("contract does not match the offer: {0} differs")]
+    OfferMismatch(ContractField),
+    #[error("max_cost {max_cost} is above the spec's max_price {max_price}")]
+    AboveMaxPrice {
+        max_cost: Credits,
+        max_price: Credits,
+    },
+    #[error("max_cost overflows")]
+    Overflow,
+}
+
+fn same(
+    mismatch: fn(ContractField) -> ContractCheckError,
+    field: ContractField,
+    equal: bool,
+) -> Result<(), ContractCheckError> {
+    if equal { Ok(()) } else { Err(mismatch(field)) }
+}
+
+impl Contract {
+    /// Checks that this contract runs the job of `quote` on its terms: the quote's spec decodes
+    /// and is valid and its job id follows from the raw spec bytes ([`QuoteRequest::decode_spec`]);
+    /// `job_id` and `requester` are the quote's; `job_hash` is the hash of the quote's raw spec
+    /// bytes; `module_hash`, `stdin_hash` and `limits` are the spec's; `max_cost` is
+    /// `price.max_cost(limits)` and at most the spec's `max_price`. Checked in that order; returns
+    /// the decoded spec.
+    pub fn check_quote(&self, quote: &QuoteRequest) -> Result<JobSpec, ContractCheckError> {
+        use ContractField as F;
+        let spec = quote.decode_spec()?;
+        let check = |field, equal| same(ContractCheckError::QuoteMismatch, field, equal);
+        check(F::JobId, self.job_id == quote.job_id)?;
+        check(F::Requester, self.requester == quote.requester)?;
+        check(F::JobHash, self.job_hash == quote.job_hash())?;
+        check(F::ModuleHash, self.module_hash == spec.module_hash)?;
+        check(F::StdinHash, self.stdin_hash == spec.stdin_hash)?;
+        check(F::Limits, self.limits == spec.limits)?;
+        let max_cost = self
+            .price
+            .max_cost(&self.limits)
+            .map_err(|_| ContractCheckError::Overflow)?;
+        check(F::MaxCost, self.max_cost == max_cost)?;
+        if self.max_cost > spec.max_price {
+            return Err(ContractCheckError::AboveMaxPrice {
+                max_cost: self.max_cost,
+                max_price: spec.max_price,
+            });
+        }
+        Ok(spec)
+    }
+
+    /// Checks that this contract accepts `offer`, the provider's own signed offer: the offer
+    /// verifies; `offer` is its digest; `provider`, `requester`, `job_id`, `price` and `max_cost`
+    /// are the offer's. Checked in that order; returns the decoded offer. Whether the offer is
+    /// still valid (`valid_until_ms`) is for the caller, which has a clock.
+    pub fn check_offer(&self, offer: &Signed<Offer>) -> Result<Offer, ContractCheckError> {
+        use ContractField as F;
+        let document = offer.verify()?;
+        let check = |field, equal| same(ContractCheckError::OfferMismatch, field, equal);
+        check(F::Offer, self.offer == offer.digest())?;
+        check(F::Provider, self.provider == document.provider)?;
+        check(F::Requester, self.requester == document.requester)?;
+        check(F::JobId, self.job_id == document.job_id)?;
+        check(F::Price, self.price == document.price)?;
+        check(F::MaxCost, self.max_cost == document.max_cost)?;
+        Ok(document)
     }
 }
 
@@ -238,6 +437,14 @@ impl Document for Receipt {
     fn signer(&self) -> NodeId {
         self.provider
     }
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        match &self.outcome {
+            Outcome::Succeeded { .. } => Ok(()),
+            Outcome::Failed { message, .. } => {
+                BoundsError::check("message", message.len(), MAX_MESSAGE_BYTES)
+            }
+        }
+    }
 }
 
 /// Both parties' agreement that a contract is paid: proposed (signed) by the provider with its
@@ -305,6 +512,9 @@ impl Document for FailureRecord {
     fn signer(&self) -> NodeId {
         self.recorder
     }
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        BoundsError::check("message", self.message.len(), MAX_MESSAGE_BYTES)
+    }
 }
 
 /// What a peer did wrong.
@@ -340,4 +550,11 @@ impl Document for Evidence {
     fn signer(&self) -> NodeId {
         self.reporter
     }
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        BoundsError::check("message", self.message.len(), MAX_MESSAGE_BYTES)?;
+        BoundsError::check("payload", self.payload.len(), MAX_EVIDENCE_BYTES)
+    }
 }
+
+#[cfg(test)]
+mod tests;

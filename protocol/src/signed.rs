@@ -9,8 +9,11 @@
 //!
 //! The per-kind prefix (domain separation) means a signature on an offer can never be replayed as a
 //! signature on a receipt. Verification uses `verify_strict` (no small-order keys, no malleable
-//! signatures), decodes the bytes with the kind's size cap, and checks that the signer is the party
-//! the document itself names ([`Document::signer`]). The document is never re-encoded.
+//! signatures), decodes the bytes with the kind's size cap, checks that the signer is the party
+//! the document itself names ([`Document::signer`]) and that the document keeps its declared
+//! bounds ([`Document::check_bounds`]). The document is never re-encoded. Signing refuses a
+//! document that breaks its bounds or whose encoding exceeds the kind's cap, so an honest node
+//! never produces what a verifier refuses.
 //!
 //! A [`CoSigned<T>`] is a signed document plus the countersignature of the second party the
 //! document names ([`CoSignedDocument::countersigner`]) over the same message: contracts (requester,
@@ -35,6 +38,34 @@ pub trait Document: Serialize + DeserializeOwned {
     const MAX_BYTES: usize;
     /// The party that must sign this document (for co-signed kinds: the one that signs first).
     fn signer(&self) -> NodeId;
+    /// Checks the document's declared size bounds (message lengths, list lengths, payload
+    /// sizes). Called by [`Signed::sign`] and [`Signed::verify`]. Only bounds that hold whatever
+    /// the time: checks against a clock belong to the document's own validation.
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        Ok(())
+    }
+}
+
+/// A field of a document is larger than its declared bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is too large ({len}, at most {max})")]
+pub struct BoundsError {
+    /// The field, e.g. `"message"` or `"listen_addrs"`.
+    pub field: &'static str,
+    /// Its size: bytes for text and byte strings, items for lists.
+    pub len: usize,
+    pub max: usize,
+}
+
+impl BoundsError {
+    /// `Ok` when `len <= max`, else the error naming `field`.
+    pub fn check(field: &'static str, len: usize, max: usize) -> Result<(), BoundsError> {
+        if len <= max {
+            Ok(())
+        } else {
+            Err(BoundsError { field, len, max })
+        }
+    }
 }
 
 /// A document kind that a second party countersigns.
@@ -59,6 +90,11 @@ pub enum VerifyError {
         kind: &'static str,
         source: DecodeError,
     },
+    #[error("{kind} breaks its bounds: {source}")]
+    OutOfBounds {
+        kind: &'static str,
+        source: BoundsError,
+    },
     #[error("signer key: {0}")]
     Key(#[from] NodeIdError),
 }
@@ -71,6 +107,11 @@ pub enum SignError {
         kind: &'static str,
         expected: NodeId,
         actual: NodeId,
+    },
+    #[error("{kind} breaks its bounds: {source}")]
+    OutOfBounds {
+        kind: &'static str,
+        source: BoundsError,
     },
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -125,6 +166,8 @@ pub struct Signed<T> {
 
 impl<T: Document> Signed<T> {
     /// Encodes `document` and signs it with `key`, which must belong to `document.signer()`.
+    /// Refuses a document that breaks its bounds or encodes to more than `T::MAX_BYTES`: a
+    /// verifier would refuse it.
     pub fn sign(document: &T, key: &Keypair) -> Result<Signed<T>, SignError> {
         let expected = document.signer();
         if expected != key.node_id() {
@@ -134,7 +177,16 @@ impl<T: Document> Signed<T> {
                 actual: key.node_id(),
             });
         }
+        document
+            .check_bounds()
+            .map_err(|source| SignError::OutOfBounds {
+                kind: T::KIND,
+                source,
+            })?;
         let bytes = codec::encode(document)?;
+        if bytes.len() > T::MAX_BYTES {
+            return Err(EncodeError::too_large(bytes.len(), T::MAX_BYTES).into());
+        }
         let signature = key.sign_raw(&signing_message(T::KIND, &bytes));
         Ok(Signed {
             bytes,
@@ -144,11 +196,18 @@ impl<T: Document> Signed<T> {
         })
     }
 
-    /// Checks the signature, decodes the document and checks that its named signer signed it.
+    /// Checks the signature, decodes the document, checks that its named signer signed it and
+    /// that it keeps its bounds ([`Document::check_bounds`]).
     pub fn verify(&self) -> Result<T, VerifyError> {
         verify_signature(T::KIND, &self.message(), self.signer, &self.signature)?;
         let document = self.decode_unverified()?;
         check_party(T::KIND, document.signer(), self.signer)?;
+        document
+            .check_bounds()
+            .map_err(|source| VerifyError::OutOfBounds {
+                kind: T::KIND,
+                source,
+            })?;
         Ok(document)
     }
 
@@ -355,6 +414,9 @@ pub(crate) mod tests {
         fn signer(&self) -> NodeId {
             self.author
         }
+        fn check_bounds(&self) -> Result<(), BoundsError> {
+            BoundsError::check("text", self.text.len(), 16)
+        }
     }
 
     impl CoSignedDocument for Note {
@@ -400,6 +462,18 @@ pub(crate) mod tests {
                     countersignature: other.signature,
                 })
                 .boxed()
+        }
+    }
+
+    /// Signs `document` as a dishonest signer would: no signer, bounds or size checks.
+    pub(crate) fn sign_unchecked<T: Document>(document: &T, key: &Keypair) -> Signed<T> {
+        let bytes = codec::encode(document).unwrap();
+        let signature = key.sign_raw(&signing_message(T::KIND, &bytes));
+        Signed {
+            bytes,
+            signer: key.node_id(),
+            signature,
+            document: PhantomData,
         }
     }
 
@@ -473,6 +547,65 @@ pub(crate) mod tests {
             relabelled.verify(),
             Err(VerifyError::WrongSigner { .. })
         ));
+    }
+
+    #[test]
+    fn bounds_are_enforced_when_signing_and_verifying() {
+        let long = Note {
+            text: "x".repeat(17),
+            ..note()
+        };
+        let expected = BoundsError {
+            field: "text",
+            len: 17,
+            max: 16,
+        };
+        assert!(matches!(
+            Signed::sign(&long, &rfc8032_key()),
+            Err(SignError::OutOfBounds { kind: "note", source }) if source == expected
+        ));
+        // Signed by hand, bypassing `sign`: the verifier refuses it all the same.
+        let signed = sign_unchecked(&long, &rfc8032_key());
+        assert_eq!(
+            signed.verify(),
+            Err(VerifyError::OutOfBounds {
+                kind: "note",
+                source: expected
+            })
+        );
+        assert!(signed.decode_unverified().is_ok());
+    }
+
+    #[test]
+    fn refuses_to_sign_more_than_the_cap() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Big(Note);
+        impl Document for Big {
+            const KIND: &'static str = "big";
+            const MAX_BYTES: usize = 70;
+            fn signer(&self) -> NodeId {
+                self.0.author
+            }
+        }
+        // 64 bytes of ids, 1 length byte, 6 text bytes: 71 > 70.
+        let big = Big(Note {
+            text: "abcdef".into(),
+            ..note()
+        });
+        assert!(matches!(
+            Signed::sign(&big, &rfc8032_key()),
+            Err(SignError::Encode(_))
+        ));
+        let fits = Big(Note {
+            text: "abcde".into(),
+            ..note()
+        });
+        assert!(
+            Signed::sign(&fits, &rfc8032_key())
+                .unwrap()
+                .verify()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::job::{MAX_MODULE_BYTES, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES};
 use crate::negotiation::{
     Contract, ContractId, Decline, MAX_MESSAGE_BYTES, Offer, QuoteRequest, Receipt, Settlement,
 };
-use crate::signed::{CoSigned, Signed};
+use crate::signed::{BoundsError, CoSigned, Signed};
 #[cfg(test)]
 use proptest::strategy::Strategy;
 
@@ -65,6 +65,16 @@ pub struct ExecuteRequest {
     pub module: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub stdin: Vec<u8>,
+}
+
+impl ExecuteRequest {
+    /// Checks the declared caps: `module` at most [`MAX_MODULE_BYTES`], `stdin` at most
+    /// [`MAX_STDIN_BYTES`]. (The message cap alone would let one of them exceed its own cap.)
+    /// Checking the bytes against the contract's hashes is the provider's next step.
+    pub fn validate(&self) -> Result<(), BoundsError> {
+        BoundsError::check("module", self.module.len(), MAX_MODULE_BYTES)?;
+        BoundsError::check("stdin", self.stdin.len(), MAX_STDIN_BYTES)
+    }
 }
 
 /// What a provider sends when a run ends: its receipt, its half of the settlement, the output.
@@ -121,8 +131,32 @@ impl WireMessage for MarketResponse {
 pub enum LedgerRequest {
     /// The ledger's size and the hash of its last entry.
     Head,
-    /// Up to `limit` (at most [`MAX_LEDGER_RANGE`]) raw entries starting at sequence `from`.
+    /// Up to `limit` (1 to [`MAX_LEDGER_RANGE`]) raw entries starting at sequence `from`.
     Range { from: u64, limit: u32 },
+}
+
+/// A ledger range request whose `limit` is outside `1..=MAX_LEDGER_RANGE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("range limit {limit} is outside 1..={MAX_LEDGER_RANGE}")]
+pub struct RangeLimitError {
+    pub limit: u32,
+}
+
+impl LedgerRequest {
+    /// Checks the request's bounds: a `Range` limit must be between 1 and [`MAX_LEDGER_RANGE`].
+    /// A server answers a request that fails with `ErrorCode::BadRequest` instead of clamping.
+    pub fn validate(&self) -> Result<(), RangeLimitError> {
+        match *self {
+            LedgerRequest::Head => Ok(()),
+            LedgerRequest::Range { limit, .. } => {
+                if (1..=MAX_LEDGER_RANGE).contains(&limit) {
+                    Ok(())
+                } else {
+                    Err(RangeLimitError { limit })
+                }
+            }
+        }
+    }
 }
 
 /// Responses of `/suanli/ledger/1`.
@@ -282,6 +316,58 @@ mod tests {
             GossipMessage::from_bytes(&oversized),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn execute_request_caps_module_and_stdin() {
+        let request = |module: usize, stdin: usize| ExecuteRequest {
+            contract_id: fixtures::contract_id(),
+            module: vec![0; module],
+            stdin: vec![0; stdin],
+        };
+        assert_eq!(
+            request(MAX_MODULE_BYTES, MAX_STDIN_BYTES).validate(),
+            Ok(())
+        );
+        // Both fit in one market message, yet break their own caps.
+        let big_module = request(MAX_MODULE_BYTES + 1, 0);
+        let encoded = MarketRequest::Execute(big_module.clone())
+            .to_bytes()
+            .unwrap();
+        assert!(encoded.len() <= MAX_MARKET_MESSAGE_BYTES);
+        assert_eq!(
+            big_module.validate(),
+            Err(BoundsError {
+                field: "module",
+                len: MAX_MODULE_BYTES + 1,
+                max: MAX_MODULE_BYTES
+            })
+        );
+        assert_eq!(
+            request(0, MAX_STDIN_BYTES + 1).validate(),
+            Err(BoundsError {
+                field: "stdin",
+                len: MAX_STDIN_BYTES + 1,
+                max: MAX_STDIN_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn ledger_range_limit_is_checked() {
+        assert_eq!(LedgerRequest::Head.validate(), Ok(()));
+        for limit in [1, 10, MAX_LEDGER_RANGE] {
+            assert_eq!(LedgerRequest::Range { from: 0, limit }.validate(), Ok(()));
+        }
+        for limit in [0, MAX_LEDGER_RANGE + 1, u32::MAX] {
+            let request = LedgerRequest::Range { from: 5, limit };
+            // It still decodes: the bound is checked by `validate`, not by the codec.
+            assert_eq!(
+                LedgerRequest::from_bytes(&request.to_bytes().unwrap()),
+                Ok(request.clone())
+            );
+            assert_eq!(request.validate(), Err(RangeLimitError { limit }));
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use error::ApiError;
 use crate::capacity::Capacity;
 use crate::clock::now_ms;
 use crate::mesh::{MeshEntry, MeshView};
-use crate::network::{NetworkHandle, PeerInfo};
+use crate::network::{GossipStats, NetworkHandle, PeerInfo};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -93,6 +93,8 @@ struct NodeJson {
     executors: Vec<&'static str>,
     prices: PricesJson,
     uptime_ms: u64,
+    /// Received adverts by verdict.
+    gossip: GossipStats,
 }
 
 async fn node(State(state): State<ApiState>) -> Result<Json<NodeJson>, ApiError> {
@@ -114,6 +116,7 @@ async fn node(State(state): State<ApiState>) -> Result<Json<NodeJson>, ApiError>
             per_million_fuel: capacity.prices.per_million_fuel.micro(),
         },
         uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        gossip: state.network.gossip_stats(),
     }))
 }
 

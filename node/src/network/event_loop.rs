@@ -1,6 +1,7 @@
 //! The network task: owns the Swarm and reacts to commands, swarm events and timers.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +18,7 @@ use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm};
 use super::peers::{PeerBook, is_dialable, without_peer_id};
-use super::{Command, NetworkParts, StartError};
+use super::{Command, GossipCounters, NetworkParts, StartError};
 use crate::clock::now_ms;
 use crate::mesh::Offered;
 
@@ -43,6 +44,7 @@ pub struct EventLoop {
     last_publish: Option<Instant>,
     publish_pending: bool,
     kad_bootstrapped: bool,
+    counters: Arc<GossipCounters>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -57,6 +59,7 @@ impl EventLoop {
     pub fn new(
         parts: NetworkParts,
         inbox: mpsc::Receiver<Command>,
+        counters: Arc<GossipCounters>,
     ) -> Result<EventLoop, StartError> {
         let mut swarm = build_swarm(parts.keypair.to_libp2p(), &parts.config)?;
         swarm
@@ -91,6 +94,7 @@ impl EventLoop {
             last_publish: None,
             publish_pending: false,
             kad_bootstrapped: false,
+            counters,
         })
     }
 
@@ -373,6 +377,7 @@ impl EventLoop {
                 gossipsub::MessageAcceptance::Reject
             }
         };
+        self.counters.count(&acceptance);
         self.swarm
             .behaviour_mut()
             .gossipsub

@@ -23,6 +23,8 @@ mod behaviour;
 mod event_loop;
 mod peers;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use libp2p::Multiaddr;
@@ -66,10 +68,49 @@ pub enum Command {
 #[error("the network task has stopped")]
 pub struct NetworkStopped;
 
+/// Counters of received adverts by verdict, shared by the network task (writer) and readers.
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    accepted: AtomicU64,
+    ignored: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A snapshot of [`GossipCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GossipStats {
+    /// Valid and newer than the advert held: stored and forwarded.
+    pub accepted: u64,
+    /// Valid but not newer (or the table is full): neither stored nor forwarded.
+    pub ignored: u64,
+    /// Invalid: dropped, logged, and the sender penalised.
+    pub rejected: u64,
+}
+
+impl GossipCounters {
+    fn count(&self, verdict: &libp2p::gossipsub::MessageAcceptance) {
+        let counter = match verdict {
+            libp2p::gossipsub::MessageAcceptance::Accept => &self.accepted,
+            libp2p::gossipsub::MessageAcceptance::Ignore => &self.ignored,
+            libp2p::gossipsub::MessageAcceptance::Reject => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> GossipStats {
+        GossipStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            ignored: self.ignored.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A cloneable handle on the network task.
 #[derive(Debug, Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
+    counters: Arc<GossipCounters>,
 }
 
 impl NetworkHandle {
@@ -95,6 +136,11 @@ impl NetworkHandle {
 
     pub async fn publish_advert(&self) -> Result<(), NetworkStopped> {
         self.request(Command::PublishAdvert).await
+    }
+
+    /// How many received adverts were accepted, ignored and rejected so far.
+    pub fn gossip_stats(&self) -> GossipStats {
+        self.counters.snapshot()
     }
 }
 
@@ -126,8 +172,9 @@ pub async fn start(
     parts: NetworkParts,
 ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>, Vec<Multiaddr>), StartError> {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
-    let mut event_loop = event_loop::EventLoop::new(parts, inbox)?;
+    let counters = Arc::new(GossipCounters::default());
+    let mut event_loop = event_loop::EventLoop::new(parts, inbox, counters.clone())?;
     let listen_addrs = event_loop.listen().await?;
     let task = tokio::spawn(event_loop.run());
-    Ok((NetworkHandle { commands }, task, listen_addrs))
+    Ok((NetworkHandle { commands, counters }, task, listen_addrs))
 }

@@ -101,6 +101,22 @@ fn known_answer_entry_hash() {
 }
 
 #[test]
+fn entry_hash_domain() {
+    // What the 0x00 prefix does and does not separate (see the module docs).
+    let raw = sample_ledger().remove(0);
+    assert_eq!(raw.first(), Some(&crate::codec::PROTOCOL_VERSION));
+    let mut prefixed = vec![0u8];
+    prefixed.extend_from_slice(&raw);
+    // An entry hash is the plain content hash of `0x00 || raw`: not separated from content hashes.
+    assert_eq!(entry_hash(&raw), Hash32::of(&prefixed));
+    // But its input starts `00 01`, and a wasm module starts `00 61 73 6d`.
+    assert_eq!(&prefixed[..2], &[0x00, 0x01]);
+    assert_ne!(&prefixed[..2], &b"\0asm"[..2]);
+    // Tagged hashes hash "suanli/v1/...", never a zero first byte.
+    assert_eq!(crate::hash::tagged("x", &[]), Hash32::of(b"suanli/v1/x\0"));
+}
+
+#[test]
 fn modified_entry_detected_at_its_index() {
     let mut ledger = sample_ledger();
     // Change the timestamp of entry 2 and re-encode it: its own checks pass, the link of 3 breaks.

@@ -9,6 +9,7 @@ fn decline() -> Signed<Decline> {
             provider: provider().node_id(),
             requester: requester().node_id(),
             job_id: contract().job_id,
+            contract_id: Some(contract_id()),
             code: DeclineCode::Busy,
             message: "all slots taken".into(),
             declined_at_ms: NOW,
@@ -165,6 +166,7 @@ fn decline_from_someone_else_is_refused() {
             provider: stranger().node_id(),
             requester: requester().node_id(),
             job_id: contract().job_id,
+            contract_id: Some(contract_id()),
             code: DeclineCode::Other,
             message: String::new(),
             declined_at_ms: NOW,
@@ -180,6 +182,40 @@ fn decline_from_someone_else_is_refused() {
             ..
         })
     ));
+}
+
+#[test]
+fn decline_must_name_this_contract() {
+    // A decline of the quote (no contract) or of another contract of the same job cannot be
+    // replayed to decline this one.
+    let other_contract = {
+        let mut other = contract();
+        other.nonce += 1;
+        ContractId(Signed::sign(&other, &requester()).unwrap().digest())
+    };
+    for contract_id in [None, Some(other_contract)] {
+        let replayed = Signed::sign(
+            &Decline {
+                contract_id,
+                ..decline().verify().unwrap()
+            },
+            &provider(),
+        )
+        .unwrap();
+        let mut lifecycle = lifecycle_in(ContractState::Proposed);
+        assert_eq!(
+            lifecycle.apply(ContractEvent::Declined(&replayed)),
+            Err(LifecycleError::Mismatch {
+                document: "decline",
+                field: "contract_id",
+            })
+        );
+        assert_eq!(lifecycle.state(), ContractState::Proposed);
+    }
+    assert_eq!(
+        lifecycle_in(ContractState::Proposed).apply(ContractEvent::Declined(&decline())),
+        Ok(ContractState::Declined)
+    );
 }
 
 fn deliver(
@@ -232,6 +268,13 @@ fn receipts_that_break_the_contract_are_refused() {
             LifecycleError::UsageBeyondLimits("output_bytes"),
         ),
         (
+            |r| {
+                r.usage.wall_time_ms =
+                    contract().limits.wall_time_ms + crate::negotiation::WALL_TIME_GRACE_MS + 1
+            },
+            LifecycleError::UsageBeyondLimits("wall_time_ms"),
+        ),
+        (
             |r| r.usage.output_bytes = 4,
             LifecycleError::Mismatch {
                 document: "receipt",
@@ -255,6 +298,42 @@ fn receipts_that_break_the_contract_are_refused() {
         deliver(receipt(), &provider()),
         Ok(ContractState::Delivered)
     );
+}
+
+#[test]
+fn wall_time_within_the_grace_is_accepted() {
+    let mut receipt = receipt();
+    receipt.usage.wall_time_ms =
+        contract().limits.wall_time_ms + crate::negotiation::WALL_TIME_GRACE_MS;
+    assert_eq!(deliver(receipt, &provider()), Ok(ContractState::Delivered));
+}
+
+#[test]
+fn cost_above_max_cost_is_reported_as_such() {
+    // The requester signed a contract whose max_cost is below what the terms allow for its
+    // limits; a receipt whose cost follows the terms exactly is still refused, as above the max.
+    let mut low = contract();
+    low.max_cost = Credits(104);
+    let proposal = Signed::sign(&low, &requester()).unwrap();
+    let cosigned = CoSigned::countersign(proposal.clone(), &provider())
+        .unwrap()
+        .0;
+    let mut lifecycle = ContractLifecycle::signed(&cosigned).unwrap();
+    let receipt = Receipt {
+        contract_id: lifecycle.id(),
+        ..receipt()
+    };
+    assert_eq!(receipt.cost, Credits(105));
+    assert_eq!(price().cost(&receipt.usage), Ok(Credits(105)));
+    let signed = Signed::sign(&receipt, &provider()).unwrap();
+    assert_eq!(
+        lifecycle.apply(ContractEvent::Delivered(&signed)),
+        Err(LifecycleError::CostAboveMax {
+            cost: Credits(105),
+            max: Credits(104),
+        })
+    );
+    assert_eq!(lifecycle.state(), ContractState::Signed);
 }
 
 #[test]

@@ -38,20 +38,19 @@ fn a_negotiation_through_wire_messages() {
     };
 
     // Quote -> offer.
-    let MarketRequest::Quote(quote) = over_the_wire(&MarketRequest::Quote(QuoteRequest {
-        requester: requester.node_id(),
-        job_id,
-        spec: spec.clone(),
-        requested_at_ms: now,
-    })) else {
+    let quote = QuoteRequest::new(requester.node_id(), &spec, 42, now).expect("quote");
+    assert_eq!(quote.job_id, job_id);
+    let MarketRequest::Quote(quote) = over_the_wire(&MarketRequest::Quote(quote)) else {
         panic!("not a quote")
     };
+    // The provider decodes the raw spec bytes and checks the job id derived from them.
+    let quoted_spec = quote.decode_spec().expect("valid quote");
     let offer = Offer {
         provider: provider.node_id(),
         requester: quote.requester,
         job_id: quote.job_id,
         price,
-        max_cost: price.max_cost(&quote.spec.limits).expect("cost"),
+        max_cost: price.max_cost(&quoted_spec.limits).expect("cost"),
         valid_until_ms: now + 5_000,
         reservation: 1,
     };
@@ -84,6 +83,10 @@ fn a_negotiation_through_wire_messages() {
     let MarketRequest::Propose(received) = over_the_wire(&MarketRequest::Propose(proposal)) else {
         panic!("not a proposal")
     };
+    // The provider checks the proposal against the quote it priced and the offer it signed.
+    let proposed = received.verify().expect("valid proposal");
+    proposed.check_quote(&quote).expect("matches the quote");
+    proposed.check_offer(&offer).expect("matches the offer");
     let (cosigned, _) = CoSigned::countersign(received, &provider).expect("countersign");
     let MarketResponse::Countersigned(cosigned) =
         over_the_wire(&MarketResponse::Countersigned(cosigned))

@@ -1,0 +1,112 @@
+//! The real `suanli` binary, run as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the `suanli` binary, built once per test run (a no-op when it is up to date).
+pub fn suanli_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "suanli-node", "--bin", "suanli"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building suanli failed");
+        // target/<profile>/deps/integration-… → target/<profile>/suanli
+        let exe = std::env::current_exe().expect("test executable");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
+        let binary = profile_dir.join(format!("suanli{}", std::env::consts::EXE_SUFFIX));
+        assert!(binary.exists(), "{} missing", binary.display());
+        binary
+    })
+}
+
+/// Runs `suanli ARGS…` to completion.
+pub fn suanli(args: &[&str]) -> Output {
+    Command::new(suanli_binary())
+        .args(args)
+        .env_remove("SUANLI_API")
+        .output()
+        .expect("run suanli")
+}
+
+/// A `suanli run` process, stopped with SIGTERM (or killed) when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `suanli run --data-dir DIR` on loopback ports with `extra` arguments.
+    pub fn spawn(data_dir: &Path, extra: &[String]) -> NodeProcess {
+        let mut command = Command::new(suanli_binary());
+        command
+            .arg("run")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("spawn suanli run");
+        NodeProcess {
+            child,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Waits for the node's `run.json` and returns it.
+    pub fn wait_ready(&mut self, limit: Duration) -> Value {
+        let path = self.data_dir.join("run.json");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(info) = serde_json::from_str::<Value>(&text)
+            {
+                return info;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("suanli run exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "node not ready after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait for killed node");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The daemon's mesh: real nodes over loopback TCP discover each other, gossip signed adverts and
+//! refuse forged ones.
+
+use std::time::Duration;
+
+use suanli_node::clock::now_ms;
+use suanli_protocol::wire::{GossipMessage, WireMessage};
+use suanli_protocol::{CapacityAdvert, Keypair, PriceTerms, Resources, Signed};
+use suanli_tests::adversary::Adversary;
+use suanli_tests::{TestNode, wait_until, with_timeout};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_bootstrapped_in_a_chain_all_see_each_other() {
+    with_timeout(async {
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for _ in 0..5 {
+            let bootstrap: Vec<_> = nodes.last().map(TestNode::tcp_addr).into_iter().collect();
+            nodes.push(TestNode::start(&bootstrap).await);
+        }
+        wait_until("every node's mesh view holds all 5 nodes", CONVERGE, || {
+            nodes.iter().all(|node| node.mesh_size() == 5)
+        })
+        .await;
+        // Each view holds exactly these five ids.
+        let mut ids: Vec<_> = nodes.iter().map(|node| node.handle.node_id).collect();
+        ids.sort();
+        for node in &nodes {
+            let seen: Vec<_> = node
+                .handle
+                .mesh
+                .snapshot(now_ms())
+                .into_iter()
+                .map(|entry| entry.advert.node)
+                .collect();
+            assert_eq!(seen, ids);
+        }
+        for node in nodes {
+            node.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_the_views_after_its_ttl() {
+    with_timeout(async {
+        let a = TestNode::start(&[]).await;
+        let b = TestNode::start(&[a.tcp_addr()]).await;
+        let c = TestNode::start(&[a.tcp_addr()]).await;
+        wait_until("all see 3", CONVERGE, || {
+            [&a, &b, &c].iter().all(|node| node.mesh_size() == 3)
+        })
+        .await;
+        let gone = c.handle.node_id;
+        let stopped_at = std::time::Instant::now();
+        c.stop().await;
+        wait_until("the stopped node expired everywhere", CONVERGE, || {
+            [&a, &b].iter().all(|node| {
+                node.handle
+                    .mesh
+                    .snapshot(now_ms())
+                    .iter()
+                    .all(|e| e.advert.node != gone)
+            })
+        })
+        .await;
+        // Not before its TTL (3 s) minus the age of its last advert (≤ 1 s interval).
+        assert!(
+            stopped_at.elapsed() >= Duration::from_millis(1_900),
+            "{:?}",
+            stopped_at.elapsed()
+        );
+        assert_eq!(a.mesh_size(), 2);
+        a.stop().await;
+        b.stop().await;
+    })
+    .await;
+}
+
+fn advert_of(key: &Keypair, seq: u64) -> CapacityAdvert {
+    CapacityAdvert {
+        node: key.node_id(),
+        seq,
+        issued_at_ms: now_ms(),
+        ttl_ms: 30_000,
+        region: "forged".into(),
+        listen_addrs: vec![],
+        total: Resources {
+            cpu_cores: 1_000,
+            memory_bytes: 1 << 40,
+            gpus: vec![],
+        },
+        free: Resources::default(),
+        executors: vec![],
+        prices: PriceTerms::default(),
+        load_permille: 0,
+        software_version: "evil".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_adverts_are_rejected() {
+    with_timeout(async {
+        let victim = TestNode::start(&[]).await;
+        let honest = TestNode::start(&[victim.tcp_addr()]).await;
+        wait_until("victim sees the honest node", CONVERGE, || {
+            victim.mesh_size() == 2
+        })
+        .await;
+
+        let attacker = Keypair::generate().expect("key");
+        let impersonated = Keypair::generate().expect("key");
+        let adversary = Adversary::connect(attacker.clone(), victim.tcp_addr()).await;
+
+        // 1. Valid encoding, wrong signature: the attacker's own advert with a flipped signature bit.
+        let signed = Signed::sign(&advert_of(&attacker, 1), &attacker).expect("sign");
+        let mut bad_signature = GossipMessage::Advert(signed).to_bytes().expect("encode");
+        let last = bad_signature.len() - 1;
+        bad_signature[last] ^= 0x01;
+        // 2. Wrong sender: an advert validly signed by another node, published by the attacker.
+        let other = Signed::sign(&advert_of(&impersonated, 1), &impersonated).expect("sign");
+        let wrong_sender = GossipMessage::Advert(other).to_bytes().expect("encode");
+        // 3. Malformed: not a message at all, and an unknown protocol version.
+        let garbage = vec![0xff; 300];
+        let mut future_version =
+            GossipMessage::Advert(Signed::sign(&advert_of(&attacker, 2), &attacker).expect("sign"))
+                .to_bytes()
+                .expect("encode");
+        future_version[0] = 9;
+
+        let rejected_before = victim.handle.network.gossip_stats().rejected;
+        for bytes in [bad_signature, wrong_sender, garbage, future_version] {
+            // The first rejection graylists the attacker, after which the victim may drop its
+            // messages before validation; either way none may be accepted.
+            adversary.publish(bytes).await.expect("published");
+        }
+        wait_until("the victim rejected the forged advert", CONVERGE, || {
+            victim.handle.network.gossip_stats().rejected > rejected_before
+        })
+        .await;
+
+        // The receiver keeps working: a fresh advert from the honest node still arrives.
+        let honest_id = honest.handle.node_id;
+        let before = victim
+            .handle
+            .mesh
+            .get(&honest_id)
+            .expect("honest entry")
+            .advert
+            .seq;
+        honest
+            .handle
+            .network
+            .publish_advert()
+            .await
+            .expect("publish");
+        wait_until("a newer honest advert is accepted", CONVERGE, || {
+            victim
+                .handle
+                .mesh
+                .get(&honest_id)
+                .is_some_and(|entry| entry.advert.seq > before)
+        })
+        .await;
+        for node in [&victim, &honest] {
+            assert!(node.handle.mesh.get(&attacker.node_id()).is_none());
+            assert!(node.handle.mesh.get(&impersonated.node_id()).is_none());
+            assert_eq!(node.mesh_size(), 2);
+        }
+        victim.stop().await;
+        honest.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_through_persisted_peers() {
+    with_timeout(async {
+        let bootstrap = TestNode::start(&[]).await;
+        let bootstrap_addr = bootstrap.tcp_addr();
+        let b = TestNode::start(std::slice::from_ref(&bootstrap_addr)).await;
+        let c = TestNode::start(std::slice::from_ref(&bootstrap_addr)).await;
+        wait_until("all see 3", CONVERGE, || {
+            [&bootstrap, &b, &c]
+                .iter()
+                .all(|node| node.mesh_size() == 3)
+        })
+        .await;
+        // c knows b directly (through the DHT), not only through the bootstrap node.
+        wait_until("c is connected to b", CONVERGE, || {
+            let peers = futures::executor::block_on(c.handle.network.peers()).expect("peers");
+            peers
+                .iter()
+                .any(|peer| peer.node_id == b.handle.node_id.to_string())
+        })
+        .await;
+        let c_id = c.handle.node_id;
+        let c_dir = c.stop().await;
+        assert!(c_dir.path().join("peers.json").exists());
+        bootstrap.stop().await;
+
+        let c = TestNode::start_in(c_dir, &[bootstrap_addr]).await;
+        assert_eq!(c.handle.node_id, c_id, "same identity after restart");
+        wait_until(
+            "restarted c sees b again with its bootstrap peer down",
+            CONVERGE,
+            || c.handle.mesh.get(&b.handle.node_id).is_some(),
+        )
+        .await;
+        wait_until("b sees the restarted c", CONVERGE, || {
+            b.handle
+                .mesh
+                .get(&c_id)
+                .is_some_and(|entry| entry.received_at_ms > 0)
+        })
+        .await;
+        b.stop().await;
+        c.stop().await;
+    })
+    .await;
+}
