@@ -81,6 +81,42 @@ pub fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
     gpus
 }
 
+/// How busy the node's provider is; published by the market, read into every advert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Load {
+    /// Places taken: offers outstanding plus contracts not yet finished.
+    pub in_use: u32,
+    /// Jobs that run at once.
+    pub slots: u32,
+    /// Places in all: slots plus queue.
+    pub capacity: u32,
+}
+
+impl Load {
+    /// An idle node (also the load of a node that accepts no jobs).
+    pub const IDLE: Load = Load {
+        in_use: 0,
+        slots: 1,
+        capacity: 1,
+    };
+
+    fn busy_slots(&self) -> u64 {
+        u64::from(self.in_use.min(self.slots))
+    }
+
+    fn load_permille(&self) -> u16 {
+        let permille = u64::from(self.in_use) * 1000 / u64::from(self.capacity.max(1));
+        u16::try_from(permille.min(1000)).unwrap_or(1000)
+    }
+
+    /// The share of `amount` not taken by busy slots.
+    fn free_share(&self, amount: u64) -> u64 {
+        let slots = u64::from(self.slots.max(1));
+        amount / slots * (slots - self.busy_slots())
+            + amount % slots * (slots - self.busy_slots()) / slots
+    }
+}
+
 /// The node's offer: totals after the operator's overrides, its executors and prices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capacity {
@@ -126,7 +162,7 @@ impl Capacity {
         }
     }
 
-    /// An advert of this capacity. Until jobs run, everything is free and the load is zero.
+    /// An advert of this capacity under `load`: busy slots take their share of cores and memory.
     pub fn advert(
         &self,
         node: NodeId,
@@ -134,7 +170,14 @@ impl Capacity {
         now_ms: u64,
         ttl: Duration,
         listen_addrs: Vec<String>,
+        load: Load,
     ) -> CapacityAdvert {
+        let free = Resources {
+            cpu_cores: u32::try_from(load.free_share(u64::from(self.total.cpu_cores)))
+                .unwrap_or(self.total.cpu_cores),
+            memory_bytes: load.free_share(self.total.memory_bytes),
+            gpus: self.total.gpus.clone(),
+        };
         CapacityAdvert {
             node,
             seq,
@@ -143,10 +186,10 @@ impl Capacity {
             region: self.region.clone(),
             listen_addrs,
             total: self.total.clone(),
-            free: self.total.clone(),
+            free,
             executors: self.executors.clone(),
             prices: self.prices,
-            load_permille: 0,
+            load_permille: load.load_permille(),
             software_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -189,5 +232,24 @@ mod tests {
         assert_eq!(capacity.total.gpus[0].count, 4);
         let probed = Detected::probe();
         assert!(probed.cpu_cores >= 1);
+    }
+
+    #[test]
+    fn load_shows_in_free_resources() {
+        let load = Load {
+            in_use: 3,
+            slots: 4,
+            capacity: 8,
+        };
+        assert_eq!(load.free_share(8), 2);
+        assert_eq!(load.load_permille(), 375);
+        let full = Load {
+            in_use: 12,
+            slots: 4,
+            capacity: 8,
+        };
+        assert_eq!(full.free_share(8), 0);
+        assert_eq!(full.load_permille(), 1000);
+        assert_eq!(Load::IDLE.free_share(7), 7);
     }
 }

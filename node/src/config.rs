@@ -23,6 +23,67 @@ pub struct Config {
     pub api: ApiConfig,
     /// What this node offers to the mesh.
     pub capacity: CapacityConfig,
+    /// Running other nodes' jobs.
+    pub provider: ProviderConfig,
+    /// Placing jobs submitted to this node.
+    pub jobs: JobsConfig,
+}
+
+/// Running other nodes' jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Accept jobs from the mesh (and from this node) at all.
+    pub accept_jobs: bool,
+    /// Jobs run at once; default: the cores offered.
+    pub slots: Option<u32>,
+    /// Jobs accepted beyond the running ones, waiting for a slot.
+    pub queue: u32,
+    /// Largest fuel budget accepted per job.
+    pub max_fuel: u64,
+    /// Largest memory limit accepted per job, bytes.
+    pub max_memory_bytes: u64,
+    /// Longest wall-time limit accepted per job, milliseconds.
+    pub max_wall_time_ms: u64,
+    /// Largest output accepted per job, bytes.
+    pub max_output_bytes: u64,
+    /// Seconds an offer (and the slot it holds) stays valid.
+    pub offer_validity_secs: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            accept_jobs: true,
+            slots: None,
+            queue: 64,
+            max_fuel: 10_000_000_000,
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_wall_time_ms: 60_000,
+            max_output_bytes: suanli_protocol::job::MAX_OUTPUT_BYTES,
+            offer_validity_secs: 10,
+        }
+    }
+}
+
+/// Placing jobs submitted to this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Seconds to keep looking for a provider before the job fails with the reasons collected.
+    pub placement_timeout_secs: u64,
+    /// Seconds added to a job's wall-time limit for transfer and queueing before its contract's
+    /// deadline.
+    pub deadline_grace_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            placement_timeout_secs: 60,
+            deadline_grace_secs: 30,
+        }
+    }
 }
 
 /// Peer-to-peer networking.
@@ -168,6 +229,8 @@ pub struct CheckedConfig {
     pub capacity: CapacityConfig,
     pub executors: Vec<ExecutorKind>,
     pub prices: PriceTerms,
+    pub provider: ProviderConfig,
+    pub jobs: JobsConfig,
 }
 
 impl Config {
@@ -226,6 +289,25 @@ impl Config {
             self.api.listen.parse().map_err(|error| {
                 invalid("api.listen", format!("{:?}: {error}", self.api.listen))
             })?;
+        let provider = &self.provider;
+        if provider.slots == Some(0) {
+            return Err(invalid("provider.slots", "must be at least 1"));
+        }
+        if provider.max_memory_bytes > suanli_protocol::job::MAX_MEMORY_BYTES
+            || provider.max_output_bytes > suanli_protocol::job::MAX_OUTPUT_BYTES
+            || provider.max_wall_time_ms > suanli_protocol::job::MAX_WALL_TIME_MS
+        {
+            return Err(invalid(
+                "provider.max_*",
+                "above the protocol's hard limits (4 GiB memory, 4 MiB output, 1 h wall time)",
+            ));
+        }
+        if provider.offer_validity_secs == 0 || self.jobs.placement_timeout_secs == 0 {
+            return Err(invalid(
+                "provider.offer_validity_secs / jobs.placement_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         let capacity = &self.capacity;
         if capacity.region.len() > suanli_protocol::job::MAX_REGION_BYTES {
             return Err(invalid("capacity.region", "at most 64 bytes"));
@@ -258,6 +340,8 @@ impl Config {
                 base: Credits(capacity.price_base),
                 per_million_fuel: Credits(capacity.price_per_million_fuel),
             },
+            provider: self.provider.clone(),
+            jobs: self.jobs.clone(),
         })
     }
 }
@@ -298,6 +382,26 @@ executors = ["wasm"]
 # Prices in micro-credits (1 credit = 1,000,000): a flat fee per job plus a rate per million fuel.
 price_base = 100
 price_per_million_fuel = 10
+
+[provider]
+# Run jobs for the mesh (and for this node).
+accept_jobs = true
+# Jobs run at once (default: the cores offered), and jobs accepted to wait for a slot.
+# slots = 8
+queue = 64
+# The largest job accepted.
+max_fuel = 10000000000
+max_memory_bytes = 268435456
+max_wall_time_ms = 60000
+max_output_bytes = 4194304
+# Seconds an offer (and the slot it holds) stays valid.
+offer_validity_secs = 10
+
+[jobs]
+# Seconds to keep looking for a provider before a job fails with the reasons collected.
+placement_timeout_secs = 60
+# Seconds added to a job's time limit for transfer and queueing before its contract's deadline.
+deadline_grace_secs = 30
 "#;
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //!   config.toml   commented configuration (written by `suanli init`)
 //!   peers.json    peers seen recently, re-dialled on start (written by the node)
 //!   run.json      node id, API address and listen addresses of the running node
+//!   db/           the ledger, job records and blobs (sled; see the ledger module)
 //! ```
 
 use std::collections::BTreeMap;
@@ -85,6 +86,11 @@ impl DataDir {
 
     pub fn peers_path(&self) -> PathBuf {
         self.root.join("peers.json")
+    }
+
+    /// The sled database holding the ledger, job records and blobs.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.root.join("db")
     }
 
     pub fn run_info_path(&self) -> PathBuf {

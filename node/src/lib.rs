@@ -20,6 +20,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod data_dir;
+pub mod executor;
+pub mod ledger;
+pub mod market;
 pub mod mesh;
 pub mod network;
 
@@ -32,9 +35,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::capacity::{Capacity, Detected};
+use crate::capacity::{Capacity, Detected, Load};
 use crate::config::CheckedConfig;
 use crate::data_dir::{DataDir, DataDirError, RunInfo};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::ledger::{LedgerError, LedgerHandle, Store};
+use crate::market::{Market, MarketParts};
 use crate::mesh::MeshView;
 use crate::network::{NetworkHandle, NetworkParts, StartError};
 
@@ -45,6 +51,10 @@ pub enum NodeError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Network(#[from] StartError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("executor: {0}")]
+    Executor(#[from] ExecutorError),
     #[error("API on {addr}: {source}")]
     Api {
         addr: SocketAddr,
@@ -60,8 +70,12 @@ pub struct NodeHandle {
     pub listen_addrs: Vec<Multiaddr>,
     pub mesh: MeshView,
     pub network: NetworkHandle,
+    pub market: Market,
+    pub ledger: LedgerHandle,
     data_dir: DataDir,
     cancel: CancellationToken,
+    ledger_cancel: CancellationToken,
+    ledger_task: Option<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
 }
 
@@ -79,21 +93,56 @@ impl Node {
         let mesh = MeshView::default();
         let cancel = CancellationToken::new();
         let api_listen = config.api_listen;
+        let mut tasks = JoinSet::new();
+
+        let store = Store::open(&data_dir.ledger_path(), node_id)?;
+        // The ledger writer stops last: it gets its own token, cancelled after the others end.
+        let ledger_cancel = CancellationToken::new();
+        let (ledger, ledger_task) = store.start(ledger_cancel.clone());
+        let executor = Executor::new(ExecutorConfig {
+            max_concurrency: config
+                .provider
+                .slots
+                .unwrap_or(capacity.total.cpu_cores)
+                .max(1),
+            max_memory_bytes: config.provider.max_memory_bytes,
+        })?;
+        let (load_sender, load) = tokio::sync::watch::channel(Load::IDLE);
+        let (events_sender, events) = tokio::sync::mpsc::channel(network::EVENT_QUEUE);
+        let provider_config = config.provider.clone();
+        let jobs_config = config.jobs.clone();
+        let (prices, executors) = (config.prices, config.executors.clone());
         let (network, network_task, listen_addrs) = network::start(NetworkParts {
             config,
-            keypair,
+            keypair: keypair.clone(),
             capacity: capacity.clone(),
             mesh: mesh.clone(),
             data_dir: data_dir.clone(),
+            events: events_sender,
+            load,
             cancel: cancel.clone(),
         })
         .await?;
-        let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             if let Err(error) = network_task.await {
                 warn!(%error, "network task failed");
             }
         });
+        let market = Market::new(MarketParts {
+            keypair,
+            network: network.clone(),
+            mesh: mesh.clone(),
+            ledger: ledger.clone(),
+            executor,
+            provider: provider_config,
+            jobs: jobs_config,
+            default_slots: capacity.total.cpu_cores,
+            prices,
+            executors,
+            load: load_sender,
+            cancel: cancel.clone(),
+        });
+        tasks.spawn(market.clone().serve(events));
 
         let listener = tokio::net::TcpListener::bind(api_listen)
             .await
@@ -111,6 +160,8 @@ impl Node {
             capacity,
             mesh: mesh.clone(),
             network: network.clone(),
+            market: market.clone(),
+            ledger: ledger.clone(),
         });
         let api_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -138,8 +189,12 @@ impl Node {
             listen_addrs,
             mesh,
             network,
+            market,
+            ledger,
             data_dir,
             cancel,
+            ledger_cancel,
+            ledger_task: Some(ledger_task),
             tasks,
         })
     }
@@ -161,6 +216,11 @@ impl NodeHandle {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        // Appends in flight finish before the ledger writer stops.
+        self.ledger_cancel.cancel();
+        if let Some(task) = self.ledger_task.take() {
+            let _ = task.await;
+        }
         self.data_dir.remove_run_info();
         info!(node_id = %self.node_id, "node stopped");
     }

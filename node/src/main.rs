@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use suanli_node::cli::{Cli, execute};
+use suanli_node::cli::{Cli, SilentExit, execute};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&format!("{error:#}")),
+        Err(error) => match error.downcast_ref::<SilentExit>() {
+            Some(SilentExit(code)) => ExitCode::from(*code),
+            None => fail(&format!("{error:#}")),
+        },
     }
 }
 

@@ -10,7 +10,10 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use suanli_node::config::Config;
 use suanli_node::data_dir::DataDir;
+use suanli_node::market::{JobRecord, Submission};
 use suanli_node::{Node, NodeHandle};
+use suanli_protocol::ledger::LedgerEntry;
+use suanli_protocol::{Credits, JobId, Limits, Placement};
 use tempfile::TempDir;
 
 /// Every test runs under this limit.
@@ -54,7 +57,27 @@ pub fn test_config(bootstrap: &[Multiaddr]) -> Config {
     config.network.advert_interval_secs = 1;
     config.network.advert_ttl_secs = 3;
     config.api.listen = "127.0.0.1:0".into();
+    config.provider.slots = Some(2);
+    config.provider.max_fuel = 100_000_000_000;
     config
+}
+
+/// A submission of WAT text with roomy default limits.
+pub fn wat_job(wat: &str) -> Submission {
+    Submission {
+        module: wat.as_bytes().to_vec(),
+        args: Vec::new(),
+        env: Default::default(),
+        stdin: Vec::new(),
+        limits: Limits {
+            fuel: 1_000_000_000,
+            memory_bytes: 16 << 20,
+            wall_time_ms: 10_000,
+            output_bytes: 1 << 20,
+        },
+        max_price: Credits(1_000_000_000),
+        placement: Placement::default(),
+    }
 }
 
 /// A node running in this process, with its data dir.
@@ -94,6 +117,48 @@ impl TestNode {
             .mesh
             .snapshot(suanli_node::clock::now_ms())
             .len()
+    }
+
+    /// Submits a job to this node.
+    pub fn submit(&self, submission: Submission) -> JobId {
+        self.handle.market.submit(submission).expect("job accepted")
+    }
+
+    pub fn job(&self, job_id: &JobId) -> JobRecord {
+        self.handle
+            .market
+            .jobs()
+            .get(job_id)
+            .expect("job store")
+            .expect("job record")
+    }
+
+    /// Waits until the job is final and returns its record.
+    pub async fn wait_job(&self, job_id: &JobId, limit: Duration) -> JobRecord {
+        wait_until("the job is finished", limit, || {
+            self.job(job_id).state.is_final()
+        })
+        .await;
+        self.job(job_id)
+    }
+
+    /// Every entry of this node's ledger, decoded.
+    pub fn ledger_entries(&self) -> Vec<LedgerEntry> {
+        let mut entries = Vec::new();
+        loop {
+            let page = self
+                .handle
+                .ledger
+                .range(entries.len() as u64, 1024)
+                .expect("ledger range");
+            if page.is_empty() {
+                return entries;
+            }
+            entries.extend(
+                page.iter()
+                    .map(|stored| LedgerEntry::decode(&stored.raw).expect("decodable entry")),
+            );
+        }
     }
 
     /// Stops the node and hands back its data dir.

@@ -6,14 +6,23 @@
 //! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime |
 //! | `GET /v1/peers` | connected peers |
 //! | `GET /v1/mesh` | every node in the capacity view (this one included) |
+//! | `POST /v1/jobs` | submit a job → `202 {"job_id"}` |
+//! | `GET /v1/jobs` | jobs submitted here, paged |
+//! | `GET /v1/jobs/{id}` | one job: state, provider, contract, usage, cost, attempts |
+//! | `GET /v1/jobs/{id}/output` | its raw stdout |
+//! | `GET /v1/ledger` | ledger entries (`from`, `limit`) |
+//! | `GET /v1/ledger/verify` | full verification of chain and signatures |
+//! | `GET /v1/balances` | net credits per peer, from settlements |
 //!
-//! Handlers only read shared state or ask the network task; they never block it.
+//! Handlers only read shared state or ask the network task and the market; they never block them.
 
 mod error;
+mod jobs;
+pub mod ledger;
 
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -23,8 +32,13 @@ pub use error::ApiError;
 
 use crate::capacity::Capacity;
 use crate::clock::now_ms;
+use crate::ledger::LedgerHandle;
+use crate::market::Market;
 use crate::mesh::{MeshEntry, MeshView};
 use crate::network::{GossipStats, NetworkHandle, PeerInfo};
+
+/// Largest request body: a base64 module and stdin at their caps, with room for the rest.
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -34,6 +48,8 @@ pub struct ApiState {
     pub capacity: Capacity,
     pub mesh: MeshView,
     pub network: NetworkHandle,
+    pub market: Market,
+    pub ledger: LedgerHandle,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -42,8 +58,35 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/peers", get(peers))
         .route("/v1/mesh", get(mesh))
+        .route("/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::status))
+        .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/ledger", get(ledger::entries))
+        .route("/v1/ledger/verify", get(ledger::verify))
+        .route("/v1/balances", get(ledger::balances))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A JSON body whose rejections (bad JSON, wrong type, too large) are [`ApiError`]s.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge(format!(
+                    "request body exceeds {MAX_BODY_BYTES} bytes"
+                )))
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -25,19 +25,66 @@ impl ApiClient {
         Ok(ApiClient { base, http })
     }
 
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        let reason = if error.is_connect() {
+            "connection refused or host unreachable (is `suanli run` running?)".to_owned()
+        } else if error.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            error.to_string()
+        };
+        anyhow!("cannot reach the node API at {}: {reason}", self.base)
+    }
+
     /// GETs `path` and returns its JSON, or a one-line error (API error bodies included).
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let response = self.http.get(&url).send().await.map_err(|error| {
-            let reason = if error.is_connect() {
-                "connection refused or host unreachable (is `suanli run` running?)".to_owned()
-            } else if error.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                error.to_string()
-            };
-            anyhow!("cannot reach the node API at {}: {reason}", self.base)
-        })?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        Self::json_answer(&url, response).await
+    }
+
+    /// POSTs a JSON body to `path` and returns the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        Self::json_answer(&url, response).await
+    }
+
+    /// GETs raw bytes (job output).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(Self::json_answer(&url, response)
+                .await
+                .err()
+                .unwrap_or_else(|| anyhow!("{url}: {status}")));
+        }
+        Ok(response
+            .bytes()
+            .await
+            .map_err(|error| anyhow!("{url}: {error}"))?
+            .to_vec())
+    }
+
+    async fn json_answer(url: &str, response: reqwest::Response) -> anyhow::Result<Value> {
         let status = response.status();
         let body: Value = response
             .json()

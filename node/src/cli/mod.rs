@@ -2,6 +2,8 @@
 //! client of a running node's HTTP API and never touches its data.
 
 mod client;
+mod jobs;
+mod ledger;
 mod output;
 
 use std::path::PathBuf;
@@ -46,7 +48,20 @@ pub enum Command {
     Peers(ClientArgs),
     /// List every node in the running node's capacity view of the mesh.
     Mesh(ClientArgs),
+    /// Submit and follow jobs.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
+    /// Read and verify the ledger.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Net credits per peer, derived from settlements.
+    Balances(ClientArgs),
 }
+
+/// Ends the command with this exit code; its reason was already printed.
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+pub struct SilentExit(pub u8);
 
 #[derive(Debug, Args)]
 pub struct DataDirArg {
@@ -114,6 +129,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let mesh = ApiClient::new(&args.api)?.get("/v1/mesh").await?;
             output::mesh(&mesh, args.json)
         }
+        Command::Job(command) => jobs::execute(command).await,
+        Command::Ledger(command) => ledger::execute(command).await,
+        Command::Balances(args) => ledger::balances(args).await,
     }
 }
 

@@ -11,12 +11,12 @@ pub fn line(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json(value: &Value) -> anyhow::Result<()> {
+pub fn json(value: &Value) -> anyhow::Result<()> {
     line(&serde_json::to_string_pretty(value)?)
 }
 
 /// Prints rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -37,7 +37,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(value: &Value, pointer: &str) -> String {
+pub fn text(value: &Value, pointer: &str) -> String {
     match value.pointer(pointer) {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Null) | None => "-".into(),

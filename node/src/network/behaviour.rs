@@ -6,10 +6,14 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, kad, mdns, noise,
-    ping, tcp, yamux,
+    ping, request_response, tcp, yamux,
 };
 use sha2::{Digest, Sha256};
-use suanli_protocol::wire::{ADVERT_TOPIC, MAX_GOSSIP_MESSAGE_BYTES};
+use suanli_protocol::wire::{
+    ADVERT_TOPIC, MARKET_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, MAX_MARKET_MESSAGE_BYTES,
+};
+
+use super::frame_codec::FrameCodec;
 
 use crate::config::CheckedConfig;
 
@@ -26,8 +30,14 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
+    pub market: request_response::Behaviour<FrameCodec>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
+
+/// How long one market exchange (request and its response) may take. Responses are immediate by
+/// design (work is acknowledged, results come in a separate request), so this bounds transfer
+/// time of the largest message, not job time.
+pub const MARKET_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The advert topic.
 pub fn advert_topic() -> gossipsub::IdentTopic {
@@ -129,12 +139,23 @@ pub fn build_swarm(
             } else {
                 None
             };
+            let market = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_MARKET_MESSAGE_BYTES),
+                [(
+                    StreamProtocol::new(MARKET_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(MARKET_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(256),
+            );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 identify,
                 ping: ping::Behaviour::default(),
                 kad,
                 gossipsub,
+                market,
                 mdns: mdns.into(),
             })
         })

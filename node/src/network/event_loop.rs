@@ -1,11 +1,12 @@
 //! The network task: owns the Swarm and reacts to commands, swarm events and timers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
 use tokio::sync::mpsc;
@@ -13,12 +14,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use suanli_protocol::advert::{MAX_ADDR_BYTES, MAX_LISTEN_ADDRS};
-use suanli_protocol::wire::{GossipMessage, WireMessage};
+use suanli_protocol::wire::{
+    ErrorCode, GossipMessage, MarketRequest, MarketResponse, WireError, WireMessage,
+};
 use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm};
 use super::peers::{PeerBook, is_dialable, without_peer_id};
-use super::{Command, GossipCounters, NetworkParts, StartError};
+use super::{
+    Command, GossipCounters, InboundRequest, NetworkEvent, NetworkParts, RequestError, StartError,
+};
 use crate::clock::now_ms;
 use crate::mesh::Offered;
 
@@ -30,6 +35,13 @@ const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Least time between two advert publications triggered by new subscribers.
 const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most inbound requests waiting for an answer; beyond it new ones are answered "busy".
+const MAX_PENDING_INBOUND: usize = 4096;
+/// Malformed messages a peer may send before it is disconnected and ignored for a while.
+const MAX_STRIKES: u32 = 3;
+const BAN: Duration = Duration::from_secs(300);
+
+type OutboundReply = tokio::sync::oneshot::Sender<Result<Vec<u8>, RequestError>>;
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -45,6 +57,11 @@ pub struct EventLoop {
     publish_pending: bool,
     kad_bootstrapped: bool,
     counters: Arc<GossipCounters>,
+    outbound: HashMap<OutboundRequestId, OutboundReply>,
+    inbound: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_inbound_id: u64,
+    strikes: HashMap<PeerId, u32>,
+    banned_until: HashMap<PeerId, Instant>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -95,6 +112,11 @@ impl EventLoop {
             publish_pending: false,
             kad_bootstrapped: false,
             counters,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound_id: 0,
+            strikes: HashMap::new(),
+            banned_until: HashMap::new(),
         })
     }
 
@@ -148,10 +170,18 @@ impl EventLoop {
         save.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.dial_anonymous_bootstrap();
         let cancel = self.parts.cancel.clone();
+        let mut load = self.parts.load.clone();
+        let mut load_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                changed = load.changed(), if load_open => {
+                    // Re-publish on change, debounced by the tick. A closed channel means the
+                    // market is gone: keep advertising the last load.
+                    load_open = changed.is_ok();
+                    self.publish_pending |= load_open;
+                }
                 command = self.inbox.recv() => {
                     let Some(command) = command else { break };
                     self.handle_command(command);
@@ -187,6 +217,154 @@ impl EventLoop {
                 self.publish_advert();
                 let _ = reply.send(());
             }
+            Command::SendMarket { peer, bytes, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .market
+                    .send_request(&peer.to_peer_id(), bytes);
+                self.outbound.insert(id, reply);
+            }
+            Command::Respond { id, bytes } => {
+                if let Some(channel) = self.inbound.remove(&id)
+                    && self
+                        .swarm
+                        .behaviour_mut()
+                        .market
+                        .send_response(channel, bytes)
+                        .is_err()
+                {
+                    debug!(id, "response not sent: the requester has gone");
+                }
+            }
+            Command::IsConnected(peer, reply) => {
+                let _ = reply.send(self.swarm.is_connected(&peer.to_peer_id()));
+            }
+        }
+    }
+
+    fn handle_market(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.handle_inbound_request(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "market request failed");
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let error = match error {
+                        request_response::OutboundFailure::Timeout => RequestError::Timeout,
+                        other => RequestError::Unreachable(other.to_string()),
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // A stream that broke off or sent an over-long frame.
+                debug!(%peer, %error, "inbound market request failed");
+                if matches!(error, request_response::InboundFailure::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
+                {
+                    self.strike(peer, "oversized or malformed frame");
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn answer_now(&mut self, channel: ResponseChannel<Vec<u8>>, code: ErrorCode, message: &str) {
+        if let Ok(bytes) = MarketResponse::Error(WireError::new(code, message)).to_bytes() {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .market
+                .send_response(channel, bytes);
+        }
+    }
+
+    fn handle_inbound_request(
+        &mut self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        if self
+            .banned_until
+            .get(&peer)
+            .is_some_and(|until| *until > Instant::now())
+        {
+            self.answer_now(
+                channel,
+                ErrorCode::Forbidden,
+                "banned for sending malformed messages",
+            );
+            return;
+        }
+        let request = match MarketRequest::from_bytes(&bytes) {
+            Ok(request) => request,
+            Err(error) => {
+                self.strike(peer, &error.to_string());
+                self.answer_now(channel, ErrorCode::BadRequest, &error.to_string());
+                return;
+            }
+        };
+        let Ok(node) = NodeId::from_peer_id(&peer) else {
+            self.answer_now(
+                channel,
+                ErrorCode::Forbidden,
+                "peer id is not an ed25519 node id",
+            );
+            return;
+        };
+        if self.inbound.len() >= MAX_PENDING_INBOUND {
+            self.answer_now(channel, ErrorCode::Unavailable, "busy");
+            return;
+        }
+        let id = self.next_inbound_id;
+        self.next_inbound_id += 1;
+        let event = NetworkEvent::Market(InboundRequest {
+            id,
+            peer: node,
+            request,
+        });
+        match self.parts.events.try_send(event) {
+            Ok(()) => {
+                self.inbound.insert(id, channel);
+            }
+            Err(_) => self.answer_now(channel, ErrorCode::Unavailable, "busy"),
+        }
+    }
+
+    /// Counts a malformed message against `peer`; too many and it is disconnected and ignored.
+    fn strike(&mut self, peer: PeerId, reason: &str) {
+        let strikes = self.strikes.entry(peer).or_default();
+        *strikes += 1;
+        warn!(%peer, strikes = *strikes, %reason, "malformed message from peer");
+        if *strikes >= MAX_STRIKES {
+            warn!(%peer, "peer banned for {BAN:?} after repeated malformed messages");
+            self.strikes.remove(&peer);
+            self.banned_until.insert(peer, Instant::now() + BAN);
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -203,6 +381,7 @@ impl EventLoop {
             debug!(%peer_id, "re-dialling");
             self.dial(peer_id, addrs);
         }
+        self.banned_until.retain(|_, until| *until > now);
         for node in self.parts.mesh.prune(now_ms()) {
             info!(%node, "advert expired; node left the capacity view");
         }
@@ -239,10 +418,12 @@ impl EventLoop {
         }
     }
 
+    /// A new listen address changes the advert: re-publish it soon.
     fn add_listen_addr(&mut self, address: Multiaddr) {
         info!(%address, "listening");
         if !self.listen_addrs.contains(&address) {
             self.listen_addrs.push(address);
+            self.publish_pending = true;
         }
     }
 
@@ -251,6 +432,7 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => self.add_listen_addr(address),
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|known| known != &address);
+                self.publish_pending = true;
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -332,6 +514,7 @@ impl EventLoop {
                     self.dial(peer, addresses.into_vec());
                 }
             }
+            BehaviourEvent::Market(event) => self.handle_market(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer_id, addr) in found {
                     self.swarm
@@ -403,6 +586,7 @@ impl EventLoop {
             now,
             self.parts.config.advert_ttl,
             listen_addrs,
+            *self.parts.load.borrow(),
         );
         let bytes = match Signed::sign(&advert, &self.parts.keypair)
             .map_err(|error| error.to_string())

@@ -21,6 +21,7 @@
 
 mod behaviour;
 mod event_loop;
+mod frame_codec;
 mod peers;
 
 use std::sync::Arc;
@@ -38,10 +39,45 @@ use crate::capacity::Capacity;
 use crate::config::CheckedConfig;
 use crate::data_dir::DataDir;
 use crate::mesh::MeshView;
-use suanli_protocol::Keypair;
+use suanli_protocol::wire::{MarketRequest, MarketResponse, WireMessage};
+use suanli_protocol::{Keypair, NodeId};
 
 /// Capacity of the command channel; senders wait when it is full.
-const COMMAND_QUEUE: usize = 64;
+const COMMAND_QUEUE: usize = 256;
+/// Capacity of the event channel to the market; when it is full, inbound requests are answered
+/// "busy" at once rather than queued without bound.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// A market request from a peer, waiting for [`NetworkHandle::respond`].
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// Pass back to [`NetworkHandle::respond`].
+    pub id: u64,
+    /// The authenticated sender (from the connection's noise/TLS handshake).
+    pub peer: NodeId,
+    pub request: MarketRequest,
+}
+
+/// What the network tells the rest of the node.
+#[derive(Debug)]
+pub enum NetworkEvent {
+    Market(InboundRequest),
+}
+
+/// Why an outbound request got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    #[error("no answer in time")]
+    Timeout,
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("request too large: {0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Stopped(#[from] NetworkStopped),
+}
 
 /// A connected peer, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,6 +97,16 @@ pub enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     /// Publish this node's advert now.
     PublishAdvert(oneshot::Sender<()>),
+    /// Send an encoded market request; the reply gets the raw response bytes.
+    SendMarket {
+        peer: NodeId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    },
+    /// Answer an [`InboundRequest`] with an encoded response.
+    Respond { id: u64, bytes: Vec<u8> },
+    /// Whether a connection to the peer is open.
+    IsConnected(NodeId, oneshot::Sender<bool>),
 }
 
 /// The network task stopped.
@@ -138,6 +184,43 @@ impl NetworkHandle {
         self.request(Command::PublishAdvert).await
     }
 
+    /// Sends a market request to `peer` and waits for its response (dialling when needed).
+    pub async fn market_request(
+        &self,
+        peer: NodeId,
+        request: &MarketRequest,
+    ) -> Result<MarketResponse, RequestError> {
+        let bytes = request
+            .to_bytes()
+            .map_err(|error| RequestError::TooLarge(error.to_string()))?;
+        let answer = self
+            .request(|reply| Command::SendMarket { peer, bytes, reply })
+            .await??;
+        MarketResponse::from_bytes(&answer)
+            .map_err(|error| RequestError::Malformed(error.to_string()))
+    }
+
+    /// Answers an inbound request. A response that cannot be encoded becomes an error answer.
+    pub async fn respond(&self, id: u64, response: &MarketResponse) -> Result<(), NetworkStopped> {
+        let bytes = response.to_bytes().or_else(|error| {
+            MarketResponse::Error(suanli_protocol::wire::WireError::new(
+                suanli_protocol::wire::ErrorCode::Internal,
+                error.to_string(),
+            ))
+            .to_bytes()
+        });
+        let bytes = bytes.map_err(|_| NetworkStopped)?;
+        self.commands
+            .send(Command::Respond { id, bytes })
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
+    pub async fn is_connected(&self, peer: NodeId) -> Result<bool, NetworkStopped> {
+        self.request(|reply| Command::IsConnected(peer, reply))
+            .await
+    }
+
     /// How many received adverts were accepted, ignored and rejected so far.
     pub fn gossip_stats(&self) -> GossipStats {
         self.counters.snapshot()
@@ -163,6 +246,9 @@ pub struct NetworkParts {
     pub capacity: Capacity,
     pub mesh: MeshView,
     pub data_dir: DataDir,
+    pub events: mpsc::Sender<NetworkEvent>,
+    /// The provider's load, for adverts; a change triggers a re-publication.
+    pub load: tokio::sync::watch::Receiver<crate::capacity::Load>,
     pub cancel: CancellationToken,
 }
 

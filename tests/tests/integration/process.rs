@@ -1,9 +1,14 @@
-//! The real `suanli` binary: three `suanli run` processes on loopback, driven through the CLI.
+//! The real `suanli` binary: `suanli run` processes on loopback, driven through the CLI and HTTP.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use suanli_tests::process::{NodeProcess, suanli};
+use tempfile::TempDir;
+
+const JOBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs");
 
 fn mesh_json(api: &str) -> Option<Vec<Value>> {
     let output = suanli(&["mesh", "--json", "--api", api]);
@@ -16,89 +21,110 @@ fn mesh_json(api: &str) -> Option<Vec<Value>> {
         .cloned()
 }
 
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A mesh of `n` node processes; the first is everyone's bootstrap peer.
+struct ProcessMesh {
+    dirs: Vec<TempDir>,
+    nodes: Vec<NodeProcess>,
+    apis: Vec<String>,
+    ids: Vec<String>,
+}
+
+impl ProcessMesh {
+    fn start(n: usize) -> ProcessMesh {
+        let dirs: Vec<TempDir> = (0..n)
+            .map(|_| tempfile::tempdir().expect("temp dir"))
+            .collect();
+        let mut first = NodeProcess::spawn(dirs[0].path(), &[]);
+        let info = first.wait_ready(Duration::from_secs(30));
+        let id = info["node_id"].as_str().expect("id").to_owned();
+        let tcp = info["listen_addrs"]
+            .as_array()
+            .and_then(|addrs| {
+                addrs
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|a| a.contains("/tcp/"))
+            })
+            .expect("tcp address")
+            .to_owned();
+        let bootstrap = format!("{tcp}/p2p/{id}");
+        let mut nodes = vec![first];
+        for dir in &dirs[1..] {
+            nodes.push(NodeProcess::spawn(
+                dir.path(),
+                &["--bootstrap".into(), bootstrap.clone()],
+            ));
+        }
+        let mut apis = Vec::new();
+        let mut ids = Vec::new();
+        for node in &mut nodes {
+            let info = node.wait_ready(Duration::from_secs(30));
+            apis.push(format!("http://{}", info["api"].as_str().expect("api")));
+            ids.push(info["node_id"].as_str().expect("id").to_owned());
+        }
+        let mesh = ProcessMesh {
+            dirs,
+            nodes,
+            apis,
+            ids,
+        };
+        mesh.wait_converged();
+        mesh
+    }
+
+    fn wait_converged(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for api in &self.apis {
+            loop {
+                let mesh = mesh_json(api).unwrap_or_default();
+                if mesh.len() == self.apis.len() {
+                    for node in &mesh {
+                        for field in [
+                            "node_id",
+                            "age_ms",
+                            "region",
+                            "cpu_cores",
+                            "memory_bytes",
+                            "gpus",
+                            "executors",
+                            "prices",
+                            "load",
+                        ] {
+                            assert!(
+                                node.get(field).is_some(),
+                                "mesh entry lacks {field}: {node}"
+                            );
+                        }
+                    }
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{api} sees {} nodes", mesh.len());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 #[test]
 fn three_processes_see_each_other_through_the_cli() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("temp dir"))
-        .collect();
-    // `suanli init` prints the id; `suanli id` agrees with it.
-    let init = suanli(&[
-        "init",
-        "--data-dir",
-        dirs[0].path().to_str().expect("utf-8"),
-    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // `suanli init` prints the id; `suanli id` agrees; a second init is refused.
+    let init = suanli(&["init", "--data-dir", path_str(dir.path())]);
     assert!(init.status.success(), "{init:?}");
     let id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
     assert!(id.starts_with("12D3KooW"), "{id}");
-    let again = suanli(&["id", "--data-dir", dirs[0].path().to_str().expect("utf-8")]);
+    let again = suanli(&["id", "--data-dir", path_str(dir.path())]);
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), id);
-    let refused = suanli(&[
-        "init",
-        "--data-dir",
-        dirs[0].path().to_str().expect("utf-8"),
-    ]);
+    let refused = suanli(&["init", "--data-dir", path_str(dir.path())]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
 
-    let mut first = NodeProcess::spawn(dirs[0].path(), &[]);
-    let info = first.wait_ready(Duration::from_secs(30));
-    assert_eq!(info["node_id"], id);
-    let tcp = info["listen_addrs"]
-        .as_array()
-        .and_then(|addrs| {
-            addrs
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|a| a.contains("/tcp/"))
-        })
-        .expect("tcp address")
-        .to_owned();
-    let bootstrap = format!("{tcp}/p2p/{id}");
-    let mut nodes = vec![first];
-    for dir in &dirs[1..] {
-        nodes.push(NodeProcess::spawn(
-            dir.path(),
-            &["--bootstrap".into(), bootstrap.clone()],
-        ));
-    }
-    let apis: Vec<String> = nodes
-        .iter_mut()
-        .map(|node| {
-            let info = node.wait_ready(Duration::from_secs(30));
-            format!("http://{}", info["api"].as_str().expect("api"))
-        })
-        .collect();
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for api in &apis {
-        loop {
-            let mesh = mesh_json(api).unwrap_or_default();
-            if mesh.len() == 3 {
-                for node in &mesh {
-                    for field in [
-                        "node_id",
-                        "age_ms",
-                        "region",
-                        "cpu_cores",
-                        "memory_bytes",
-                        "gpus",
-                        "executors",
-                        "prices",
-                        "load",
-                    ] {
-                        assert!(
-                            node.get(field).is_some(),
-                            "mesh entry lacks {field}: {node}"
-                        );
-                    }
-                }
-                break;
-            }
-            assert!(Instant::now() < deadline, "{api} sees {} nodes", mesh.len());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    let peers = suanli(&["peers", "--json", "--api", &apis[0]]);
+    let mut mesh = ProcessMesh::start(3);
+    let peers = suanli(&["peers", "--json", "--api", &mesh.apis[0]]);
     let peers: Value = serde_json::from_slice(&peers.stdout).expect("peers json");
     assert!(peers.as_array().is_some_and(|peers| {
         peers.len() >= 2
@@ -106,18 +132,256 @@ fn three_processes_see_each_other_through_the_cli() {
                 .iter()
                 .all(|p| p["node_id"].is_string() && p["addrs"].is_array())
     }));
-    let status = suanli(&["status", "--api", &apis[0]]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains(&id));
+    let status = suanli(&["status", "--api", &mesh.apis[0]]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains(&mesh.ids[0]));
 
-    for node in &mut nodes {
+    for node in &mut mesh.nodes {
         let status = node.terminate();
         assert!(status.success(), "clean exit on SIGTERM: {status}");
         assert!(!node.data_dir.join("run.json").exists());
     }
     // Unreachable node: one line, non-zero exit.
-    let down = suanli(&["mesh", "--api", &apis[0]]);
+    let down = suanli(&["mesh", "--api", &mesh.apis[0]]);
     assert!(!down.status.success());
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+fn job_json(api: &str, args: &[&str]) -> (bool, Value) {
+    let mut command = vec!["job", "submit", "--api", api, "--json"];
+    command.extend_from_slice(args);
+    let output = suanli(&command);
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&output.stdout)));
+    (output.status.success(), json)
+}
+
+#[test]
+fn the_cli_runs_jobs_on_a_mesh_of_processes() {
+    let mut mesh = ProcessMesh::start(3);
+    let api = mesh.apis[0].clone();
+    let hello = format!("{JOBS}/hello.wat");
+
+    // --wait prints the job's stdout and exits 0.
+    let plain = suanli(&["job", "submit", &hello, "--remote", "--wait", "--api", &api]);
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(plain.stdout, b"hello from suanli\n");
+
+    // --json: one object with the documented fields; it ran on another node.
+    let (ok, job) = job_json(&api, &[&hello, "--remote", "--wait"]);
+    assert!(ok, "{job}");
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["stdout"], "hello from suanli\n");
+    assert_eq!(job["exit_code"], 0);
+    for field in [
+        "job_id",
+        "provider",
+        "contract_id",
+        "stdout_base64",
+        "error",
+        "usage",
+        "cost",
+    ] {
+        assert!(job.get(field).is_some(), "missing {field}: {job}");
+    }
+    assert!(job["usage"]["fuel"].as_u64().is_some_and(|fuel| fuel > 0));
+    assert!(job["usage"]["wall_ms"].is_u64());
+    assert_ne!(job["provider"], mesh.ids[0].as_str());
+
+    // Arguments reach the job.
+    let (ok, job) = job_json(
+        &api,
+        &[
+            &format!("{JOBS}/args.wat"),
+            "--arg",
+            "one",
+            "--arg",
+            "two",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{job}");
+    assert_eq!(job["stdout"].as_str().map(str::trim), Some("one two"));
+
+    // A failing job: non-zero exit, still one JSON object, with the reason.
+    let (ok, job) = job_json(&api, &[&format!("{JOBS}/trap.wat"), "--wait"]);
+    assert!(!ok);
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["error"]["code"], "trap");
+    let failed = suanli(&[
+        "job",
+        "submit",
+        &format!("{JOBS}/spin.wat"),
+        "--fuel",
+        "1000",
+        "--wait",
+        "--api",
+        &api,
+    ]);
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("fuel_exhausted"));
+
+    // status, output and list name the same ids.
+    let id = job["job_id"].as_str().expect("id").to_owned();
+    let status = suanli(&["job", "status", &id, "--json", "--api", &api]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(status["job_id"], id.as_str());
+    let list = suanli(&["job", "list", "--json", "--api", &api]);
+    let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert!(list["jobs"].as_array().is_some_and(|jobs| jobs.len() >= 5));
+
+    // Every ledger verifies, and the requester owes its providers.
+    for api in &mesh.apis {
+        let verify = suanli(&["ledger", "verify", "--json", "--api", api]);
+        assert!(verify.status.success(), "{verify:?}");
+        let report: Value = serde_json::from_slice(&verify.stdout).expect("json");
+        assert_eq!(report["ok"], true);
+        assert!(report["entries"].as_u64().is_some_and(|n| n > 0));
+        assert!(report["head"].is_string());
+    }
+    let balances = suanli(&["balances", "--json", "--api", &api]);
+    let balances: Value = serde_json::from_slice(&balances.stdout).expect("json");
+    assert!(balances.as_array().is_some_and(|b| {
+        b.iter()
+            .all(|b| b["net_micro"].as_i64().is_some_and(|n| n < 0))
+    }));
+
+    // Bad input over HTTP: clear 4xx JSON errors.
+    let http = reqwest::blocking::Client::new();
+    let post = |body: String| {
+        http.post(format!("{api}/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("http")
+    };
+    let bad_module = post(r#"{"module_wat": "(module (func"}"#.into());
+    assert_eq!(bad_module.status(), 400);
+    let body: Value = bad_module.json().expect("json");
+    assert_eq!(body["error"]["code"], "invalid_module");
+    assert_eq!(post("{not json".into()).status(), 400);
+    let huge = format!(r#"{{"module_wat": "{}"}}"#, "x".repeat(30 * 1024 * 1024));
+    let too_large = post(huge);
+    assert_eq!(too_large.status(), 413);
+    let body: Value = too_large.json().expect("json");
+    assert_eq!(body["error"]["code"], "too_large");
+    let unknown = http
+        .get(format!("{api}/v1/jobs/{}", "0".repeat(64)))
+        .send()
+        .expect("http");
+    assert_eq!(unknown.status(), 404);
+
+    // Offline: a stopped node's ledger verifies from its data dir alone.
+    let data_dir = mesh.dirs[1].path().to_owned();
+    assert!(mesh.nodes[1].terminate().success());
+    let offline = suanli(&[
+        "ledger",
+        "verify",
+        "--json",
+        "--data-dir",
+        path_str(&data_dir),
+    ]);
+    assert!(offline.status.success(), "{offline:?}");
+    let shown = suanli(&[
+        "ledger",
+        "show",
+        "--json",
+        "--data-dir",
+        path_str(&data_dir),
+    ]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert!(shown["entries"].as_array().is_some_and(|e| !e.is_empty()));
+}
+
+/// Every entry of a node's ledger through `suanli ledger show --json`.
+fn ledger_of(api: &str) -> Vec<Value> {
+    let mut entries = Vec::new();
+    loop {
+        let from = entries.len().to_string();
+        let output = suanli(&[
+            "ledger", "show", "--json", "--from", &from, "--limit", "1000", "--api", api,
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        let page: Value = serde_json::from_slice(&output.stdout).expect("json");
+        let page = page["entries"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return entries;
+        }
+        entries.extend(page);
+    }
+}
+
+fn contracts_of_kind(entries: &[Value], kind: &str, requester: &str) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter(|e| e["kind"] == kind && e["requester"] == requester)
+        .filter_map(|e| e["contract_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_node_killed_during_a_stream_of_jobs_keeps_every_acknowledged_entry() {
+    let mut mesh = ProcessMesh::start(2);
+    let (a_api, b_api) = (mesh.apis[0].clone(), mesh.apis[1].clone());
+    let a_id = mesh.ids[0].clone();
+    let hello = std::fs::read_to_string(format!("{JOBS}/hello.wat")).expect("hello.wat");
+    // A stream of remote jobs into A, then kill -9 A in the middle of it.
+    let http = reqwest::blocking::Client::new();
+    let body = serde_json::json!({ "module_wat": hello, "placement": { "remote_only": true } });
+    let started = Instant::now();
+    let mut submitted = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        if http
+            .post(format!("{a_api}/v1/jobs"))
+            .json(&body)
+            .send()
+            .is_ok_and(|r| r.status() == 202)
+        {
+            submitted += 1;
+        }
+    }
+    mesh.nodes[0].child.kill().expect("kill -9");
+    let _ = mesh.nodes[0].child.wait();
+    assert!(submitted > 0);
+
+    // Restart A on the same data dir.
+    let a_dir = mesh.dirs[0].path().to_owned();
+    let _ = std::fs::remove_file(a_dir.join("run.json"));
+    let mut restarted = NodeProcess::spawn(&a_dir, &[]);
+    let info = restarted.wait_ready(Duration::from_secs(30));
+    assert_eq!(info["node_id"], a_id.as_str());
+    let a_api = format!("http://{}", info["api"].as_str().expect("api"));
+
+    let verify = suanli(&["ledger", "verify", "--json", "--api", &a_api]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // Everything A acknowledged to B is in A's ledger: A sends Execute only after its contract
+    // is durable, and answers a delivery only after receipt and settlement are durable.
+    std::thread::sleep(Duration::from_millis(500));
+    let a_entries = ledger_of(&a_api);
+    let b_entries = ledger_of(&b_api);
+    let executed_for_a = contracts_of_kind(&b_entries, "receipt", &a_id);
+    let settled_for_a = contracts_of_kind(&b_entries, "settlement", &a_id);
+    assert!(
+        !settled_for_a.is_empty(),
+        "some jobs settled before the kill"
+    );
+    let a_contracts = contracts_of_kind(&a_entries, "contract", &a_id);
+    let a_settled = contracts_of_kind(&a_entries, "settlement", &a_id);
+    assert!(
+        executed_for_a.is_subset(&a_contracts),
+        "contracts B ran are in A's ledger"
+    );
+    assert!(
+        settled_for_a.is_subset(&a_settled),
+        "settlements B holds are in A's ledger"
+    );
+    assert!(restarted.terminate().success());
+    // Interrupted jobs are closed, not left dangling.
+    drop(restarted);
 }

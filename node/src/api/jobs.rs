@@ -1,0 +1,215 @@
+//! Job routes: submit, status, output, list.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use suanli_protocol::{Credits, Hash32, JobId, Limits, NodeId, Placement};
+
+use super::{ApiError, ApiJson, ApiState};
+use crate::market::{JobRecord, Submission, SubmitError};
+
+/// Defaults for limits a submission leaves out.
+pub const DEFAULT_FUEL: u64 = 1_000_000_000;
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
+/// Default most a job pays, micro-credits (100 credits).
+pub const DEFAULT_MAX_PRICE: u64 = 100_000_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Run only on this node.
+    pub provider: Option<String>,
+    /// Never run on the node the job was submitted to.
+    #[serde(default)]
+    pub remote_only: bool,
+    /// Run only on nodes advertising this region.
+    pub region: Option<String>,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub module_base64: Option<String>,
+    pub module_wat: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub stdin_base64: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// Micro-credits.
+    pub max_price: Option<u64>,
+    #[serde(default)]
+    pub placement: PlacementRequest,
+}
+
+fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
+    let module = match (request.module_base64, request.module_wat) {
+        (Some(encoded), None) => BASE64
+            .decode(encoded)
+            .map_err(|error| ApiError::BadRequest(format!("module_base64: {error}")))?,
+        (None, Some(text)) => text.into_bytes(),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of module_base64 and module_wat".into(),
+            ));
+        }
+    };
+    if module.len() > suanli_protocol::job::MAX_MODULE_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "module of {} bytes exceeds {} bytes",
+            module.len(),
+            suanli_protocol::job::MAX_MODULE_BYTES
+        )));
+    }
+    let stdin = match request.stdin_base64 {
+        Some(encoded) => BASE64
+            .decode(encoded)
+            .map_err(|error| ApiError::BadRequest(format!("stdin_base64: {error}")))?,
+        None => Vec::new(),
+    };
+    if stdin.len() > suanli_protocol::job::MAX_STDIN_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "stdin of {} bytes exceeds {} bytes",
+            stdin.len(),
+            suanli_protocol::job::MAX_STDIN_BYTES
+        )));
+    }
+    let provider = request
+        .placement
+        .provider
+        .map(|text| {
+            text.parse::<NodeId>()
+                .map_err(|error| ApiError::BadRequest(format!("placement.provider: {error}")))
+        })
+        .transpose()?;
+    let limits = Limits {
+        fuel: request.limits.fuel.unwrap_or(DEFAULT_FUEL),
+        memory_bytes: request.limits.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
+        wall_time_ms: request.limits.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        output_bytes: request
+            .limits
+            .max_output_bytes
+            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+    };
+    Ok(Submission {
+        module,
+        args: request.args,
+        env: request.env,
+        stdin,
+        limits,
+        max_price: Credits(request.max_price.unwrap_or(DEFAULT_MAX_PRICE)),
+        placement: Placement {
+            region: request.placement.region,
+            provider,
+            exclude_self: request.placement.remote_only,
+        },
+    })
+}
+
+pub async fn submit(
+    State(state): State<ApiState>,
+    ApiJson(request): ApiJson<SubmitRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let submission = submission(request)?;
+    let job_id = state
+        .market
+        .submit(submission)
+        .map_err(|error| match error {
+            SubmitError::Invalid(message) => ApiError::BadRequest(message),
+            SubmitError::InvalidModule(message) => ApiError::InvalidModule(message),
+            SubmitError::Store(error) => ApiError::Internal(error.to_string()),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "job_id": job_id.to_string() })),
+    ))
+}
+
+fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("not a job id: {text:?} (64 hex digits)")))
+}
+
+fn record(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
+    let job_id = parse_job_id(id)?;
+    state
+        .market
+        .jobs()
+        .get(&job_id)
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+pub async fn status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<JobRecord>, ApiError> {
+    Ok(axum::Json(record(&state, &id)?))
+}
+
+pub async fn output(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let record = record(&state, &id)?;
+    let Some(hash) = record.output_hash else {
+        return Err(ApiError::NotFound(format!(
+            "job {id} has no output yet (state: {:?})",
+            record.state
+        )));
+    };
+    let hash: Hash32 = hash
+        .parse()
+        .map_err(|_| ApiError::Internal("corrupt output hash".into()))?;
+    let bytes = state
+        .market
+        .jobs()
+        .blob(&hash)
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("output of job {id} is not stored")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let after = query.after.as_deref().map(parse_job_id).transpose()?;
+    let jobs = state
+        .market
+        .jobs()
+        .list(after.as_ref(), limit)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let next = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|job| job.job_id.clone()))
+        .flatten();
+    Ok(axum::Json(
+        serde_json::json!({ "jobs": jobs, "next": next }),
+    ))
+}

@@ -1,0 +1,486 @@
+//! The node's ledger and its small persistent stores: the only module that names sled.
+//!
+//! It owns one sled database (`<data dir>/db`, plus our `ledger.head` file in that directory)
+//! holding
+//! - the **ledger**: an append-only, hash-chained sequence of [`LedgerEntry`]s in the protocol's
+//!   format (key = seq as 8 bytes big-endian, value = the exact framed bytes that are hashed);
+//! - **record trees** ([`RecordTree`]): small key-value trees other modules keep their records in
+//!   (job records, blobs), so that nothing else has to name sled.
+//!
+//! ```text
+//!  market, api ──append(body)──▶ LedgerHandle ──Command (bounded)──▶ writer task (one owner)
+//!       │                          │     ▲                              │ group of ≤ 256:
+//!       │                          │     └──── head (watch) ◀───────────┤ seq, prev_hash, time
+//!       │                          │                                    │ apply_batch
+//!       │                          │                                    │ Db::flush + fsync files
+//!       │                          │                                    │ head → ledger.head
+//!       │                          │                                    └ reply to each caller
+//!       └── range / verify / balances / records ──▶ sled, read directly (never past the head)
+//! ```
+//!
+//! Rules this module keeps:
+//! - **An append returns `Ok` only once its entry is durable**: sled's flush *and* a real fsync
+//!   of sled's files (sled 0.34's flush uses `sync_file_range` only; see `durability.rs`). Many
+//!   appends share one barrier (group commit). If a barrier fails, every caller of its group gets
+//!   an error and the writer halts: nothing is acknowledged that might not be on disk.
+//! - **Only the writer task appends**, and only bodies that verify with the owner as a party
+//!   (checked in the caller's task before the body is queued, so signature checks run in
+//!   parallel; the writer accepts nothing else, see `writer::VerifiedBody`).
+//! - **Readers never see past the durable head**: `range`, `verify` and `balances` stop at
+//!   [`LedgerHandle::head`], which moves only after a barrier.
+//! - **Chain rules live in the protocol crate**: verification is
+//!   [`ChainVerifier`](suanli_protocol::ledger::ChainVerifier), hashing is
+//!   [`entry_hash`](suanli_protocol::ledger::entry_hash).
+//! - **Damage is reported, never repaired**: at open the keys must be exactly `0..n`, the last
+//!   entry must say it is entry `n - 1`, and the last head recorded as durable must still be
+//!   there, unchanged. That record lives in a small file outside sled (`head_file.rs`), because
+//!   sled stops recovering its log at the first corrupt record and silently returns a shorter
+//!   ledger. Otherwise opening fails with [`LedgerError::Damaged`]; nothing is truncated. What a
+//!   crash can legitimately lose is the tail that was never acknowledged: sled recovers a prefix
+//!   of its log, and each group is one atomic sled batch, so such a tail simply is not there.
+//!
+//! It must never: acknowledge before the barrier; rewrite, reorder or delete an entry; append a
+//! body its owner is not party to; let any other module hold a sled type.
+//!
+//! After a crash (`kill -9`, power loss) the reopened ledger holds every entry whose append
+//! returned `Ok`, and possibly some entries of the group that was in its barrier (complete,
+//! valid entries whose callers never heard back: safe to keep, since nobody was told of them and
+//! nothing was published for them; the market must expect such a duplicate on retry).
+//!
+//! Costs to know (measured here, release build): opening reads every key once (~80-180 ms per
+//! 40,000 entries); [`verify`] checks every signature (~9,000 contract entries per second on one
+//! core) and, like [`balances`], reads the whole ledger and blocks: in async code call them from
+//! `spawn_blocking`. Each append's body is verified in the caller's task (~0.12 ms for a
+//! co-signed contract), which is the throughput limit under load, not the disk.
+//!
+//! [`verify`]: LedgerHandle::verify
+//! [`balances`]: LedgerHandle::balances
+//! [`LedgerEntry`]: suanli_protocol::ledger::LedgerEntry
+
+mod durability;
+mod head_file;
+mod store;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError};
+use suanli_protocol::{EncodeError, Hash32, NodeId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::store::{Shared, storage};
+use self::writer::{Command, VerifiedBody, Writer};
+
+/// Most entries one [`LedgerHandle::range`] call returns.
+pub const MAX_RANGE: u32 = 1024;
+/// Capacity of the writer's queue; appenders wait when it is full.
+pub const QUEUE: usize = 1024;
+/// Most commands the writer commits under one barrier.
+pub const MAX_BATCH: usize = writer::MAX_BATCH;
+
+/// Why a ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Another process (normally the running node) holds the database.
+    #[error(
+        "the ledger database {path} is in use by another process: stop the node first, \
+         or ask the running node (its HTTP API)"
+    )]
+    InUse { path: PathBuf },
+    /// An offline helper found no database.
+    #[error("no ledger database at {path}")]
+    NotFound { path: PathBuf },
+    /// The stored ledger is not a well-formed chain, or lost an acknowledged entry.
+    #[error("the ledger database {path} is damaged: {detail}; refusing to use it")]
+    Damaged { path: PathBuf, detail: String },
+    /// sled failed.
+    #[error("ledger storage failed ({operation}): {message}")]
+    Storage {
+        operation: &'static str,
+        message: String,
+    },
+    /// A file operation failed (an fsync, at the barrier).
+    #[error("ledger {operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The body is not one this node may record (bad signature, or the owner is not a party).
+    #[error("entry refused: {0}")]
+    Refused(#[from] EntryError),
+    /// The entry would exceed the protocol's size cap.
+    #[error("entry cannot be encoded: {0}")]
+    Encode(#[from] EncodeError),
+    /// The barrier of this entry's group failed. The entry must be treated as not appended and
+    /// must not be acknowledged (after a restart it may or may not be in the ledger).
+    #[error("not durable, do not acknowledge: {0}")]
+    NotDurable(String),
+    /// The writer has stopped (node shutting down).
+    #[error("the ledger writer has stopped")]
+    Stopped,
+    /// The writer stopped because storage failed; the node must be restarted.
+    #[error("the ledger writer halted after a storage failure ({0}); restart the node")]
+    Halted(String),
+}
+
+/// An entry the ledger made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Appended {
+    pub seq: u64,
+    /// [`entry_hash`](suanli_protocol::ledger::entry_hash) of the stored bytes.
+    pub hash: Hash32,
+    pub timestamp_ms: u64,
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub seq: u64,
+    /// The exact stored bytes: a framed [`LedgerEntry`](suanli_protocol::ledger::LedgerEntry),
+    /// hashed as is. Never re-encode it.
+    pub raw: Vec<u8>,
+}
+
+/// The outcome of verifying a whole ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// Entries verified (all of them when `ok`; those before the bad one otherwise).
+    pub entries: u64,
+    /// Hex hash of the last verified entry (64 zeros for none).
+    pub head: String,
+    pub error: Option<VerifyFailure>,
+}
+
+/// The first bad entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyFailure {
+    pub index: u64,
+    pub message: String,
+}
+
+/// Net credits with one counterparty, from the settlements in this ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    /// The counterparty.
+    pub node_id: String,
+    /// What the counterparty owes us in micro-credits: + for jobs we ran for them (provider),
+    /// - for jobs they ran for us (requester).
+    pub net_micro: i128,
+    /// Settlements counted (each contract once).
+    pub settlements: u64,
+}
+
+/// The writer's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerStats {
+    /// Durability barriers run (flush + fsyncs).
+    pub barriers: u64,
+    /// Entries appended since open.
+    pub appended: u64,
+    /// Most commands committed under one barrier.
+    pub largest_batch: u64,
+    /// Why the writer halted, if it did.
+    pub halted: Option<String>,
+}
+
+/// The opened database, before its writer starts.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    head: ChainHead,
+}
+
+impl Store {
+    /// Opens (creating) the database in directory `path` (the node passes
+    /// `DataDir::ledger_path()`, i.e. `<data dir>/db`) for the ledger of `owner`. Recovers the
+    /// head from the last entry after checking that the keys are exactly `0..n`, that the last
+    /// entry is entry `n - 1`, and that no entry acknowledged as durable was lost or changed.
+    /// Blocking (reads every key once); spawns nothing. Another process holding the database
+    /// gives [`LedgerError::InUse`].
+    pub fn open(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
+        let (shared, head) = Shared::open(path, owner)?;
+        Ok(Store {
+            shared: Arc::new(shared),
+            head,
+        })
+    }
+
+    /// Starts the group-commit writer task under `cancel`. On cancel it commits what is already
+    /// queued, runs a final barrier (so record-tree writes survive a clean stop) and ends;
+    /// appends after that get [`LedgerError::Stopped`]. Must be called within a tokio runtime.
+    /// The database closes when the last handle and record tree are dropped.
+    pub fn start(self, cancel: CancellationToken) -> (LedgerHandle, JoinHandle<()>) {
+        let (commands, inbox) = mpsc::channel(QUEUE);
+        let (head_sender, head) = watch::channel(self.head);
+        let writer = Writer {
+            shared: Arc::clone(&self.shared),
+            head: self.head,
+            head_sender,
+            head_unsynced: false,
+        };
+        let task = tokio::spawn(writer::run(writer, inbox, cancel));
+        let handle = LedgerHandle {
+            shared: self.shared,
+            commands,
+            head,
+        };
+        (handle, task)
+    }
+
+    /// The recovered head.
+    pub fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    pub fn owner(&self) -> NodeId {
+        self.shared.owner
+    }
+
+    /// See [`LedgerHandle::range`].
+    pub fn range(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, LedgerError> {
+        self.shared.range(&self.head, from, limit)
+    }
+
+    /// See [`LedgerHandle::verify`].
+    pub fn verify(&self) -> VerifyReport {
+        self.shared.verify(&self.head)
+    }
+
+    /// See [`LedgerHandle::balances`].
+    pub fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
+        self.shared.balances(&self.head)
+    }
+}
+
+/// A cloneable handle on the ledger: appends go through the writer task, reads go to sled.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    head: watch::Receiver<ChainHead>,
+}
+
+impl fmt::Debug for LedgerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerHandle")
+            .field("owner", &self.shared.owner)
+            .field("head", &*self.head.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LedgerHandle {
+    /// Appends one entry holding `body` and returns once it is **durable** (sled flush plus a
+    /// real fsync of the database files), never before. The body's signatures are checked here
+    /// and the owner must be a party ([`EntryBody::verify`]); a refused body is an error to this
+    /// caller only. Waits while the writer's queue is full.
+    ///
+    /// Errors: [`LedgerError::Refused`] / [`LedgerError::Encode`] (nothing written),
+    /// [`LedgerError::NotDurable`] (the barrier failed: do not acknowledge), [`LedgerError::Stopped`]
+    /// or [`LedgerError::Halted`] (the writer is gone).
+    pub async fn append(&self, body: EntryBody) -> Result<Appended, LedgerError> {
+        let body = VerifiedBody::new(body, self.shared.owner)?;
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::Append { body, reply })
+            .await
+            .map_err(|_| self.shared.stopped())?;
+        response.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Size, head hash and timestamp of the last durable entry.
+    pub fn head(&self) -> ChainHead {
+        *self.head.borrow()
+    }
+
+    /// The durable head, updated after every barrier that appended entries (e.g. to sign and
+    /// publish checkpoints: append → fsync → publish).
+    pub fn watch_head(&self) -> watch::Receiver<ChainHead> {
+        self.head.clone()
+    }
+
+    /// Up to `limit` (at most [`MAX_RANGE`]) durable entries from `from`, in order; empty when
+    /// `from` is at or past the head. Blocking read of sled.
+    pub fn range(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, LedgerError> {
+        self.shared.range(&self.head(), from, limit)
+    }
+
+    /// Verifies the whole durable chain (encoding, seq, links, timestamps, every signature,
+    /// owner a party), streaming in constant memory, and that it ends at [`head`](Self::head).
+    /// CPU-heavy and blocking: in async code call it from `spawn_blocking`.
+    pub fn verify(&self) -> VerifyReport {
+        self.shared.verify(&self.head())
+    }
+
+    pub fn owner(&self) -> NodeId {
+        self.shared.owner
+    }
+
+    /// The persistent key-value tree `name` (e.g. `"jobs"`, `"blobs"`), separate from the
+    /// ledger's own trees whatever the name. Writes are durable once [`RecordTree::flush`]
+    /// returns (or after a clean stop).
+    pub fn records(&self, name: &'static str) -> RecordTree {
+        RecordTree {
+            name,
+            shared: Arc::clone(&self.shared),
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Net credits per counterparty from the settlements in the durable ledger (positive = they
+    /// owe us), sorted by node id. Reads the whole ledger; blocking.
+    pub fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
+        self.shared.balances(&self.head())
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> LedgerStats {
+        self.shared.stats()
+    }
+}
+
+/// A key and its value, from [`RecordTree::iter_from`].
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// A small persistent key-value tree in the node's database, for another module's records.
+/// Keys and values are bytes, ordered by key. Reads and writes go to sled directly (blocking,
+/// but short); writes are durable after [`flush`](Self::flush).
+#[derive(Clone)]
+pub struct RecordTree {
+    name: &'static str,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl fmt::Debug for RecordTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordTree")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordTree {
+    // sled caches open trees: after the first call this is a map lookup.
+    fn tree(&self) -> Result<sled::Tree, LedgerError> {
+        self.shared.record_tree(self.name)
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self
+            .tree()?
+            .get(key)
+            .map_err(storage("record get"))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Inserts or replaces.
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), LedgerError> {
+        self.tree()?
+            .insert(key, value)
+            .map_err(storage("record insert"))?;
+        Ok(())
+    }
+
+    /// Inserts only if `key` is absent; `false` if it was present (its value is kept).
+    pub fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, LedgerError> {
+        let swapped = self
+            .tree()?
+            .compare_and_swap(key, None::<&[u8]>, Some(value))
+            .map_err(storage("record insert"))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self
+            .tree()?
+            .remove(key)
+            .map_err(storage("record remove"))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Up to `limit` pairs with key ≥ `start`, in key order. Page by passing the last key with a
+    /// `0` byte appended.
+    pub fn iter_from(&self, start: &[u8], limit: u32) -> Result<Vec<Record>, LedgerError> {
+        let mut pairs = Vec::new();
+        for item in self.tree()?.range(start..).take(limit as usize) {
+            let (key, value) = item.map_err(storage("record scan"))?;
+            pairs.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Number of records. O(n): it counts them.
+    pub fn len(&self) -> Result<usize, LedgerError> {
+        Ok(self.tree()?.len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool, LedgerError> {
+        Ok(self.tree()?.is_empty())
+    }
+
+    /// Returns once everything written to this tree so far is durable (one barrier, shared
+    /// with the ledger's group commit; after the writer stopped, a barrier of its own).
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::Sync { reply }).await.is_ok()
+            && let Ok(result) = response.await
+        {
+            return result;
+        }
+        if let Some(reason) = self.shared.stats().halted {
+            return Err(LedgerError::Halted(reason));
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.barrier())
+            .await
+            .map_err(|error| LedgerError::NotDurable(format!("barrier panicked: {error}")))?
+    }
+}
+
+/// The database directory of `path`: the node's data dir (holding `db/`) or `db/` itself.
+fn existing_database(path: &Path) -> Result<PathBuf, LedgerError> {
+    let log = durability::LOG_FILE;
+    if path.join(log).is_file() {
+        Ok(path.to_owned())
+    } else if path.join("db").join(log).is_file() {
+        Ok(path.join("db"))
+    } else {
+        Err(LedgerError::NotFound {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Verifies the ledger of a **stopped** node. `path` is its data dir or its `db` directory; a
+/// missing database is [`LedgerError::NotFound`] (never created), a running node's is
+/// [`LedgerError::InUse`]. sled has no read-only mode: this opens the database normally.
+pub fn verify_offline(path: &Path, owner: NodeId) -> Result<VerifyReport, LedgerError> {
+    Ok(Store::open(&existing_database(path)?, owner)?.verify())
+}
+
+/// Reads entries of a **stopped** node's ledger; see [`verify_offline`] and
+/// [`LedgerHandle::range`].
+pub fn range_offline(
+    path: &Path,
+    owner: NodeId,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<StoredEntry>, LedgerError> {
+    Store::open(&existing_database(path)?, owner)?.range(from, limit)
+}

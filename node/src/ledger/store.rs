@@ -1,0 +1,489 @@
+//! Opening the sled database, recovering the head, the barrier, and the readers that every
+//! handle (and the offline helpers) share.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use suanli_protocol::NodeId;
+use suanli_protocol::ledger::{ChainHead, ChainVerifier, EntryBody, LedgerEntry, entry_hash};
+use suanli_protocol::negotiation::ContractId;
+use tracing::{info, warn};
+
+use super::durability::{Durability, LOG_FILE, SyncError};
+use super::head_file::{HEAD_FILE, HeadFile, Recorded};
+use super::{
+    Balance, LedgerError, LedgerStats, MAX_RANGE, StoredEntry, VerifyFailure, VerifyReport,
+};
+
+/// Tree of ledger entries: key = seq as 8 bytes big-endian, value = the framed entry bytes.
+pub(super) const ENTRIES_TREE: &str = "ledger/entries";
+/// Record trees live under this prefix, so no record tree can alias a ledger tree.
+const RECORDS_PREFIX: &str = "records/";
+
+pub(super) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn describe_key(key: &[u8]) -> String {
+    match <[u8; 8]>::try_from(key) {
+        Ok(bytes) => u64::from_be_bytes(bytes).to_string(),
+        Err(_) => format!("0x{}", hex::encode(key)),
+    }
+}
+
+pub(super) fn storage(operation: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
+    move |error| LedgerError::Storage {
+        operation,
+        message: error.to_string(),
+    }
+}
+
+/// Counters of the writer, readable by anyone.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) barriers: AtomicU64,
+    pub(super) appended: AtomicU64,
+    pub(super) largest_batch: AtomicU64,
+}
+
+/// What every handle, record tree and the writer share: the open database.
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) owner: NodeId,
+    pub(super) db: sled::Db,
+    pub(super) entries: sled::Tree,
+    durability: Mutex<Durability>,
+    head_file: Mutex<HeadFile>,
+    pub(super) counters: Counters,
+    /// Set once when the writer stops because storage failed; every later append reports it.
+    halted: OnceLock<String>,
+    /// Tests make the next barriers fail, to check that nobody is acknowledged.
+    #[cfg(test)]
+    pub(super) fail_barriers: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("path", &self.path)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Opens (creating) the sled database in `path` and checks the stored chain's structure.
+    pub(super) fn open(path: &Path, owner: NodeId) -> Result<(Shared, ChainHead), LedgerError> {
+        let db = open_database(path)?;
+        let entries = db
+            .open_tree(ENTRIES_TREE)
+            .map_err(storage("open entries"))?;
+        let durability = Durability::open(path).map_err(|error| sync_failed("open", error))?;
+        let (head_file, recorded) = HeadFile::open(path).map_err(|source| LedgerError::Io {
+            operation: "open",
+            path: path.join(HEAD_FILE),
+            source,
+        })?;
+        let head = recover_head(&entries, path)?;
+        check_recorded_head(recorded, &entries, &head, path)?;
+        info!(path = %path.display(), entries = head.size, head = %head.head, "ledger opened");
+        let shared = Shared {
+            path: path.to_owned(),
+            owner,
+            db,
+            entries,
+            durability: Mutex::new(durability),
+            head_file: Mutex::new(head_file),
+            counters: Counters::default(),
+            halted: OnceLock::new(),
+            #[cfg(test)]
+            fail_barriers: std::sync::atomic::AtomicBool::new(false),
+        };
+        // Whatever sled recovered is made durable and becomes the recorded head (a crash can
+        // only have lost a tail that was never acknowledged), so from now on losing any of these
+        // entries is detected.
+        shared.barrier()?;
+        shared.record_head(&head, true)?;
+        Ok((shared, head))
+    }
+
+    /// The durability barrier: sled's flush (all trees share one log), then a real fsync of
+    /// every file sled wrote. Blocking; call from a blocking thread.
+    pub(super) fn barrier(&self) -> Result<(), LedgerError> {
+        #[cfg(test)]
+        if self.fail_barriers.load(Ordering::SeqCst) {
+            return Err(LedgerError::Io {
+                operation: "fsync",
+                path: self.path.join(LOG_FILE),
+                source: std::io::Error::other("injected failure"),
+            });
+        }
+        self.db.flush().map_err(storage("flush"))?;
+        // A poisoned lock only means another barrier panicked; the map of synced blobs is still
+        // sound (at worst it makes us fsync a blob twice).
+        self.durability
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync()
+            .map_err(|error| sync_failed("fsync", error))?;
+        self.counters.barriers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records `head` as durable in the head file; call only after the barrier that made it
+    /// so. `Ok(false)`: recorded but not yet fdatasynced (see [`HeadFile::record`]).
+    pub(super) fn record_head(
+        &self,
+        head: &ChainHead,
+        force_sync: bool,
+    ) -> Result<bool, LedgerError> {
+        let mut head_file = self
+            .head_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        head_file
+            .record(head, force_sync)
+            .map_err(|source| LedgerError::Io {
+                operation: "write",
+                path: head_file.path().to_owned(),
+                source,
+            })
+    }
+
+    /// fdatasyncs the head file.
+    pub(super) fn sync_head_file(&self) -> Result<(), LedgerError> {
+        let mut head_file = self
+            .head_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        head_file.sync().map_err(|source| LedgerError::Io {
+            operation: "fsync",
+            path: head_file.path().to_owned(),
+            source,
+        })
+    }
+
+    pub(super) fn halt(&self, reason: String) {
+        let _ = self.halted.set(reason);
+    }
+
+    /// The error an append gets when the writer is gone.
+    pub(super) fn stopped(&self) -> LedgerError {
+        match self.halted.get() {
+            Some(reason) => LedgerError::Halted(reason.clone()),
+            None => LedgerError::Stopped,
+        }
+    }
+
+    pub(super) fn stats(&self) -> LedgerStats {
+        LedgerStats {
+            barriers: self.counters.barriers.load(Ordering::Relaxed),
+            appended: self.counters.appended.load(Ordering::Relaxed),
+            largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
+            halted: self.halted.get().cloned(),
+        }
+    }
+
+    pub(super) fn record_tree(&self, name: &str) -> Result<sled::Tree, LedgerError> {
+        self.db
+            .open_tree(format!("{RECORDS_PREFIX}{name}"))
+            .map_err(storage("open record tree"))
+    }
+
+    fn damaged(&self, detail: String) -> LedgerError {
+        LedgerError::Damaged {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// Entries `from..` (at most `limit`, capped at [`MAX_RANGE`]) below `head.size`.
+    pub(super) fn range(
+        &self,
+        head: &ChainHead,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, LedgerError> {
+        let end = from
+            .saturating_add(u64::from(limit.min(MAX_RANGE)))
+            .min(head.size);
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let mut stored = Vec::new();
+        let mut expected = from;
+        for item in self.entries.range(seq_key(from)..seq_key(end)) {
+            let (key, raw) = item.map_err(storage("read entries"))?;
+            if key.as_ref() != seq_key(expected) {
+                return Err(self.damaged(format!(
+                    "entry {expected} is missing (next stored key: {})",
+                    describe_key(&key)
+                )));
+            }
+            stored.push(StoredEntry {
+                seq: expected,
+                raw: raw.to_vec(),
+            });
+            expected += 1;
+        }
+        if expected != end {
+            return Err(self.damaged(format!("entry {expected} is missing")));
+        }
+        Ok(stored)
+    }
+
+    /// Verifies entries `0..head.size` one at a time (constant memory) with the protocol's
+    /// [`ChainVerifier`], then checks that the chain ends at `head`.
+    pub(super) fn verify(&self, head: &ChainHead) -> VerifyReport {
+        let mut verifier = ChainVerifier::new(self.owner);
+        let fail = |verifier: &ChainVerifier, index: u64, message: String| {
+            let verified = verifier.head();
+            VerifyReport {
+                ok: false,
+                entries: verified.size,
+                head: verified.head.to_hex(),
+                error: Some(VerifyFailure { index, message }),
+            }
+        };
+        for item in self.entries.range(..seq_key(head.size)) {
+            let index = verifier.head().size;
+            let (key, raw) = match item {
+                Ok(item) => item,
+                Err(error) => return fail(&verifier, index, format!("cannot be read: {error}")),
+            };
+            if key.as_ref() != seq_key(index) {
+                return fail(
+                    &verifier,
+                    index,
+                    format!("missing (next stored key: {})", describe_key(&key)),
+                );
+            }
+            if let Err(error) = verifier.push(&raw) {
+                return fail(&verifier, error.index, error.error.to_string());
+            }
+        }
+        let verified = verifier.head();
+        if verified.size < head.size {
+            return fail(&verifier, verified.size, "missing".to_owned());
+        }
+        if verified != *head {
+            // Every entry verified, but the last one is not the one this node acknowledged.
+            return fail(
+                &verifier,
+                head.size.saturating_sub(1),
+                format!(
+                    "chain ends at {} but the acknowledged head is {}",
+                    verified.head, head.head
+                ),
+            );
+        }
+        VerifyReport {
+            ok: true,
+            entries: verified.size,
+            head: verified.head.to_hex(),
+            error: None,
+        }
+    }
+
+    /// Net credits per counterparty from the settlements among entries `0..head.size`.
+    pub(super) fn balances(&self, head: &ChainHead) -> Result<Vec<Balance>, LedgerError> {
+        let mut totals: BTreeMap<NodeId, (i128, u64)> = BTreeMap::new();
+        // A contract settled twice (which the market must never do) is counted once.
+        let mut settled: BTreeSet<ContractId> = BTreeSet::new();
+        for item in self.entries.range(..seq_key(head.size)) {
+            let (key, raw) = item.map_err(storage("read entries"))?;
+            let entry = LedgerEntry::decode(&raw).map_err(|error| {
+                self.damaged(format!(
+                    "entry {} cannot be decoded: {error}",
+                    describe_key(&key)
+                ))
+            })?;
+            let EntryBody::Settlement(settlement) = entry.body else {
+                continue;
+            };
+            // Verified before it was stored; `verify` re-checks signatures on demand.
+            let settlement = settlement
+                .decode_unverified()
+                .map_err(|error| self.damaged(format!("entry {}: {error}", describe_key(&key))))?;
+            if settlement.provider == settlement.requester
+                || !settled.insert(settlement.contract_id)
+            {
+                continue;
+            }
+            let cost = i128::from(settlement.cost.micro());
+            let (counterparty, amount) = if settlement.provider == self.owner {
+                (settlement.requester, cost)
+            } else if settlement.requester == self.owner {
+                (settlement.provider, -cost)
+            } else {
+                // Cannot be stored (the owner must be a party); skip rather than misattribute.
+                continue;
+            };
+            let total = totals.entry(counterparty).or_default();
+            total.0 += amount;
+            total.1 += 1;
+        }
+        Ok(totals
+            .into_iter()
+            .map(|(node, (net_micro, settlements))| Balance {
+                node_id: node.to_string(),
+                net_micro,
+                settlements,
+            })
+            .collect())
+    }
+}
+
+fn sync_failed(operation: &'static str, error: SyncError) -> LedgerError {
+    LedgerError::Io {
+        operation,
+        path: error.path,
+        source: error.source,
+    }
+}
+
+/// How long opening waits for sled's lock to clear.
+///
+/// sled 0.34 releases its lock lazily: its I/O threads can hold the log file for a moment after
+/// the last `Db` is dropped (sled issues #1234, #1289), so reopening right after a clean stop in
+/// the same process (a restarted node, tests) would otherwise fail. A node that really is running
+/// still gets [`LedgerError::InUse`], just this much later.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] for another holder of the lock to let go.
+pub(super) fn open_database(path: &Path) -> Result<sled::Db, LedgerError> {
+    let started = Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(error) => match open_error(path, error) {
+                LedgerError::InUse { .. } if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                error => return Err(error),
+            },
+        }
+    }
+}
+
+/// Turns sled's open error into [`LedgerError::InUse`] when another process holds the lock.
+fn open_error(path: &Path, error: sled::Error) -> LedgerError {
+    if let sled::Error::Io(_) = error {
+        // sled reports a held lock as a generic I/O error; probe the lock ourselves rather than
+        // parse its message. The probe's lock (if it gets one) is released when `file` drops.
+        if let Ok(file) = File::open(path.join(LOG_FILE))
+            && matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+        {
+            return LedgerError::InUse {
+                path: path.to_owned(),
+            };
+        }
+    }
+    match error {
+        corruption @ sled::Error::Corruption { .. } => LedgerError::Damaged {
+            path: path.to_owned(),
+            detail: format!("sled: {corruption}"),
+        },
+        error => LedgerError::Storage {
+            operation: "open",
+            message: format!("{}: {error}", path.display()),
+        },
+    }
+}
+
+/// The head of the stored chain: the keys must be exactly `0..n` and the last entry must say it
+/// is entry `n - 1`. Reads every key once (O(n), constant memory) but decodes only the last entry.
+fn recover_head(entries: &sled::Tree, path: &Path) -> Result<ChainHead, LedgerError> {
+    let damaged = |detail| LedgerError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut count: u64 = 0;
+    let mut last = None;
+    for item in entries.iter() {
+        let (key, raw) = item.map_err(storage("read entries"))?;
+        if key.as_ref() != seq_key(count) {
+            return Err(damaged(format!(
+                "entry {count} is missing (next stored key: {}); {count} entries before it",
+                describe_key(&key)
+            )));
+        }
+        last = Some(raw);
+        count += 1;
+    }
+    let Some(raw) = last else {
+        return Ok(ChainHead::EMPTY);
+    };
+    let index = count - 1;
+    let entry = LedgerEntry::decode(&raw)
+        .map_err(|error| damaged(format!("last entry {index} cannot be decoded: {error}")))?;
+    if entry.seq != index {
+        return Err(damaged(format!(
+            "{count} entries are stored but the last one says it is entry {}",
+            entry.seq
+        )));
+    }
+    Ok(ChainHead {
+        size: count,
+        head: entry_hash(&raw),
+        timestamp_ms: entry.timestamp_ms,
+    })
+}
+
+/// Refuses a ledger that lost or changed an entry this node had recorded as durable.
+fn check_recorded_head(
+    recorded: Recorded,
+    entries: &sled::Tree,
+    head: &ChainHead,
+    path: &Path,
+) -> Result<(), LedgerError> {
+    let damaged = |detail| LedgerError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let mark = match recorded {
+        Recorded::Nothing => return Ok(()),
+        Recorded::Unreadable => {
+            return Err(damaged(format!(
+                "{HEAD_FILE}, the record of the last durable head, is unreadable"
+            )));
+        }
+        Recorded::Head(mark) => mark,
+    };
+    if mark.size > head.size {
+        return Err(damaged(format!(
+            "{} entries were acknowledged as durable but only {} are stored: entries {}..{} \
+             were lost (sled stops recovering its log at the first corrupt record) or removed",
+            mark.size, head.size, head.size, mark.size
+        )));
+    }
+    if mark.size == 0 {
+        return Ok(());
+    }
+    let index = mark.size - 1;
+    let raw = entries
+        .get(seq_key(index))
+        .map_err(storage("read entries"))?
+        .ok_or_else(|| damaged(format!("entry {index} is missing")))?;
+    if entry_hash(&raw) != mark.head {
+        return Err(damaged(format!(
+            "entry {index} is not the entry that was acknowledged (its hash changed)"
+        )));
+    }
+    if head.size > mark.size {
+        // Normal after a crash: a group reached the disk but the record of it did not. Those
+        // entries are complete and valid (the structure was checked above), so they are kept;
+        // whether their appends had returned is unknown.
+        warn!(
+            recorded = mark.size,
+            stored = head.size,
+            "ledger holds entries past its last recorded durable head (the node did not stop cleanly)"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Jobs end to end between real in-process nodes: negotiation over libp2p, wasmtime, sled.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use suanli_node::market::{JobState, SubmitError};
+use suanli_protocol::ledger::EntryBody;
+use suanli_protocol::{ContractId, NodeId};
+use suanli_tests::{TestNode, wait_until, wat_job, with_timeout};
+
+const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
+const SPIN: &str = include_str!("../../../examples/jobs/spin.wat");
+const TRAP: &str = include_str!("../../../examples/jobs/trap.wat");
+const EXIT3: &str = include_str!("../../../examples/jobs/exit3.wat");
+const JOB: Duration = Duration::from_secs(60);
+
+async fn mesh_of(n: usize) -> Vec<TestNode> {
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for _ in 0..n {
+        let bootstrap: Vec<_> = nodes.first().map(TestNode::tcp_addr).into_iter().collect();
+        nodes.push(TestNode::start(&bootstrap).await);
+    }
+    wait_until(
+        "every node sees the whole mesh",
+        Duration::from_secs(30),
+        || nodes.iter().all(|node| node.mesh_size() == n),
+    )
+    .await;
+    nodes
+}
+
+fn node_by_id<'a>(nodes: &'a [TestNode], id: &str) -> &'a TestNode {
+    nodes
+        .iter()
+        .find(|node| node.handle.node_id.to_string() == id)
+        .expect("a node of the mesh")
+}
+
+/// The dual-signed contract with this id in a node's ledger, verified.
+fn contract_in(node: &TestNode, contract_id: &str) -> suanli_protocol::Contract {
+    node.ledger_entries()
+        .into_iter()
+        .find_map(|entry| match entry.body {
+            EntryBody::Contract(contract)
+                if ContractId(contract.digest()).to_string() == contract_id =>
+            {
+                Some(contract.verify().expect("both signatures verify"))
+            }
+            _ => None,
+        })
+        .expect("the contract is in the ledger")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_job_runs_on_another_node_and_lands_in_both_ledgers() {
+    with_timeout(async {
+        let nodes = mesh_of(3).await;
+        let a = &nodes[0];
+        let mut job = wat_job(HELLO);
+        job.placement.exclude_self = true;
+        let job_id = a.submit(job);
+        let record = a.wait_job(&job_id, JOB).await;
+        assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+        let provider_id = record.provider.clone().expect("provider");
+        assert_ne!(provider_id, a.handle.node_id.to_string(), "ran remotely");
+        let output_hash = record.output_hash.clone().expect("output");
+        let output = a
+            .handle
+            .market
+            .jobs()
+            .blob(&output_hash.parse().expect("hash"))
+            .expect("blob store")
+            .expect("output stored");
+        assert_eq!(output, b"hello from suanli\n");
+        assert!(record.usage.expect("usage").fuel > 0);
+        let cost = record.cost.expect("cost");
+
+        let contract_id = record.contract_id.clone().expect("contract");
+        let provider = node_by_id(&nodes, &provider_id);
+        // The provider appends the settlement when the requester's answer reaches it.
+        wait_until("the provider recorded the settlement", JOB, || {
+            provider
+                .ledger_entries()
+                .iter()
+                .any(|entry| entry.body.kind() == "settlement")
+        })
+        .await;
+        for node in [a, provider] {
+            let contract = contract_in(node, &contract_id);
+            assert_eq!(contract.requester, a.handle.node_id);
+            assert_eq!(contract.provider.to_string(), provider_id);
+            // Receipt and settlement are on both sides too.
+            let kinds: Vec<&str> = node
+                .ledger_entries()
+                .iter()
+                .map(|e| e.body.kind())
+                .collect();
+            assert!(
+                kinds.contains(&"receipt") && kinds.contains(&"settlement"),
+                "{kinds:?}"
+            );
+        }
+        for node in &nodes {
+            let report = node.handle.ledger.verify();
+            assert!(report.ok, "{:?}", report.error);
+        }
+        // Balances derived from the settlement: the requester owes the provider the cost.
+        let owed = provider
+            .handle
+            .ledger
+            .balances()
+            .expect("balances")
+            .into_iter()
+            .find(|balance| balance.node_id == a.handle.node_id.to_string())
+            .expect("a balance with the requester");
+        assert_eq!(owed.net_micro, i128::from(cost));
+        for node in nodes {
+            node.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_come_back_with_their_reason() {
+    with_timeout(async {
+        let nodes = mesh_of(2).await;
+        let a = &nodes[0];
+        let cases = [
+            ("fuel_exhausted", {
+                let mut job = wat_job(SPIN);
+                job.limits.fuel = 100_000;
+                job
+            }),
+            ("trap", wat_job(TRAP)),
+            ("timeout", {
+                let mut job = wat_job(SPIN);
+                job.limits.fuel = 9_000_000_000;
+                job.limits.wall_time_ms = 300;
+                job
+            }),
+            ("nonzero_exit", wat_job(EXIT3)),
+        ];
+        let mut submitted = Vec::new();
+        for (reason, mut job) in cases {
+            job.placement.exclude_self = true;
+            submitted.push((reason, a.submit(job)));
+        }
+        for (reason, job_id) in submitted {
+            let record = a.wait_job(&job_id, JOB).await;
+            assert_eq!(record.state, JobState::Failed, "{reason}: {record:?}");
+            let error = record.error.expect("error");
+            assert_eq!(error.code, reason, "{error:?}");
+            // Even failed runs are settled: the provider did the work.
+            assert!(record.cost.is_some(), "{reason} was settled");
+        }
+        // An invalid module is refused before any negotiation.
+        let refused = a.handle.market.submit(wat_job("(module (func $oops"));
+        assert!(
+            matches!(refused, Err(SubmitError::InvalidModule(_))),
+            "{refused:?}"
+        );
+        // The node keeps serving.
+        let ok = a.submit(wat_job(HELLO));
+        assert_eq!(a.wait_job(&ok, JOB).await.state, JobState::Succeeded);
+        for node in nodes {
+            node.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_jobs_settle_exactly_once() {
+    with_timeout(async {
+        let nodes = mesh_of(3).await;
+        let mut jobs = Vec::new();
+        for index in 0..200 {
+            let node = &nodes[index % 3];
+            jobs.push((index % 3, node.submit(wat_job(HELLO))));
+        }
+        for (owner, job_id) in &jobs {
+            let record = nodes[*owner]
+                .wait_job(job_id, Duration::from_secs(110))
+                .await;
+            assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+        }
+        // Every contract is settled exactly once on each side. Providers append their copy when
+        // the requester's answer reaches them, so wait for those to land first.
+        let settlements_now = || {
+            let mut settlements: BTreeMap<(NodeId, ContractId), u32> = BTreeMap::new();
+            for node in &nodes {
+                for entry in node.ledger_entries() {
+                    if let EntryBody::Settlement(settled) = entry.body {
+                        let settlement = settled.verify().expect("valid settlement");
+                        *settlements
+                            .entry((node.handle.node_id, settlement.contract_id))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            settlements
+        };
+        let expected: Vec<(NodeId, NodeId, ContractId)> = jobs
+            .iter()
+            .map(|(owner, job_id)| {
+                let record = nodes[*owner].job(job_id);
+                (
+                    nodes[*owner].handle.node_id,
+                    record.provider.expect("provider").parse().expect("id"),
+                    record.contract_id.expect("contract").parse().expect("id"),
+                )
+            })
+            .collect();
+        wait_until("every provider recorded its settlements", JOB, || {
+            let settlements = settlements_now();
+            expected
+                .iter()
+                .all(|(_, provider, contract)| settlements.contains_key(&(*provider, *contract)))
+        })
+        .await;
+        let settlements = settlements_now();
+        for node in &nodes {
+            assert!(node.handle.ledger.verify().ok);
+        }
+        for (requester, provider, contract) in &expected {
+            assert_eq!(settlements.get(&(*requester, *contract)), Some(&1));
+            assert_eq!(settlements.get(&(*provider, *contract)), Some(&1));
+        }
+        let total: u32 = settlements.values().sum();
+        // Each settlement appears in two ledgers, or once when a node ran its own job.
+        let self_run = jobs
+            .iter()
+            .filter(|(owner, job_id)| {
+                nodes[*owner].job(job_id).provider == Some(nodes[*owner].handle.node_id.to_string())
+            })
+            .count() as u32;
+        assert_eq!(total, 2 * 200 - self_run);
+        for node in nodes {
+            node.stop().await;
+        }
+    })
+    .await;
+}
+
+/// Counts to `ITERATIONS` (a few seconds of work), then prints "done".
+const SLOW: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "done\n")
+  (func (export "_start") (local $i i64)
+    (block $out (loop $again
+      (br_if $out (i64.ge_u (local.get $i) (i64.const ITERATIONS)))
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br $again)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+fn slow_job(iterations: u64) -> suanli_node::market::Submission {
+    let mut job = wat_job(&SLOW.replace("ITERATIONS", &iterations.to_string()));
+    job.limits.fuel = 60_000_000_000;
+    job.limits.wall_time_ms = 60_000;
+    job.placement.exclude_self = true;
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_provider_dies_completes_on_another() {
+    with_timeout(async {
+        let mut nodes = mesh_of(3).await;
+        let a = &nodes[0];
+        let job_id = a.submit(slow_job(3_000_000_000));
+        wait_until("the job runs somewhere", JOB, || {
+            a.job(&job_id).state == JobState::Running
+        })
+        .await;
+        let first = a.job(&job_id).provider.expect("provider");
+        let index = nodes
+            .iter()
+            .position(|node| node.handle.node_id.to_string() == first)
+            .expect("provider in the mesh");
+        nodes.remove(index).stop().await;
+        let a = &nodes[0];
+        let record = a.wait_job(&job_id, Duration::from_secs(100)).await;
+        assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+        let second = record.provider.clone().expect("provider");
+        assert_ne!(second, first, "finished elsewhere");
+        let lost = record
+            .attempts
+            .iter()
+            .find(|attempt| attempt.provider == first)
+            .expect("the failed attempt is recorded");
+        assert_eq!(lost.outcome, "lost", "{lost:?}");
+        // The requester's ledger records the failure of the first contract.
+        let failures = a
+            .ledger_entries()
+            .into_iter()
+            .filter(|entry| entry.body.kind() == "failure")
+            .count();
+        assert_eq!(failures, 1);
+        assert!(a.handle.ledger.verify().ok);
+        for node in nodes {
+            node.stop().await;
+        }
+    })
+    .await;
+}
