@@ -89,7 +89,11 @@ impl Node {
     pub async fn start(data_dir: DataDir, config: CheckedConfig) -> Result<NodeHandle, NodeError> {
         let keypair = data_dir.load_or_init()?;
         let node_id = keypair.node_id();
-        let capacity = Capacity::from_config(&config, &Detected::probe());
+        let mut capacity = Capacity::from_config(&config, &Detected::probe());
+        if !config.provider.accept_jobs {
+            // Advertise no executor, so nobody ranks this node for jobs it would decline.
+            capacity.executors.clear();
+        }
         let mesh = MeshView::default();
         let cancel = CancellationToken::new();
         let api_listen = config.api_listen;

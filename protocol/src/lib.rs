@@ -19,14 +19,20 @@
 //! - [`wire`] — request/response enums of `/suanli/market/1` and `/suanli/ledger/1` and gossip
 //!   payloads, each with its size cap.
 //! - [`ledger`] — ledger entries, entry hashing and chain verification.
+//! - [`merkle`] — the RFC 6962 Merkle tree over ledger entries, inclusion and consistency proofs
+//!   and their verifiers.
+//! - [`checkpoint`] — C2SP signed-note checkpoints of a ledger's tree, the witness rule, and
+//!   portable equivocation evidence.
 
 pub mod advert;
+pub mod checkpoint;
 pub mod codec;
 pub mod hash;
 pub mod identity;
 pub mod job;
 pub mod ledger;
 pub mod lifecycle;
+pub mod merkle;
 pub mod money;
 pub mod negotiation;
 pub mod signed;

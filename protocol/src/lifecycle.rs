@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::Hash32;
 use crate::money::Credits;
 use crate::negotiation::{
-    Contract, ContractId, Decline, Outcome, Receipt, Settlement, WALL_TIME_GRACE_MS,
+    Contract, ContractId, Decline, FailureReason, Outcome, Receipt, Settlement, WALL_TIME_GRACE_MS,
 };
 use crate::signed::{CoSigned, Signed, VerifyError};
 
@@ -293,8 +293,26 @@ impl ContractLifecycle {
         if usage.wall_time_ms > limits.wall_time_ms.saturating_add(WALL_TIME_GRACE_MS) {
             return Err(LifecycleError::UsageBeyondLimits("wall_time_ms"));
         }
-        if let Outcome::Succeeded { output_len, .. } = receipt.outcome {
-            require("receipt", "output_len", output_len == usage.output_bytes)?;
+        match &receipt.outcome {
+            Outcome::Succeeded { output_len, .. } => {
+                require("receipt", "output_len", *output_len == usage.output_bytes)?;
+            }
+            // Claims that can be checked against the contract: a run that ran out of fuel used
+            // all of it, and one that timed out ran for its whole time limit. Without these a
+            // provider could bill a job's maximum without running it.
+            Outcome::Failed {
+                reason: FailureReason::FuelExhausted,
+                ..
+            } => require("receipt", "fuel", usage.fuel == limits.fuel)?,
+            Outcome::Failed {
+                reason: FailureReason::Timeout,
+                ..
+            } => require(
+                "receipt",
+                "wall_time_ms",
+                usage.wall_time_ms >= limits.wall_time_ms,
+            )?,
+            Outcome::Failed { .. } => {}
         }
         let expected = contract
             .price

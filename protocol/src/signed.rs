@@ -199,6 +199,16 @@ impl<T: Document> Signed<T> {
     /// Checks the signature, decodes the document, checks that its named signer signed it and
     /// that it keeps its bounds ([`Document::check_bounds`]).
     pub fn verify(&self) -> Result<T, VerifyError> {
+        // Refuse oversized bytes before hashing them for the signature check.
+        if self.bytes.len() > T::MAX_BYTES {
+            return Err(VerifyError::Decode {
+                kind: T::KIND,
+                source: DecodeError::TooLarge {
+                    len: self.bytes.len(),
+                    max: T::MAX_BYTES,
+                },
+            });
+        }
         verify_signature(T::KIND, &self.message(), self.signer, &self.signature)?;
         let document = self.decode_unverified()?;
         check_party(T::KIND, document.signer(), self.signer)?;

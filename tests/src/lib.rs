@@ -120,8 +120,12 @@ impl TestNode {
     }
 
     /// Submits a job to this node.
-    pub fn submit(&self, submission: Submission) -> JobId {
-        self.handle.market.submit(submission).expect("job accepted")
+    pub async fn submit(&self, submission: Submission) -> JobId {
+        self.handle
+            .market
+            .submit(submission)
+            .await
+            .expect("job accepted")
     }
 
     pub fn job(&self, job_id: &JobId) -> JobRecord {

@@ -19,6 +19,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("the node is shutting down")]
     Unavailable,
 }
@@ -31,6 +35,8 @@ impl ApiError {
             ApiError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

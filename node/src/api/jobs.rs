@@ -1,8 +1,9 @@
 //! Job routes: submit, status, output, list.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -10,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use suanli_protocol::{Credits, Hash32, JobId, Limits, NodeId, Placement};
 
-use super::{ApiError, ApiJson, ApiState};
+use super::{ApiError, ApiJson, ApiQuery, ApiState};
 use crate::market::{JobRecord, Submission, SubmitError};
 
 /// Defaults for limits a submission leaves out.
@@ -133,9 +134,11 @@ pub async fn submit(
     let job_id = state
         .market
         .submit(submission)
+        .await
         .map_err(|error| match error {
             SubmitError::Invalid(message) => ApiError::BadRequest(message),
             SubmitError::InvalidModule(message) => ApiError::InvalidModule(message),
+            SubmitError::Busy => ApiError::Busy(error.to_string()),
             SubmitError::Store(error) => ApiError::Internal(error.to_string()),
         })?;
     Ok((
@@ -159,11 +162,32 @@ fn record(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// Long-poll: answer as soon as the job is final, or after this many milliseconds.
+    pub wait_ms: Option<u64>,
+}
+
+/// Longest long-poll.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
 pub async fn status(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<axum::Json<JobRecord>, ApiError> {
-    Ok(axum::Json(record(&state, &id)?))
+    let Some(wait_ms) = query.wait_ms else {
+        return Ok(axum::Json(record(&state, &id)?));
+    };
+    let job_id = parse_job_id(&id)?;
+    let waited = state
+        .market
+        .wait_finished(&job_id, Duration::from_millis(wait_ms.min(MAX_WAIT_MS)))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    waited
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
 pub async fn output(
@@ -197,10 +221,20 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<ApiState>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let after = query.after.as_deref().map(parse_job_id).transpose()?;
+    if let Some(after) = &after
+        && state
+            .market
+            .jobs()
+            .get(after)
+            .map_err(|error| ApiError::Internal(error.to_string()))?
+            .is_none()
+    {
+        return Err(ApiError::NotFound(format!("no job {after} to list after")));
+    }
     let jobs = state
         .market
         .jobs()

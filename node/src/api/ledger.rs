@@ -1,14 +1,14 @@
 //! Ledger routes: entries, verification, balances; and the JSON form of an entry, shared with
 //! the CLI's offline commands.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry, entry_hash};
 use suanli_protocol::{ContractId, Outcome};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiQuery, ApiState};
 use crate::ledger::{Balance, StoredEntry, VerifyFailure, VerifyReport};
 
 /// One ledger entry as JSON: the facts a reader wants, plus the exact stored bytes.
@@ -125,16 +125,21 @@ pub struct RangeQuery {
 
 pub async fn entries(
     State(state): State<ApiState>,
-    Query(query): Query<RangeQuery>,
+    ApiQuery(query): ApiQuery<RangeQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let from = query.from.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1024);
-    let entries = state
-        .ledger
-        .range(from, limit)
-        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let ledger = state.ledger.clone();
+    // Up to 1024 entries read and encoded: off the async workers.
+    let entries = tokio::task::spawn_blocking(move || {
+        ledger
+            .range(from, limit)
+            .map(|entries| entries.iter().map(entry_json).collect::<Vec<EntryJson>>())
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+    .map_err(|error| ApiError::Internal(error.to_string()))?;
     let head = state.ledger.head();
-    let entries: Vec<EntryJson> = entries.iter().map(entry_json).collect();
     Ok(axum::Json(serde_json::json!({
         "size": head.size,
         "head": head.head.to_string(),

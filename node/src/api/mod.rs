@@ -22,7 +22,8 @@ pub mod ledger;
 
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -65,8 +66,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ledger/verify", get(ledger::verify))
         .route("/v1/balances", get(ledger::balances))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A query string whose rejections are [`ApiError`]s (400 with a JSON body).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
 }
 
 /// A JSON body whose rejections (bad JSON, wrong type, too large) are [`ApiError`]s.

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -237,16 +236,13 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     Err(SilentExit(1).into())
 }
 
-/// Polls the job until it is final.
+/// Long-polls the job until it is final.
 async fn wait(client: &ApiClient, id: &str) -> anyhow::Result<Value> {
-    let mut delay = Duration::from_millis(5);
     loop {
-        let job = client.get(&format!("/v1/jobs/{id}")).await?;
+        let job = client.get(&format!("/v1/jobs/{id}?wait_ms=20000")).await?;
         if matches!(job["state"].as_str(), Some("succeeded" | "failed")) {
             return Ok(job);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
 

@@ -217,6 +217,12 @@ impl JobBook {
         Ok(unfinished)
     }
 
+    /// Makes every record and blob written so far durable.
+    pub async fn flush(&self) -> Result<(), JobStoreError> {
+        self.jobs.flush().await?;
+        Ok(())
+    }
+
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash32, JobStoreError> {
         let hash = Hash32::of(bytes);
         if self.blobs.get(hash.as_bytes())?.is_none() {

@@ -44,6 +44,14 @@ use crate::ledger::LedgerHandle;
 use crate::mesh::MeshView;
 use crate::network::{NetworkEvent, NetworkHandle, RequestError};
 
+/// Inbound market requests handled at once.
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// Jobs placed at once by this node; more submissions are refused until some finish.
+pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
+
+/// Finished-job announcements buffered for slow long-pollers (who then re-read their record).
+const FINISHED_QUEUE: usize = 1024;
+
 /// A job as a developer submits it.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -65,6 +73,8 @@ pub enum SubmitError {
     InvalidModule(String),
     #[error("storage: {0}")]
     Store(#[from] JobStoreError),
+    #[error("{MAX_JOBS_IN_FLIGHT} jobs are being placed already; try again later")]
+    Busy,
 }
 
 /// Everything the market's tasks share.
@@ -80,7 +90,13 @@ struct Inner {
     provider: provider::Provider,
     /// Contracts this node placed and awaits delivery of: contract → the job task's mailbox.
     awaiting: Mutex<HashMap<ContractId, requester::Awaiting>>,
+    /// Settlements answered recently, for repeated deliveries.
+    recently_settled: Mutex<requester::RecentlySettled>,
+    /// Announces every job that reaches a final state (for long-polling readers).
+    finished: tokio::sync::broadcast::Sender<JobId>,
     nonce: AtomicU64,
+    /// Jobs submitted here and not final yet.
+    in_flight: std::sync::atomic::AtomicUsize,
     cancel: CancellationToken,
 }
 
@@ -140,7 +156,10 @@ impl Market {
                 jobs_config: parts.jobs,
                 provider,
                 awaiting: Mutex::new(HashMap::new()),
+                recently_settled: Mutex::new(requester::RecentlySettled::default()),
+                finished: tokio::sync::broadcast::channel(FINISHED_QUEUE).0,
                 nonce: AtomicU64::new(0),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
                 cancel: parts.cancel,
             }),
         };
@@ -177,12 +196,55 @@ impl Market {
         &self.inner.jobs
     }
 
-    /// Validates a submission, stores it and starts placing it. Returns the job id at once.
-    pub fn submit(&self, submission: Submission) -> Result<JobId, SubmitError> {
+    /// The job's record once it is final, or as it stands after `limit`.
+    pub async fn wait_finished(
+        &self,
+        job_id: &JobId,
+        limit: std::time::Duration,
+    ) -> Result<Option<JobRecord>, JobStoreError> {
+        // Subscribe before reading, so a job finishing in between is not missed.
+        let mut finished = self.inner.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let record = self.inner.jobs.get(job_id)?;
+            if record.as_ref().is_none_or(|record| record.state.is_final()) {
+                return Ok(record);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => return self.inner.jobs.get(job_id),
+                    Ok(Ok(id)) if id != *job_id => continue,
+                    // Ours, or announcements were missed (lagged): read the record again.
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Validates a submission, stores it durably and starts placing it. Returns the job id as
+    /// soon as the record is durable, long before the job runs.
+    pub async fn submit(&self, submission: Submission) -> Result<JobId, SubmitError> {
         let inner = &self.inner;
+        let admitted = inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        if admitted >= MAX_JOBS_IN_FLIGHT {
+            inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Busy);
+        }
+        let result = self.admit(submission).await;
+        if result.is_err() {
+            inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    async fn admit(&self, submission: Submission) -> Result<JobId, SubmitError> {
+        let inner = &self.inner;
+        // Compiling is CPU work: on a blocking thread, not an async worker.
+        let module = Arc::new(submission.module);
         inner
             .executor
-            .check_module(&submission.module)
+            .prepare(module.clone())
+            .await
             .map_err(|error| SubmitError::InvalidModule(error.to_string()))?;
         if submission.stdin.len() > suanli_protocol::job::MAX_STDIN_BYTES {
             return Err(SubmitError::Invalid(format!(
@@ -193,7 +255,7 @@ impl Market {
         }
         let spec = JobSpec {
             executor: ExecutorKind::Wasm,
-            module_hash: Hash32::of(&submission.module),
+            module_hash: Hash32::of(&module),
             args: submission.args,
             env: submission.env,
             stdin_hash: Hash32::of(&submission.stdin),
@@ -210,7 +272,7 @@ impl Market {
         let job_id = spec
             .job_id(nonce)
             .map_err(|error| SubmitError::Invalid(error.to_string()))?;
-        inner.jobs.put_blob(&submission.module)?;
+        inner.jobs.put_blob(&module)?;
         inner.jobs.put_blob(&submission.stdin)?;
         let record = JobRecord {
             job_id: job_id.to_string(),
@@ -232,12 +294,14 @@ impl Market {
             updated_at_ms: now,
         };
         inner.jobs.save(&job_id, &record)?;
+        // The job id is handed out only once its record and blobs are durable.
+        inner.jobs.flush().await?;
         let job = requester::JobTask {
             market: self.clone(),
             job_id,
             spec,
             nonce,
-            module: Arc::new(submission.module),
+            module,
             stdin: submission.stdin,
             record,
         };
@@ -245,14 +309,24 @@ impl Market {
         Ok(job_id)
     }
 
-    /// Serves inbound market requests from the network until cancelled.
+    /// Serves inbound market requests from the network until cancelled, at most
+    /// [`MAX_CONCURRENT_REQUESTS`] at once: beyond that the event queue fills and the network
+    /// answers "busy" itself. Also purges expired offers every second.
     pub async fn serve(self, mut events: mpsc::Receiver<NetworkEvent>) {
         let cancel = self.inner.cancel.clone();
+        let handlers = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+        let mut purge = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                event = events.recv() => {
+                _ = purge.tick() => self.inner.provider.purge(),
+                permit = handlers.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { break };
+                    let event = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        event = events.recv() => event,
+                    };
                     let Some(NetworkEvent::Market(inbound)) = event else { break };
                     let market = self.clone();
                     tokio::spawn(async move {
@@ -260,6 +334,7 @@ impl Market {
                         if market.inner.network.respond(inbound.id, &response).await.is_err() {
                             debug!("network stopped before the response was sent");
                         }
+                        drop(permit);
                     });
                 }
             }
@@ -290,7 +365,17 @@ impl Market {
         }
     }
 
-    /// Records a peer's misbehaviour in the ledger, with the offending bytes as evidence.
+    /// A peer sent a document that does not verify: it proves nothing about anyone, so it is not
+    /// evidence; the peer gets a strike at the network level instead.
+    async fn penalize(&self, peer: NodeId, reason: String) {
+        warn!(%peer, %reason, "invalid document from peer");
+        if peer != self.inner.node_id {
+            let _ = self.inner.network.penalize(peer, reason).await;
+        }
+    }
+
+    /// Records a peer's misbehaviour in the ledger, with the offending bytes as evidence. Only
+    /// for documents the offender validly signed (so the evidence proves something).
     async fn record_misbehaviour(
         &self,
         offender: NodeId,

@@ -29,6 +29,11 @@ use crate::clock::now_ms;
 use crate::config::ProviderConfig;
 use crate::executor::JobInput;
 
+/// Most offers one requester may hold at once: a peer cannot take all places by quoting.
+const MAX_RESERVATIONS_PER_REQUESTER: usize = 16;
+/// Most time a contract's deadline may leave beyond its job's time limit.
+const MAX_DEADLINE_SLACK_MS: u64 = 10 * 60 * 1000;
+
 struct Reservation {
     quote: QuoteRequest,
     offer: Signed<Offer>,
@@ -45,11 +50,23 @@ struct ProviderContract {
 struct State {
     reservations: HashMap<Hash32, Reservation>,
     contracts: HashMap<ContractId, ProviderContract>,
+    /// Proposals between taking their reservation and holding their contract (the ledger
+    /// append in between); they keep their place so nothing is overbooked meanwhile.
+    proposing: u32,
 }
 
 impl State {
     fn in_use(&self) -> u32 {
-        u32::try_from(self.reservations.len() + self.contracts.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.reservations.len() + self.contracts.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.proposing)
+    }
+
+    fn reservations_of(&self, requester: NodeId) -> usize {
+        self.reservations
+            .values()
+            .filter(|reservation| reservation.quote.requester == requester)
+            .count()
     }
 
     /// Drops offers that expired and contracts never started whose deadline passed.
@@ -114,6 +131,14 @@ impl Provider {
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Drops expired offers and stale contracts and publishes the load (run every second, so an
+    /// idle provider's load falls back even when no request arrives).
+    pub(super) fn purge(&self) {
+        let mut state = self.state();
+        state.purge(now_ms());
+        self.publish_load(&state);
     }
 
     fn publish_load(&self, state: &State) {
@@ -214,6 +239,17 @@ impl Market {
         let now = now_ms();
         let mut state = provider.state();
         state.purge(now);
+        // A new quote for the same job replaces the earlier offer.
+        state
+            .reservations
+            .retain(|_, r| !(r.quote.requester == peer && r.quote.job_id == quote.job_id));
+        if state.reservations_of(peer) >= MAX_RESERVATIONS_PER_REQUESTER {
+            provider.publish_load(&state);
+            return decline(
+                DeclineCode::Busy,
+                format!("at most {MAX_RESERVATIONS_PER_REQUESTER} open offers per requester"),
+            );
+        }
         if state.in_use() >= provider.capacity {
             return decline(
                 DeclineCode::Busy,
@@ -257,14 +293,7 @@ impl Market {
         let contract = match proposal.verify() {
             Ok(contract) => contract,
             Err(error) => {
-                let payload = suanli_protocol::codec::encode(&proposal).unwrap_or_default();
-                self.record_misbehaviour(
-                    peer,
-                    MisbehaviourKind::BadSignature,
-                    error.to_string(),
-                    payload,
-                )
-                .await;
+                self.penalize(peer, format!("proposal: {error}")).await;
                 return wire_error(ErrorCode::BadRequest, error.to_string());
             }
         };
@@ -280,13 +309,41 @@ impl Market {
         let reservation = {
             let mut state = provider.state();
             state.purge(now);
-            let taken = state.reservations.remove(&contract.offer);
-            provider.publish_load(&state);
+            let taken = state
+                .reservations
+                .remove(&contract.offer)
+                .filter(|reservation| reservation.quote.requester == peer);
+            if taken.is_some() {
+                state.proposing += 1;
+            }
             taken
         };
         let Some(reservation) = reservation else {
             return decline(DeclineCode::Other, "no such offer, or it expired".into());
         };
+        let response = self
+            .accept_proposal(peer, proposal, contract, contract_id, reservation, now)
+            .await;
+        let mut state = provider.state();
+        state.proposing = state.proposing.saturating_sub(1);
+        provider.publish_load(&state);
+        response
+    }
+
+    /// Checks a proposal against its reservation, countersigns it and records the contract.
+    async fn accept_proposal(
+        &self,
+        peer: NodeId,
+        proposal: Signed<Contract>,
+        contract: Contract,
+        contract_id: ContractId,
+        reservation: Reservation,
+        now: u64,
+    ) -> MarketResponse {
+        let decline = |code, message: String| {
+            self.sign_decline(peer, contract.job_id, Some(contract_id), code, message)
+        };
+        let provider = &self.inner.provider;
         let spec = match contract
             .check_quote(&reservation.quote)
             .and_then(|spec| contract.check_offer(&reservation.offer).map(|_| spec))
@@ -294,8 +351,17 @@ impl Market {
             Ok(spec) => spec,
             Err(error) => return decline(DeclineCode::Other, error.to_string()),
         };
-        if contract.deadline_ms <= now {
-            return decline(DeclineCode::Other, "the deadline has already passed".into());
+        let earliest = now.saturating_add(contract.limits.wall_time_ms);
+        if contract.deadline_ms < earliest
+            || contract.deadline_ms > earliest.saturating_add(MAX_DEADLINE_SLACK_MS)
+        {
+            return decline(
+                DeclineCode::Other,
+                format!(
+                    "the deadline must leave the job's time limit and at most {} s more",
+                    MAX_DEADLINE_SLACK_MS / 1000
+                ),
+            );
         }
         let cosigned = match CoSigned::countersign(proposal, &self.inner.keypair) {
             Ok((cosigned, _)) => cosigned,
@@ -327,7 +393,6 @@ impl Market {
                     started: false,
                 },
             );
-            provider.publish_load(&state);
         }
         debug!(%contract_id, requester = %peer, "contract countersigned");
         MarketResponse::Countersigned(cosigned)
@@ -338,6 +403,8 @@ impl Market {
             return wire_error(ErrorCode::TooLarge, error.to_string());
         }
         let contract_id = execute.contract_id;
+        // Hash before taking the lock: up to 12 MiB.
+        let (module_hash, stdin_hash) = (Hash32::of(&execute.module), Hash32::of(&execute.stdin));
         let (lifecycle, spec) = {
             let mut state = self.inner.provider.state();
             let Some(entry) = state.contracts.get_mut(&contract_id) else {
@@ -351,9 +418,7 @@ impl Market {
                 // Never run a contract twice.
                 return wire_error(ErrorCode::BadRequest, "already started");
             }
-            if Hash32::of(&execute.module) != contract.module_hash
-                || Hash32::of(&execute.stdin) != contract.stdin_hash
-            {
+            if module_hash != contract.module_hash || stdin_hash != contract.stdin_hash {
                 return wire_error(
                     ErrorCode::BadRequest,
                     "module or stdin does not match the contract's hashes",
@@ -393,6 +458,19 @@ impl Market {
             Ok(permit) => permit,
             Err(_) => return,
         };
+        if now_ms().saturating_add(contract.limits.wall_time_ms) > contract.deadline_ms {
+            // Queued too long: its result could not arrive in time. Do not burn the slot.
+            drop(permit);
+            self.record_failure(
+                contract_id,
+                contract.job_id,
+                contract.requester,
+                AttemptFailure::NotStarted,
+                "waited for a slot past the contract's deadline".into(),
+            )
+            .await;
+            return;
+        }
         let result = self
             .inner
             .executor
@@ -493,14 +571,28 @@ impl Market {
                     }
                     return;
                 }
+                Ok(MarketResponse::Error(error))
+                    if error.code == ErrorCode::Unavailable && now_ms() <= contract.deadline_ms =>
+                {
+                    debug!(%contract_id, "requester busy; delivering again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
                 Ok(MarketResponse::Error(error)) => {
-                    warn!(%contract_id, code = ?error.code, message = %error.message, "requester refused the delivery");
+                    let message = truncate(error.message);
+                    warn!(%contract_id, code = ?error.code, %message, "requester refused the delivery");
+                    // NotFound: the requester gave the contract up (deadline, or it restarted).
+                    let failure = if error.code == ErrorCode::NotFound {
+                        AttemptFailure::DeadlineMissed
+                    } else {
+                        AttemptFailure::Misbehaved
+                    };
                     self.record_failure(
                         contract_id,
                         contract.job_id,
                         contract.requester,
-                        AttemptFailure::Misbehaved,
-                        format!("delivery refused: {}", error.message),
+                        failure,
+                        format!("delivery refused: {message}"),
                     )
                     .await;
                     return;

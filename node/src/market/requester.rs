@@ -18,14 +18,14 @@ use suanli_protocol::lifecycle::{ContractEvent, ContractLifecycle, LifecycleErro
 use suanli_protocol::negotiation::{AttemptFailure, MisbehaviourKind};
 use suanli_protocol::wire::{Delivery, ErrorCode, ExecuteRequest, MarketRequest, MarketResponse};
 use suanli_protocol::{
-    CoSigned, Contract, ContractId, Hash32, JobId, JobSpec, NodeId, Outcome, QuoteRequest, Receipt,
-    Signed,
+    CoSigned, Contract, ContractId, DeclineCode, Hash32, JobId, JobSpec, NodeId, Outcome,
+    QuoteRequest, Receipt, Signed,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::jobs::{Attempt, JobError, JobRecord, JobState, MAX_ATTEMPTS_KEPT};
-use super::{Market, ranking, wire_error};
+use super::{Market, ranking, truncate, wire_error};
 use crate::clock::now_ms;
 
 /// How many candidates one placement round asks, one after the other.
@@ -49,8 +49,9 @@ pub(super) struct Awaiting {
 enum Try {
     /// The job is finished (settled, whatever its outcome).
     Finished,
-    /// The provider declined; it may be asked again later.
-    Declined,
+    /// The provider declined; `permanent` when asking again cannot help (limits, price,
+    /// executor, not accepting), else it may be asked again later (busy).
+    Declined { permanent: bool },
     /// The provider failed or misbehaved; not asked again for this job.
     Failed,
     /// This node cannot go on (its ledger failed).
@@ -73,6 +74,18 @@ impl JobTask {
         if let Err(error) = self.market.inner.jobs.save(&self.job_id, &self.record) {
             warn!(job_id = %self.job_id, %error, "cannot save job record");
         }
+        if self.record.state.is_final() {
+            // Wakes long-polling readers; nobody listening is fine.
+            let _ = self.market.inner.finished.send(self.job_id);
+        }
+    }
+
+    /// Marks the job final: it no longer counts against the in-flight limit.
+    fn close(&mut self) {
+        self.market
+            .inner
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn attempt(
@@ -92,7 +105,8 @@ impl JobTask {
             contract_id: contract_id.map(|id| id.to_string()),
             outcome: outcome.into(),
             reason: reason.map(str::to_owned),
-            message,
+            // Messages can come from peers: bounded like every other peer text.
+            message: truncate(message),
             at_ms: now_ms(),
         });
         self.save();
@@ -106,6 +120,11 @@ impl JobTask {
     }
 
     pub(super) async fn run(mut self) {
+        self.place().await;
+        self.close();
+    }
+
+    async fn place(&mut self) {
         self.record.state = JobState::Negotiating;
         self.save();
         let inner = self.market.inner.clone();
@@ -137,10 +156,18 @@ impl JobTask {
                 debug!(job_id = %self.job_id, "no node in the capacity view fits the job yet");
             }
             for candidate in candidates.into_iter().take(CANDIDATES_PER_ROUND) {
-                match self.try_provider(candidate.node).await {
+                let outcome = self.try_provider(candidate.node).await;
+                if self.record.state == JobState::Running {
+                    // The attempt ended without a result: back to looking for a provider.
+                    self.record.state = JobState::Negotiating;
+                    self.record.provider = None;
+                    self.record.contract_id = None;
+                    self.save();
+                }
+                match outcome {
                     Try::Finished => return,
-                    Try::Declined => {}
-                    Try::Failed => {
+                    Try::Declined { permanent: false } => {}
+                    Try::Declined { permanent: true } | Try::Failed => {
                         excluded.insert(candidate.node);
                     }
                     Try::Fatal(error) => return self.fail(error),
@@ -199,13 +226,20 @@ impl JobTask {
                             Some(decline.code.name()),
                             decline.message,
                         );
-                        Try::Declined
+                        Try::Declined {
+                            permanent: is_permanent(decline.code),
+                        }
                     }
                     _ => {
                         self.attempt(provider, None, "rejected", None, "invalid decline".into());
                         Try::Failed
                     }
                 };
+            }
+            Ok(MarketResponse::Error(error)) if error.code == ErrorCode::Unavailable => {
+                // Its queues are full: like a busy decline.
+                self.attempt(provider, None, "declined", Some("busy"), error.message);
+                return Try::Declined { permanent: false };
             }
             Ok(MarketResponse::Error(error)) => {
                 self.attempt(provider, None, "error", None, error.message);
@@ -232,11 +266,17 @@ impl JobTask {
                     && doc.requester == me
                     && doc.job_id == self.job_id
                     && doc.max_cost <= self.spec.max_price
+                    && doc.valid_until_ms > now_ms()
                     && doc.price.max_cost(&self.spec.limits).ok() == Some(doc.max_cost) =>
             {
                 doc
             }
-            _ => {
+            Err(error) => {
+                market.penalize(provider, format!("offer: {error}")).await;
+                self.attempt(provider, None, "rejected", None, format!("offer: {error}"));
+                return Try::Failed;
+            }
+            Ok(_) => {
                 let payload = suanli_protocol::codec::encode(&offer).unwrap_or_default();
                 market
                     .record_misbehaviour(
@@ -309,7 +349,9 @@ impl JobTask {
                             Some(decline.code.name()),
                             decline.message,
                         );
-                        Try::Declined
+                        Try::Declined {
+                            permanent: is_permanent(decline.code),
+                        }
                     }
                     _ => {
                         self.attempt(
@@ -349,15 +391,21 @@ impl JobTask {
             }
         };
         if let Err(error) = lifecycle.apply(ContractEvent::Countersigned(&cosigned)) {
-            let payload = suanli_protocol::codec::encode(&cosigned).unwrap_or_default();
-            market
-                .record_misbehaviour(
-                    provider,
-                    MisbehaviourKind::BadSignature,
-                    error.to_string(),
-                    payload,
-                )
-                .await;
+            if matches!(error, LifecycleError::Verify(_)) {
+                market
+                    .penalize(provider, format!("countersignature: {error}"))
+                    .await;
+            } else {
+                let payload = suanli_protocol::codec::encode(&cosigned).unwrap_or_default();
+                market
+                    .record_misbehaviour(
+                        provider,
+                        MisbehaviourKind::ContractMismatch,
+                        error.to_string(),
+                        payload,
+                    )
+                    .await;
+            }
             self.attempt(
                 provider,
                 Some(contract_id),
@@ -475,9 +523,11 @@ impl JobTask {
                     return Try::Failed;
                 }
                 // A delivery is being handled right now: take its result.
-                delivered
-                    .await
-                    .unwrap_or_else(|_| Err("delivery handler stopped".into()))
+                match tokio::time::timeout(Duration::from_secs(60), delivered).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err("delivery handler stopped".into()),
+                    Err(_) => Err("delivery handling took too long".into()),
+                }
             }
         };
         match result {
@@ -566,34 +616,49 @@ impl Market {
     /// append receipt and settlement durably, then hand the result to the waiting job task.
     pub(super) async fn handle_deliver(&self, peer: NodeId, delivery: Delivery) -> MarketResponse {
         let inner = &self.inner;
-        let Ok(receipt) = delivery.receipt.verify() else {
-            let payload = suanli_protocol::codec::encode(&delivery.receipt).unwrap_or_default();
-            self.record_misbehaviour(
-                peer,
-                MisbehaviourKind::BadSignature,
-                "receipt signature".into(),
-                payload,
-            )
-            .await;
-            return wire_error(ErrorCode::BadRequest, "receipt does not verify");
+        let receipt = match delivery.receipt.verify() {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                self.penalize(peer, format!("receipt: {error}")).await;
+                return wire_error(ErrorCode::BadRequest, "receipt does not verify");
+            }
         };
         let contract_id = receipt.contract_id;
-        let Some(Awaiting { lifecycle, done }) = inner.awaiting_lock().remove(&contract_id) else {
+        // A delivery repeated after its answer was lost gets the same answer: settling is
+        // idempotent, never done twice.
+        if let Some(settled) = inner.recently_settled_lock().get(&contract_id, peer) {
+            return MarketResponse::Settled(settled);
+        }
+        // Take the contract only when this peer is its provider, so nobody else can make the
+        // real delivery miss it.
+        let awaiting = {
+            let mut awaiting = inner.awaiting_lock();
+            match awaiting.get(&contract_id) {
+                None => None,
+                Some(entry) if entry.lifecycle.contract().provider != peer => {
+                    return wire_error(ErrorCode::Forbidden, "not your contract");
+                }
+                Some(_) => awaiting.remove(&contract_id),
+            }
+        };
+        let Some(Awaiting {
+            mut lifecycle,
+            done,
+        }) = awaiting
+        else {
             return wire_error(ErrorCode::NotFound, "no contract awaits this delivery");
         };
-        if lifecycle.contract().provider != peer {
-            inner
-                .awaiting_lock()
-                .insert(contract_id, Awaiting { lifecycle, done });
-            return wire_error(ErrorCode::Forbidden, "not your contract");
-        }
-        let mut checked = lifecycle.clone();
-        let settled = match check_delivery(&mut checked, &delivery, &receipt, inner) {
+        let settled = match check_delivery(&mut lifecycle, &delivery, &receipt, inner) {
             Ok(settled) => settled,
             Err((kind, message)) => {
-                let payload = suanli_protocol::codec::encode(&delivery.receipt).unwrap_or_default();
-                self.record_misbehaviour(peer, kind, message.clone(), payload)
-                    .await;
+                if kind == MisbehaviourKind::BadSignature {
+                    self.penalize(peer, message.clone()).await;
+                } else {
+                    let payload =
+                        suanli_protocol::codec::encode(&delivery.receipt).unwrap_or_default();
+                    self.record_misbehaviour(peer, kind, message.clone(), payload)
+                        .await;
+                }
                 self.record_failure(
                     contract_id,
                     receipt.job_id,
@@ -617,22 +682,78 @@ impl Market {
                 .await
         };
         if let Err(error) = appended.await {
-            // Not acknowledged: the provider will deliver again.
+            // Not durable, so not acknowledged; the job goes on elsewhere.
             warn!(%contract_id, %error, "ledger append failed; delivery not acknowledged");
-            inner
-                .awaiting_lock()
-                .insert(contract_id, Awaiting { lifecycle, done });
+            let _ = done.send(Err(format!("ledger unavailable: {error}")));
             return wire_error(
                 ErrorCode::Unavailable,
                 format!("ledger unavailable: {error}"),
             );
         }
+        inner
+            .recently_settled_lock()
+            .insert(contract_id, peer, settled.clone());
         let _ = done.send(Ok(Delivered {
             receipt,
             output: delivery.output,
         }));
         MarketResponse::Settled(settled)
     }
+}
+
+/// Settlements answered recently, so a repeated delivery gets the same answer.
+#[derive(Default)]
+pub(super) struct RecentlySettled {
+    by_contract:
+        std::collections::HashMap<ContractId, (NodeId, CoSigned<suanli_protocol::Settlement>)>,
+    order: std::collections::VecDeque<ContractId>,
+}
+
+/// How many answered settlements are remembered.
+const RECENTLY_SETTLED: usize = 4096;
+
+impl RecentlySettled {
+    fn get(
+        &self,
+        contract_id: &ContractId,
+        provider: NodeId,
+    ) -> Option<CoSigned<suanli_protocol::Settlement>> {
+        self.by_contract
+            .get(contract_id)
+            .filter(|(known, _)| *known == provider)
+            .map(|(_, settled)| settled.clone())
+    }
+
+    fn insert(
+        &mut self,
+        contract_id: ContractId,
+        provider: NodeId,
+        settled: CoSigned<suanli_protocol::Settlement>,
+    ) {
+        if self.order.len() >= RECENTLY_SETTLED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_contract.remove(&oldest);
+        }
+        self.order.push_back(contract_id);
+        self.by_contract.insert(contract_id, (provider, settled));
+    }
+}
+
+impl super::Inner {
+    pub(super) fn recently_settled_lock(&self) -> std::sync::MutexGuard<'_, RecentlySettled> {
+        self.recently_settled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Declines that asking the same provider again cannot change.
+fn is_permanent(code: DeclineCode) -> bool {
+    !matches!(
+        code,
+        DeclineCode::Busy | DeclineCode::NoCapacity | DeclineCode::CreditLimit
+    )
 }
 
 /// All checks on a delivery; returns the countersigned settlement.

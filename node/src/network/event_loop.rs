@@ -190,6 +190,11 @@ impl EventLoop {
                 _ = advert.tick() => self.publish_advert(),
                 _ = tick.tick() => self.handle_tick(),
                 _ = kad_walk.tick() => {
+                    // Strikes decay: a peer must offend repeatedly within minutes to be banned.
+                    self.strikes.retain(|_, strikes| {
+                        *strikes = strikes.saturating_sub(1);
+                        *strikes > 0
+                    });
                     self.walk_dht();
                     if self.peers.connected_count() == 0 {
                         self.dial_anonymous_bootstrap();
@@ -240,6 +245,7 @@ impl EventLoop {
             Command::IsConnected(peer, reply) => {
                 let _ = reply.send(self.swarm.is_connected(&peer.to_peer_id()));
             }
+            Command::Penalize { peer, reason } => self.strike(peer.to_peer_id(), &reason),
         }
     }
 

@@ -107,6 +107,8 @@ pub enum Command {
     Respond { id: u64, bytes: Vec<u8> },
     /// Whether a connection to the peer is open.
     IsConnected(NodeId, oneshot::Sender<bool>),
+    /// Counts a strike against a peer that sent something invalid (banned after a few).
+    Penalize { peer: NodeId, reason: String },
 }
 
 /// The network task stopped.
@@ -212,6 +214,15 @@ impl NetworkHandle {
         let bytes = bytes.map_err(|_| NetworkStopped)?;
         self.commands
             .send(Command::Respond { id, bytes })
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
+    /// Reports a peer that sent an invalid document; repeated offences get it disconnected and
+    /// ignored for a while.
+    pub async fn penalize(&self, peer: NodeId, reason: String) -> Result<(), NetworkStopped> {
+        self.commands
+            .send(Command::Penalize { peer, reason })
             .await
             .map_err(|_| NetworkStopped)
     }

@@ -108,6 +108,18 @@ impl PeerBook {
     }
 
     pub fn connected(&mut self, peer_id: PeerId) {
+        if !self.peers.contains_key(&peer_id) && self.peers.len() >= MAX_PERSISTED_PEERS {
+            // Make room: forget a disconnected peer, preferring one without addresses.
+            let victim = self
+                .peers
+                .iter()
+                .filter(|(_, peer)| peer.connections == 0)
+                .min_by_key(|(_, peer)| peer.addrs.len())
+                .map(|(id, _)| *id);
+            if let Some(victim) = victim {
+                self.peers.remove(&victim);
+            }
+        }
         let peer = self.peers.entry(peer_id).or_default();
         peer.connections = peer.connections.saturating_add(1);
         peer.redial_at = None;

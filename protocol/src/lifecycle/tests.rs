@@ -406,3 +406,41 @@ fn failed_runs_are_settled_too() {
     receipt.cost = price().cost(&receipt.usage).unwrap();
     assert_eq!(deliver(receipt, &provider()), Ok(ContractState::Delivered));
 }
+
+#[test]
+fn failure_claims_are_checked_against_the_limits() {
+    // Claiming to have run out of fuel without using all of it, or to have timed out before the
+    // time limit, would let a provider bill without running the job.
+    let mut fuel = receipt();
+    fuel.outcome = Outcome::Failed {
+        reason: crate::negotiation::FailureReason::FuelExhausted,
+        message: String::new(),
+    };
+    fuel.usage.output_bytes = 0;
+    fuel.usage.fuel = contract().limits.fuel - 1;
+    fuel.cost = price().cost(&fuel.usage).unwrap();
+    assert_eq!(
+        deliver(fuel, &provider()),
+        Err(LifecycleError::Mismatch {
+            document: "receipt",
+            field: "fuel"
+        })
+    );
+    let mut timeout = receipt();
+    timeout.outcome = Outcome::Failed {
+        reason: crate::negotiation::FailureReason::Timeout,
+        message: String::new(),
+    };
+    timeout.usage.output_bytes = 0;
+    timeout.usage.wall_time_ms = contract().limits.wall_time_ms - 1;
+    timeout.cost = price().cost(&timeout.usage).unwrap();
+    assert_eq!(
+        deliver(timeout.clone(), &provider()),
+        Err(LifecycleError::Mismatch {
+            document: "receipt",
+            field: "wall_time_ms"
+        })
+    );
+    timeout.usage.wall_time_ms = contract().limits.wall_time_ms;
+    assert_eq!(deliver(timeout, &provider()), Ok(ContractState::Delivered));
+}

@@ -58,7 +58,7 @@ async fn a_remote_job_runs_on_another_node_and_lands_in_both_ledgers() {
         let a = &nodes[0];
         let mut job = wat_job(HELLO);
         job.placement.exclude_self = true;
-        let job_id = a.submit(job);
+        let job_id = a.submit(job).await;
         let record = a.wait_job(&job_id, JOB).await;
         assert_eq!(record.state, JobState::Succeeded, "{record:?}");
         let provider_id = record.provider.clone().expect("provider");
@@ -144,7 +144,7 @@ async fn failures_come_back_with_their_reason() {
         let mut submitted = Vec::new();
         for (reason, mut job) in cases {
             job.placement.exclude_self = true;
-            submitted.push((reason, a.submit(job)));
+            submitted.push((reason, a.submit(job).await));
         }
         for (reason, job_id) in submitted {
             let record = a.wait_job(&job_id, JOB).await;
@@ -155,13 +155,13 @@ async fn failures_come_back_with_their_reason() {
             assert!(record.cost.is_some(), "{reason} was settled");
         }
         // An invalid module is refused before any negotiation.
-        let refused = a.handle.market.submit(wat_job("(module (func $oops"));
+        let refused = a.handle.market.submit(wat_job("(module (func $oops")).await;
         assert!(
             matches!(refused, Err(SubmitError::InvalidModule(_))),
             "{refused:?}"
         );
         // The node keeps serving.
-        let ok = a.submit(wat_job(HELLO));
+        let ok = a.submit(wat_job(HELLO)).await;
         assert_eq!(a.wait_job(&ok, JOB).await.state, JobState::Succeeded);
         for node in nodes {
             node.stop().await;
@@ -177,7 +177,7 @@ async fn two_hundred_concurrent_jobs_settle_exactly_once() {
         let mut jobs = Vec::new();
         for index in 0..200 {
             let node = &nodes[index % 3];
-            jobs.push((index % 3, node.submit(wat_job(HELLO))));
+            jobs.push((index % 3, node.submit(wat_job(HELLO)).await));
         }
         for (owner, job_id) in &jobs {
             let record = nodes[*owner]
@@ -270,7 +270,7 @@ async fn a_job_whose_provider_dies_completes_on_another() {
     with_timeout(async {
         let mut nodes = mesh_of(3).await;
         let a = &nodes[0];
-        let job_id = a.submit(slow_job(3_000_000_000));
+        let job_id = a.submit(slow_job(3_000_000_000)).await;
         wait_until("the job runs somewhere", JOB, || {
             a.job(&job_id).state == JobState::Running
         })
