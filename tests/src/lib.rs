@@ -95,7 +95,12 @@ impl TestNode {
 
     /// Starts (or restarts) a node on an existing data dir.
     pub async fn start_in(dir: TempDir, bootstrap: &[Multiaddr]) -> TestNode {
-        let config = test_config(bootstrap).validate().expect("valid config");
+        TestNode::start_with(dir, test_config(bootstrap)).await
+    }
+
+    /// Starts a node on a data dir with a config of the caller's.
+    pub async fn start_with(dir: TempDir, config: Config) -> TestNode {
+        let config = config.validate().expect("valid config");
         let handle = Node::start(DataDir::new(dir.path()), config)
             .await
             .expect("node starts");

@@ -246,6 +246,16 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.is_connected(&peer.to_peer_id()));
             }
             Command::Penalize { peer, reason } => self.strike(peer.to_peer_id(), &reason),
+            Command::GossipMesh(reply) => {
+                let topic = advert_topic().hash();
+                let gossipsub = &self.swarm.behaviour().gossipsub;
+                let mesh = gossipsub.mesh_peers(&topic).count();
+                let subscribed = gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&topic))
+                    .count();
+                let _ = reply.send((mesh, subscribed));
+            }
         }
     }
 

@@ -107,6 +107,9 @@ pub enum Command {
     Respond { id: u64, bytes: Vec<u8> },
     /// Whether a connection to the peer is open.
     IsConnected(NodeId, oneshot::Sender<bool>),
+    /// How many peers this node's advert-topic gossip mesh holds, and how many peers are
+    /// subscribed to the topic.
+    GossipMesh(oneshot::Sender<(usize, usize)>),
     /// Counts a strike against a peer that sent something invalid (banned after a few).
     Penalize { peer: NodeId, reason: String },
 }
@@ -225,6 +228,11 @@ impl NetworkHandle {
             .send(Command::Penalize { peer, reason })
             .await
             .map_err(|_| NetworkStopped)
+    }
+
+    /// (mesh peers, subscribed peers) on the advert topic.
+    pub async fn gossip_mesh(&self) -> Result<(usize, usize), NetworkStopped> {
+        self.request(Command::GossipMesh).await
     }
 
     pub async fn is_connected(&self, peer: NodeId) -> Result<bool, NetworkStopped> {
