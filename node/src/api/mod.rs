@@ -27,7 +27,7 @@ use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use suanli_protocol::{CapacityAdvert, Gpu, NodeId};
+use suanli_protocol::{CapacityAdvert, Gpu, NodeId, PriceTerms, Resources};
 
 pub use error::ApiError;
 
@@ -135,6 +135,25 @@ fn gpus_json(gpus: &[Gpu]) -> Vec<GpuJson> {
         .collect()
 }
 
+impl From<&Resources> for ResourcesJson {
+    fn from(resources: &Resources) -> Self {
+        ResourcesJson {
+            cpu_cores: resources.cpu_cores,
+            memory_bytes: resources.memory_bytes,
+            gpus: gpus_json(&resources.gpus),
+        }
+    }
+}
+
+impl From<PriceTerms> for PricesJson {
+    fn from(prices: PriceTerms) -> Self {
+        PricesJson {
+            base: prices.base.micro(),
+            per_million_fuel: prices.per_million_fuel.micro(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PricesJson {
     /// Micro-credits per job.
@@ -165,16 +184,9 @@ async fn node(State(state): State<ApiState>) -> Result<Json<NodeJson>, ApiError>
         version: env!("CARGO_PKG_VERSION"),
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
         region: capacity.region.clone(),
-        capacity: ResourcesJson {
-            cpu_cores: capacity.total.cpu_cores,
-            memory_bytes: capacity.total.memory_bytes,
-            gpus: gpus_json(&capacity.total.gpus),
-        },
+        capacity: ResourcesJson::from(&capacity.total),
         executors: capacity.executors.iter().map(|kind| kind.name()).collect(),
-        prices: PricesJson {
-            base: capacity.prices.base.micro(),
-            per_million_fuel: capacity.prices.per_million_fuel.micro(),
-        },
+        prices: PricesJson::from(capacity.prices),
         uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         gossip: state.network.gossip_stats(),
     }))
@@ -218,16 +230,9 @@ impl MeshNodeJson {
             cpu_cores: advert.total.cpu_cores,
             memory_bytes: advert.total.memory_bytes,
             gpus: gpus_json(&advert.total.gpus),
-            free: ResourcesJson {
-                cpu_cores: advert.free.cpu_cores,
-                memory_bytes: advert.free.memory_bytes,
-                gpus: gpus_json(&advert.free.gpus),
-            },
+            free: ResourcesJson::from(&advert.free),
             executors: advert.executors.iter().map(|kind| kind.name()).collect(),
-            prices: PricesJson {
-                base: advert.prices.base.micro(),
-                per_million_fuel: advert.prices.per_million_fuel.micro(),
-            },
+            prices: PricesJson::from(advert.prices),
             load: f64::from(advert.load_permille) / 1000.0,
             listen_addrs: advert.listen_addrs.clone(),
             version: advert.software_version.clone(),

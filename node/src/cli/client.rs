@@ -36,40 +36,39 @@ impl ApiClient {
         anyhow!("cannot reach the node API at {}: {reason}", self.base)
     }
 
-    /// GETs `path` and returns its JSON, or a one-line error (API error bodies included).
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// Sends a request to `path`; `body` makes it a JSON POST, else a GET.
+    async fn send(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(String, reqwest::Response)> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
+        let request = match body {
+            Some(body) => self.http.post(&url).json(body),
+            None => self.http.get(&url),
+        };
+        let response = request
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;
+        Ok((url, response))
+    }
+
+    /// GETs `path` and returns its JSON, or a one-line error (API error bodies included).
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (url, response) = self.send(path, None).await?;
         Self::json_answer(&url, response).await
     }
 
     /// POSTs a JSON body to `path` and returns the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
+        let (url, response) = self.send(path, Some(body)).await?;
         Self::json_answer(&url, response).await
     }
 
     /// GETs raw bytes (job output).
     pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
+        let (url, response) = self.send(path, None).await?;
         if !response.status().is_success() {
             let status = response.status();
             return Err(Self::json_answer(&url, response)

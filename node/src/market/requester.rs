@@ -202,6 +202,40 @@ impl JobTask {
         format!("no provider took the job: {}", reasons.join("; "))
     }
 
+    /// Records a provider's decline; one that did not verify, or that names another provider or
+    /// job, counts as a rejected answer.
+    fn declined(
+        &mut self,
+        provider: NodeId,
+        contract_id: Option<ContractId>,
+        decline: Option<suanli_protocol::Decline>,
+    ) -> Try {
+        match decline {
+            Some(decline) if decline.provider == provider && decline.job_id == self.job_id => {
+                self.attempt(
+                    provider,
+                    contract_id,
+                    "declined",
+                    Some(decline.code.name()),
+                    decline.message,
+                );
+                Try::Declined {
+                    permanent: is_permanent(decline.code),
+                }
+            }
+            _ => {
+                self.attempt(
+                    provider,
+                    contract_id,
+                    "rejected",
+                    None,
+                    "invalid decline".into(),
+                );
+                Try::Failed
+            }
+        }
+    }
+
     async fn try_provider(&mut self, provider: NodeId) -> Try {
         let market = self.market.clone();
         let inner = market.inner.clone();
@@ -215,26 +249,7 @@ impl JobTask {
         let offer = match market.send(provider, MarketRequest::Quote(quote)).await {
             Ok(MarketResponse::Offer(offer)) => offer,
             Ok(MarketResponse::Decline(decline)) => {
-                return match decline.verify() {
-                    Ok(decline)
-                        if decline.provider == provider && decline.job_id == self.job_id =>
-                    {
-                        self.attempt(
-                            provider,
-                            None,
-                            "declined",
-                            Some(decline.code.name()),
-                            decline.message,
-                        );
-                        Try::Declined {
-                            permanent: is_permanent(decline.code),
-                        }
-                    }
-                    _ => {
-                        self.attempt(provider, None, "rejected", None, "invalid decline".into());
-                        Try::Failed
-                    }
-                };
+                return self.declined(provider, None, decline.verify().ok());
             }
             Ok(MarketResponse::Error(error)) if error.code == ErrorCode::Unavailable => {
                 // Its queues are full: like a busy decline.
@@ -337,33 +352,11 @@ impl JobTask {
         {
             Ok(MarketResponse::Countersigned(cosigned)) => cosigned,
             Ok(MarketResponse::Decline(decline)) => {
-                return match (
-                    lifecycle.apply(ContractEvent::Declined(&decline)),
-                    decline.verify(),
-                ) {
-                    (Ok(_), Ok(decline)) => {
-                        self.attempt(
-                            provider,
-                            Some(contract_id),
-                            "declined",
-                            Some(decline.code.name()),
-                            decline.message,
-                        );
-                        Try::Declined {
-                            permanent: is_permanent(decline.code),
-                        }
-                    }
-                    _ => {
-                        self.attempt(
-                            provider,
-                            Some(contract_id),
-                            "rejected",
-                            None,
-                            "invalid decline".into(),
-                        );
-                        Try::Failed
-                    }
-                };
+                let valid = lifecycle
+                    .apply(ContractEvent::Declined(&decline))
+                    .ok()
+                    .and_then(|_| decline.verify().ok());
+                return self.declined(provider, Some(contract_id), valid);
             }
             Ok(MarketResponse::Error(error)) => {
                 self.attempt(provider, Some(contract_id), "error", None, error.message);

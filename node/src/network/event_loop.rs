@@ -173,8 +173,9 @@ impl EventLoop {
         let mut load = self.parts.load.clone();
         let mut load_open = true;
         loop {
+            // Not `biased`: under load both commands and swarm events are always ready, and a
+            // fixed order would starve one of them. Cancellation is still noticed within a turn.
             tokio::select! {
-                biased;
                 _ = cancel.cancelled() => break,
                 changed = load.changed(), if load_open => {
                     // Re-publish on change, debounced by the tick. A closed channel means the
