@@ -89,6 +89,27 @@ impl MeshView {
             .collect()
     }
 
+    /// How many live adverts the table holds at `now_ms` (no copying).
+    pub fn live_count(&self, now_ms: u64) -> usize {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        table
+            .values()
+            .filter(|entry| entry.advert.expires_at_ms() > now_ms)
+            .count()
+    }
+
+    /// The sequence number of the advert held for `node` (no copying).
+    pub fn seq_of(&self, node: &NodeId) -> Option<u64> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        table.get(node).map(|entry| entry.advert.seq)
+    }
+
     pub fn get(&self, node: &NodeId) -> Option<MeshEntry> {
         let table = self
             .table

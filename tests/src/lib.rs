@@ -118,10 +118,7 @@ impl TestNode {
 
     /// How many nodes this node's capacity view holds now.
     pub fn mesh_size(&self) -> usize {
-        self.handle
-            .mesh
-            .snapshot(suanli_node::clock::now_ms())
-            .len()
+        self.handle.mesh.live_count(suanli_node::clock::now_ms())
     }
 
     /// Submits a job to this node.
