@@ -18,6 +18,12 @@ pub struct MeshEntry {
     pub received_at_ms: u64,
 }
 
+impl MeshEntry {
+    fn is_live(&self, now_ms: u64) -> bool {
+        self.advert.expires_at_ms() > now_ms
+    }
+}
+
 /// What happened to an offered advert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
@@ -36,12 +42,19 @@ pub struct MeshView {
 }
 
 impl MeshView {
+    // A panic elsewhere while holding the lock leaves the table consistent (every write is one
+    // insert or remove), so a poisoned lock is used as is.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, MeshEntry>> {
+        self.table.read().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, MeshEntry>> {
+        self.table.write().unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// Keeps `advert` (already verified and validated) if it is newer than the one held.
     pub fn offer(&self, advert: CapacityAdvert, now_ms: u64) -> Offered {
-        let mut table = self
-            .table
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut table = self.write();
         if let Some(held) = table.get(&advert.node) {
             if held.advert.seq >= advert.seq {
                 return Offered::Stale;
@@ -61,13 +74,10 @@ impl MeshView {
 
     /// Drops every advert expired at `now_ms`; returns the nodes dropped.
     pub fn prune(&self, now_ms: u64) -> Vec<NodeId> {
-        let mut table = self
-            .table
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut table = self.write();
         let expired: Vec<NodeId> = table
             .iter()
-            .filter(|(_, entry)| entry.advert.expires_at_ms() <= now_ms)
+            .filter(|(_, entry)| !entry.is_live(now_ms))
             .map(|(node, _)| *node)
             .collect();
         for node in &expired {
@@ -78,43 +88,31 @@ impl MeshView {
 
     /// The live entries at `now_ms`, ordered by node id.
     pub fn snapshot(&self, now_ms: u64) -> Vec<MeshEntry> {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let table = self.read();
         table
             .values()
-            .filter(|entry| entry.advert.expires_at_ms() > now_ms)
+            .filter(|entry| entry.is_live(now_ms))
             .cloned()
             .collect()
     }
 
     /// How many live adverts the table holds at `now_ms` (no copying).
     pub fn live_count(&self, now_ms: u64) -> usize {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let table = self.read();
         table
             .values()
-            .filter(|entry| entry.advert.expires_at_ms() > now_ms)
+            .filter(|entry| entry.is_live(now_ms))
             .count()
     }
 
     /// The sequence number of the advert held for `node` (no copying).
     pub fn seq_of(&self, node: &NodeId) -> Option<u64> {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let table = self.read();
         table.get(node).map(|entry| entry.advert.seq)
     }
 
     pub fn get(&self, node: &NodeId) -> Option<MeshEntry> {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let table = self.read();
         table.get(node).cloned()
     }
 }
