@@ -45,11 +45,15 @@ impl MeshView {
     // A panic elsewhere while holding the lock leaves the table consistent (every write is one
     // insert or remove), so a poisoned lock is used as is.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, MeshEntry>> {
-        self.table.read().unwrap_or_else(|poison| poison.into_inner())
+        self.table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, MeshEntry>> {
-        self.table.write().unwrap_or_else(|poison| poison.into_inner())
+        self.table
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Keeps `advert` (already verified and validated) if it is newer than the one held.
@@ -99,10 +103,7 @@ impl MeshView {
     /// How many live adverts the table holds at `now_ms` (no copying).
     pub fn live_count(&self, now_ms: u64) -> usize {
         let table = self.read();
-        table
-            .values()
-            .filter(|entry| entry.is_live(now_ms))
-            .count()
+        table.values().filter(|entry| entry.is_live(now_ms)).count()
     }
 
     /// The sequence number of the advert held for `node` (no copying).

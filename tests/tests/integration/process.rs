@@ -231,14 +231,20 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
     let list: Value = serde_json::from_slice(&list.stdout).expect("json");
     assert!(list["jobs"].as_array().is_some_and(|jobs| jobs.len() >= 5));
 
-    // Every ledger verifies, and the requester owes its providers.
-    for api in &mesh.apis {
+    // Every ledger verifies (a node no job was placed on has an empty one), and the requester
+    // owes its providers.
+    for (index, api) in mesh.apis.iter().enumerate() {
         let verify = suanli(&["ledger", "verify", "--json", "--api", api]);
         assert!(verify.status.success(), "{verify:?}");
         let report: Value = serde_json::from_slice(&verify.stdout).expect("json");
         assert_eq!(report["ok"], true);
-        assert!(report["entries"].as_u64().is_some_and(|n| n > 0));
         assert!(report["head"].is_string());
+        if index == 0 {
+            assert!(
+                report["entries"].as_u64().is_some_and(|n| n > 0),
+                "{report}"
+            );
+        }
     }
     let balances = suanli(&["balances", "--json", "--api", &api]);
     let balances: Value = serde_json::from_slice(&balances.stdout).expect("json");
