@@ -228,9 +228,4 @@ impl NodeHandle {
         self.data_dir.remove_run_info();
         info!(node_id = %self.node_id, "node stopped");
     }
-
-    /// A token that stops the node when cancelled.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
 }

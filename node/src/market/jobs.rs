@@ -150,15 +150,19 @@ impl JobBook {
         }
     }
 
+    /// Stores a new job's first record and indexes it by submission time.
+    pub fn create(&self, job_id: &JobId, record: &JobRecord) -> Result<(), JobStoreError> {
+        self.index.insert(
+            &index_key(record.created_at_ms, job_id),
+            job_id.0.as_bytes(),
+        )?;
+        self.save(job_id, record)
+    }
+
+    /// Replaces a job's record.
     pub fn save(&self, job_id: &JobId, record: &JobRecord) -> Result<(), JobStoreError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| JobStoreError::Corrupt(error.to_string()))?;
-        if self.jobs.get(job_id.0.as_bytes())?.is_none() {
-            self.index.insert(
-                &index_key(record.created_at_ms, job_id),
-                job_id.0.as_bytes(),
-            )?;
-        }
         Ok(self.jobs.insert(job_id.0.as_bytes(), &bytes)?)
     }
 

@@ -188,10 +188,6 @@ impl Market {
         }
     }
 
-    pub fn node_id(&self) -> NodeId {
-        self.inner.node_id
-    }
-
     pub fn jobs(&self) -> &JobBook {
         &self.inner.jobs
     }
@@ -293,7 +289,7 @@ impl Market {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        inner.jobs.save(&job_id, &record)?;
+        inner.jobs.create(&job_id, &record)?;
         // The job id is handed out only once its record and blobs are durable.
         inner.jobs.flush().await?;
         let job = requester::JobTask {

@@ -575,10 +575,10 @@ impl JobTask {
                 }
             }
             Outcome::Failed { reason, message } => {
-                if let Err(error) = self.market.inner.jobs.put_blob(&output) {
-                    warn!(job_id = %self.job_id, %error, "cannot store output");
+                match self.market.inner.jobs.put_blob(&output) {
+                    Ok(hash) => self.record.output_hash = Some(hash.to_string()),
+                    Err(error) => warn!(job_id = %self.job_id, %error, "cannot store output"),
                 }
-                self.record.output_hash = Some(Hash32::of(&output).to_string());
                 self.attempt(
                     provider,
                     Some(contract_id),
