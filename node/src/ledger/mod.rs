@@ -5,7 +5,12 @@
 //! - the **ledger**: an append-only, hash-chained sequence of [`LedgerEntry`]s in the protocol's
 //!   format (key = seq as 8 bytes big-endian, value = the exact framed bytes that are hashed);
 //! - **record trees** ([`RecordTree`]): small key-value trees other modules keep their records in
-//!   (job records, blobs), so that nothing else has to name sled.
+//!   (job records, blobs), so that nothing else has to name sled;
+//!
+//! and, in memory, the RFC 6962 **Merkle tree** of the durable entries (the protocol's
+//! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` = [`entry_hash`] of entry `n`'s
+//! stored bytes), from which roots, inclusion, consistency and prefix proofs are answered in
+//! `O(log n)` hashes without touching the disk.
 //!
 //! ```text
 //!  market, api ──append(body)──▶ LedgerHandle ──Command (bounded)──▶ writer task (one owner)
@@ -13,9 +18,11 @@
 //!       │                          │     └──── head (watch) ◀───────────┤ seq, prev_hash, time
 //!       │                          │                                    │ apply_batch
 //!       │                          │                                    │ Db::flush + fsync files
+//!       │                          │                                    │ leaves → Merkle tree
 //!       │                          │                                    │ head → ledger.head
 //!       │                          │                                    └ reply to each caller
-//!       └── range / verify / balances / records ──▶ sled, read directly (never past the head)
+//!       ├── range / verify / balances / records ──▶ sled, read directly (never past the head)
+//!       └── tree_root / *_proof ──▶ the Merkle tree (RwLock; never past the head)
 //! ```
 //!
 //! Rules this module keeps:
@@ -26,8 +33,10 @@
 //! - **Only the writer task appends**, and only bodies that verify with the owner as a party
 //!   (checked in the caller's task before the body is queued, so signature checks run in
 //!   parallel; the writer accepts nothing else, see `writer::VerifiedBody`).
-//! - **Readers never see past the durable head**: `range`, `verify` and `balances` stop at
-//!   [`LedgerHandle::head`], which moves only after a barrier.
+//! - **Readers never see past the durable head**: `range`, `verify`, `balances`, roots and proofs
+//!   stop at [`LedgerHandle::head`], which moves only after a barrier. The writer extends the
+//!   Merkle tree after the barrier and *before* the head moves, so a reader that sees size `n` can
+//!   prove anything up to `n`; a request beyond the head is [`LedgerError::OutOfRange`].
 //! - **Chain rules live in the protocol crate**: verification is
 //!   [`ChainVerifier`](suanli_protocol::ledger::ChainVerifier), hashing is
 //!   [`entry_hash`](suanli_protocol::ledger::entry_hash).
@@ -47,8 +56,11 @@
 //! valid entries whose callers never heard back: safe to keep, since nobody was told of them and
 //! nothing was published for them; the market must expect such a duplicate on retry).
 //!
-//! Costs to know (measured here, release build): opening reads every key once (~80-180 ms per
-//! 40,000 entries); [`verify`] checks every signature (~9,000 contract entries per second on one
+//! Costs to know (measured here, release build): opening reads and hashes every entry once, to
+//! rebuild the Merkle tree (~80-180 ms per 40,000 entries for the reads); the tree costs about
+//! **two hashes (64 bytes) per entry** of memory for as long as the node runs (64 MiB per
+//! million entries), plus up to as much again transiently while its vectors grow; [`verify`]
+//! checks every signature (~9,000 contract entries per second on one
 //! core) and, like [`balances`], reads the whole ledger and blocks: in async code call them from
 //! `spawn_blocking`. Each append's body is verified in the caller's task (~0.12 ms for a
 //! co-signed contract), which is the throughput limit under load, not the disk.
@@ -70,7 +82,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+use suanli_protocol::checkpoint::PrefixProof;
 use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError};
+use suanli_protocol::merkle::{ConsistencyProof, InclusionProof, ProveError};
 use suanli_protocol::{EncodeError, Hash32, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -117,6 +131,10 @@ pub enum LedgerError {
     /// The body is not one this node may record (bad signature, or the owner is not a party).
     #[error("entry refused: {0}")]
     Refused(#[from] EntryError),
+    /// A root, proof or entry was asked for beyond the durable ledger, or with sizes that cannot
+    /// make one (`size1 > size2`, a consistency proof from the empty tree).
+    #[error("{0}")]
+    OutOfRange(#[from] ProveError),
     /// The entry would exceed the protocol's size cap.
     #[error("entry cannot be encoded: {0}")]
     Encode(#[from] EncodeError),
@@ -260,6 +278,35 @@ impl Store {
     pub fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
         self.shared.balances(&self.head)
     }
+
+    /// See [`LedgerHandle::tree_root`].
+    pub fn tree_root(&self, size: u64) -> Result<Hash32, LedgerError> {
+        self.shared.tree_root(&self.head, size)
+    }
+
+    /// See [`LedgerHandle::inclusion_proof`].
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<InclusionProof, LedgerError> {
+        self.shared.inclusion_proof(&self.head, index, size)
+    }
+
+    /// See [`LedgerHandle::consistency_proof`].
+    pub fn consistency_proof(
+        &self,
+        size1: u64,
+        size2: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
+        self.shared.consistency_proof(&self.head, size1, size2)
+    }
+
+    /// See [`LedgerHandle::prefix_proof`].
+    pub fn prefix_proof(&self, size1: u64, size2: u64) -> Result<PrefixProof, LedgerError> {
+        self.shared.prefix_proof(&self.head, size1, size2)
+    }
+
+    /// See [`LedgerHandle::raw_entry`].
+    pub fn raw_entry(&self, index: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.shared.raw_entry(&self.head, index)
+    }
 }
 
 /// A cloneable handle on the ledger: appends go through the writer task, reads go to sled.
@@ -346,6 +393,52 @@ impl LedgerHandle {
     /// The writer's counters.
     pub fn stats(&self) -> LedgerStats {
         self.shared.stats()
+    }
+
+    /// The RFC 6962 root of the first `size` entries (`size` at most the durable head's size;
+    /// the empty tree's root for 0). In memory, `O(log n)`.
+    ///
+    /// Errors: [`LedgerError::OutOfRange`] beyond the head.
+    pub fn tree_root(&self, size: u64) -> Result<Hash32, LedgerError> {
+        self.shared.tree_root(&self.head(), size)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of the first `size` entries, with that
+    /// tree's root and the entry's leaf hash. In memory, `O(log n)`.
+    ///
+    /// Errors: [`LedgerError::OutOfRange`] when `size` is beyond the head or `index >= size`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<InclusionProof, LedgerError> {
+        self.shared.inclusion_proof(&self.head(), index, size)
+    }
+
+    /// The consistency proof from the tree of the first `size1` entries to that of the first
+    /// `size2`, with both roots. In memory, `O(log n)`.
+    ///
+    /// Errors: [`LedgerError::OutOfRange`] when `size2` is beyond the head, `size1 > size2`, or
+    /// `size1 == 0 < size2` (nothing to prove: every tree extends the empty one).
+    pub fn consistency_proof(
+        &self,
+        size1: u64,
+        size2: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
+        self.shared.consistency_proof(&self.head(), size1, size2)
+    }
+
+    /// What a witness holding a checkpoint of size `size1` asks for before accepting one of size
+    /// `size2`: the root at `size1` and the consistency proof from it to the root at `size2`
+    /// (empty root and empty proof for `size1 == 0`). In memory, `O(log n)`.
+    ///
+    /// Errors: [`LedgerError::OutOfRange`] when `size2` is beyond the head or `size1 > size2`.
+    pub fn prefix_proof(&self, size1: u64, size2: u64) -> Result<PrefixProof, LedgerError> {
+        self.shared.prefix_proof(&self.head(), size1, size2)
+    }
+
+    /// The exact stored bytes of entry `index` (whose [`entry_hash`] is its leaf in the tree),
+    /// `None` at or past the durable head. Blocking read of sled.
+    ///
+    /// [`entry_hash`]: suanli_protocol::ledger::entry_hash
+    pub fn raw_entry(&self, index: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.shared.raw_entry(&self.head(), index)
     }
 }
 
@@ -483,4 +576,45 @@ pub fn range_offline(
     limit: u32,
 ) -> Result<Vec<StoredEntry>, LedgerError> {
     Store::open(&existing_database(path)?, owner)?.range(from, limit)
+}
+
+/// Simulates an operator editing the database on disk; for tests only (other modules and crates
+/// use it to show that rewritten histories are caught). Not part of the node's API.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    use suanli_protocol::merkle::ProveError;
+
+    use super::store::{ENTRIES_TREE, open_database, seq_key, storage};
+    use super::{LedgerError, existing_database};
+
+    /// Simulates an operator editing the database on disk; **for tests only**.
+    ///
+    /// Replaces the stored bytes of entry `seq` in a **stopped** node's database (`db_path` is its
+    /// data dir or its `db` directory) with `raw` and flushes, leaving `ledger.head` untouched: an
+    /// edited middle entry is not caught at open (only the last recorded entry is checked there),
+    /// so it is left for verification, proofs and witnesses to catch. An edited last entry is
+    /// refused at the next open.
+    ///
+    /// Errors: [`LedgerError::NotFound`] without a database, [`LedgerError::InUse`] while the
+    /// node runs, [`LedgerError::OutOfRange`] when there is no entry `seq`.
+    pub fn rewrite_entry_offline(db_path: &Path, seq: u64, raw: &[u8]) -> Result<(), LedgerError> {
+        let db = open_database(&existing_database(db_path)?)?;
+        let entries = db
+            .open_tree(ENTRIES_TREE)
+            .map_err(storage("open entries"))?;
+        if !entries
+            .contains_key(seq_key(seq))
+            .map_err(storage("read entries"))?
+        {
+            let size = entries.len() as u64;
+            return Err(ProveError::IndexBeyondSize { index: seq, size }.into());
+        }
+        entries
+            .insert(seq_key(seq), raw)
+            .map_err(storage("rewrite entry"))?;
+        db.flush().map_err(storage("flush"))?;
+        Ok(())
+    }
 }

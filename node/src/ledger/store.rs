@@ -6,12 +6,16 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use suanli_protocol::NodeId;
+use suanli_protocol::checkpoint::PrefixProof;
 use suanli_protocol::ledger::{ChainHead, ChainVerifier, EntryBody, LedgerEntry, entry_hash};
+use suanli_protocol::merkle::{
+    ConsistencyProof, EMPTY_ROOT, InclusionProof, MerkleTree, ProveError,
+};
 use suanli_protocol::negotiation::ContractId;
+use suanli_protocol::{Hash32, NodeId};
 use tracing::{info, warn};
 
 use super::durability::{Durability, LOG_FILE, SyncError};
@@ -57,6 +61,10 @@ pub(super) struct Shared {
     pub(super) owner: NodeId,
     pub(super) db: sled::Db,
     pub(super) entries: sled::Tree,
+    /// The Merkle tree of every durable entry (and, for a moment, of a group between its
+    /// barrier and the head moving). Extended only by the writer, *before* it publishes a new
+    /// head, so every size a reader can see is in it.
+    tree: RwLock<MerkleTree>,
     durability: Mutex<Durability>,
     head_file: Mutex<HeadFile>,
     pub(super) counters: Counters,
@@ -89,7 +97,7 @@ impl Shared {
             path: path.join(HEAD_FILE),
             source,
         })?;
-        let head = recover_head(&entries, path)?;
+        let (head, tree) = recover_head(&entries, path)?;
         check_recorded_head(recorded, &entries, &head, path)?;
         info!(path = %path.display(), entries = head.size, head = %head.head, "ledger opened");
         let shared = Shared {
@@ -97,6 +105,7 @@ impl Shared {
             owner,
             db,
             entries,
+            tree: RwLock::new(tree),
             durability: Mutex::new(durability),
             head_file: Mutex::new(head_file),
             counters: Counters::default(),
@@ -237,6 +246,93 @@ impl Shared {
         Ok(stored)
     }
 
+    /// Appends the leaf hashes of entries that just became durable. The writer calls it after
+    /// the barrier and before publishing the head that includes them.
+    pub(super) fn extend_tree(&self, leaf_hashes: impl IntoIterator<Item = Hash32>) {
+        // A poisoned lock means a reader panicked while holding it; the tree itself is only ever
+        // changed here, one whole push at a time, so it is still sound.
+        let mut tree = self.tree.write().unwrap_or_else(PoisonError::into_inner);
+        for hash in leaf_hashes {
+            tree.push(hash);
+        }
+    }
+
+    fn tree(&self) -> RwLockReadGuard<'_, MerkleTree> {
+        self.tree.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The root of the first `size` entries, `size <= head.size`.
+    pub(super) fn tree_root(&self, head: &ChainHead, size: u64) -> Result<Hash32, LedgerError> {
+        check_size(head, size)?;
+        Ok(self.tree().root_at(size)?)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of the first `size` entries.
+    pub(super) fn inclusion_proof(
+        &self,
+        head: &ChainHead,
+        index: u64,
+        size: u64,
+    ) -> Result<InclusionProof, LedgerError> {
+        check_size(head, size)?;
+        Ok(InclusionProof::from_tree(&self.tree(), index, size)?)
+    }
+
+    /// The consistency proof from the first `size1` entries to the first `size2`.
+    pub(super) fn consistency_proof(
+        &self,
+        head: &ChainHead,
+        size1: u64,
+        size2: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
+        check_size(head, size2)?;
+        Ok(ConsistencyProof::from_tree(&self.tree(), size1, size2)?)
+    }
+
+    /// The root at `size1` and the consistency proof from it to the root at `size2`. From the
+    /// empty tree it is the empty root and an empty proof (any tree extends the empty tree).
+    pub(super) fn prefix_proof(
+        &self,
+        head: &ChainHead,
+        size1: u64,
+        size2: u64,
+    ) -> Result<PrefixProof, LedgerError> {
+        check_size(head, size2)?;
+        if size1 > size2 {
+            return Err(ProveError::SizeOrder { size1, size2 }.into());
+        }
+        if size1 == 0 {
+            return Ok(PrefixProof {
+                prefix_root: EMPTY_ROOT,
+                proof: Vec::new(),
+            });
+        }
+        let tree = self.tree();
+        Ok(PrefixProof {
+            prefix_root: tree.root_at(size1)?,
+            proof: tree.consistency_proof(size1, size2)?,
+        })
+    }
+
+    /// The stored bytes of entry `index`, `None` at or past the head.
+    pub(super) fn raw_entry(
+        &self,
+        head: &ChainHead,
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, LedgerError> {
+        if index >= head.size {
+            return Ok(None);
+        }
+        match self
+            .entries
+            .get(seq_key(index))
+            .map_err(storage("read entries"))?
+        {
+            Some(raw) => Ok(Some(raw.to_vec())),
+            None => Err(self.damaged(format!("entry {index} is missing"))),
+        }
+    }
+
     /// Verifies entries `0..head.size` one at a time (constant memory) with the protocol's
     /// [`ChainVerifier`], then checks that the chain ends at `head`.
     pub(super) fn verify(&self, head: &ChainHead) -> VerifyReport {
@@ -339,6 +435,18 @@ impl Shared {
     }
 }
 
+/// Refuses a tree size beyond the durable head: nothing past it may be proven yet.
+fn check_size(head: &ChainHead, size: u64) -> Result<(), LedgerError> {
+    if size > head.size {
+        return Err(ProveError::SizeBeyondTree {
+            size,
+            len: head.size,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn sync_failed(operation: &'static str, error: SyncError) -> LedgerError {
     LedgerError::Io {
         operation,
@@ -396,15 +504,17 @@ fn open_error(path: &Path, error: sled::Error) -> LedgerError {
     }
 }
 
-/// The head of the stored chain: the keys must be exactly `0..n` and the last entry must say it
-/// is entry `n - 1`. Reads every key once (O(n), constant memory) but decodes only the last entry.
-fn recover_head(entries: &sled::Tree, path: &Path) -> Result<ChainHead, LedgerError> {
+/// The head of the stored chain and its Merkle tree: the keys must be exactly `0..n` and the last
+/// entry must say it is entry `n - 1`. Reads and hashes every entry once (O(n); the tree takes
+/// about two hashes per entry) but decodes only the last one.
+fn recover_head(entries: &sled::Tree, path: &Path) -> Result<(ChainHead, MerkleTree), LedgerError> {
     let damaged = |detail| LedgerError::Damaged {
         path: path.to_owned(),
         detail,
     };
     let mut count: u64 = 0;
     let mut last = None;
+    let mut tree = MerkleTree::new();
     for item in entries.iter() {
         let (key, raw) = item.map_err(storage("read entries"))?;
         if key.as_ref() != seq_key(count) {
@@ -413,11 +523,12 @@ fn recover_head(entries: &sled::Tree, path: &Path) -> Result<ChainHead, LedgerEr
                 describe_key(&key)
             )));
         }
+        tree.push_entry(&raw);
         last = Some(raw);
         count += 1;
     }
     let Some(raw) = last else {
-        return Ok(ChainHead::EMPTY);
+        return Ok((ChainHead::EMPTY, tree));
     };
     let index = count - 1;
     let entry = LedgerEntry::decode(&raw)
@@ -428,11 +539,12 @@ fn recover_head(entries: &sled::Tree, path: &Path) -> Result<ChainHead, LedgerEr
             entry.seq
         )));
     }
-    Ok(ChainHead {
+    let head = ChainHead {
         size: count,
         head: entry_hash(&raw),
         timestamp_ms: entry.timestamp_ms,
-    })
+    };
+    Ok((head, tree))
 }
 
 /// Refuses a ledger that lost or changed an entry this node had recorded as durable.

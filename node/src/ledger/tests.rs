@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use suanli_protocol::checkpoint::PrefixProof;
 use suanli_protocol::ledger::{EntryBody, EntryError, LedgerEntry, entry_hash};
+use suanli_protocol::merkle::{
+    ConsistencyProof, EMPTY_ROOT, InclusionProof, MerkleTree, verify_consistency,
+};
 use suanli_protocol::negotiation::{AttemptFailure, MisbehaviourKind};
 use suanli_protocol::{
     CoSigned, Contract, ContractId, Credits, Evidence, FailureRecord, Hash32, JobId, Keypair,
@@ -1034,6 +1038,256 @@ async fn kill_9_keeps_every_acknowledged_entry() {
             assert!(report.ok, "round {round}: {report:?}");
             recovered = head.size;
         }
+    })
+    .await;
+}
+
+/// The tree of the first `size` stored entries, rebuilt from their bytes.
+fn rebuilt_tree(handle: &LedgerHandle, size: u64) -> MerkleTree {
+    let mut tree = MerkleTree::new();
+    let mut from = 0;
+    while from < size {
+        let page = handle.range(from, MAX_RANGE).unwrap();
+        for entry in page.iter().take((size - from) as usize) {
+            tree.push_entry(&entry.raw);
+        }
+        from += page.len() as u64;
+    }
+    tree
+}
+
+/// Checks every root and proof of a ledger of `size` entries against a tree rebuilt from
+/// `range`, and with the protocol's verifiers.
+fn check_tree_against_rebuild(
+    roots: impl Fn(u64) -> Hash32,
+    proofs: impl Fn(u64, u64) -> InclusionProof,
+    consistency: impl Fn(u64, u64) -> ConsistencyProof,
+    prefix: impl Fn(u64, u64) -> PrefixProof,
+    rebuilt: &MerkleTree,
+) {
+    let size = rebuilt.len();
+    assert_eq!(roots(0), EMPTY_ROOT);
+    for m in 1..=size {
+        let root = roots(m);
+        assert_eq!(root, rebuilt.root_at(m).unwrap(), "root at {m}");
+        for index in [0, m / 2, m - 1] {
+            let proof = proofs(index, m);
+            assert_eq!(proof, InclusionProof::from_tree(rebuilt, index, m).unwrap());
+            proof.verify().unwrap();
+            assert_eq!(proof.root, root.0.to_vec());
+        }
+        for n in [m, (m + size) / 2, size] {
+            let proof = consistency(m, n);
+            assert_eq!(proof, ConsistencyProof::from_tree(rebuilt, m, n).unwrap());
+            proof.verify().unwrap();
+            let prefix = prefix(m, n);
+            assert_eq!(prefix.prefix_root, root);
+            verify_consistency(m, n, &root, &roots(n), &prefix.proof).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merkle_roots_and_proofs_match_a_rebuild_and_survive_reopen() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let owner = provider().node_id();
+        let ledger = Running::open(&db_path(&dir), owner);
+        // Sequential appends (one leaf per barrier), then concurrent ones (many per barrier).
+        for nonce in 0..5 {
+            ledger.handle.append(contract_body(nonce)).await.unwrap();
+        }
+        let body = contract_body(99);
+        let appends: Vec<_> = (0..40)
+            .map(|_| {
+                let (handle, body) = (ledger.handle.clone(), body.clone());
+                tokio::spawn(async move { handle.append(body).await.unwrap() })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        let handle = &ledger.handle;
+        let size = handle.head().size;
+        assert_eq!(size, 45);
+        let rebuilt = rebuilt_tree(handle, size);
+        check_tree_against_rebuild(
+            |m| handle.tree_root(m).unwrap(),
+            |i, m| handle.inclusion_proof(i, m).unwrap(),
+            |m, n| handle.consistency_proof(m, n).unwrap(),
+            |m, n| handle.prefix_proof(m, n).unwrap(),
+            &rebuilt,
+        );
+        // Leaf hashes are the entry hashes the chain links with.
+        for entry in handle.range(0, MAX_RANGE).unwrap() {
+            let proof = handle.inclusion_proof(entry.seq, size).unwrap();
+            assert_eq!(proof.leaf_hash, entry_hash(&entry.raw).0.to_vec());
+            assert_eq!(handle.raw_entry(entry.seq).unwrap(), Some(entry.raw));
+        }
+        assert_eq!(
+            handle.inclusion_proof(size - 1, size).unwrap().leaf_hash,
+            handle.head().head.0.to_vec()
+        );
+        let root = handle.tree_root(size).unwrap();
+        ledger.stop().await;
+
+        // Reopened: the same tree, from the stored entries; offline through the store too.
+        let store = Store::open(&db_path(&dir), owner).unwrap();
+        assert_eq!(store.tree_root(size).unwrap(), root);
+        check_tree_against_rebuild(
+            |m| store.tree_root(m).unwrap(),
+            |i, m| store.inclusion_proof(i, m).unwrap(),
+            |m, n| store.consistency_proof(m, n).unwrap(),
+            |m, n| store.prefix_proof(m, n).unwrap(),
+            &rebuilt,
+        );
+        assert!(store.tree_root(size + 1).is_err());
+        drop(store);
+
+        // And it keeps growing from there, consistent with what was proven before.
+        let ledger = Running::open(&db_path(&dir), owner);
+        ledger.handle.append(contract_body(100)).await.unwrap();
+        let grown = ledger.handle.consistency_proof(size, size + 1).unwrap();
+        assert_eq!(grown.root1, root.0.to_vec());
+        grown.verify().unwrap();
+        let rebuilt = rebuilt_tree(&ledger.handle, size + 1);
+        assert_eq!(ledger.handle.tree_root(size + 1).unwrap(), rebuilt.root());
+        ledger.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn proofs_out_of_range_are_clear_errors() {
+    within(async {
+        let dir = ledger_with(4).await;
+        let ledger = Running::open(&db_path(&dir), provider().node_id());
+        let handle = &ledger.handle;
+        let message = |result: Result<_, LedgerError>| match result {
+            Err(error @ LedgerError::OutOfRange(_)) => error.to_string(),
+            Err(other) => panic!("expected OutOfRange, got {other}"),
+            Ok(_) => panic!("expected OutOfRange, got a result"),
+        };
+        assert!(message(handle.tree_root(5).map(drop)).contains("tree size 5 is beyond the 4"));
+        assert!(message(handle.tree_root(u64::MAX).map(drop)).contains("beyond"));
+        assert!(message(handle.inclusion_proof(4, 4).map(drop)).contains("leaf index 4"));
+        assert!(message(handle.inclusion_proof(0, 0).map(drop)).contains("leaf index 0"));
+        assert!(message(handle.inclusion_proof(0, 5).map(drop)).contains("tree size 5"));
+        assert!(message(handle.consistency_proof(3, 2).map(drop)).contains("greater"));
+        assert!(message(handle.consistency_proof(0, 2).map(drop)).contains("empty tree"));
+        assert!(message(handle.consistency_proof(2, 9).map(drop)).contains("tree size 9"));
+        assert!(message(handle.prefix_proof(3, 2).map(drop)).contains("greater"));
+        assert!(message(handle.prefix_proof(1, 9).map(drop)).contains("tree size 9"));
+        // Edges that are fine: equal sizes, and a prefix of the empty tree.
+        assert!(handle.consistency_proof(4, 4).unwrap().proof.is_empty());
+        assert_eq!(
+            handle.consistency_proof(0, 0).unwrap().root1,
+            EMPTY_ROOT.0.to_vec()
+        );
+        let from_empty = handle.prefix_proof(0, 4).unwrap();
+        assert_eq!(from_empty.prefix_root, EMPTY_ROOT);
+        assert!(from_empty.proof.is_empty());
+        assert_eq!(handle.raw_entry(4).unwrap(), None);
+        assert_eq!(handle.raw_entry(u64::MAX).unwrap(), None);
+        ledger.stop().await;
+    })
+    .await;
+}
+
+/// A reader that sees head `n` can prove anything up to `n`, even while the writer commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visible_head_is_always_provable() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let ledger = Running::open(&db_path(&dir), provider().node_id());
+        let mut heads = ledger.handle.watch_head();
+        let reader = ledger.handle.clone();
+        let checker = tokio::spawn(async move {
+            let mut checked = 0;
+            while heads.changed().await.is_ok() {
+                let head = *heads.borrow_and_update();
+                let proof = reader.inclusion_proof(head.size - 1, head.size).unwrap();
+                assert_eq!(proof.leaf_hash, head.head.0.to_vec());
+                proof.verify().unwrap();
+                checked += 1;
+                if head.size == 200 {
+                    break;
+                }
+            }
+            checked
+        });
+        let body = contract_body(7);
+        let appends: Vec<_> = (0..200)
+            .map(|_| {
+                let (handle, body) = (ledger.handle.clone(), body.clone());
+                tokio::spawn(async move { handle.append(body).await.unwrap() })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        assert!(checker.await.unwrap() >= 1);
+        ledger.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_entry_rewritten_offline_changes_the_tree_and_fails_verification() {
+    within(async {
+        let owner = provider().node_id();
+        let dir = ledger_with(6).await;
+        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let root = store.tree_root(6).unwrap();
+        drop(store);
+
+        // A validly signed entry of the same node, put where another one was.
+        let forged = LedgerEntry {
+            seq: 2,
+            timestamp_ms: NOW,
+            prev_hash: Hash32::ZERO,
+            body: contract_body(1234),
+        }
+        .encode()
+        .unwrap();
+        testing::rewrite_entry_offline(dir.path(), 2, &forged).unwrap();
+        // The head file only anchors the last entry: opening succeeds.
+        let store = Store::open(&db_path(&dir), owner).unwrap();
+        assert_eq!(store.head().size, 6);
+        assert_eq!(store.raw_entry(2).unwrap(), Some(forged.clone()));
+        assert_ne!(store.tree_root(6).unwrap(), root);
+        assert_eq!(store.tree_root(2).unwrap(), {
+            let rebuilt = MerkleTree::from_leaf_hashes(
+                store
+                    .range(0, 2)
+                    .unwrap()
+                    .iter()
+                    .map(|e| entry_hash(&e.raw)),
+            );
+            rebuilt.root()
+        });
+        let report = store.verify();
+        assert_eq!(report.error.unwrap().index, 2);
+        drop(store);
+
+        // No such entry; and not while the node runs.
+        match testing::rewrite_entry_offline(dir.path(), 6, &forged) {
+            Err(error @ LedgerError::OutOfRange(_)) => {
+                assert!(error.to_string().contains("leaf index 6"), "{error}")
+            }
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+        let running = Running::open(&db_path(&dir), owner);
+        assert!(matches!(
+            testing::rewrite_entry_offline(dir.path(), 1, &forged),
+            Err(LedgerError::InUse { .. })
+        ));
+        running.stop().await;
+        let empty = TempDir::new().unwrap();
+        assert!(matches!(
+            testing::rewrite_entry_offline(empty.path(), 0, &forged),
+            Err(LedgerError::NotFound { .. })
+        ));
     })
     .await;
 }

@@ -4,7 +4,8 @@
 //!  append ──Command::Append──┐                      ┌─ assign seq / prev_hash / timestamp, encode
 //!  flush  ──Command::Sync────┤ bounded   writer     ├─ apply_batch (one atomic sled batch)
 //!                            ├─────────▶ (drains ≤  ├─ barrier: Db::flush + fsync of sled's files
-//!                            │           MAX_BATCH) ├─ record the head in ledger.head
+//!                            │           MAX_BATCH) ├─ extend the Merkle tree
+//!                            │                      ├─ record the head in ledger.head
 //!                            │                      ├─ publish the new head (watch)
 //!                            ┘                      └─ reply to every command of the group
 //! ```
@@ -251,8 +252,11 @@ impl Writer {
             }
             return Err(reason);
         }
-        // Durable. Record it outside sled, and publish it before replying, so a caller that got
-        // `Ok` sees it.
+        // Durable. Extend the Merkle tree *before* the head moves, so a reader that sees the new
+        // size can prove anything up to it. Record it outside sled, and publish it before
+        // replying, so a caller that got `Ok` sees it.
+        self.shared
+            .extend_tree(appended.iter().map(|(_, done)| done.hash));
         let recorded = (!appended.is_empty()).then(|| self.shared.record_head(&head, false));
         self.head = head;
         self.head_sender.send_replace(head);
