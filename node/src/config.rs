@@ -27,6 +27,27 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// Placing jobs submitted to this node.
     pub jobs: JobsConfig,
+    /// The ledger's signed checkpoints.
+    pub ledger: LedgerConfig,
+}
+
+/// The ledger's signed checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Sign and publish a checkpoint once this many entries were appended since the last one.
+    pub checkpoint_every_entries: u64,
+    /// ... or once this many seconds passed since the last one, if any entry was appended.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            checkpoint_every_entries: 256,
+            checkpoint_interval_secs: 5,
+        }
+    }
 }
 
 /// Running other nodes' jobs.
@@ -231,6 +252,7 @@ pub struct CheckedConfig {
     pub prices: PriceTerms,
     pub provider: ProviderConfig,
     pub jobs: JobsConfig,
+    pub ledger: LedgerConfig,
 }
 
 impl Config {
@@ -302,6 +324,9 @@ impl Config {
                 "above the protocol's hard limits (4 GiB memory, 4 MiB output, 1 h wall time)",
             ));
         }
+        if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_interval_secs == 0 {
+            return Err(invalid("ledger.checkpoint_*", "must be at least 1"));
+        }
         if provider.offer_validity_secs == 0 || self.jobs.placement_timeout_secs == 0 {
             return Err(invalid(
                 "provider.offer_validity_secs / jobs.placement_timeout_secs",
@@ -342,6 +367,7 @@ impl Config {
             },
             provider: self.provider.clone(),
             jobs: self.jobs.clone(),
+            ledger: self.ledger.clone(),
         })
     }
 }
@@ -402,6 +428,12 @@ offer_validity_secs = 10
 placement_timeout_secs = 60
 # Seconds added to a job's time limit for transfer and queueing before its contract's deadline.
 deadline_grace_secs = 30
+
+[ledger]
+# Sign and publish a ledger checkpoint after this many new entries...
+checkpoint_every_entries = 256
+# ...or after this many seconds, whichever comes first (only when entries were added).
+checkpoint_interval_secs = 5
 "#;
 
 #[cfg(test)]

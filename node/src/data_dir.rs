@@ -93,6 +93,11 @@ impl DataDir {
         self.root.join("db")
     }
 
+    /// The last ledger checkpoint this node published (a signed note).
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+
     pub fn run_info_path(&self) -> PathBuf {
         self.root.join("run.json")
     }
@@ -170,6 +175,24 @@ impl DataDir {
         write_atomically(&path, &bytes)
     }
 
+    /// The last checkpoint note this node published, if any. Not verified here.
+    pub fn load_checkpoint_note(&self) -> Result<Option<String>, DataDirError> {
+        let path = self.checkpoint_path();
+        match std::fs::read_to_string(&path) {
+            Ok(note) => Ok(Some(note)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(DataDirError::Io {
+                path,
+                source: error,
+            }),
+        }
+    }
+
+    /// Replaces the published checkpoint note; durable (file and directory fsynced) on return.
+    pub fn save_checkpoint_note(&self, note: &str) -> Result<(), DataDirError> {
+        write_private(&self.checkpoint_path(), note.as_bytes())
+    }
+
     pub fn remove_run_info(&self) {
         let _ = std::fs::remove_file(self.run_info_path());
     }
@@ -213,7 +236,8 @@ fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
-/// Writes a file readable by its owner only (mode 0600), replacing any old one atomically.
+/// Writes a file readable by its owner only (mode 0600), replacing any old one atomically and
+/// durably (the file and its directory are fsynced).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
@@ -226,7 +250,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
     file.write_all(bytes).map_err(io_error(&tmp))?;
     file.sync_all().map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(dir))?;
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {

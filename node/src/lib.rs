@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod market;
 pub mod mesh;
 pub mod network;
+pub mod transparency;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -43,6 +44,7 @@ use crate::ledger::{LedgerError, LedgerHandle, Store};
 use crate::market::{Market, MarketParts};
 use crate::mesh::MeshView;
 use crate::network::{NetworkHandle, NetworkParts, StartError};
+use crate::transparency::{CheckpointError, Transparency, TransparencyParts};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum NodeError {
     Network(#[from] StartError),
     #[error("ledger: {0}")]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error("executor: {0}")]
     Executor(#[from] ExecutorError),
     #[error("API on {addr}: {source}")]
@@ -72,6 +76,7 @@ pub struct NodeHandle {
     pub network: NetworkHandle,
     pub market: Market,
     pub ledger: LedgerHandle,
+    pub transparency: Transparency,
     data_dir: DataDir,
     cancel: CancellationToken,
     ledger_cancel: CancellationToken,
@@ -100,6 +105,7 @@ impl Node {
         let mut tasks = JoinSet::new();
 
         let store = Store::open(&data_dir.ledger_path(), node_id)?;
+        let published = transparency::check_published(&data_dir, &store)?;
         // The ledger writer stops last: it gets its own token, cancelled after the others end.
         let ledger_cancel = CancellationToken::new();
         let (ledger, ledger_task) = store.start(ledger_cancel.clone());
@@ -113,6 +119,9 @@ impl Node {
         })?;
         let (load_sender, load) = tokio::sync::watch::channel(Load::IDLE);
         let (events_sender, events) = tokio::sync::mpsc::channel(network::EVENT_QUEUE);
+        let (ledger_events_sender, ledger_events) =
+            tokio::sync::mpsc::channel(network::EVENT_QUEUE);
+        let ledger_config = config.ledger.clone();
         let provider_config = config.provider.clone();
         let jobs_config = config.jobs.clone();
         let (prices, executors) = (config.prices, config.executors.clone());
@@ -123,6 +132,7 @@ impl Node {
             mesh: mesh.clone(),
             data_dir: data_dir.clone(),
             events: events_sender,
+            ledger_events: ledger_events_sender,
             load,
             cancel: cancel.clone(),
         })
@@ -132,6 +142,20 @@ impl Node {
                 warn!(%error, "network task failed");
             }
         });
+        let transparency = Transparency::start(
+            TransparencyParts {
+                keypair: keypair.clone(),
+                ledger: ledger.clone(),
+                network: network.clone(),
+                mesh: mesh.clone(),
+                data_dir: data_dir.clone(),
+                config: ledger_config,
+                published,
+                events: ledger_events,
+                cancel: cancel.clone(),
+            },
+            &mut tasks,
+        );
         let market = Market::new(MarketParts {
             keypair,
             network: network.clone(),
@@ -166,6 +190,7 @@ impl Node {
             network: network.clone(),
             market: market.clone(),
             ledger: ledger.clone(),
+            transparency: transparency.clone(),
         });
         let api_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -195,6 +220,7 @@ impl Node {
             network,
             market,
             ledger,
+            transparency,
             data_dir,
             cancel,
             ledger_cancel,

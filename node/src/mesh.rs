@@ -1,9 +1,13 @@
 //! The capacity view of the mesh: the newest valid advert of every node, until it expires.
 //!
 //! Written only by the network task (the one place adverts arrive and are validated); read by the
-//! API and, later, the market. A cheap clone shares the same table.
+//! API and the market. A cheap clone shares the same table.
+//!
+//! Nodes proven to have equivocated (signed two inconsistent ledger checkpoints) are
+//! [distrusted](MeshView::distrust) by the transparency module: their adverts are dropped and
+//! refused from then on, so they are no longer chosen for placement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use suanli_protocol::{CapacityAdvert, NodeId};
@@ -33,12 +37,15 @@ pub enum Offered {
     Stale,
     /// The table is full.
     Full,
+    /// The node is distrusted.
+    Distrusted,
 }
 
 /// The shared capacity table.
 #[derive(Debug, Clone, Default)]
 pub struct MeshView {
     table: Arc<RwLock<BTreeMap<NodeId, MeshEntry>>>,
+    distrusted: Arc<RwLock<HashSet<NodeId>>>,
 }
 
 impl MeshView {
@@ -58,6 +65,9 @@ impl MeshView {
 
     /// Keeps `advert` (already verified and validated) if it is newer than the one held.
     pub fn offer(&self, advert: CapacityAdvert, now_ms: u64) -> Offered {
+        if self.is_distrusted(&advert.node) {
+            return Offered::Distrusted;
+        }
         let mut table = self.write();
         if let Some(held) = table.get(&advert.node) {
             if held.advert.seq >= advert.seq {
@@ -115,6 +125,23 @@ impl MeshView {
     pub fn get(&self, node: &NodeId) -> Option<MeshEntry> {
         let table = self.read();
         table.get(node).cloned()
+    }
+
+    /// Drops `node`'s advert and refuses its adverts from now on (until restart; the
+    /// transparency module re-applies its stored equivocation proofs at start).
+    pub fn distrust(&self, node: NodeId) {
+        self.distrusted
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(node);
+        self.write().remove(&node);
+    }
+
+    pub fn is_distrusted(&self, node: &NodeId) -> bool {
+        self.distrusted
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(node)
     }
 }
 

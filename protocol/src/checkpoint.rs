@@ -415,6 +415,7 @@ fn parse_decimal(text: &str) -> Option<u64> {
 /// `prefix_root` differs, the node has proven that its new tree does *not* extend the checkpoint
 /// it signed before: equivocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PrefixProof {
     /// Base64 in JSON, raw bytes on the wire.
     #[serde(with = "base64::hash")]
@@ -438,6 +439,7 @@ pub struct PrefixProof {
 ///
 /// The fields are the raw notes; [`Equivocation::verify`] checks everything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Equivocation {
     /// A signed checkpoint note.
     pub first: String,

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::advert::{CapacityAdvert, MAX_ADVERT_BYTES};
+use crate::checkpoint::{Equivocation, PrefixProof};
 use crate::codec::{self, DecodeError, EncodeError};
-use crate::hash::Hash32;
 use crate::job::{MAX_MODULE_BYTES, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES};
 use crate::negotiation::{
     Contract, ContractId, Decline, MAX_MESSAGE_BYTES, Offer, QuoteRequest, Receipt, Settlement,
@@ -24,16 +24,27 @@ pub const MARKET_PROTOCOL: &str = "/suanli/market/1";
 pub const LEDGER_PROTOCOL: &str = "/suanli/ledger/1";
 /// The gossipsub topic of capacity adverts.
 pub const ADVERT_TOPIC: &str = "suanli/adverts/1";
+/// The gossipsub topic of signed ledger checkpoints and equivocation proofs.
+pub const CHECKPOINT_TOPIC: &str = "suanli/checkpoints/1";
 
 /// Cap on a market message: a module, stdin and overhead (16 MiB).
 pub const MAX_MARKET_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Cap on a ledger-sync message (16 MiB).
 pub const MAX_LEDGER_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// Cap on a gossip message.
+/// Cap on a gossip message: the largest of an advert and an equivocation proof (two checkpoint
+/// notes of at most [`MAX_GOSSIPED_NOTE_BYTES`] and a consistency proof).
 pub const MAX_GOSSIP_MESSAGE_BYTES: usize = MAX_ADVERT_BYTES + 1024;
+/// Cap on a checkpoint note carried in gossip or ledger-sync messages. suanli's own notes are
+/// about 250 bytes (one signature line); witnesses may add cosignature lines.
+pub const MAX_GOSSIPED_NOTE_BYTES: usize = 2048;
 /// Most entries one ledger range request may ask for.
 pub const MAX_LEDGER_RANGE: u32 = 1024;
 
+// An equivocation proof (two notes and a consistency proof) must fit in one gossip message.
+const _: () = assert!(
+    2 * MAX_GOSSIPED_NOTE_BYTES + crate::merkle::MAX_PROOF_HASHES * 32 + 256
+        <= MAX_GOSSIP_MESSAGE_BYTES
+);
 // The market cap must hold the largest module and stdin together.
 const _: () = assert!(MAX_MODULE_BYTES + MAX_STDIN_BYTES + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
 const _: () = assert!(MAX_OUTPUT_BYTES as usize + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
@@ -129,45 +140,60 @@ impl WireMessage for MarketResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum LedgerRequest {
-    /// The ledger's size and the hash of its last entry.
-    Head,
+    /// The latest checkpoint the node published. Answer: `Checkpoint`.
+    Checkpoint,
     /// Up to `limit` (1 to [`MAX_LEDGER_RANGE`]) raw entries starting at sequence `from`.
+    /// Answer: `Entries`.
     Range { from: u64, limit: u32 },
+    /// Prove that the node's tree of `size2` entries extends its tree of `size1` entries
+    /// (`size1 <= size2`). Answer: `Proof`.
+    Prove { size1: u64, size2: u64 },
 }
 
-/// A ledger range request whose `limit` is outside `1..=MAX_LEDGER_RANGE`.
+/// A ledger request out of bounds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("range limit {limit} is outside 1..={MAX_LEDGER_RANGE}")]
-pub struct RangeLimitError {
-    pub limit: u32,
+pub enum LedgerRequestError {
+    #[error("range limit {limit} is outside 1..={MAX_LEDGER_RANGE}")]
+    RangeLimit { limit: u32 },
+    #[error("proof sizes out of order: {size1} > {size2}")]
+    SizesOutOfOrder { size1: u64, size2: u64 },
 }
 
 impl LedgerRequest {
-    /// Checks the request's bounds: a `Range` limit must be between 1 and [`MAX_LEDGER_RANGE`].
-    /// A server answers a request that fails with `ErrorCode::BadRequest` instead of clamping.
-    pub fn validate(&self) -> Result<(), RangeLimitError> {
+    /// Checks the request's bounds: a `Range` limit must be between 1 and [`MAX_LEDGER_RANGE`],
+    /// a `Prove` must go from the smaller size to the larger. A server answers a request that
+    /// fails with `ErrorCode::BadRequest` instead of clamping.
+    pub fn validate(&self) -> Result<(), LedgerRequestError> {
         match *self {
-            LedgerRequest::Head => Ok(()),
+            LedgerRequest::Checkpoint => Ok(()),
             LedgerRequest::Range { limit, .. } => {
                 if (1..=MAX_LEDGER_RANGE).contains(&limit) {
                     Ok(())
                 } else {
-                    Err(RangeLimitError { limit })
+                    Err(LedgerRequestError::RangeLimit { limit })
+                }
+            }
+            LedgerRequest::Prove { size1, size2 } => {
+                if size1 <= size2 {
+                    Ok(())
+                } else {
+                    Err(LedgerRequestError::SizesOutOfOrder { size1, size2 })
                 }
             }
         }
     }
 }
 
-/// Responses of `/suanli/ledger/1`.
+/// Responses of `/suanli/ledger/1`. Checkpoints travel as their signed-note text; the receiver
+/// verifies them ([`crate::checkpoint::SignedCheckpoint::from_note`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum LedgerResponse {
-    Head {
-        size: u64,
-        head: Hash32,
+    /// The latest published checkpoint (`None` before the first one).
+    Checkpoint {
+        note: Option<String>,
     },
-    /// Raw encoded entries, exactly as stored and hashed.
+    /// Raw encoded entries, exactly as stored and hashed, and the latest published checkpoint.
     Entries {
         from: u64,
         #[cfg_attr(
@@ -177,7 +203,10 @@ pub enum LedgerResponse {
             )
         )]
         entries: Vec<serde_bytes::ByteBuf>,
+        checkpoint: Option<String>,
     },
+    /// The answer to `Prove`.
+    Proof(PrefixProof),
     Error(WireError),
 }
 
@@ -193,7 +222,14 @@ impl WireMessage for LedgerResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum GossipMessage {
+    /// On [`ADVERT_TOPIC`], published by the advertised node.
     Advert(Signed<CapacityAdvert>),
+    /// On [`CHECKPOINT_TOPIC`], published by the node whose ledger it commits to: a signed
+    /// checkpoint note of at most [`MAX_GOSSIPED_NOTE_BYTES`].
+    Checkpoint { note: String },
+    /// On [`CHECKPOINT_TOPIC`], published by any witness: proof that a node signed two
+    /// inconsistent checkpoints.
+    Equivocation(Equivocation),
 }
 
 impl WireMessage for GossipMessage {
@@ -355,7 +391,7 @@ mod tests {
 
     #[test]
     fn ledger_range_limit_is_checked() {
-        assert_eq!(LedgerRequest::Head.validate(), Ok(()));
+        assert_eq!(LedgerRequest::Checkpoint.validate(), Ok(()));
         for limit in [1, 10, MAX_LEDGER_RANGE] {
             assert_eq!(LedgerRequest::Range { from: 0, limit }.validate(), Ok(()));
         }
@@ -366,13 +402,24 @@ mod tests {
                 LedgerRequest::from_bytes(&request.to_bytes().unwrap()),
                 Ok(request.clone())
             );
-            assert_eq!(request.validate(), Err(RangeLimitError { limit }));
+            assert_eq!(
+                request.validate(),
+                Err(LedgerRequestError::RangeLimit { limit })
+            );
         }
+        assert_eq!(
+            LedgerRequest::Prove { size1: 3, size2: 3 }.validate(),
+            Ok(())
+        );
+        assert_eq!(
+            LedgerRequest::Prove { size1: 4, size2: 3 }.validate(),
+            Err(LedgerRequestError::SizesOutOfOrder { size1: 4, size2: 3 })
+        );
     }
 
     #[test]
     fn unknown_version_is_refused() {
-        let mut bytes = LedgerRequest::Head.to_bytes().unwrap();
+        let mut bytes = LedgerRequest::Checkpoint.to_bytes().unwrap();
         bytes[0] = 2;
         assert_eq!(
             LedgerRequest::from_bytes(&bytes),

@@ -59,6 +59,7 @@ pub fn test_config(bootstrap: &[Multiaddr]) -> Config {
     config.api.listen = "127.0.0.1:0".into();
     config.provider.slots = Some(2);
     config.provider.max_fuel = 100_000_000_000;
+    config.ledger.checkpoint_interval_secs = 1;
     config
 }
 

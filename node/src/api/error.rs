@@ -21,6 +21,9 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Busy(String),
+    /// A peer this request needed did not answer, or answered out of protocol.
+    #[error("{0}")]
+    PeerFailed(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("the node is shutting down")]
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::PeerFailed(_) => (StatusCode::BAD_GATEWAY, "peer_failed"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

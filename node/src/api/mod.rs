@@ -12,6 +12,10 @@
 //! | `GET /v1/jobs/{id}/output` | its raw stdout |
 //! | `GET /v1/ledger` | ledger entries (`from`, `limit`) |
 //! | `GET /v1/ledger/verify` | full verification of chain and signatures |
+//! | `GET /v1/ledger/checkpoint` | the latest signed checkpoint (C2SP signed note, text) |
+//! | `GET /v1/ledger/witnessed` | the checkpoints held for other nodes |
+//! | `GET /v1/ledger/equivocations` | equivocation proofs held |
+//! | `GET /v1/ledger/audit?peer=` | audit of a peer's ledger against this one |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
 //!
 //! Handlers only read shared state or ask the network task and the market; they never block them.
@@ -19,6 +23,7 @@
 mod error;
 mod jobs;
 pub mod ledger;
+mod transparency;
 
 use std::time::Instant;
 
@@ -37,6 +42,7 @@ use crate::ledger::LedgerHandle;
 use crate::market::Market;
 use crate::mesh::{MeshEntry, MeshView};
 use crate::network::{GossipStats, NetworkHandle, PeerInfo};
+use crate::transparency::Transparency;
 
 /// Largest request body: a base64 module and stdin at their caps, with room for the rest.
 pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
@@ -51,6 +57,7 @@ pub struct ApiState {
     pub network: NetworkHandle,
     pub market: Market,
     pub ledger: LedgerHandle,
+    pub transparency: Transparency,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -64,6 +71,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}/output", get(jobs::output))
         .route("/v1/ledger", get(ledger::entries))
         .route("/v1/ledger/verify", get(ledger::verify))
+        .route("/v1/ledger/checkpoint", get(transparency::checkpoint))
+        .route("/v1/ledger/witnessed", get(transparency::witnessed))
+        .route("/v1/ledger/equivocations", get(transparency::equivocations))
+        .route("/v1/ledger/audit", get(transparency::audit))
         .route("/v1/balances", get(ledger::balances))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

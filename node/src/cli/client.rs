@@ -14,12 +14,17 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str) -> anyhow::Result<ApiClient> {
+        ApiClient::with_timeout(base, Duration::from_secs(30))
+    }
+
+    /// A client whose requests may take up to `timeout` (e.g. an audit of a large ledger).
+    pub fn with_timeout(base: &str, timeout: Duration) -> anyhow::Result<ApiClient> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--api must be an http:// URL, got {base:?}");
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .map_err(|error| anyhow!("HTTP client: {error}"))?;
         Ok(ApiClient { base, http })

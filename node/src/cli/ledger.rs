@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::client::ApiClient;
 use super::output;
+use super::transparency::TransparencyCommand;
 use super::{ClientArgs, SilentExit};
 use crate::api::ledger::entry_json;
 use crate::data_dir::DataDir;
@@ -29,6 +30,8 @@ pub enum LedgerCommand {
         #[command(flatten)]
         source: Source,
     },
+    #[command(flatten)]
+    Transparency(TransparencyCommand),
 }
 
 /// Where the ledger is read from.
@@ -43,6 +46,7 @@ pub struct Source {
 
 pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
+        LedgerCommand::Transparency(command) => super::transparency::execute(command).await,
         LedgerCommand::Show {
             from,
             limit,

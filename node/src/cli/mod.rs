@@ -5,6 +5,7 @@ mod client;
 mod jobs;
 mod ledger;
 mod output;
+mod transparency;
 
 use std::path::PathBuf;
 

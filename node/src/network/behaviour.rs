@@ -10,7 +10,8 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 use suanli_protocol::wire::{
-    ADVERT_TOPIC, MARKET_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES, MAX_MARKET_MESSAGE_BYTES,
+    ADVERT_TOPIC, CHECKPOINT_TOPIC, LEDGER_PROTOCOL, MARKET_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES,
+    MAX_LEDGER_MESSAGE_BYTES, MAX_MARKET_MESSAGE_BYTES,
 };
 
 use super::frame_codec::FrameCodec;
@@ -31,6 +32,7 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub market: request_response::Behaviour<FrameCodec>,
+    pub ledger: request_response::Behaviour<FrameCodec>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -39,9 +41,17 @@ pub struct Behaviour {
 /// time of the largest message, not job time.
 pub const MARKET_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long one ledger-sync exchange may take (a range answer is at most 16 MiB).
+pub const LEDGER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The advert topic.
 pub fn advert_topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(ADVERT_TOPIC)
+}
+
+/// The topic of checkpoints and equivocation proofs.
+pub fn checkpoint_topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(CHECKPOINT_TOPIC)
 }
 
 /// Gossipsub as every suanli node runs it: the application validates every message before it is
@@ -60,7 +70,7 @@ pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Peer scoring: an invalid advert costs its sender heavily (it is graylisted after one), and
+/// Peer scoring: an invalid advert or checkpoint costs its sender heavily (it is graylisted after one), and
 /// nodes sharing an IP are not penalised (data centers run several nodes behind one address, and
 /// tests run many on loopback). Adverts are infrequent, so mesh-delivery quotas are off.
 pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
@@ -76,7 +86,8 @@ pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThreshol
         ip_colocation_factor_weight: 0.0,
         ..Default::default()
     };
-    params.topics.insert(advert_topic().hash(), topic);
+    params.topics.insert(advert_topic().hash(), topic.clone());
+    params.topics.insert(checkpoint_topic().hash(), topic);
     (params, gossipsub::PeerScoreThresholds::default())
 }
 
@@ -149,6 +160,16 @@ pub fn build_swarm(
                     .with_request_timeout(MARKET_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(256),
             );
+            let ledger = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_LEDGER_MESSAGE_BYTES),
+                [(
+                    StreamProtocol::new(LEDGER_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(32),
+            );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 identify,
@@ -156,6 +177,7 @@ pub fn build_swarm(
                 kad,
                 gossipsub,
                 market,
+                ledger,
                 mdns: mdns.into(),
             })
         })

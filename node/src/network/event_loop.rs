@@ -14,15 +14,20 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use suanli_protocol::advert::{MAX_ADDR_BYTES, MAX_LISTEN_ADDRS};
+use suanli_protocol::checkpoint::SignedCheckpoint;
 use suanli_protocol::wire::{
-    ErrorCode, GossipMessage, MarketRequest, MarketResponse, WireError, WireMessage,
+    ErrorCode, GossipMessage, LedgerRequest, LedgerResponse, MAX_GOSSIPED_NOTE_BYTES,
+    MarketRequest, MarketResponse, WireError, WireMessage,
 };
 use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
-use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm};
+use super::behaviour::{
+    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm, checkpoint_topic,
+};
 use super::peers::{PeerBook, is_dialable, without_peer_id};
 use super::{
-    Command, GossipCounters, InboundRequest, NetworkEvent, NetworkParts, RequestError, StartError,
+    Command, GossipCounters, InboundRequest, LedgerEvent, NetworkEvent, NetworkParts, Protocol,
+    RequestError, StartError,
 };
 use crate::clock::now_ms;
 use crate::mesh::Offered;
@@ -57,8 +62,8 @@ pub struct EventLoop {
     publish_pending: bool,
     kad_bootstrapped: bool,
     counters: Arc<GossipCounters>,
-    outbound: HashMap<OutboundRequestId, OutboundReply>,
-    inbound: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    outbound: HashMap<(Protocol, OutboundRequestId), OutboundReply>,
+    inbound: HashMap<u64, (Protocol, ResponseChannel<Vec<u8>>)>,
     next_inbound_id: u64,
     strikes: HashMap<PeerId, u32>,
     banned_until: HashMap<PeerId, Instant>,
@@ -79,14 +84,16 @@ impl EventLoop {
         counters: Arc<GossipCounters>,
     ) -> Result<EventLoop, StartError> {
         let mut swarm = build_swarm(parts.keypair.to_libp2p(), &parts.config)?;
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&advert_topic())
-            .map_err(|error| StartError::Listen {
-                addr: Multiaddr::empty(),
-                message: format!("subscribe to adverts: {error}"),
-            })?;
+        for topic in [advert_topic(), checkpoint_topic()] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&topic)
+                .map_err(|error| StartError::Listen {
+                    addr: Multiaddr::empty(),
+                    message: format!("subscribe to {topic}: {error}"),
+                })?;
+        }
         let mut peers = PeerBook::from_persisted(&parts.data_dir.load_peers(), Instant::now());
         let mut anonymous_bootstrap = Vec::new();
         for addr in &parts.config.bootstrap {
@@ -223,24 +230,41 @@ impl EventLoop {
                 self.publish_advert();
                 let _ = reply.send(());
             }
-            Command::SendMarket { peer, bytes, reply } => {
+            Command::SendRequest {
+                protocol,
+                peer,
+                bytes,
+                reply,
+            } => {
                 let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .market
+                    .request_response(protocol)
                     .send_request(&peer.to_peer_id(), bytes);
-                self.outbound.insert(id, reply);
+                self.outbound.insert((protocol, id), reply);
             }
             Command::Respond { id, bytes } => {
-                if let Some(channel) = self.inbound.remove(&id)
+                if let Some((protocol, channel)) = self.inbound.remove(&id)
                     && self
-                        .swarm
-                        .behaviour_mut()
-                        .market
+                        .request_response(protocol)
                         .send_response(channel, bytes)
                         .is_err()
                 {
                     debug!(id, "response not sent: the requester has gone");
+                }
+            }
+            Command::PublishCheckpointTopic(bytes) => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(checkpoint_topic(), bytes)
+                {
+                    Ok(_) => debug!("published on the checkpoint topic"),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        debug!("no subscribed peer for the checkpoint topic yet");
+                    }
+                    // Content-addressed ids: re-publishing the same checkpoint is a duplicate.
+                    Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(error) => warn!(%error, "checkpoint-topic message not published"),
                 }
             }
             Command::IsConnected(peer, reply) => {
@@ -260,7 +284,22 @@ impl EventLoop {
         }
     }
 
-    fn handle_market(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn request_response(
+        &mut self,
+        protocol: Protocol,
+    ) -> &mut request_response::Behaviour<super::frame_codec::FrameCodec> {
+        let behaviour = self.swarm.behaviour_mut();
+        match protocol {
+            Protocol::Market => &mut behaviour.market,
+            Protocol::Ledger => &mut behaviour.ledger,
+        }
+    }
+
+    fn handle_request_response(
+        &mut self,
+        protocol: Protocol,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -269,7 +308,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => self.handle_inbound_request(peer, request, channel),
+            } => self.handle_inbound_request(protocol, peer, request, channel),
             request_response::Event::Message {
                 message:
                     request_response::Message::Response {
@@ -278,7 +317,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.outbound.remove(&request_id) {
+                if let Some(reply) = self.outbound.remove(&(protocol, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -288,8 +327,8 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                debug!(%peer, %error, "market request failed");
-                if let Some(reply) = self.outbound.remove(&request_id) {
+                debug!(%peer, %error, ?protocol, "request failed");
+                if let Some(reply) = self.outbound.remove(&(protocol, request_id)) {
                     let error = match error {
                         request_response::OutboundFailure::Timeout => RequestError::Timeout,
                         other => RequestError::Unreachable(other.to_string()),
@@ -299,7 +338,7 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 // A stream that broke off or sent an over-long frame.
-                debug!(%peer, %error, "inbound market request failed");
+                debug!(%peer, %error, ?protocol, "inbound request failed");
                 if matches!(error, request_response::InboundFailure::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
                 {
                     self.strike(peer, "oversized or malformed frame");
@@ -309,18 +348,28 @@ impl EventLoop {
         }
     }
 
-    fn answer_now(&mut self, channel: ResponseChannel<Vec<u8>>, code: ErrorCode, message: &str) {
-        if let Ok(bytes) = MarketResponse::Error(WireError::new(code, message)).to_bytes() {
+    fn answer_now(
+        &mut self,
+        protocol: Protocol,
+        channel: ResponseChannel<Vec<u8>>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let error = WireError::new(code, message);
+        let bytes = match protocol {
+            Protocol::Market => MarketResponse::Error(error).to_bytes(),
+            Protocol::Ledger => LedgerResponse::Error(error).to_bytes(),
+        };
+        if let Ok(bytes) = bytes {
             let _ = self
-                .swarm
-                .behaviour_mut()
-                .market
+                .request_response(protocol)
                 .send_response(channel, bytes);
         }
     }
 
     fn handle_inbound_request(
         &mut self,
+        protocol: Protocol,
         peer: PeerId,
         bytes: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
@@ -331,22 +380,16 @@ impl EventLoop {
             .is_some_and(|until| *until > Instant::now())
         {
             self.answer_now(
+                protocol,
                 channel,
                 ErrorCode::Forbidden,
                 "banned for sending malformed messages",
             );
             return;
         }
-        let request = match MarketRequest::from_bytes(&bytes) {
-            Ok(request) => request,
-            Err(error) => {
-                self.strike(peer, &error.to_string());
-                self.answer_now(channel, ErrorCode::BadRequest, &error.to_string());
-                return;
-            }
-        };
         let Ok(node) = NodeId::from_peer_id(&peer) else {
             self.answer_now(
+                protocol,
                 channel,
                 ErrorCode::Forbidden,
                 "peer id is not an ed25519 node id",
@@ -354,21 +397,46 @@ impl EventLoop {
             return;
         };
         if self.inbound.len() >= MAX_PENDING_INBOUND {
-            self.answer_now(channel, ErrorCode::Unavailable, "busy");
+            self.answer_now(protocol, channel, ErrorCode::Unavailable, "busy");
             return;
         }
         let id = self.next_inbound_id;
-        self.next_inbound_id += 1;
-        let event = NetworkEvent::Market(InboundRequest {
-            id,
-            peer: node,
-            request,
-        });
-        match self.parts.events.try_send(event) {
-            Ok(()) => {
-                self.inbound.insert(id, channel);
+        let queued = match protocol {
+            Protocol::Market => MarketRequest::from_bytes(&bytes)
+                .map(|request| {
+                    self.parts
+                        .events
+                        .try_send(NetworkEvent::Market(InboundRequest {
+                            id,
+                            peer: node,
+                            request,
+                        }))
+                        .is_ok()
+                })
+                .map_err(|error| error.to_string()),
+            Protocol::Ledger => LedgerRequest::from_bytes(&bytes)
+                .map(|request| {
+                    self.parts
+                        .ledger_events
+                        .try_send(LedgerEvent::Request(InboundRequest {
+                            id,
+                            peer: node,
+                            request,
+                        }))
+                        .is_ok()
+                })
+                .map_err(|error| error.to_string()),
+        };
+        match queued {
+            Ok(true) => {
+                self.next_inbound_id += 1;
+                self.inbound.insert(id, (protocol, channel));
             }
-            Err(_) => self.answer_now(channel, ErrorCode::Unavailable, "busy"),
+            Ok(false) => self.answer_now(protocol, channel, ErrorCode::Unavailable, "busy"),
+            Err(error) => {
+                self.strike(peer, &error);
+                self.answer_now(protocol, channel, ErrorCode::BadRequest, &error);
+            }
         }
     }
 
@@ -531,7 +599,8 @@ impl EventLoop {
                     self.dial(peer, addresses.into_vec());
                 }
             }
-            BehaviourEvent::Market(event) => self.handle_market(event),
+            BehaviourEvent::Market(event) => self.handle_request_response(Protocol::Market, event),
+            BehaviourEvent::Ledger(event) => self.handle_request_response(Protocol::Ledger, event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer_id, addr) in found {
                     self.swarm
@@ -547,7 +616,7 @@ impl EventLoop {
         }
     }
 
-    /// Validates a gossiped advert and reports the verdict to gossipsub, which forwards accepted
+    /// Validates a gossiped message and reports the verdict to gossipsub, which forwards accepted
     /// messages and penalises the senders of rejected ones.
     fn handle_gossip(
         &mut self,
@@ -555,8 +624,28 @@ impl EventLoop {
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) {
+        let acceptance = if message.topic == advert_topic().hash() {
+            let acceptance = self.handle_advert(propagation_source, &message);
+            self.counters.count(&acceptance);
+            acceptance
+        } else if message.topic == checkpoint_topic().hash() {
+            self.handle_checkpoint_topic(propagation_source, &message)
+        } else {
+            gossipsub::MessageAcceptance::Ignore
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    fn handle_advert(
+        &mut self,
+        propagation_source: PeerId,
+        message: &gossipsub::Message,
+    ) -> gossipsub::MessageAcceptance {
         let now = now_ms();
-        let acceptance = match validate_advert(&message, now) {
+        match validate_advert(message, now) {
             Ok(advert) => {
                 let node = advert.node;
                 match self.parts.mesh.offer(advert, now) {
@@ -564,7 +653,9 @@ impl EventLoop {
                         debug!(%node, "advert stored");
                         gossipsub::MessageAcceptance::Accept
                     }
-                    Offered::Stale | Offered::Full => gossipsub::MessageAcceptance::Ignore,
+                    Offered::Stale | Offered::Full | Offered::Distrusted => {
+                        gossipsub::MessageAcceptance::Ignore
+                    }
                 }
             }
             Err(reason) => {
@@ -576,12 +667,44 @@ impl EventLoop {
                 );
                 gossipsub::MessageAcceptance::Reject
             }
+        }
+    }
+
+    /// Checkpoints must be signed by the node that published them, which must be in the capacity
+    /// view (so a node tracks checkpoints of a bounded set of nodes). Equivocation proofs must
+    /// verify. Anything else is rejected; valid messages the witness has no room for are ignored
+    /// (not forwarded).
+    fn handle_checkpoint_topic(
+        &mut self,
+        propagation_source: PeerId,
+        message: &gossipsub::Message,
+    ) -> gossipsub::MessageAcceptance {
+        let event = match validate_checkpoint_topic(message) {
+            Ok(CheckpointTopic::Checkpoint(checkpoint)) => {
+                let node = checkpoint.signer();
+                if node == self.node_id || self.parts.mesh.get(&node).is_none() {
+                    return gossipsub::MessageAcceptance::Ignore;
+                }
+                LedgerEvent::Checkpoint(checkpoint)
+            }
+            Ok(CheckpointTopic::Equivocation(node, proof)) => {
+                warn!(%node, via = %propagation_source, "equivocation proof received");
+                LedgerEvent::Equivocation { node, proof }
+            }
+            Err(reason) => {
+                warn!(
+                    source = ?message.source,
+                    via = %propagation_source,
+                    %reason,
+                    "rejected checkpoint-topic message; sender penalised"
+                );
+                return gossipsub::MessageAcceptance::Reject;
+            }
         };
-        self.counters.count(&acceptance);
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+        match self.parts.ledger_events.try_send(event) {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(_) => gossipsub::MessageAcceptance::Ignore,
+        }
     }
 
     fn publish_advert(&mut self) {
@@ -638,15 +761,62 @@ impl EventLoop {
 /// The checks every received advert passes before use.
 fn validate_advert(message: &gossipsub::Message, now_ms: u64) -> Result<CapacityAdvert, String> {
     let GossipMessage::Advert(signed) =
-        GossipMessage::from_bytes(&message.data).map_err(|error| error.to_string())?;
+        GossipMessage::from_bytes(&message.data).map_err(|error| error.to_string())?
+    else {
+        return Err("not an advert".into());
+    };
     let advert = signed.verify().map_err(|error| error.to_string())?;
-    let source = message.source.ok_or("unsigned gossip message")?;
-    let sender = NodeId::from_peer_id(&source).map_err(|error| error.to_string())?;
+    let sender = gossip_author(message)?;
     if sender != advert.node {
         return Err(format!("advert for {} published by {sender}", advert.node));
     }
     advert.validate(now_ms).map_err(|error| error.to_string())?;
     Ok(advert)
+}
+
+enum CheckpointTopic {
+    Checkpoint(SignedCheckpoint),
+    Equivocation(NodeId, Box<suanli_protocol::checkpoint::Equivocation>),
+}
+
+/// The checks every message of the checkpoint topic passes before use.
+fn validate_checkpoint_topic(message: &gossipsub::Message) -> Result<CheckpointTopic, String> {
+    match GossipMessage::from_bytes(&message.data).map_err(|error| error.to_string())? {
+        GossipMessage::Checkpoint { note } => {
+            if note.len() > MAX_GOSSIPED_NOTE_BYTES {
+                return Err(format!(
+                    "checkpoint note of {} bytes (at most {MAX_GOSSIPED_NOTE_BYTES})",
+                    note.len()
+                ));
+            }
+            let checkpoint =
+                SignedCheckpoint::from_note(&note).map_err(|error| error.to_string())?;
+            let sender = gossip_author(message)?;
+            if sender != checkpoint.signer() {
+                return Err(format!(
+                    "checkpoint of {} published by {sender}",
+                    checkpoint.signer()
+                ));
+            }
+            Ok(CheckpointTopic::Checkpoint(checkpoint))
+        }
+        GossipMessage::Equivocation(proof) => {
+            for note in [&proof.first, &proof.second] {
+                if note.len() > MAX_GOSSIPED_NOTE_BYTES {
+                    return Err(format!("equivocation note of {} bytes", note.len()));
+                }
+            }
+            let node = proof.verify().map_err(|error| error.to_string())?;
+            Ok(CheckpointTopic::Equivocation(node, Box::new(proof)))
+        }
+        GossipMessage::Advert(_) => Err("an advert on the checkpoint topic".into()),
+    }
+}
+
+/// The node that signed a gossip message (strict mode: every message is signed by its author).
+fn gossip_author(message: &gossipsub::Message) -> Result<NodeId, String> {
+    let source = message.source.ok_or("unsigned gossip message")?;
+    NodeId::from_peer_id(&source).map_err(|error| error.to_string())
 }
 
 fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {

@@ -18,6 +18,13 @@
 //! receives (signature, sender = gossip source, sizes, TTL, clock skew) before it enters the
 //! [`MeshView`](crate::mesh::MeshView), and reports invalid ones to gossipsub, which lowers the
 //! sender's score.
+//!
+//! Two request-response protocols carry what must arrive: `/suanli/market/1` (inbound requests
+//! go to the market as [`NetworkEvent`]s) and `/suanli/ledger/1` (inbound requests go to the
+//! transparency module as [`LedgerEvent`]s). The checkpoint topic carries signed ledger
+//! checkpoints (checked here: size, signature, published by their own node, which must hold a
+//! live advert) and equivocation proofs (verified here); both reach the transparency module as
+//! [`LedgerEvent`]s.
 
 mod behaviour;
 mod event_loop;
@@ -33,13 +40,19 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use behaviour::{IDENTIFY_PROTOCOL, advert_topic, gossipsub_config, peer_score};
+pub use behaviour::{
+    IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_config, peer_score,
+};
 
 use crate::capacity::Capacity;
 use crate::config::CheckedConfig;
 use crate::data_dir::DataDir;
 use crate::mesh::MeshView;
-use suanli_protocol::wire::{MarketRequest, MarketResponse, WireMessage};
+use suanli_protocol::checkpoint::{Equivocation, SignedCheckpoint};
+use suanli_protocol::wire::{
+    ErrorCode, GossipMessage, LedgerRequest, LedgerResponse, MarketRequest, MarketResponse,
+    WireError, WireMessage,
+};
 use suanli_protocol::{Keypair, NodeId};
 
 /// Capacity of the command channel; senders wait when it is full.
@@ -48,20 +61,42 @@ const COMMAND_QUEUE: usize = 256;
 /// "busy" at once rather than queued without bound.
 pub const EVENT_QUEUE: usize = 1024;
 
-/// A market request from a peer, waiting for [`NetworkHandle::respond`].
+/// A request from a peer, waiting for [`NetworkHandle::respond`] (market) or
+/// [`NetworkHandle::respond_ledger`] (ledger sync).
 #[derive(Debug)]
-pub struct InboundRequest {
-    /// Pass back to [`NetworkHandle::respond`].
+pub struct InboundRequest<R = MarketRequest> {
+    /// Pass back to the respond call.
     pub id: u64,
     /// The authenticated sender (from the connection's noise/TLS handshake).
     pub peer: NodeId,
-    pub request: MarketRequest,
+    pub request: R,
 }
 
-/// What the network tells the rest of the node.
+/// What the network tells the market.
 #[derive(Debug)]
 pub enum NetworkEvent {
     Market(InboundRequest),
+}
+
+/// What the network tells the transparency module (checkpoints, witnessing, ledger sync).
+#[derive(Debug)]
+pub enum LedgerEvent {
+    /// A `/suanli/ledger/1` request (bounds not yet checked: see [`LedgerRequest::validate`]).
+    Request(InboundRequest<LedgerRequest>),
+    /// A checkpoint gossiped by the node it belongs to; its signature is verified.
+    Checkpoint(SignedCheckpoint),
+    /// A gossiped equivocation proof that verified, against `node`.
+    Equivocation {
+        node: NodeId,
+        proof: Box<Equivocation>,
+    },
+}
+
+/// The request-response protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Market,
+    Ledger,
 }
 
 /// Why an outbound request got no answer.
@@ -97,14 +132,17 @@ pub enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     /// Publish this node's advert now.
     PublishAdvert(oneshot::Sender<()>),
-    /// Send an encoded market request; the reply gets the raw response bytes.
-    SendMarket {
+    /// Send an encoded request; the reply gets the raw response bytes.
+    SendRequest {
+        protocol: Protocol,
         peer: NodeId,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
     },
     /// Answer an [`InboundRequest`] with an encoded response.
     Respond { id: u64, bytes: Vec<u8> },
+    /// Publish an encoded [`GossipMessage`] on the checkpoint topic.
+    PublishCheckpointTopic(Vec<u8>),
     /// Whether a connection to the peer is open.
     IsConnected(NodeId, oneshot::Sender<bool>),
     /// How many peers this node's advert-topic gossip mesh holds, and how many peers are
@@ -189,34 +227,87 @@ impl NetworkHandle {
         self.request(Command::PublishAdvert).await
     }
 
+    async fn send<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        protocol: Protocol,
+        peer: NodeId,
+        request: &Req,
+    ) -> Result<Resp, RequestError> {
+        let bytes = request
+            .to_bytes()
+            .map_err(|error| RequestError::TooLarge(error.to_string()))?;
+        let answer = self
+            .request(|reply| Command::SendRequest {
+                protocol,
+                peer,
+                bytes,
+                reply,
+            })
+            .await??;
+        Resp::from_bytes(&answer).map_err(|error| RequestError::Malformed(error.to_string()))
+    }
+
     /// Sends a market request to `peer` and waits for its response (dialling when needed).
     pub async fn market_request(
         &self,
         peer: NodeId,
         request: &MarketRequest,
     ) -> Result<MarketResponse, RequestError> {
-        let bytes = request
-            .to_bytes()
-            .map_err(|error| RequestError::TooLarge(error.to_string()))?;
-        let answer = self
-            .request(|reply| Command::SendMarket { peer, bytes, reply })
-            .await??;
-        MarketResponse::from_bytes(&answer)
-            .map_err(|error| RequestError::Malformed(error.to_string()))
+        self.send(Protocol::Market, peer, request).await
     }
 
-    /// Answers an inbound request. A response that cannot be encoded becomes an error answer.
-    pub async fn respond(&self, id: u64, response: &MarketResponse) -> Result<(), NetworkStopped> {
-        let bytes = response.to_bytes().or_else(|error| {
-            MarketResponse::Error(suanli_protocol::wire::WireError::new(
-                suanli_protocol::wire::ErrorCode::Internal,
-                error.to_string(),
-            ))
-            .to_bytes()
+    /// Sends a ledger-sync request to `peer` and waits for its response (dialling when needed).
+    pub async fn ledger_request(
+        &self,
+        peer: NodeId,
+        request: &LedgerRequest,
+    ) -> Result<LedgerResponse, RequestError> {
+        self.send(Protocol::Ledger, peer, request).await
+    }
+
+    async fn respond_with<Resp: WireMessage>(
+        &self,
+        id: u64,
+        response: &Resp,
+        error: fn(WireError) -> Resp,
+    ) -> Result<(), NetworkStopped> {
+        // A response that cannot be encoded becomes an error answer.
+        let bytes = response.to_bytes().or_else(|failure| {
+            error(WireError::new(ErrorCode::Internal, failure.to_string())).to_bytes()
         });
         let bytes = bytes.map_err(|_| NetworkStopped)?;
         self.commands
             .send(Command::Respond { id, bytes })
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
+    /// Answers an inbound market request.
+    pub async fn respond(&self, id: u64, response: &MarketResponse) -> Result<(), NetworkStopped> {
+        self.respond_with(id, response, MarketResponse::Error).await
+    }
+
+    /// Answers an inbound ledger-sync request.
+    pub async fn respond_ledger(
+        &self,
+        id: u64,
+        response: &LedgerResponse,
+    ) -> Result<(), NetworkStopped> {
+        self.respond_with(id, response, LedgerResponse::Error).await
+    }
+
+    /// Publishes a checkpoint or an equivocation proof on the checkpoint topic (best effort:
+    /// gossip is never relied on for delivery).
+    pub async fn publish_checkpoint_topic(
+        &self,
+        message: &GossipMessage,
+    ) -> Result<(), NetworkStopped> {
+        let Ok(bytes) = message.to_bytes() else {
+            tracing::warn!("checkpoint-topic message too large; not published");
+            return Ok(());
+        };
+        self.commands
+            .send(Command::PublishCheckpointTopic(bytes))
             .await
             .map_err(|_| NetworkStopped)
     }
@@ -266,6 +357,8 @@ pub struct NetworkParts {
     pub mesh: MeshView,
     pub data_dir: DataDir,
     pub events: mpsc::Sender<NetworkEvent>,
+    /// Where ledger-sync requests, checkpoints and equivocation proofs go.
+    pub ledger_events: mpsc::Sender<LedgerEvent>,
     /// The provider's load, for adverts; a change triggers a re-publication.
     pub load: tokio::sync::watch::Receiver<crate::capacity::Load>,
     pub cancel: CancellationToken,

@@ -4,3 +4,4 @@ mod jobs;
 mod mesh;
 mod process;
 mod protocol;
+mod transparency;

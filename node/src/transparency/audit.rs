@@ -1,0 +1,361 @@
+//! Cross-auditing a peer's ledger against this node's own: fetch the peer's ledger over
+//! `/suanli/ledger/1`, verify it (chain, signatures, Merkle root against the peer's checkpoint,
+//! which is witnessed against the one held), and compare every contract the two nodes share.
+//!
+//! Both parties record the same three co-signed or signed documents of a contract they share:
+//! the contract, the provider's receipt and the settlement. For each, the audit compares the
+//! whole document including signatures (as a SHA-256 of its encoding). A document present on one
+//! side only, or different on the two sides, is a discrepancy naming the contract; so is an entry
+//! of the peer's ledger that fails verification. Failure statements and misbehaviour evidence are
+//! each side's own statements and are not compared.
+//!
+//! Memory: one digest per shared document on each side, plus a Merkle frontier; the peer's
+//! entries are streamed in pages.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use suanli_protocol::checkpoint::SignedCheckpoint;
+use suanli_protocol::codec;
+use suanli_protocol::ledger::{ChainHead, ChainVerifier, EntryBody, LedgerEntry, entry_hash};
+use suanli_protocol::merkle::Frontier;
+use suanli_protocol::negotiation::ContractId;
+use suanli_protocol::wire::{LedgerRequest, LedgerResponse, MAX_LEDGER_RANGE};
+use suanli_protocol::{Hash32, NodeId};
+
+use super::witness::{Observation, WitnessBook};
+use crate::ledger::{LedgerHandle, MAX_RANGE};
+use crate::network::NetworkHandle;
+
+/// Most entries fetched from a peer in one audit.
+pub const MAX_AUDIT_ENTRIES: u64 = 10_000_000;
+/// Most problems listed in a report (the counts stay exact).
+pub const MAX_LISTED: usize = 1000;
+
+/// Why an audit could not be made (as opposed to an audit that found problems).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot audit this node's own ledger; use `suanli ledger verify`")]
+    SelfAudit,
+    #[error("the peer did not answer: {0}")]
+    Unreachable(String),
+    #[error("the peer answered out of protocol: {0}")]
+    Protocol(String),
+    #[error("the peer's ledger has more than {MAX_AUDIT_ENTRIES} entries")]
+    TooLarge,
+    #[error("reading this node's ledger: {0}")]
+    Local(String),
+}
+
+/// The peer's checkpoint the audit checked against.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditedCheckpoint {
+    pub size: u64,
+    pub root: String,
+    pub note: String,
+    /// How it compares with the checkpoint this node held for the peer.
+    pub witness: Observation,
+    /// Whether the first `size` fetched entries hash to `root`.
+    pub root_matches: bool,
+}
+
+/// An entry of the peer's ledger that failed verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainProblem {
+    pub index: u64,
+    pub contract_id: Option<String>,
+    pub error: String,
+}
+
+/// A shared contract whose records differ.
+#[derive(Debug, Clone, Serialize)]
+pub struct Discrepancy {
+    pub contract_id: String,
+    /// `contract`, `receipt` or `settlement`.
+    pub kind: &'static str,
+    /// `differs`, `missing_on_peer` or `missing_here`.
+    pub issue: &'static str,
+    /// Index of the entry in this node's ledger.
+    pub ours: Option<u64>,
+    /// Index of the entry in the peer's ledger.
+    pub theirs: Option<u64>,
+}
+
+/// The result of auditing one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub peer: String,
+    /// `agree` when the peer's ledger verified, matched its checkpoint, and every shared
+    /// document is the same on both sides; `disagree` otherwise.
+    pub verdict: &'static str,
+    pub checkpoint: Option<AuditedCheckpoint>,
+    /// Entries fetched from the peer (up to its head, possibly past its checkpoint).
+    pub entries: u64,
+    pub chain_problems: u64,
+    pub chain_problem_list: Vec<ChainProblem>,
+    /// Contracts with at least one document on either side.
+    pub shared_contracts: u64,
+    /// Documents found identical on both sides.
+    pub agreements: u64,
+    pub discrepancies: u64,
+    pub discrepancy_list: Vec<Discrepancy>,
+}
+
+/// One side's shared documents: contract id → kind → (entry index, document digest).
+type Documents = BTreeMap<Hash32, BTreeMap<&'static str, (u64, Hash32)>>;
+
+/// The contract a document belongs to and its two parties (decoded without verification: the
+/// caller verifies, or records the failure).
+fn shared_document(body: &EntryBody) -> Option<(Hash32, NodeId, NodeId)> {
+    match body {
+        EntryBody::Contract(contract) => {
+            let decoded = contract.decode_unverified().ok()?;
+            Some((contract.digest(), decoded.requester, decoded.provider))
+        }
+        EntryBody::Receipt(receipt) => {
+            let decoded = receipt.decode_unverified().ok()?;
+            Some((decoded.contract_id.0, decoded.requester, decoded.provider))
+        }
+        EntryBody::Settlement(settlement) => {
+            let decoded = settlement.decode_unverified().ok()?;
+            Some((decoded.contract_id.0, decoded.requester, decoded.provider))
+        }
+        EntryBody::Failure(_) | EntryBody::Misbehaviour(_) => None,
+    }
+}
+
+/// Adds `entry` to `documents` if it is a document between `a` and `b`.
+fn collect(documents: &mut Documents, index: u64, entry: &LedgerEntry, a: NodeId, b: NodeId) {
+    let Some((contract, requester, provider)) = shared_document(&entry.body) else {
+        return;
+    };
+    let between = (requester == a && provider == b) || (requester == b && provider == a);
+    if !between {
+        return;
+    }
+    let digest = codec::encode(&entry.body)
+        .map(|bytes| Hash32(Sha256::digest(bytes).into()))
+        .unwrap_or(Hash32::ZERO);
+    documents
+        .entry(contract)
+        .or_default()
+        .entry(entry.body.kind())
+        .or_insert((index, digest));
+}
+
+pub(super) struct Auditor<'a> {
+    pub ledger: &'a LedgerHandle,
+    pub network: &'a NetworkHandle,
+    pub witness: &'a WitnessBook,
+}
+
+impl Auditor<'_> {
+    pub async fn audit(&self, peer: NodeId) -> Result<AuditReport, AuditError> {
+        let me = self.ledger.owner();
+        if peer == me {
+            return Err(AuditError::SelfAudit);
+        }
+        let checkpoint = self.fetch_checkpoint(peer).await?;
+        let witness = match &checkpoint {
+            Some(checkpoint) => Some(self.witness.observe(checkpoint.clone()).await),
+            None => None,
+        };
+
+        let mut report = AuditReport {
+            peer: peer.to_string(),
+            verdict: "agree",
+            checkpoint: None,
+            entries: 0,
+            chain_problems: 0,
+            chain_problem_list: Vec::new(),
+            shared_contracts: 0,
+            agreements: 0,
+            discrepancies: 0,
+            discrepancy_list: Vec::new(),
+        };
+        let mut theirs = Documents::new();
+        let mut verifier = ChainVerifier::new(peer);
+        let mut frontier = Frontier::new();
+        let mut root_at_checkpoint = None;
+        let checkpoint_size = checkpoint.as_ref().map_or(0, SignedCheckpoint::size);
+        if checkpoint_size == 0 {
+            root_at_checkpoint = Some(frontier.root());
+        }
+        let mut next = 0u64;
+        loop {
+            let page = self.fetch_range(peer, next).await?;
+            if page.is_empty() {
+                break;
+            }
+            for raw in page {
+                let index = next;
+                next += 1;
+                if next > MAX_AUDIT_ENTRIES {
+                    return Err(AuditError::TooLarge);
+                }
+                frontier.push(entry_hash(&raw));
+                if frontier.size() == checkpoint_size {
+                    root_at_checkpoint = Some(frontier.root());
+                }
+                match verifier.push(&raw) {
+                    Ok(entry) => collect(&mut theirs, index, &entry, peer, me),
+                    Err(error) => {
+                        // Record it, then go on from this entry as the peer has it, so one
+                        // altered entry is reported once (and the broken link after it).
+                        let decoded = LedgerEntry::decode(&raw).ok();
+                        report.chain_problems += 1;
+                        if report.chain_problem_list.len() < MAX_LISTED {
+                            report.chain_problem_list.push(ChainProblem {
+                                index,
+                                contract_id: decoded
+                                    .as_ref()
+                                    .and_then(|entry| shared_document(&entry.body))
+                                    .map(|(contract, ..)| ContractId(contract).to_string()),
+                                error: error.error.to_string(),
+                            });
+                        }
+                        if let Some(entry) = &decoded {
+                            collect(&mut theirs, index, entry, peer, me);
+                        }
+                        verifier = ChainVerifier::resume(
+                            peer,
+                            ChainHead {
+                                size: index + 1,
+                                head: entry_hash(&raw),
+                                timestamp_ms: decoded
+                                    .map_or(verifier.head().timestamp_ms, |e| e.timestamp_ms),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        report.entries = next;
+        if let (Some(checkpoint), Some(witness)) = (checkpoint, witness) {
+            report.checkpoint = Some(AuditedCheckpoint {
+                size: checkpoint.size(),
+                root: checkpoint.root().to_string(),
+                note: checkpoint.note().to_owned(),
+                witness,
+                root_matches: root_at_checkpoint == Some(checkpoint.root()),
+            });
+        }
+
+        let ours = self.our_documents(peer).await?;
+        compare(&mut report, &ours, &theirs);
+        let checkpoint_ok = report.checkpoint.as_ref().is_none_or(|checkpoint| {
+            checkpoint.root_matches && checkpoint.witness != Observation::Equivocation
+        });
+        if !checkpoint_ok || report.chain_problems > 0 || report.discrepancies > 0 {
+            report.verdict = "disagree";
+        }
+        Ok(report)
+    }
+
+    async fn fetch_checkpoint(&self, peer: NodeId) -> Result<Option<SignedCheckpoint>, AuditError> {
+        match self
+            .network
+            .ledger_request(peer, &LedgerRequest::Checkpoint)
+            .await
+        {
+            Ok(LedgerResponse::Checkpoint { note: None }) => Ok(None),
+            Ok(LedgerResponse::Checkpoint { note: Some(note) }) => {
+                let checkpoint = SignedCheckpoint::from_note(&note)
+                    .map_err(|error| AuditError::Protocol(format!("checkpoint: {error}")))?;
+                if checkpoint.signer() != peer {
+                    return Err(AuditError::Protocol(format!(
+                        "the peer sent a checkpoint of {}",
+                        checkpoint.signer()
+                    )));
+                }
+                Ok(Some(checkpoint))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => Err(AuditError::Unreachable(error.to_string())),
+        }
+    }
+
+    async fn fetch_range(&self, peer: NodeId, from: u64) -> Result<Vec<Vec<u8>>, AuditError> {
+        let request = LedgerRequest::Range {
+            from,
+            limit: MAX_LEDGER_RANGE,
+        };
+        match self.network.ledger_request(peer, &request).await {
+            Ok(LedgerResponse::Entries {
+                from: answered,
+                entries,
+                ..
+            }) if answered == from => Ok(entries.into_iter().map(|raw| raw.into_vec()).collect()),
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => Err(AuditError::Unreachable(error.to_string())),
+        }
+    }
+
+    /// This node's documents shared with `peer`, read page by page off the async threads.
+    async fn our_documents(&self, peer: NodeId) -> Result<Documents, AuditError> {
+        let ledger = self.ledger.clone();
+        let me = ledger.owner();
+        tokio::task::spawn_blocking(move || {
+            let mut documents = Documents::new();
+            let mut from = 0;
+            loop {
+                let page = ledger
+                    .range(from, MAX_RANGE)
+                    .map_err(|error| AuditError::Local(error.to_string()))?;
+                let Some(last) = page.last() else { break };
+                from = last.seq + 1;
+                for stored in &page {
+                    if let Ok(entry) = LedgerEntry::decode(&stored.raw) {
+                        collect(&mut documents, stored.seq, &entry, me, peer);
+                    }
+                }
+            }
+            Ok(documents)
+        })
+        .await
+        .map_err(|error| AuditError::Local(error.to_string()))?
+    }
+}
+
+fn unexpected(answer: &LedgerResponse) -> AuditError {
+    match answer {
+        LedgerResponse::Error(error) => {
+            AuditError::Protocol(format!("{:?}: {}", error.code, error.message))
+        }
+        _ => AuditError::Protocol("an answer of the wrong kind".into()),
+    }
+}
+
+/// Compares the two sides contract by contract, kind by kind.
+fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
+    let contracts: std::collections::BTreeSet<&Hash32> = ours.keys().chain(theirs.keys()).collect();
+    report.shared_contracts = contracts.len() as u64;
+    let empty = BTreeMap::new();
+    for contract in contracts {
+        let mine = ours.get(contract).unwrap_or(&empty);
+        let other = theirs.get(contract).unwrap_or(&empty);
+        for kind in ["contract", "receipt", "settlement"] {
+            let issue = match (mine.get(kind), other.get(kind)) {
+                (None, None) => continue,
+                (Some((_, a)), Some((_, b))) if a == b => {
+                    report.agreements += 1;
+                    continue;
+                }
+                (Some(_), Some(_)) => "differs",
+                (Some(_), None) => "missing_on_peer",
+                (None, Some(_)) => "missing_here",
+            };
+            report.discrepancies += 1;
+            if report.discrepancy_list.len() < MAX_LISTED {
+                report.discrepancy_list.push(Discrepancy {
+                    contract_id: ContractId(*contract).to_string(),
+                    kind,
+                    issue,
+                    ours: mine.get(kind).map(|(index, _)| *index),
+                    theirs: other.get(kind).map(|(index, _)| *index),
+                });
+            }
+        }
+    }
+}

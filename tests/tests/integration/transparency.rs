@@ -1,0 +1,224 @@
+//! Ledger transparency between real nodes: checkpoints published and witnessed over libp2p,
+//! audits across two ledgers after real jobs, a rewritten history refused at start-up, and an
+//! equivocation detected by a peer with a proof that verifies offline.
+
+use std::time::Duration;
+
+use suanli_node::ledger::range_offline;
+use suanli_node::ledger::testing::rewrite_entry_offline;
+use suanli_node::transparency::Observation;
+use suanli_node::{Node, NodeError};
+use suanli_protocol::checkpoint::SignedCheckpoint;
+use suanli_protocol::ledger::{EntryBody, LedgerEntry};
+use suanli_protocol::{ContractId, NodeId};
+use suanli_tests::{TestNode, test_config, wait_until, wat_job, with_timeout};
+
+const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
+const JOBS: usize = 100;
+
+/// Runs `count` jobs submitted to `requester` and pinned to `provider`, all at once.
+async fn run_jobs(requester: &TestNode, provider: NodeId, count: usize) {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let mut job = wat_job(HELLO);
+        job.placement.provider = Some(provider);
+        ids.push(requester.submit(job).await);
+    }
+    for id in &ids {
+        let record = requester.wait_job(id, Duration::from_secs(120)).await;
+        assert_eq!(
+            record.state,
+            suanli_node::market::JobState::Succeeded,
+            "{record:?}"
+        );
+    }
+}
+
+/// Waits until the node's published checkpoint covers its whole durable ledger.
+async fn checkpoint_covers_head(node: &TestNode) -> SignedCheckpoint {
+    let size = node.handle.ledger.head().size;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        node.handle.transparency.wait_for_checkpoint(size),
+    )
+    .await
+    .expect("a checkpoint within 30 s")
+    .expect("publisher running")
+}
+
+/// A settlement entry of a stopped node's ledger and the bytes of that entry with the
+/// settlement's cost changed (found by flipping single bits until the document decodes with
+/// another cost: what an operator editing the database would do). The co-signatures no longer
+/// match.
+fn altered_settlement(db: &std::path::Path, owner: NodeId) -> (u64, ContractId, Vec<u8>) {
+    let entries = range_offline(db, owner, 0, 1024).expect("offline range");
+    for stored in entries {
+        let entry = LedgerEntry::decode(&stored.raw).expect("decodable");
+        let EntryBody::Settlement(settlement) = &entry.body else {
+            continue;
+        };
+        let original = settlement.decode_unverified().expect("settlement");
+        for index in 0..stored.raw.len() {
+            let mut raw = stored.raw.clone();
+            raw[index] ^= 1;
+            if let Ok(LedgerEntry {
+                body: EntryBody::Settlement(altered),
+                ..
+            }) = LedgerEntry::decode(&raw)
+                && let Ok(decoded) = altered.decode_unverified()
+                && decoded.contract_id == original.contract_id
+                && decoded.cost != original.cost
+            {
+                return (stored.seq, original.contract_id, raw);
+            }
+        }
+    }
+    panic!("no settlement whose cost can be altered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_agree_then_catch_a_rewritten_ledger_and_its_equivocation() {
+    with_timeout(async {
+        let requester = TestNode::start(&[]).await;
+        let provider = TestNode::start(&[requester.tcp_addr()]).await;
+        let provider_id = provider.handle.node_id;
+        wait_until("both nodes see each other", Duration::from_secs(30), || {
+            requester.mesh_size() == 2 && provider.mesh_size() == 2
+        })
+        .await;
+        run_jobs(&requester, provider_id, JOBS).await;
+
+        // Both ledgers hold the 100 contracts; their checkpoints catch up within a second.
+        let published = checkpoint_covers_head(&provider).await;
+        checkpoint_covers_head(&requester).await;
+        assert_eq!(published.signer(), provider_id);
+
+        // The checkpoint served over HTTP is the signed note, verifiable against the node id.
+        let api = format!("http://{}", provider.handle.api_addr);
+        let note = reqwest::get(format!("{api}/v1/ledger/checkpoint"))
+            .await
+            .expect("GET checkpoint")
+            .text()
+            .await
+            .expect("text");
+        let served = SignedCheckpoint::from_note(&note).expect("a valid signed note");
+        assert_eq!(served.signer(), provider_id);
+
+        // Gossip made the requester a witness of the provider's checkpoints.
+        wait_until(
+            "the requester holds the provider's checkpoint",
+            Duration::from_secs(30),
+            || {
+                requester
+                    .handle
+                    .transparency
+                    .witnessed()
+                    .iter()
+                    .any(|held| held.node_id == provider_id.to_string() && held.size > 0)
+            },
+        )
+        .await;
+
+        // Full agreement: every contract, receipt and settlement identical on both sides.
+        let report = requester
+            .handle
+            .transparency
+            .audit(provider_id)
+            .await
+            .expect("audit runs");
+        assert_eq!(report.verdict, "agree", "{report:#?}");
+        assert_eq!(report.shared_contracts, JOBS as u64);
+        assert_eq!(report.agreements, 3 * JOBS as u64);
+        assert_eq!(report.discrepancies, 0);
+        let checkpoint = report.checkpoint.as_ref().expect("checkpoint audited");
+        assert!(checkpoint.root_matches);
+        assert!(report.entries >= checkpoint.size);
+
+        // The provider's operator edits one settlement on disk and restarts: refused, because
+        // the ledger no longer extends the checkpoint the node published.
+        let dir = provider.stop().await;
+        let (seq, contract_id, raw) = altered_settlement(&dir.path().join("db"), provider_id);
+        rewrite_entry_offline(&dir.path().join("db"), seq, &raw).expect("rewrite");
+        let config = test_config(&[requester.tcp_addr()]);
+        let refused = Node::start(
+            suanli_node::data_dir::DataDir::new(dir.path()),
+            config.validate().expect("config"),
+        )
+        .await;
+        match refused {
+            Err(NodeError::Checkpoint(error)) => {
+                assert!(error.to_string().contains("does not extend"), "{error}");
+            }
+            other => panic!("a rewritten ledger must be refused, got {other:?}"),
+        }
+
+        // The operator also deletes the checkpoint file: the node starts, but its new checkpoints
+        // contradict the one its peer witnessed.
+        std::fs::remove_file(dir.path().join("checkpoint")).expect("remove checkpoint");
+        let provider = TestNode::start_in(dir, &[requester.tcp_addr()]).await;
+        // Grow the forked ledger so that it publishes a checkpoint the peer has not seen yet.
+        wait_until(
+            "the provider is back in the mesh",
+            Duration::from_secs(30),
+            || provider.mesh_size() == 2,
+        )
+        .await;
+        let mut own = wat_job(HELLO);
+        own.placement.provider = Some(provider_id);
+        let own = provider.submit(own).await;
+        provider.wait_job(&own, Duration::from_secs(60)).await;
+
+        wait_until(
+            "the requester detects the equivocation",
+            Duration::from_secs(60),
+            || requester.handle.transparency.has_equivocated(&provider_id),
+        )
+        .await;
+        let records = requester.handle.transparency.equivocations();
+        let record = records
+            .iter()
+            .find(|record| record.node_id == provider_id.to_string())
+            .expect("an equivocation record");
+        // The proof stands on its own: serialised, parsed back and verified offline.
+        let json = serde_json::to_string(&record.proof).expect("json");
+        let parsed: suanli_protocol::checkpoint::Equivocation =
+            serde_json::from_str(&json).expect("parse");
+        assert_eq!(parsed.verify(), Ok(provider_id));
+        // And the equivocating node is no longer chosen for placement.
+        assert!(requester.handle.mesh.is_distrusted(&provider_id));
+        assert!(requester.handle.mesh.get(&provider_id).is_none());
+
+        // The audit names the altered contract.
+        let report = requester
+            .handle
+            .transparency
+            .audit(provider_id)
+            .await
+            .expect("audit runs");
+        assert_eq!(report.verdict, "disagree");
+        let contract = contract_id.to_string();
+        assert!(
+            report
+                .chain_problem_list
+                .iter()
+                .any(|problem| problem.index == seq
+                    && problem.contract_id.as_deref() == Some(contract.as_str())),
+            "{report:#?}"
+        );
+        let differing: Vec<_> = report
+            .discrepancy_list
+            .iter()
+            .filter(|item| item.issue == "differs")
+            .collect();
+        assert_eq!(differing.len(), 1, "{report:#?}");
+        assert_eq!(differing[0].contract_id, contract);
+        assert_eq!(differing[0].kind, "settlement");
+        assert_eq!(differing[0].theirs, Some(seq));
+        let witness = &report.checkpoint.as_ref().expect("checkpoint").witness;
+        assert_eq!(*witness, Observation::Equivocation);
+
+        provider.stop().await;
+        requester.stop().await;
+    })
+    .await;
+}
