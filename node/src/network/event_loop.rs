@@ -625,14 +625,13 @@ impl EventLoop {
         message: gossipsub::Message,
     ) {
         let acceptance = if message.topic == advert_topic().hash() {
-            let acceptance = self.handle_advert(propagation_source, &message);
-            self.counters.count(&acceptance);
-            acceptance
+            self.handle_advert(propagation_source, &message)
         } else if message.topic == checkpoint_topic().hash() {
             self.handle_checkpoint_topic(propagation_source, &message)
         } else {
             gossipsub::MessageAcceptance::Ignore
         };
+        self.counters.count(&acceptance);
         self.swarm
             .behaviour_mut()
             .gossipsub

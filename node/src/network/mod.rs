@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use behaviour::{
     IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_config, peer_score,
 };
+pub use frame_codec::FrameCodec;
 
 use crate::capacity::Capacity;
 use crate::config::CheckedConfig;
@@ -157,7 +158,8 @@ pub enum Command {
 #[error("the network task has stopped")]
 pub struct NetworkStopped;
 
-/// Counters of received adverts by verdict, shared by the network task (writer) and readers.
+/// Counters of received gossip messages (adverts, checkpoints, equivocation proofs) by verdict,
+/// shared by the network task (writer) and readers.
 #[derive(Debug, Default)]
 pub struct GossipCounters {
     accepted: AtomicU64,

@@ -6,11 +6,17 @@ use std::time::Duration;
 
 use suanli_node::ledger::range_offline;
 use suanli_node::ledger::testing::rewrite_entry_offline;
+use suanli_node::network::checkpoint_topic;
 use suanli_node::transparency::Observation;
 use suanli_node::{Node, NodeError};
-use suanli_protocol::checkpoint::SignedCheckpoint;
+use suanli_protocol::checkpoint::{Checkpoint, Equivocation, SignedCheckpoint};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry};
-use suanli_protocol::{ContractId, NodeId};
+use suanli_protocol::merkle::EMPTY_ROOT;
+use suanli_protocol::wire::{
+    ErrorCode, GossipMessage, LedgerRequest, LedgerResponse, WireError, WireMessage,
+};
+use suanli_protocol::{ContractId, Keypair, NodeId};
+use suanli_tests::adversary::Adversary;
 use suanli_tests::{TestNode, test_config, wait_until, wat_job, with_timeout};
 
 const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
@@ -219,6 +225,168 @@ async fn audits_agree_then_catch_a_rewritten_ledger_and_its_equivocation() {
 
         provider.stop().await;
         requester.stop().await;
+    })
+    .await;
+}
+
+/// Decodes a ledger-sync answer.
+fn ledger_answer(bytes: &[u8]) -> LedgerResponse {
+    LedgerResponse::from_bytes(bytes).expect("a well-formed ledger answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_sync_and_checkpoint_gossip_refuse_bad_input() {
+    with_timeout(async {
+        let victim = TestNode::start(&[]).await;
+        let honest = TestNode::start(&[victim.tcp_addr()]).await;
+        wait_until("the nodes see each other", Duration::from_secs(30), || {
+            victim.mesh_size() == 2
+        })
+        .await;
+        checkpoint_covers_head(&victim).await;
+        let attacker = Keypair::generate().expect("key");
+        let adversary = Adversary::connect(attacker.clone(), victim.tcp_addr()).await;
+        let victim_id = victim.handle.node_id;
+
+        // Well-formed requests get their answers.
+        let request = |message: LedgerRequest| message.to_bytes().expect("encode");
+        let answer = adversary
+            .ledger_request(request(LedgerRequest::Checkpoint))
+            .await
+            .expect("answer");
+        let LedgerResponse::Checkpoint { note: Some(note) } = ledger_answer(&answer) else {
+            panic!("a checkpoint answer");
+        };
+        let checkpoint = SignedCheckpoint::from_note(&note).expect("valid note");
+        assert_eq!(checkpoint.signer(), victim_id);
+        let answer = adversary
+            .ledger_request(request(LedgerRequest::Range { from: 0, limit: 10 }))
+            .await
+            .expect("answer");
+        assert!(matches!(
+            ledger_answer(&answer),
+            LedgerResponse::Entries {
+                from: 0,
+                checkpoint: Some(_),
+                ..
+            }
+        ));
+
+        // Out-of-bounds requests get a clear error, not a clamp or a crash.
+        for (message, code) in [
+            (
+                LedgerRequest::Range { from: 0, limit: 0 },
+                ErrorCode::BadRequest,
+            ),
+            (
+                LedgerRequest::Range {
+                    from: 0,
+                    limit: 1_000_000,
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                LedgerRequest::Prove { size1: 3, size2: 2 },
+                ErrorCode::BadRequest,
+            ),
+            (
+                LedgerRequest::Prove {
+                    size1: 1,
+                    size2: 1 << 40,
+                },
+                ErrorCode::NotFound,
+            ),
+        ] {
+            let answer = adversary
+                .ledger_request(request(message.clone()))
+                .await
+                .expect("answer");
+            match ledger_answer(&answer) {
+                LedgerResponse::Error(error) => assert_eq!(error.code, code, "{message:?}"),
+                other => panic!("{message:?} answered {other:?}"),
+            }
+        }
+        // Garbage is a malformed-message strike, answered with an error.
+        let answer = adversary
+            .ledger_request(vec![0xff; 40])
+            .await
+            .expect("answer");
+        assert!(matches!(
+            ledger_answer(&answer),
+            LedgerResponse::Error(WireError {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
+
+        // Checkpoint gossip. A valid checkpoint of a node outside the capacity view is ignored.
+        let own = Checkpoint::new(attacker.node_id(), 0, EMPTY_ROOT)
+            .sign(&attacker)
+            .expect("sign");
+        let ignored_before = victim.handle.network.gossip_stats().ignored;
+        adversary
+            .publish_on(
+                checkpoint_topic(),
+                GossipMessage::Checkpoint {
+                    note: own.note().to_owned(),
+                }
+                .to_bytes()
+                .expect("encode"),
+            )
+            .await
+            .expect("published");
+        wait_until("the victim ignored it", Duration::from_secs(30), || {
+            victim.handle.network.gossip_stats().ignored > ignored_before
+        })
+        .await;
+        // Forged: the honest node's checkpoint re-signed by nobody (a flipped signature bit),
+        // an equivocation "proof" made of one checkpoint twice, and garbage. Each is rejected.
+        let honest_note = checkpoint_covers_head(&honest).await.note().to_owned();
+        let mut forged = honest_note.clone().into_bytes();
+        let at = forged.len() - 3;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).expect("text");
+        let bogus = Equivocation {
+            first: honest_note.clone(),
+            second: honest_note,
+            fork: None,
+        };
+        let rejected_before = victim.handle.network.gossip_stats().rejected;
+        for message in [
+            GossipMessage::Checkpoint { note: forged },
+            GossipMessage::Equivocation(bogus),
+        ] {
+            adversary
+                .publish_on(checkpoint_topic(), message.to_bytes().expect("encode"))
+                .await
+                .expect("published");
+        }
+        adversary
+            .publish_on(checkpoint_topic(), vec![0xff; 64])
+            .await
+            .expect("published");
+        wait_until("the victim rejected them", Duration::from_secs(30), || {
+            victim.handle.network.gossip_stats().rejected > rejected_before
+        })
+        .await;
+        // Nothing of it was believed, and the victim still serves.
+        assert!(victim.handle.transparency.equivocations().is_empty());
+        assert!(
+            !victim
+                .handle
+                .transparency
+                .has_equivocated(&honest.handle.node_id)
+        );
+        let response = reqwest::get(format!(
+            "http://{}/v1/ledger/witnessed",
+            victim.handle.api_addr
+        ))
+        .await
+        .expect("API up");
+        assert!(response.status().is_success());
+
+        honest.stop().await;
+        victim.stop().await;
     })
     .await;
 }
