@@ -253,6 +253,40 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
             .all(|b| b["net_micro"].as_i64().is_some_and(|n| n < 0))
     }));
 
+    // Transparency: the signed checkpoint, and an audit of every provider that agrees.
+    let note = suanli(&["ledger", "checkpoint", "--api", &api]);
+    assert!(note.status.success(), "{note:?}");
+    let note = String::from_utf8_lossy(&note.stdout).into_owned();
+    assert_eq!(note.lines().next(), Some(mesh.ids[0].as_str()));
+    let providers: BTreeSet<String> = ledger_of(&api)
+        .iter()
+        .filter(|entry| entry["kind"] == "settlement")
+        .filter_map(|entry| entry["provider"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!providers.is_empty());
+    for provider in &providers {
+        let audit = suanli(&[
+            "ledger", "audit", "--peer", provider, "--json", "--api", &api,
+        ]);
+        assert!(audit.status.success(), "{audit:?}");
+        let report: Value = serde_json::from_slice(&audit.stdout).expect("json");
+        assert_eq!(report["verdict"], "agree", "{report}");
+        assert!(report["agreements"].as_u64().is_some_and(|n| n >= 3));
+    }
+    let unknown_peer = suanli(&["ledger", "audit", "--peer", "not-a-node", "--api", &api]);
+    assert!(!unknown_peer.status.success());
+    assert!(String::from_utf8_lossy(&unknown_peer.stderr).contains("peer"));
+    // An equivocation "proof" that proves nothing is refused offline.
+    let bogus = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        bogus.path(),
+        serde_json::json!({"first": note, "second": note, "fork": null}).to_string(),
+    )
+    .expect("write");
+    let refused = suanli(&["ledger", "verify-equivocation", path_str(bogus.path())]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("INVALID"));
+
     // Bad input over HTTP: clear 4xx JSON errors.
     let http = reqwest::blocking::Client::new();
     let post = |body: String| {
