@@ -10,9 +10,11 @@
 //!                          └──────────── NetworkHandle ─Command────┘
 //! ```
 //!
-//! Modules: [`config`] (TOML → checked config), [`data_dir`] (key, config, peers, run info),
-//! [`capacity`] (detection and adverts), [`mesh`] (capacity view), [`network`] (libp2p),
-//! [`api`] (HTTP), [`cli`] (the command line).
+//! Modules: [`config`] (TOML → checked config), [`data_dir`] (key, config, peers, run info,
+//! published checkpoint), [`capacity`] (detection and adverts), [`mesh`] (capacity view),
+//! [`network`] (libp2p), [`market`] (placing and running jobs), [`executor`] (wasmtime),
+//! [`ledger`] (sled), [`transparency`] (checkpoints, witnessing, audits), [`api`] (HTTP),
+//! [`cli`] (the command line).
 
 pub mod api;
 pub mod capacity;
