@@ -1,6 +1,6 @@
 //! The network: the only module that names libp2p types.
 //!
-//! One task, the [`EventLoop`](event_loop::EventLoop), owns the libp2p `Swarm`. Everything else
+//! One task, the `EventLoop`, owns the libp2p `Swarm`. Everything else
 //! holds a cloneable [`NetworkHandle`] that sends a [`Command`] with a oneshot reply over a bounded
 //! channel.
 //!
@@ -16,7 +16,7 @@
 //! connections and re-dials lost peers with exponential backoff; publishes this node's signed
 //! capacity advert every `advert_interval` and when a peer subscribes; validates every advert it
 //! receives (signature, sender = gossip source, sizes, TTL, clock skew) before it enters the
-//! [`MeshView`](crate::mesh::MeshView), and reports invalid ones to gossipsub, which lowers the
+//! [`MeshView`], and reports invalid ones to gossipsub, which lowers the
 //! sender's score.
 //!
 //! Two request-response protocols carry what must arrive: `/suanli/market/1` (inbound requests

@@ -17,11 +17,12 @@
 //!   durable; at start the node refuses a ledger that does not extend its last checkpoint
 //!   ([`check_published`]).
 //! - A newer checkpoint of another node replaces the one held only with a verified consistency
-//!   proof; two inconsistent signed checkpoints are kept as a portable [`Equivocation`] proof,
+//!   proof; two inconsistent signed checkpoints are kept as a portable
+//!   [`Equivocation`](suanli_protocol::checkpoint::Equivocation) proof,
 //!   gossiped, and the node is [distrusted](crate::mesh::MeshView::distrust) (no longer placed).
 //! - Every queue is bounded: the network drops events when the dispatcher lags, the witness
 //!   queue drops checkpoints when full (the next one will do), the server serves at most
-//!   [`server::MAX_CONCURRENT`] requests at once.
+//!   8 requests at once.
 
 mod audit;
 mod checkpoints;
