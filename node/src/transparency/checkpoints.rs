@@ -19,6 +19,9 @@ use crate::network::NetworkHandle;
 /// How often the latest checkpoint is gossiped again, for nodes that joined since. (Gossipsub
 /// drops a re-publication of identical bytes while it remembers the message, about a minute.)
 const REPUBLISH_INTERVAL: Duration = Duration::from_secs(30);
+/// Least time between two checkpoints triggered by the entry count, which bounds checkpoint gossip
+/// to one message per node per second however busy its ledger is.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the node must not start on its ledger.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +87,8 @@ pub fn check_published(
     Ok(Some(published))
 }
 
-/// Signs and publishes checkpoints: every `checkpoint_every_entries` new entries, or after
-/// `checkpoint_interval_secs` when any entry was appended. Order: the entries are durable (the
+/// Signs and publishes checkpoints: every `checkpoint_every_entries` new entries (at most one
+/// per second), or after `checkpoint_interval_secs` when any entry was appended. Order: the entries are durable (the
 /// ledger's head only moves after its barrier) → sign → write the checkpoint file durably →
 /// only then announce it (API, ledger sync, gossip). A checkpoint that could not be saved is
 /// not announced.
@@ -107,6 +110,7 @@ impl Publisher {
         let mut republish =
             tokio::time::interval_at(Instant::now() + REPUBLISH_INTERVAL, REPUBLISH_INTERVAL);
         republish.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last = Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -115,8 +119,10 @@ impl Publisher {
                         break;
                     }
                     let size = head.borrow_and_update().size;
-                    if size >= self.published_size().saturating_add(self.config.checkpoint_every_entries) {
+                    let due = self.published_size().saturating_add(self.config.checkpoint_every_entries);
+                    if size >= due && last.elapsed() >= MIN_INTERVAL {
                         self.publish(size).await;
+                        last = Instant::now();
                     }
                 }
                 _ = tick.tick() => {
@@ -124,6 +130,7 @@ impl Publisher {
                     let current = self.latest.borrow().as_ref().map(SignedCheckpoint::size);
                     if current != Some(size) {
                         self.publish(size).await;
+                        last = Instant::now();
                     }
                 }
                 _ = republish.tick() => self.gossip().await,

@@ -159,8 +159,14 @@ impl WitnessBook {
         let node = checkpoint.signer();
         {
             let mut held = lock(&self.held);
-            if !held.contains_key(&node) && held.len() >= MAX_WITNESSED {
-                return Err(format!("already witnessing {MAX_WITNESSED} nodes"));
+            match held.get(&node) {
+                // Two observations raced (gossip and an audit): keep the larger, both proven.
+                Some(current) if current.size() > checkpoint.size() => return Ok(()),
+                Some(_) => {}
+                None if held.len() >= MAX_WITNESSED => {
+                    return Err(format!("already witnessing {MAX_WITNESSED} nodes"));
+                }
+                None => {}
             }
             held.insert(node, checkpoint.clone());
         }
