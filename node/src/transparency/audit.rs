@@ -359,3 +359,113 @@ fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> AuditReport {
+        AuditReport {
+            peer: String::new(),
+            verdict: "agree",
+            checkpoint: None,
+            entries: 0,
+            chain_problems: 0,
+            chain_problem_list: Vec::new(),
+            shared_contracts: 0,
+            agreements: 0,
+            discrepancies: 0,
+            discrepancy_list: Vec::new(),
+        }
+    }
+
+    /// contract, kind, issue, ours, theirs
+    type Row = (String, &'static str, &'static str, Option<u64>, Option<u64>);
+
+    fn hash(byte: u8) -> Hash32 {
+        Hash32([byte; 32])
+    }
+
+    fn documents(items: &[(u8, &'static str, u64, u8)]) -> Documents {
+        let mut documents = Documents::new();
+        for &(contract, kind, index, digest) in items {
+            documents
+                .entry(hash(contract))
+                .or_default()
+                .insert(kind, (index, hash(digest)));
+        }
+        documents
+    }
+
+    #[test]
+    fn every_kind_of_disagreement_names_its_contract_and_entries() {
+        let ours = documents(&[
+            (1, "contract", 0, 10),
+            (1, "receipt", 1, 11),
+            (1, "settlement", 2, 12),
+            (2, "contract", 3, 20),
+            (2, "settlement", 4, 21),
+            (3, "contract", 5, 30),
+        ]);
+        let theirs = documents(&[
+            (1, "contract", 7, 10),
+            (1, "receipt", 8, 11),
+            (1, "settlement", 9, 12),
+            (2, "contract", 10, 20),
+            (2, "settlement", 11, 99),
+            (4, "contract", 12, 40),
+        ]);
+        let mut report = report();
+        compare(&mut report, &ours, &theirs);
+        assert_eq!(report.shared_contracts, 4);
+        assert_eq!(report.agreements, 4);
+        assert_eq!(report.discrepancies, 3);
+        let found: Vec<Row> = report
+            .discrepancy_list
+            .iter()
+            .map(|item| {
+                (
+                    item.contract_id.clone(),
+                    item.kind,
+                    item.issue,
+                    item.ours,
+                    item.theirs,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (
+                    ContractId(hash(2)).to_string(),
+                    "settlement",
+                    "differs",
+                    Some(4),
+                    Some(11)
+                ),
+                (
+                    ContractId(hash(3)).to_string(),
+                    "contract",
+                    "missing_on_peer",
+                    Some(5),
+                    None
+                ),
+                (
+                    ContractId(hash(4)).to_string(),
+                    "contract",
+                    "missing_here",
+                    None,
+                    Some(12)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn identical_sides_agree() {
+        let side = documents(&[(1, "contract", 0, 10), (1, "settlement", 1, 11)]);
+        let mut report = report();
+        compare(&mut report, &side, &side);
+        assert_eq!((report.agreements, report.discrepancies), (2, 0));
+    }
+}
