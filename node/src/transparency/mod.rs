@@ -29,6 +29,7 @@ mod checkpoints;
 mod server;
 mod witness;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use suanli_protocol::Keypair;
@@ -51,6 +52,8 @@ use crate::network::{LedgerEvent, NetworkHandle};
 
 /// Checkpoints waiting to be witnessed; more are dropped (each node publishes again soon).
 const WITNESS_QUEUE: usize = 256;
+/// Checkpoints witnessed at once (each may wait for a consistency proof from its node).
+const WITNESS_CONCURRENCY: usize = 16;
 
 /// What the transparency tasks need.
 #[derive(Debug)]
@@ -119,15 +122,33 @@ impl Transparency {
         let worker = Arc::clone(&inner);
         let cancel = parts.cancel.clone();
         tasks.spawn(async move {
+            // Checkpoints of different nodes are witnessed concurrently (a node that is slow to
+            // prove stalls only its own), at most one per node and WITNESS_CONCURRENCY in all.
+            let mut running: JoinSet<NodeId> = JoinSet::new();
+            let mut busy: HashSet<NodeId> = HashSet::new();
             loop {
                 let checkpoint = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    checkpoint = witness_inbox.recv() => checkpoint,
+                    Some(done) = running.join_next() => {
+                        if let Ok(node) = done {
+                            busy.remove(&node);
+                        }
+                        continue;
+                    }
+                    checkpoint = witness_inbox.recv(), if running.len() < WITNESS_CONCURRENCY => checkpoint,
                 };
                 let Some(checkpoint) = checkpoint else { break };
                 let node = checkpoint.signer();
-                let observation = worker.witness.observe(checkpoint).await;
-                debug!(%node, ?observation, "checkpoint witnessed");
+                if !busy.insert(node) {
+                    // The next checkpoint of this node will be witnessed instead.
+                    continue;
+                }
+                let worker = Arc::clone(&worker);
+                running.spawn(async move {
+                    let observation = worker.witness.observe(checkpoint).await;
+                    debug!(%node, ?observation, "checkpoint witnessed");
+                    node
+                });
             }
         });
         let dispatcher = Arc::clone(&inner);

@@ -22,6 +22,9 @@ use crate::ledger::{LedgerHandle, RecordTree};
 use crate::mesh::MeshView;
 use crate::network::NetworkHandle;
 
+/// How long a witness waits for a node's consistency proof.
+const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most nodes whose checkpoints are held (and most equivocation proofs kept).
 pub const MAX_WITNESSED: usize = 16_384;
 
@@ -291,11 +294,12 @@ impl WitnessBook {
         size1: u64,
         size2: u64,
     ) -> Result<PrefixProof, String> {
-        match self
-            .network
-            .ledger_request(node, &LedgerRequest::Prove { size1, size2 })
-            .await
-        {
+        let prove = LedgerRequest::Prove { size1, size2 };
+        let request = self.network.ledger_request(node, &prove);
+        let Ok(answer) = tokio::time::timeout(PROOF_TIMEOUT, request).await else {
+            return Err(format!("no proof within {PROOF_TIMEOUT:?}"));
+        };
+        match answer {
             Ok(LedgerResponse::Proof(proof)) => Ok(proof),
             Ok(LedgerResponse::Error(error)) => Err(format!(
                 "the node answered {:?}: {}",
