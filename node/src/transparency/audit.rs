@@ -125,23 +125,59 @@ fn shared_document(body: &EntryBody) -> Option<(Hash32, NodeId, NodeId)> {
     }
 }
 
-/// Adds `entry` to `documents` if it is a document between `a` and `b`.
-fn collect(documents: &mut Documents, index: u64, entry: &LedgerEntry, a: NodeId, b: NodeId) {
-    let Some((contract, requester, provider)) = shared_document(&entry.body) else {
-        return;
-    };
+/// The contract, kind and digest of `entry` if it is a document between `a` and `b`.
+fn shared_between(
+    entry: &LedgerEntry,
+    a: NodeId,
+    b: NodeId,
+) -> Option<(Hash32, &'static str, Hash32)> {
+    let (contract, requester, provider) = shared_document(&entry.body)?;
     let between = (requester == a && provider == b) || (requester == b && provider == a);
     if !between {
-        return;
+        return None;
     }
     let digest = codec::encode(&entry.body)
         .map(|bytes| Hash32(Sha256::digest(bytes).into()))
         .unwrap_or(Hash32::ZERO);
+    Some((contract, entry.body.kind(), digest))
+}
+
+/// Keeps the first document of each kind per contract.
+fn insert(
+    documents: &mut Documents,
+    index: u64,
+    (contract, kind, digest): (Hash32, &'static str, Hash32),
+) {
     documents
         .entry(contract)
         .or_default()
-        .entry(entry.body.kind())
+        .entry(kind)
         .or_insert((index, digest));
+}
+
+/// Records a peer document of a contract this node has no record of. Counted, not kept: what a
+/// peer sends must not grow the auditor's memory beyond its own ledger.
+fn peer_only(report: &mut AuditReport, contract: Hash32, kind: &'static str, index: u64) {
+    if kind == "contract" {
+        report.shared_contracts += 1;
+    }
+    add_discrepancy(
+        report,
+        Discrepancy {
+            contract_id: ContractId(contract).to_string(),
+            kind,
+            issue: "missing_here",
+            ours: None,
+            theirs: Some(index),
+        },
+    );
+}
+
+fn add_discrepancy(report: &mut AuditReport, discrepancy: Discrepancy) {
+    report.discrepancies += 1;
+    if report.discrepancy_list.len() < MAX_LISTED {
+        report.discrepancy_list.push(discrepancy);
+    }
 }
 
 pub(super) struct Auditor<'a> {
@@ -174,7 +210,18 @@ impl Auditor<'_> {
             discrepancies: 0,
             discrepancy_list: Vec::new(),
         };
+        // This node's side first: the peer's documents are kept only for contracts found here.
+        let ours = self.our_documents(peer).await?;
         let mut theirs = Documents::new();
+        let mut note = |report: &mut AuditReport, index: u64, entry: &LedgerEntry| {
+            if let Some(document) = shared_between(entry, peer, me) {
+                if ours.contains_key(&document.0) {
+                    insert(&mut theirs, index, document);
+                } else {
+                    peer_only(report, document.0, document.1, index);
+                }
+            }
+        };
         let mut verifier = ChainVerifier::new(peer);
         let mut frontier = Frontier::new();
         let mut root_at_checkpoint = None;
@@ -199,7 +246,7 @@ impl Auditor<'_> {
                     root_at_checkpoint = Some(frontier.root());
                 }
                 match verifier.push(&raw) {
-                    Ok(entry) => collect(&mut theirs, index, &entry, peer, me),
+                    Ok(entry) => note(&mut report, index, &entry),
                     Err(error) => {
                         // Record it, then go on from this entry as the peer has it, so one
                         // altered entry is reported once (and the broken link after it).
@@ -216,7 +263,7 @@ impl Auditor<'_> {
                             });
                         }
                         if let Some(entry) = &decoded {
-                            collect(&mut theirs, index, entry, peer, me);
+                            note(&mut report, index, entry);
                         }
                         verifier = ChainVerifier::resume(
                             peer,
@@ -242,7 +289,6 @@ impl Auditor<'_> {
             });
         }
 
-        let ours = self.our_documents(peer).await?;
         compare(&mut report, &ours, &theirs);
         let checkpoint_ok = report.checkpoint.as_ref().is_none_or(|checkpoint| {
             checkpoint.root_matches && checkpoint.witness != Observation::Equivocation
@@ -306,8 +352,11 @@ impl Auditor<'_> {
                 let Some(last) = page.last() else { break };
                 from = last.seq + 1;
                 for stored in &page {
-                    if let Ok(entry) = LedgerEntry::decode(&stored.raw) {
-                        collect(&mut documents, stored.seq, &entry, me, peer);
+                    if let Some(document) = LedgerEntry::decode(&stored.raw)
+                        .ok()
+                        .and_then(|entry| shared_between(&entry, me, peer))
+                    {
+                        insert(&mut documents, stored.seq, document);
                     }
                 }
             }
@@ -327,13 +376,12 @@ fn unexpected(answer: &LedgerResponse) -> AuditError {
     }
 }
 
-/// Compares the two sides contract by contract, kind by kind.
+/// Compares the two sides contract by contract, kind by kind. `theirs` holds only contracts
+/// found in `ours` (see [`peer_only`] for the others).
 fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
-    let contracts: std::collections::BTreeSet<&Hash32> = ours.keys().chain(theirs.keys()).collect();
-    report.shared_contracts = contracts.len() as u64;
+    report.shared_contracts += ours.len() as u64;
     let empty = BTreeMap::new();
-    for contract in contracts {
-        let mine = ours.get(contract).unwrap_or(&empty);
+    for (contract, mine) in ours {
         let other = theirs.get(contract).unwrap_or(&empty);
         for kind in ["contract", "receipt", "settlement"] {
             let issue = match (mine.get(kind), other.get(kind)) {
@@ -346,16 +394,16 @@ fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
                 (Some(_), None) => "missing_on_peer",
                 (None, Some(_)) => "missing_here",
             };
-            report.discrepancies += 1;
-            if report.discrepancy_list.len() < MAX_LISTED {
-                report.discrepancy_list.push(Discrepancy {
+            add_discrepancy(
+                report,
+                Discrepancy {
                     contract_id: ContractId(*contract).to_string(),
                     kind,
                     issue,
                     ours: mine.get(kind).map(|(index, _)| *index),
                     theirs: other.get(kind).map(|(index, _)| *index),
-                });
-            }
+                },
+            );
         }
     }
 }
@@ -413,10 +461,10 @@ mod tests {
             (1, "settlement", 9, 12),
             (2, "contract", 10, 20),
             (2, "settlement", 11, 99),
-            (4, "contract", 12, 40),
         ]);
         let mut report = report();
         compare(&mut report, &ours, &theirs);
+        peer_only(&mut report, hash(4), "contract", 12);
         assert_eq!(report.shared_contracts, 4);
         assert_eq!(report.agreements, 4);
         assert_eq!(report.discrepancies, 3);
