@@ -12,6 +12,9 @@
 //! | `GET /v1/jobs/{id}/output` | its raw stdout |
 //! | `GET /v1/ledger` | ledger entries (`from`, `limit`) |
 //! | `GET /v1/ledger/verify` | full verification of chain and signatures |
+//! | `GET /v1/ledger/entry/{index}` | one entry as JSON, or `?raw=1` its stored bytes |
+//! | `GET /v1/ledger/proof/inclusion` | inclusion proof (`index`, `size`) |
+//! | `GET /v1/ledger/proof/consistency` | consistency proof (`from`, `to`) |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
 //!
 //! Handlers only read shared state or ask the network task and the market; they never block them.
@@ -62,9 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::status))
         .route("/v1/jobs/{id}/output", get(jobs::output))
-        .route("/v1/ledger", get(ledger::entries))
-        .route("/v1/ledger/verify", get(ledger::verify))
-        .route("/v1/balances", get(ledger::balances))
+        .merge(ledger::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -75,6 +75,8 @@ mod store;
 mod writer;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
