@@ -7,6 +7,7 @@
 //!   peers.json    peers seen recently, re-dialled on start (written by the node)
 //!   run.json      node id, API address and listen addresses of the running node
 //!   db/           the ledger, job records and blobs (sled; see the ledger module)
+//!   checkpoint    the latest signed checkpoint of the ledger (C2SP signed note)
 //! ```
 
 use std::collections::BTreeMap;
@@ -91,6 +92,12 @@ impl DataDir {
     /// The sled database holding the ledger, job records and blobs.
     pub fn ledger_path(&self) -> PathBuf {
         self.root.join("db")
+    }
+
+    /// The latest signed checkpoint of the ledger, a C2SP signed note (read by offline tools
+    /// such as `suanli ledger export --format tiles --data-dir`).
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.root.join("checkpoint")
     }
 
     pub fn run_info_path(&self) -> PathBuf {

@@ -50,13 +50,20 @@ pub struct EntryJson {
     pub prev_hash: String,
     pub contract_id: Option<String>,
     pub job_id: Option<String>,
+    /// The hash of the job spec (contracts).
+    pub job_hash: Option<String>,
     pub requester: Option<String>,
     pub provider: Option<String>,
     /// Micro-credits.
     pub cost: Option<u64>,
     pub outcome: Option<String>,
+    /// Metered usage (receipts).
     pub fuel: Option<u64>,
+    pub wall_time_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub output_bytes: Option<u64>,
     pub detail: Option<String>,
+    /// The exact stored bytes, base64: what `hash` covers.
     pub raw_base64: String,
 }
 
@@ -71,11 +78,15 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
         prev_hash: String::new(),
         contract_id: None,
         job_id: None,
+        job_hash: None,
         requester: None,
         provider: None,
         cost: None,
         outcome: None,
         fuel: None,
+        wall_time_ms: None,
+        memory_bytes: None,
+        output_bytes: None,
         detail: None,
         raw_base64: BASE64.encode(&entry.raw),
     };
@@ -90,6 +101,7 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
             json.contract_id = Some(ContractId(contract.digest()).to_string());
             if let Ok(contract) = contract.decode_unverified() {
                 json.job_id = Some(contract.job_id.to_string());
+                json.job_hash = Some(contract.job_hash.to_string());
                 json.requester = Some(contract.requester.to_string());
                 json.provider = Some(contract.provider.to_string());
                 json.cost = Some(contract.max_cost.micro());
@@ -108,6 +120,9 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
                 json.provider = Some(receipt.provider.to_string());
                 json.cost = Some(receipt.cost.micro());
                 json.fuel = Some(receipt.usage.fuel);
+                json.wall_time_ms = Some(receipt.usage.wall_time_ms);
+                json.memory_bytes = Some(receipt.usage.memory_bytes);
+                json.output_bytes = Some(receipt.usage.output_bytes);
                 json.outcome = Some(match &receipt.outcome {
                     Outcome::Succeeded { exit_code, .. } => format!("succeeded (exit {exit_code})"),
                     Outcome::Failed { reason, .. } => format!("failed: {}", reason.name()),

@@ -566,7 +566,13 @@ fn existing_database(path: &Path) -> Result<PathBuf, LedgerError> {
 /// missing database is [`LedgerError::NotFound`] (never created), a running node's is
 /// [`LedgerError::InUse`]. sled has no read-only mode: this opens the database normally.
 pub fn verify_offline(path: &Path, owner: NodeId) -> Result<VerifyReport, LedgerError> {
-    Ok(Store::open(&existing_database(path)?, owner)?.verify())
+    Ok(open_offline(path, owner)?.verify())
+}
+
+/// Opens the ledger of a **stopped** node for reading (ranges, roots, proofs); see
+/// [`verify_offline`]. Never creates a database. Blocking: it reads and hashes every entry.
+pub fn open_offline(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
+    Store::open(&existing_database(path)?, owner)
 }
 
 /// Reads entries of a **stopped** node's ledger; see [`verify_offline`] and
@@ -577,7 +583,7 @@ pub fn range_offline(
     from: u64,
     limit: u32,
 ) -> Result<Vec<StoredEntry>, LedgerError> {
-    Store::open(&existing_database(path)?, owner)?.range(from, limit)
+    open_offline(path, owner)?.range(from, limit)
 }
 
 /// Simulates an operator editing the database on disk; for tests only (other modules and crates
