@@ -634,8 +634,14 @@ mod tests {
     /// failure and a misbehaviour record, and a checkpoint of the whole ledger.
     async fn data_dir_with(deals: u64) -> TempDir {
         let dir = TempDir::new().unwrap();
-        let data_dir = DataDir::new(dir.path());
+        populate(dir.path(), deals).await;
+        dir
+    }
+
+    async fn populate(path: &Path, deals: u64) {
+        let data_dir = DataDir::new(path);
         let key = provider();
+        std::fs::create_dir_all(path).unwrap();
         std::fs::write(
             data_dir.key_path(),
             format!("{}\n", hex::encode(key.secret_bytes())),
@@ -658,7 +664,22 @@ mod tests {
         task.await.unwrap();
         drop(ledger);
         write_checkpoint(&data_dir, &key);
-        dir
+    }
+
+    /// Fills a data dir by hand, for measurements and the worked examples of docs/ledger.md:
+    /// `SUANLI_POPULATE_DIR=/tmp/ledger SUANLI_POPULATE_DEALS=1000 cargo test -p suanli-node
+    /// --lib populate_a_data_dir -- --ignored` (the node id is that of secret key 0x22…22).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "fills a data dir for measurements by hand"]
+    async fn populate_a_data_dir() {
+        let Some(path) = std::env::var_os("SUANLI_POPULATE_DIR") else {
+            return;
+        };
+        let deals = std::env::var("SUANLI_POPULATE_DEALS")
+            .ok()
+            .and_then(|deals| deals.parse().ok())
+            .unwrap_or(1_000);
+        populate(Path::new(&path), deals).await;
     }
 
     async fn append_deals(ledger: &LedgerHandle, nonces: std::ops::Range<u64>) {

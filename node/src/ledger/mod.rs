@@ -135,7 +135,7 @@ pub enum LedgerError {
     Refused(#[from] EntryError),
     /// A root, proof or entry was asked for beyond the durable ledger, or with sizes that cannot
     /// make one (`size1 > size2`, a consistency proof from the empty tree).
-    #[error("{0}")]
+    #[error(transparent)]
     OutOfRange(#[from] ProveError),
     /// The entry would exceed the protocol's size cap.
     #[error("entry cannot be encoded: {0}")]
