@@ -8,9 +8,10 @@
 //!   (job records, blobs), so that nothing else has to name sled;
 //!
 //! and, in memory, the RFC 6962 **Merkle tree** of the durable entries (the protocol's
-//! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` = [`entry_hash`] of entry `n`'s
-//! stored bytes), from which roots, inclusion, consistency and prefix proofs are answered in
-//! `O(log n)` hashes without touching the disk.
+//! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` is the
+//! [`entry_hash`](suanli_protocol::ledger::entry_hash) of entry `n`'s stored bytes), from which
+//! roots, inclusion, consistency and prefix proofs are answered in `O(log n)` hashes without
+//! touching the disk.
 //!
 //! ```text
 //!  market, api ──append(body)──▶ LedgerHandle ──Command (bounded)──▶ writer task (one owner)
