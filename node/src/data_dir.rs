@@ -7,6 +7,7 @@
 //!   peers.json    peers seen recently, re-dialled on start (written by the node)
 //!   run.json      node id, API address and listen addresses of the running node
 //!   db/           the ledger, job records and blobs (sled; see the ledger module)
+//!   checkpoint    the latest signed checkpoint of the ledger (C2SP signed note)
 //! ```
 
 use std::collections::BTreeMap;
@@ -93,7 +94,8 @@ impl DataDir {
         self.root.join("db")
     }
 
-    /// The last ledger checkpoint this node published (a signed note).
+    /// The last ledger checkpoint this node published, a C2SP signed note (also read by offline
+    /// tools such as `suanli ledger export --format tiles --data-dir`).
     pub fn checkpoint_path(&self) -> PathBuf {
         self.root.join("checkpoint")
     }

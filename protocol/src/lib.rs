@@ -23,6 +23,8 @@
 //!   and their verifiers.
 //! - [`checkpoint`] — C2SP signed-note checkpoints of a ledger's tree, the witness rule, and
 //!   portable equivocation evidence.
+//! - [`tiles`] — the C2SP tlog-tiles layout of a ledger's tree (tile paths, hash tiles, entry
+//!   bundles) and the root recomputed from tiles.
 
 pub mod advert;
 pub mod checkpoint;
@@ -36,6 +38,7 @@ pub mod merkle;
 pub mod money;
 pub mod negotiation;
 pub mod signed;
+pub mod tiles;
 pub mod wire;
 
 #[cfg(test)]

@@ -1,15 +1,44 @@
-//! Ledger routes: entries, verification, balances; and the JSON form of an entry, shared with
-//! the CLI's offline commands.
+//! Ledger routes: entries, verification, balances, inclusion and consistency proofs; and the
+//! JSON form of an entry, shared with the CLI's offline commands.
+//!
+//! Proofs come from the ledger's in-memory Merkle tree and never reach past the durable head;
+//! arguments beyond it are a 400 (a 404 for an entry that does not exist yet).
 
-use axum::extract::State;
+use axum::Router;
+use axum::extract::{FromRef, Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry, entry_hash};
+use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
 use suanli_protocol::{ContractId, Outcome};
 
 use super::{ApiError, ApiQuery, ApiState};
-use crate::ledger::{Balance, StoredEntry, VerifyFailure, VerifyReport};
+
+/// The ledger routes, for any state holding the ledger.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    LedgerHandle: FromRef<S>,
+{
+    Router::new()
+        .route("/v1/ledger", get(entries))
+        .route("/v1/ledger/verify", get(verify))
+        .route("/v1/ledger/entry/{index}", get(entry))
+        .route("/v1/ledger/proof/inclusion", get(inclusion_proof))
+        .route("/v1/ledger/proof/consistency", get(consistency_proof))
+        .route("/v1/balances", get(balances))
+}
+
+impl FromRef<ApiState> for LedgerHandle {
+    fn from_ref(state: &ApiState) -> LedgerHandle {
+        state.ledger.clone()
+    }
+}
+use crate::ledger::{Balance, LedgerError, LedgerHandle, StoredEntry, VerifyFailure, VerifyReport};
 
 /// One ledger entry as JSON: the facts a reader wants, plus the exact stored bytes.
 #[derive(Debug, Serialize)]
@@ -21,13 +50,20 @@ pub struct EntryJson {
     pub prev_hash: String,
     pub contract_id: Option<String>,
     pub job_id: Option<String>,
+    /// The hash of the job spec (contracts).
+    pub job_hash: Option<String>,
     pub requester: Option<String>,
     pub provider: Option<String>,
     /// Micro-credits.
     pub cost: Option<u64>,
     pub outcome: Option<String>,
+    /// Metered usage (receipts).
     pub fuel: Option<u64>,
+    pub wall_time_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub output_bytes: Option<u64>,
     pub detail: Option<String>,
+    /// The exact stored bytes, base64: what `hash` covers.
     pub raw_base64: String,
 }
 
@@ -42,11 +78,15 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
         prev_hash: String::new(),
         contract_id: None,
         job_id: None,
+        job_hash: None,
         requester: None,
         provider: None,
         cost: None,
         outcome: None,
         fuel: None,
+        wall_time_ms: None,
+        memory_bytes: None,
+        output_bytes: None,
         detail: None,
         raw_base64: BASE64.encode(&entry.raw),
     };
@@ -61,6 +101,7 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
             json.contract_id = Some(ContractId(contract.digest()).to_string());
             if let Ok(contract) = contract.decode_unverified() {
                 json.job_id = Some(contract.job_id.to_string());
+                json.job_hash = Some(contract.job_hash.to_string());
                 json.requester = Some(contract.requester.to_string());
                 json.provider = Some(contract.provider.to_string());
                 json.cost = Some(contract.max_cost.micro());
@@ -79,6 +120,9 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
                 json.provider = Some(receipt.provider.to_string());
                 json.cost = Some(receipt.cost.micro());
                 json.fuel = Some(receipt.usage.fuel);
+                json.wall_time_ms = Some(receipt.usage.wall_time_ms);
+                json.memory_bytes = Some(receipt.usage.memory_bytes);
+                json.output_bytes = Some(receipt.usage.output_bytes);
                 json.outcome = Some(match &receipt.outcome {
                     Outcome::Succeeded { exit_code, .. } => format!("succeeded (exit {exit_code})"),
                     Outcome::Failed { reason, .. } => format!("failed: {}", reason.name()),
@@ -124,22 +168,22 @@ pub struct RangeQuery {
 }
 
 pub async fn entries(
-    State(state): State<ApiState>,
+    State(ledger): State<LedgerHandle>,
     ApiQuery(query): ApiQuery<RangeQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let from = query.from.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1024);
-    let ledger = state.ledger.clone();
     // Up to 1024 entries read and encoded: off the async workers.
+    let reader = ledger.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        ledger
+        reader
             .range(from, limit)
             .map(|entries| entries.iter().map(entry_json).collect::<Vec<EntryJson>>())
     })
     .await
     .map_err(|error| ApiError::Internal(error.to_string()))?
     .map_err(|error| ApiError::Internal(error.to_string()))?;
-    let head = state.ledger.head();
+    let head = ledger.head();
     Ok(axum::Json(serde_json::json!({
         "size": head.size,
         "head": head.head.to_string(),
@@ -147,8 +191,7 @@ pub async fn entries(
     })))
 }
 
-pub async fn verify(State(state): State<ApiState>) -> axum::Json<VerifyReport> {
-    let ledger = state.ledger.clone();
+pub async fn verify(State(ledger): State<LedgerHandle>) -> axum::Json<VerifyReport> {
     // Verification reads the whole ledger: off the async workers.
     let report = tokio::task::spawn_blocking(move || ledger.verify()).await;
     axum::Json(report.unwrap_or_else(|error| VerifyReport {
@@ -162,10 +205,282 @@ pub async fn verify(State(state): State<ApiState>) -> axum::Json<VerifyReport> {
     }))
 }
 
-pub async fn balances(State(state): State<ApiState>) -> Result<axum::Json<Vec<Balance>>, ApiError> {
-    state
-        .ledger
+pub async fn balances(
+    State(ledger): State<LedgerHandle>,
+) -> Result<axum::Json<Vec<Balance>>, ApiError> {
+    ledger
         .balances()
         .map(axum::Json)
         .map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+/// A ledger error as an API error: arguments outside the durable ledger are the caller's.
+fn ledger_error(error: LedgerError) -> ApiError {
+    match error {
+        LedgerError::OutOfRange(_) => ApiError::BadRequest(error.to_string()),
+        error => ApiError::Internal(error.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    pub index: u64,
+    /// Tree size; the durable head's when absent.
+    pub size: Option<u64>,
+}
+
+/// `GET /v1/ledger/proof/inclusion?index=&size=`: the inclusion proof of entry `index` in the
+/// tree of the first `size` entries.
+pub async fn inclusion_proof(
+    State(ledger): State<LedgerHandle>,
+    ApiQuery(query): ApiQuery<InclusionQuery>,
+) -> Result<axum::Json<InclusionProof>, ApiError> {
+    let size = query.size.unwrap_or_else(|| ledger.head().size);
+    ledger
+        .inclusion_proof(query.index, size)
+        .map(axum::Json)
+        .map_err(ledger_error)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    pub from: u64,
+    /// The larger size; the durable head's when absent.
+    pub to: Option<u64>,
+}
+
+/// `GET /v1/ledger/proof/consistency?from=&to=`: the consistency proof between the trees of the
+/// first `from` and the first `to` entries.
+pub async fn consistency_proof(
+    State(ledger): State<LedgerHandle>,
+    ApiQuery(query): ApiQuery<ConsistencyQuery>,
+) -> Result<axum::Json<ConsistencyProof>, ApiError> {
+    let to = query.to.unwrap_or_else(|| ledger.head().size);
+    ledger
+        .consistency_proof(query.from, to)
+        .map(axum::Json)
+        .map_err(ledger_error)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryQuery {
+    /// `1` or `true`: the exact stored bytes instead of JSON.
+    pub raw: Option<String>,
+}
+
+/// `GET /v1/ledger/entry/{index}[?raw=1]`: one entry as JSON, or its exact stored bytes.
+pub async fn entry(
+    State(ledger): State<LedgerHandle>,
+    Path(index): Path<String>,
+    ApiQuery(query): ApiQuery<EntryQuery>,
+) -> Result<Response, ApiError> {
+    let index: u64 = index.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "entry index must be a non-negative integer, got {index:?}"
+        ))
+    })?;
+    let raw = match query.raw.as_deref() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "raw must be 1, true, 0 or false, got {other:?}"
+            )));
+        }
+    };
+    let Some(bytes) = ledger.raw_entry(index).map_err(ledger_error)? else {
+        return Err(ApiError::NotFound(format!(
+            "no entry {index}: the ledger holds {} entries",
+            ledger.head().size
+        )));
+    };
+    if raw {
+        return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
+    }
+    let entry = StoredEntry {
+        seq: index,
+        raw: bytes,
+    };
+    Ok(axum::Json(entry_json(&entry)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use suanli_protocol::Hash32;
+    use tempfile::TempDir;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::ledger::Store;
+    use crate::ledger::fixtures::{contract_body, provider};
+
+    /// A ledger of `n` entries served over real HTTP on a free port.
+    struct Served {
+        base: String,
+        ledger: LedgerHandle,
+        http: reqwest::Client,
+        cancel: CancellationToken,
+        _dir: TempDir,
+    }
+
+    async fn served(n: u64) -> Served {
+        let dir = TempDir::new().unwrap();
+        let cancel = CancellationToken::new();
+        let store = Store::open(&dir.path().join("db"), provider().node_id()).unwrap();
+        let (ledger, _task) = store.start(cancel.clone());
+        for nonce in 0..n {
+            ledger.append(contract_body(nonce)).await.unwrap();
+        }
+        let router = routes().with_state(ledger.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Served {
+            base,
+            ledger,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            cancel,
+            _dir: dir,
+        }
+    }
+
+    impl Served {
+        async fn get(&self, path: &str) -> (u16, Value) {
+            let response = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap())
+        }
+
+        async fn error(&self, path: &str, status: u16) -> String {
+            let (got, body) = self.get(path).await;
+            assert_eq!(got, status, "{path}: {body}");
+            let code = body["error"]["code"].as_str().unwrap();
+            assert_eq!(
+                code,
+                if status == 404 {
+                    "not_found"
+                } else {
+                    "bad_request"
+                }
+            );
+            body["error"]["message"].as_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.cancel.cancel();
+        }
+    }
+
+    #[tokio::test]
+    async fn inclusion_and_consistency_proofs_over_http() {
+        let served = served(7).await;
+        let head = served.ledger.head();
+
+        let (status, body) = served.get("/v1/ledger/proof/inclusion?index=3").await;
+        assert_eq!(status, 200, "{body}");
+        let proof: InclusionProof = serde_json::from_value(body).unwrap();
+        assert_eq!((proof.leaf_idx, proof.tree_size), (3, 7));
+        proof.verify().unwrap();
+        assert_eq!(proof, served.ledger.inclusion_proof(3, 7).unwrap());
+        let (_, body) = served
+            .get("/v1/ledger/proof/inclusion?index=6&size=7")
+            .await;
+        let last: InclusionProof = serde_json::from_value(body).unwrap();
+        assert_eq!(last.leaf_hash, head.head.0.to_vec());
+
+        let (status, body) = served.get("/v1/ledger/proof/consistency?from=3").await;
+        assert_eq!(status, 200, "{body}");
+        let proof: ConsistencyProof = serde_json::from_value(body).unwrap();
+        assert_eq!((proof.size1, proof.size2), (3, 7));
+        proof.verify().unwrap();
+        assert_eq!(proof.root2, served.ledger.tree_root(7).unwrap().0.to_vec());
+        let (_, body) = served.get("/v1/ledger/proof/consistency?from=2&to=5").await;
+        let proof: ConsistencyProof = serde_json::from_value(body).unwrap();
+        proof.verify().unwrap();
+
+        // Out of range, malformed or missing arguments: 400 with a reason.
+        let message = served
+            .error("/v1/ledger/proof/inclusion?index=7", 400)
+            .await;
+        assert!(message.contains("leaf index 7"), "{message}");
+        let message = served
+            .error("/v1/ledger/proof/inclusion?index=0&size=8", 400)
+            .await;
+        assert!(message.contains("tree size 8 is beyond the 7"), "{message}");
+        served.error("/v1/ledger/proof/inclusion", 400).await;
+        served
+            .error("/v1/ledger/proof/inclusion?index=-1", 400)
+            .await;
+        served
+            .error("/v1/ledger/proof/inclusion?index=1&sise=3", 400)
+            .await;
+        let message = served
+            .error("/v1/ledger/proof/consistency?from=5&to=3", 400)
+            .await;
+        assert!(message.contains("greater"), "{message}");
+        let message = served
+            .error("/v1/ledger/proof/consistency?from=0", 400)
+            .await;
+        assert!(message.contains("empty tree"), "{message}");
+        served
+            .error("/v1/ledger/proof/consistency?from=1&to=99", 400)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn entries_as_json_and_as_raw_bytes() {
+        let served = served(3).await;
+        let (status, body) = served.get("/v1/ledger/entry/1").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["index"], 1);
+        assert_eq!(body["kind"], "contract");
+
+        let response = served
+            .http
+            .get(format!("{}/v1/ledger/entry/1?raw=1", served.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/octet-stream"
+        );
+        let raw = response.bytes().await.unwrap().to_vec();
+        assert_eq!(served.ledger.raw_entry(1).unwrap().unwrap(), raw);
+        let proof = served.ledger.inclusion_proof(1, 3).unwrap();
+        assert_eq!(proof.leaf_hash, entry_hash(&raw).0.to_vec());
+        assert_eq!(body["hash"], entry_hash(&raw).to_string());
+        assert_ne!(entry_hash(&raw), Hash32::ZERO);
+
+        let message = served.error("/v1/ledger/entry/3", 404).await;
+        assert!(message.contains("holds 3 entries"), "{message}");
+        served.error("/v1/ledger/entry/abc", 400).await;
+        served.error("/v1/ledger/entry/1?raw=yes", 400).await;
+        served
+            .error("/v1/ledger/entry/18446744073709551616", 400)
+            .await;
+    }
 }

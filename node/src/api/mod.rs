@@ -12,6 +12,9 @@
 //! | `GET /v1/jobs/{id}/output` | its raw stdout |
 //! | `GET /v1/ledger` | ledger entries (`from`, `limit`) |
 //! | `GET /v1/ledger/verify` | full verification of chain and signatures |
+//! | `GET /v1/ledger/entry/{index}` | one entry as JSON, or `?raw=1` its stored bytes |
+//! | `GET /v1/ledger/proof/inclusion` | inclusion proof (`index`, `size`) |
+//! | `GET /v1/ledger/proof/consistency` | consistency proof (`from`, `to`) |
 //! | `GET /v1/ledger/checkpoint` | the latest signed checkpoint (C2SP signed note, text) |
 //! | `GET /v1/ledger/witnessed` | the checkpoints held for other nodes |
 //! | `GET /v1/ledger/equivocations` | equivocation proofs held |
@@ -69,13 +72,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::status))
         .route("/v1/jobs/{id}/output", get(jobs::output))
-        .route("/v1/ledger", get(ledger::entries))
-        .route("/v1/ledger/verify", get(ledger::verify))
+        .merge(ledger::routes())
         .route("/v1/ledger/checkpoint", get(transparency::checkpoint))
         .route("/v1/ledger/witnessed", get(transparency::witnessed))
         .route("/v1/ledger/equivocations", get(transparency::equivocations))
         .route("/v1/ledger/audit", get(transparency::audit))
-        .route("/v1/balances", get(ledger::balances))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

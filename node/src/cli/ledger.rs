@@ -1,11 +1,16 @@
 //! `suanli ledger …` and `suanli balances`: read and verify a ledger, through a running node's API
-//! or, with `--data-dir`, directly from a stopped node's data.
+//! or, with `--data-dir`, directly from a stopped node's data. Proofs and raw entries live in
+//! `proof.rs`, exports and their verification in `export.rs`.
 
+use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use suanli_protocol::NodeId;
 
 use super::client::ApiClient;
+use super::export::{ExportArgs, export, verify_export};
 use super::output;
+use super::proof::{self, ProofCommand};
 use super::transparency::TransparencyCommand;
 use super::{ClientArgs, SilentExit};
 use crate::api::ledger::entry_json;
@@ -25,13 +30,34 @@ pub enum LedgerCommand {
         #[command(flatten)]
         source: Source,
     },
-    /// Verify the whole ledger: hash chain, sequence, and every signature.
+    /// Verify the whole ledger: hash chain, sequence, and every signature. With --export, verify
+    /// an export instead (jsonl file or tiles directory), without any node or database.
     Verify {
+        /// A `suanli ledger export` output: a jsonl file or a tiles directory.
+        #[arg(long, value_name = "PATH", conflicts_with = "data_dir")]
+        export: Option<std::path::PathBuf>,
+        /// With --export: the node whose ledger it must be [default: the one the export names].
+        #[arg(long, value_name = "NODE_ID", requires = "export")]
+        node: Option<String>,
         #[command(flatten)]
         source: Source,
     },
     #[command(flatten)]
     Transparency(TransparencyCommand),
+    /// Merkle proofs: print inclusion or consistency proofs, or verify a saved one offline.
+    #[command(subcommand)]
+    Proof(ProofCommand),
+    /// Print one entry as JSON, or with --raw its exact stored bytes (to stdout).
+    Entry {
+        index: u64,
+        /// Write the exact stored bytes (whose leaf hash is in the tree) instead of JSON.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Export the ledger as JSON Lines, CSV, or a C2SP tlog-tiles directory.
+    Export(ExportArgs),
 }
 
 /// Where the ledger is read from.
@@ -97,7 +123,29 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
                 &rows,
             )
         }
-        LedgerCommand::Verify { source } => {
+        LedgerCommand::Proof(command) => proof::execute(command).await,
+        LedgerCommand::Entry { index, raw, source } => proof::entry(index, raw, source).await,
+        LedgerCommand::Export(args) => export(args).await,
+        LedgerCommand::Verify {
+            export: Some(path),
+            node,
+            source: _,
+        } => {
+            let node = node
+                .map(|node| {
+                    node.parse::<NodeId>()
+                        .map_err(|error| anyhow!("--node {node}: {error}"))
+                })
+                .transpose()?;
+            match verify_export(&path, node)? {
+                Ok(summary) => output::line(&format!("ok: {summary}")),
+                Err(reason) => {
+                    output::line(&format!("FAILED: {reason}"))?;
+                    Err(SilentExit(1).into())
+                }
+            }
+        }
+        LedgerCommand::Verify { source, .. } => {
             let report: Value = match &source.data_dir {
                 Some(dir) => {
                     let data_dir = DataDir::new(dir);

@@ -2,9 +2,11 @@
 //! client of a running node's HTTP API and never touches its data.
 
 mod client;
+mod export;
 mod jobs;
 mod ledger;
 mod output;
+mod proof;
 mod transparency;
 
 use std::path::PathBuf;

@@ -8,9 +8,10 @@
 //!   (job records, blobs), so that nothing else has to name sled;
 //!
 //! and, in memory, the RFC 6962 **Merkle tree** of the durable entries (the protocol's
-//! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` = [`entry_hash`] of entry `n`'s
-//! stored bytes), from which roots, inclusion, consistency and prefix proofs are answered in
-//! `O(log n)` hashes without touching the disk.
+//! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` is the
+//! [`entry_hash`](suanli_protocol::ledger::entry_hash) of entry `n`'s stored bytes), from which
+//! roots, inclusion, consistency and prefix proofs are answered in `O(log n)` hashes without
+//! touching the disk.
 //!
 //! ```text
 //!  market, api ──append(body)──▶ LedgerHandle ──Command (bounded)──▶ writer task (one owner)
@@ -75,6 +76,8 @@ mod store;
 mod writer;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -133,7 +136,7 @@ pub enum LedgerError {
     Refused(#[from] EntryError),
     /// A root, proof or entry was asked for beyond the durable ledger, or with sizes that cannot
     /// make one (`size1 > size2`, a consistency proof from the empty tree).
-    #[error("{0}")]
+    #[error(transparent)]
     OutOfRange(#[from] ProveError),
     /// The entry would exceed the protocol's size cap.
     #[error("entry cannot be encoded: {0}")]
@@ -564,7 +567,13 @@ fn existing_database(path: &Path) -> Result<PathBuf, LedgerError> {
 /// missing database is [`LedgerError::NotFound`] (never created), a running node's is
 /// [`LedgerError::InUse`]. sled has no read-only mode: this opens the database normally.
 pub fn verify_offline(path: &Path, owner: NodeId) -> Result<VerifyReport, LedgerError> {
-    Ok(Store::open(&existing_database(path)?, owner)?.verify())
+    Ok(open_offline(path, owner)?.verify())
+}
+
+/// Opens the ledger of a **stopped** node for reading (ranges, roots, proofs); see
+/// [`verify_offline`]. Never creates a database. Blocking: it reads and hashes every entry.
+pub fn open_offline(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
+    Store::open(&existing_database(path)?, owner)
 }
 
 /// Reads entries of a **stopped** node's ledger; see [`verify_offline`] and
@@ -575,7 +584,7 @@ pub fn range_offline(
     from: u64,
     limit: u32,
 ) -> Result<Vec<StoredEntry>, LedgerError> {
-    Store::open(&existing_database(path)?, owner)?.range(from, limit)
+    open_offline(path, owner)?.range(from, limit)
 }
 
 /// Simulates an operator editing the database on disk; for tests only (other modules and crates
