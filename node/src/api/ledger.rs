@@ -165,6 +165,16 @@ pub fn entry_json(entry: &StoredEntry) -> EntryJson {
 pub struct RangeQuery {
     pub from: Option<u64>,
     pub limit: Option<u32>,
+    /// `all` (default): every field; `raw`: only `index` and `raw_base64` (what exports and
+    /// verifiers need, without decoding the documents).
+    pub fields: Option<String>,
+}
+
+/// One entry of `GET /v1/ledger?fields=raw`.
+#[derive(Debug, Serialize)]
+struct RawEntryJson {
+    index: u64,
+    raw_base64: String,
 }
 
 pub async fn entries(
@@ -173,16 +183,36 @@ pub async fn entries(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let from = query.from.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1024);
+    let raw_only = match query.fields.as_deref() {
+        None | Some("all") => false,
+        Some("raw") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "fields must be all or raw, got {other:?}"
+            )));
+        }
+    };
     // Up to 1024 entries read and encoded: off the async workers.
     let reader = ledger.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        reader
-            .range(from, limit)
-            .map(|entries| entries.iter().map(entry_json).collect::<Vec<EntryJson>>())
+        let entries = reader.range(from, limit).map_err(ledger_error)?;
+        let json = if raw_only {
+            serde_json::to_value(
+                entries
+                    .iter()
+                    .map(|entry| RawEntryJson {
+                        index: entry.seq,
+                        raw_base64: BASE64.encode(&entry.raw),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            serde_json::to_value(entries.iter().map(entry_json).collect::<Vec<_>>())
+        };
+        json.map_err(|error| ApiError::Internal(error.to_string()))
     })
     .await
-    .map_err(|error| ApiError::Internal(error.to_string()))?
-    .map_err(|error| ApiError::Internal(error.to_string()))?;
+    .map_err(|error| ApiError::Internal(error.to_string()))??;
     let head = ledger.head();
     Ok(axum::Json(serde_json::json!({
         "size": head.size,
@@ -474,6 +504,19 @@ mod tests {
         assert_eq!(proof.leaf_hash, entry_hash(&raw).0.to_vec());
         assert_eq!(body["hash"], entry_hash(&raw).to_string());
         assert_ne!(entry_hash(&raw), Hash32::ZERO);
+
+        // The listing, whole or bytes only.
+        let (_, page) = served.get("/v1/ledger?from=1&limit=5").await;
+        assert_eq!(page["size"], 3);
+        assert_eq!(page["entries"][0], serde_json::to_value(&body).unwrap());
+        let (_, page) = served.get("/v1/ledger?from=1&fields=raw").await;
+        let entries = page["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[0],
+            serde_json::json!({"index": 1, "raw_base64": BASE64.encode(&raw)})
+        );
+        served.error("/v1/ledger?fields=some", 400).await;
 
         let message = served.error("/v1/ledger/entry/3", 404).await;
         assert!(message.contains("holds 3 entries"), "{message}");

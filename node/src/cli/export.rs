@@ -132,7 +132,7 @@ impl Entries {
             Entries::Offline { store, .. } => store.range(from, limit)?,
             Entries::Api(client) => {
                 let page = client
-                    .get(&format!("/v1/ledger?from={from}&limit={limit}"))
+                    .get(&format!("/v1/ledger?from={from}&limit={limit}&fields=raw"))
                     .await?;
                 let rows = page["entries"]
                     .as_array()

@@ -129,7 +129,7 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
         LedgerCommand::Verify {
             export: Some(path),
             node,
-            source: _,
+            source,
         } => {
             let node = node
                 .map(|node| {
@@ -137,10 +137,20 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
                         .map_err(|error| anyhow!("--node {node}: {error}"))
                 })
                 .transpose()?;
-            match verify_export(&path, node)? {
-                Ok(summary) => output::line(&format!("ok: {summary}")),
+            let verdict = verify_export(&path, node)?;
+            if source.client.json {
+                output::json(&match &verdict {
+                    Ok(summary) => json!({ "ok": true, "summary": summary, "error": null }),
+                    Err(reason) => json!({ "ok": false, "summary": null, "error": reason }),
+                })?;
+            }
+            match verdict {
+                Ok(summary) if !source.client.json => output::line(&format!("ok: {summary}")),
+                Ok(_) => Ok(()),
                 Err(reason) => {
-                    output::line(&format!("FAILED: {reason}"))?;
+                    if !source.client.json {
+                        output::line(&format!("FAILED: {reason}"))?;
+                    }
                     Err(SilentExit(1).into())
                 }
             }

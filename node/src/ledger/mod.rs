@@ -58,7 +58,8 @@
 //! nothing was published for them; the market must expect such a duplicate on retry).
 //!
 //! Costs to know (measured here, release build): opening reads and hashes every entry once, to
-//! rebuild the Merkle tree (~80-180 ms per 40,000 entries for the reads); the tree costs about
+//! rebuild the Merkle tree (~120 ms for 30,000 contract-sized entries, process start included;
+//! the reads alone were ~80-180 ms per 40,000 entries); the tree costs about
 //! **two hashes (64 bytes) per entry** of memory for as long as the node runs (64 MiB per
 //! million entries), plus up to as much again transiently while its vectors grow; [`verify`]
 //! checks every signature (~9,000 contract entries per second on one
