@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => match error.downcast_ref::<SilentExit>() {
             Some(SilentExit(code)) => ExitCode::from(*code),
+            // `suanli ledger export | head`: the reader has what it wanted.
+            None if closed_pipe(&error) => ExitCode::SUCCESS,
             None => fail(&format!("{error:#}")),
         },
     }
@@ -35,4 +37,13 @@ fn main() -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "error: {message}");
     ExitCode::FAILURE
+}
+
+/// Whether the command stopped because stdout's reader went away.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

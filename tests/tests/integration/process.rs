@@ -277,6 +277,39 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
     let unknown_peer = suanli(&["ledger", "audit", "--peer", "not-a-node", "--api", &api]);
     assert!(!unknown_peer.status.success());
     assert!(String::from_utf8_lossy(&unknown_peer.stderr).contains("peer"));
+    // Proofs and exports, checked offline by the same binary with nothing but the files.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let proof = suanli(&["ledger", "proof", "inclusion", "0", "--api", &api]);
+    assert!(proof.status.success(), "{proof:?}");
+    let proof_file = scratch.path().join("proof.json");
+    std::fs::write(&proof_file, &proof.stdout).expect("write");
+    let checked = suanli(&["ledger", "proof", "verify", path_str(&proof_file)]);
+    assert!(checked.status.success(), "{checked:?}");
+    let jsonl = scratch.path().join("ledger.jsonl");
+    let tiles = scratch.path().join("tiles");
+    for (format, out) in [("jsonl", &jsonl), ("tiles", &tiles)] {
+        let export = suanli(&[
+            "ledger",
+            "export",
+            "--format",
+            format,
+            "--out",
+            path_str(out),
+            "--api",
+            &api,
+        ]);
+        assert!(export.status.success(), "{export:?}");
+        let verified = suanli(&[
+            "ledger",
+            "verify",
+            "--export",
+            path_str(out),
+            "--node",
+            &mesh.ids[0],
+        ]);
+        assert!(verified.status.success(), "{format}: {verified:?}");
+    }
+
     // An equivocation "proof" that proves nothing is refused offline.
     let bogus = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(
