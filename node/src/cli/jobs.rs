@@ -121,21 +121,15 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
             if client.json {
                 return output::json(&page);
             }
-            let rows: Vec<Vec<String>> = page["jobs"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|job| {
-                    vec![
-                        output::text(job, "/job_id"),
-                        output::text(job, "/state"),
-                        output::text(job, "/provider"),
-                        output::text(job, "/cost"),
-                        output::text(job, "/error/code"),
-                    ]
-                })
-                .collect();
+            let rows = output::rows(&page["jobs"], |job| {
+                vec![
+                    output::text(job, "/job_id"),
+                    output::text(job, "/state"),
+                    output::text(job, "/provider"),
+                    output::text(job, "/cost"),
+                    output::text(job, "/error/code"),
+                ]
+            });
             output::table(&["JOB", "STATE", "PROVIDER", "COST µcr", "ERROR"], &rows)?;
             if let Some(next) = page["next"].as_str() {
                 output::line(&format!("more: --after {next}"))?;

@@ -95,22 +95,16 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
             if source.client.json {
                 return output::json(&page);
             }
-            let rows: Vec<Vec<String>> = page["entries"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|entry| {
-                    vec![
-                        output::text(entry, "/index"),
-                        output::text(entry, "/timestamp_ms"),
-                        output::text(entry, "/kind"),
-                        short(&output::text(entry, "/contract_id")),
-                        output::text(entry, "/cost"),
-                        output::text(entry, "/outcome"),
-                    ]
-                })
-                .collect();
+            let rows = output::rows(&page["entries"], |entry| {
+                vec![
+                    output::text(entry, "/index"),
+                    output::text(entry, "/timestamp_ms"),
+                    output::text(entry, "/kind"),
+                    short(&output::text(entry, "/contract_id")),
+                    output::text(entry, "/cost"),
+                    output::text(entry, "/outcome"),
+                ]
+            });
             output::table(
                 &[
                     "INDEX",
@@ -203,18 +197,12 @@ pub async fn balances(client: ClientArgs) -> anyhow::Result<()> {
     if client.json {
         return output::json(&balances);
     }
-    let rows: Vec<Vec<String>> = balances
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|balance| {
-            vec![
-                output::text(balance, "/node_id"),
-                output::text(balance, "/net_micro"),
-                output::text(balance, "/settlements"),
-            ]
-        })
-        .collect();
+    let rows = output::rows(&balances, |balance| {
+        vec![
+            output::text(balance, "/node_id"),
+            output::text(balance, "/net_micro"),
+            output::text(balance, "/settlements"),
+        ]
+    });
     output::table(&["PEER", "NET µcr (+ owed to us)", "SETTLEMENTS"], &rows)
 }

@@ -37,6 +37,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One table row per element of the JSON array `list` (none if it is not an array).
+pub fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(row)
+        .collect()
+}
+
 pub fn text(value: &Value, pointer: &str) -> String {
     match value.pointer(pointer) {
         Some(Value::String(text)) => text.clone(),
@@ -107,24 +117,18 @@ pub fn peers(peers: &Value, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(peers);
     }
-    let rows: Vec<Vec<String>> = peers
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|peer| {
-            vec![
-                text(peer, "/node_id"),
-                text(peer, "/agent_version"),
-                peer.pointer("/addrs")
-                    .and_then(Value::as_array)
-                    .and_then(|addrs| addrs.first())
-                    .and_then(Value::as_str)
-                    .unwrap_or("-")
-                    .to_owned(),
-            ]
-        })
-        .collect();
+    let rows = rows(peers, |peer| {
+        vec![
+            text(peer, "/node_id"),
+            text(peer, "/agent_version"),
+            peer.pointer("/addrs")
+                .and_then(Value::as_array)
+                .and_then(|addrs| addrs.first())
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_owned(),
+        ]
+    });
     table(&["NODE", "AGENT", "ADDRESS"], &rows)
 }
 
@@ -132,31 +136,25 @@ pub fn mesh(mesh: &Value, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(mesh);
     }
-    let rows: Vec<Vec<String>> = mesh
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|node| {
-            vec![
-                text(node, "/node_id"),
-                text(node, "/region"),
-                number(node, "/cpu_cores").to_string(),
-                gib(number(node, "/memory_bytes")),
-                gpus(node, "/gpus"),
-                format!(
-                    "{:.0}%",
-                    node.pointer("/load").and_then(Value::as_f64).unwrap_or(0.0) * 100.0
-                ),
-                format!(
-                    "{}+{}/Mf",
-                    number(node, "/prices/base"),
-                    number(node, "/prices/per_million_fuel")
-                ),
-                format!("{:.1}s", number(node, "/age_ms") as f64 / 1000.0),
-            ]
-        })
-        .collect();
+    let rows = rows(mesh, |node| {
+        vec![
+            text(node, "/node_id"),
+            text(node, "/region"),
+            number(node, "/cpu_cores").to_string(),
+            gib(number(node, "/memory_bytes")),
+            gpus(node, "/gpus"),
+            format!(
+                "{:.0}%",
+                node.pointer("/load").and_then(Value::as_f64).unwrap_or(0.0) * 100.0
+            ),
+            format!(
+                "{}+{}/Mf",
+                number(node, "/prices/base"),
+                number(node, "/prices/per_million_fuel")
+            ),
+            format!("{:.1}s", number(node, "/age_ms") as f64 / 1000.0),
+        ]
+    });
     table(
         &[
             "NODE",

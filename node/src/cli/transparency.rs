@@ -65,19 +65,13 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
             if client.json {
                 return output::json(&list);
             }
-            let rows: Vec<Vec<String>> = list
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|held| {
-                    vec![
-                        output::text(held, "/node_id"),
-                        output::text(held, "/size"),
-                        output::text(held, "/root"),
-                    ]
-                })
-                .collect();
+            let rows = output::rows(&list, |held| {
+                vec![
+                    output::text(held, "/node_id"),
+                    output::text(held, "/size"),
+                    output::text(held, "/root"),
+                ]
+            });
             output::table(&["NODE", "SIZE", "ROOT"], &rows)
         }
         TransparencyCommand::Equivocations { client } => {
@@ -87,20 +81,14 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
             if client.json {
                 return output::json(&list);
             }
-            let rows: Vec<Vec<String>> = list
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|record| {
-                    let fork = if record["proof"]["fork"].is_null() {
-                        "same size, different roots"
-                    } else {
-                        "larger tree does not extend the smaller"
-                    };
-                    vec![output::text(record, "/node_id"), fork.to_owned()]
-                })
-                .collect();
+            let rows = output::rows(&list, |record| {
+                let fork = if record["proof"]["fork"].is_null() {
+                    "same size, different roots"
+                } else {
+                    "larger tree does not extend the smaller"
+                };
+                vec![output::text(record, "/node_id"), fork.to_owned()]
+            });
             output::table(&["NODE", "PROOF"], &rows)
         }
         TransparencyCommand::Audit { peer, client } => {
@@ -175,37 +163,25 @@ fn print_audit(report: &Value) -> anyhow::Result<()> {
         output::text(report, "/agreements"),
         output::text(report, "/discrepancies"),
     ))?;
-    let problems: Vec<Vec<String>> = report["chain_problem_list"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|problem| {
-            vec![
-                output::text(problem, "/index"),
-                output::text(problem, "/contract_id"),
-                output::text(problem, "/error"),
-            ]
-        })
-        .collect();
+    let problems = output::rows(&report["chain_problem_list"], |problem| {
+        vec![
+            output::text(problem, "/index"),
+            output::text(problem, "/contract_id"),
+            output::text(problem, "/error"),
+        ]
+    });
     if !problems.is_empty() {
         output::table(&["PEER ENTRY", "CONTRACT", "VERIFICATION ERROR"], &problems)?;
     }
-    let discrepancies: Vec<Vec<String>> = report["discrepancy_list"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|item| {
-            vec![
-                output::text(item, "/contract_id"),
-                output::text(item, "/kind"),
-                output::text(item, "/issue"),
-                output::text(item, "/ours"),
-                output::text(item, "/theirs"),
-            ]
-        })
-        .collect();
+    let discrepancies = output::rows(&report["discrepancy_list"], |item| {
+        vec![
+            output::text(item, "/contract_id"),
+            output::text(item, "/kind"),
+            output::text(item, "/issue"),
+            output::text(item, "/ours"),
+            output::text(item, "/theirs"),
+        ]
+    });
     if !discrepancies.is_empty() {
         output::table(
             &["CONTRACT", "DOCUMENT", "ISSUE", "OUR ENTRY", "PEER ENTRY"],

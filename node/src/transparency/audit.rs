@@ -102,6 +102,24 @@ pub struct AuditReport {
     pub discrepancy_list: Vec<Discrepancy>,
 }
 
+impl AuditReport {
+    /// A report with nothing found yet.
+    fn new(peer: NodeId) -> AuditReport {
+        AuditReport {
+            peer: peer.to_string(),
+            verdict: "agree",
+            checkpoint: None,
+            entries: 0,
+            chain_problems: 0,
+            chain_problem_list: Vec::new(),
+            shared_contracts: 0,
+            agreements: 0,
+            discrepancies: 0,
+            discrepancy_list: Vec::new(),
+        }
+    }
+}
+
 /// One side's shared documents: contract id → kind → (entry index, document digest).
 type Documents = BTreeMap<Hash32, BTreeMap<&'static str, (u64, Hash32)>>;
 
@@ -198,18 +216,7 @@ impl Auditor<'_> {
             None => None,
         };
 
-        let mut report = AuditReport {
-            peer: peer.to_string(),
-            verdict: "agree",
-            checkpoint: None,
-            entries: 0,
-            chain_problems: 0,
-            chain_problem_list: Vec::new(),
-            shared_contracts: 0,
-            agreements: 0,
-            discrepancies: 0,
-            discrepancy_list: Vec::new(),
-        };
+        let mut report = AuditReport::new(peer);
         // This node's side first: the peer's documents are kept only for contracts found here.
         let ours = self.our_documents(peer).await?;
         let mut theirs = Documents::new();
@@ -413,18 +420,7 @@ mod tests {
     use super::*;
 
     fn report() -> AuditReport {
-        AuditReport {
-            peer: String::new(),
-            verdict: "agree",
-            checkpoint: None,
-            entries: 0,
-            chain_problems: 0,
-            chain_problem_list: Vec::new(),
-            shared_contracts: 0,
-            agreements: 0,
-            discrepancies: 0,
-            discrepancy_list: Vec::new(),
-        }
+        AuditReport::new(suanli_protocol::Keypair::generate().expect("key").node_id())
     }
 
     /// contract, kind, issue, ours, theirs
