@@ -42,6 +42,8 @@ const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most inbound requests waiting for an answer; beyond it new ones are answered "busy".
 const MAX_PENDING_INBOUND: usize = 4096;
+/// Of those, most ledger-sync requests (their answers are large; the market keeps the rest).
+const MAX_PENDING_LEDGER: usize = 256;
 /// Malformed messages a peer may send before it is disconnected and ignored for a while.
 const MAX_STRIKES: u32 = 3;
 const BAN: Duration = Duration::from_secs(300);
@@ -64,6 +66,7 @@ pub struct EventLoop {
     counters: Arc<GossipCounters>,
     outbound: HashMap<(Protocol, OutboundRequestId), OutboundReply>,
     inbound: HashMap<u64, (Protocol, ResponseChannel<Vec<u8>>)>,
+    pending_ledger: usize,
     next_inbound_id: u64,
     strikes: HashMap<PeerId, u32>,
     banned_until: HashMap<PeerId, Instant>,
@@ -121,6 +124,7 @@ impl EventLoop {
             counters,
             outbound: HashMap::new(),
             inbound: HashMap::new(),
+            pending_ledger: 0,
             next_inbound_id: 0,
             strikes: HashMap::new(),
             banned_until: HashMap::new(),
@@ -242,11 +246,16 @@ impl EventLoop {
                 self.outbound.insert((protocol, id), reply);
             }
             Command::Respond { id, bytes } => {
-                if let Some((protocol, channel)) = self.inbound.remove(&id)
-                    && self
-                        .request_response(protocol)
-                        .send_response(channel, bytes)
-                        .is_err()
+                let Some((protocol, channel)) = self.inbound.remove(&id) else {
+                    return;
+                };
+                if protocol == Protocol::Ledger {
+                    self.pending_ledger -= 1;
+                }
+                if self
+                    .request_response(protocol)
+                    .send_response(channel, bytes)
+                    .is_err()
                 {
                     debug!(id, "response not sent: the requester has gone");
                 }
@@ -396,7 +405,9 @@ impl EventLoop {
             );
             return;
         };
-        if self.inbound.len() >= MAX_PENDING_INBOUND {
+        if self.inbound.len() >= MAX_PENDING_INBOUND
+            || (protocol == Protocol::Ledger && self.pending_ledger >= MAX_PENDING_LEDGER)
+        {
             self.answer_now(protocol, channel, ErrorCode::Unavailable, "busy");
             return;
         }
@@ -431,6 +442,9 @@ impl EventLoop {
             Ok(true) => {
                 self.next_inbound_id += 1;
                 self.inbound.insert(id, (protocol, channel));
+                if protocol == Protocol::Ledger {
+                    self.pending_ledger += 1;
+                }
             }
             Ok(false) => self.answer_now(protocol, channel, ErrorCode::Unavailable, "busy"),
             Err(error) => {
