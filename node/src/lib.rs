@@ -12,9 +12,10 @@
 //!
 //! Modules: [`config`] (TOML → checked config), [`data_dir`] (key, config, peers, run info),
 //! [`capacity`] (detection and adverts), [`mesh`] (capacity view), [`network`] (libp2p),
-//! [`api`] (HTTP), [`cli`] (the command line).
+//! [`api`] (HTTP), [`cli`] (the command line), [`bench`] (`suanli bench`).
 
 pub mod api;
+pub mod bench;
 pub mod capacity;
 pub mod cli;
 pub mod clock;

@@ -1,6 +1,7 @@
 //! The `suanli` command line. `init`, `id` and `run` work on a data dir; every other command is a
 //! client of a running node's HTTP API and never touches its data.
 
+mod bench;
 mod client;
 mod jobs;
 mod ledger;
@@ -56,6 +57,8 @@ pub enum Command {
     Ledger(ledger::LedgerCommand),
     /// Net credits per peer, derived from settlements.
     Balances(ClientArgs),
+    /// Measure this machine: in-process nodes on loopback, each figure next to its floor.
+    Bench(bench::BenchArgs),
 }
 
 /// Ends the command with this exit code; its reason was already printed.
@@ -132,6 +135,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => jobs::execute(command).await,
         Command::Ledger(command) => ledger::execute(command).await,
         Command::Balances(args) => ledger::balances(args).await,
+        Command::Bench(args) => bench::execute(args).await,
     }
 }
 
