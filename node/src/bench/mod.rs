@@ -36,7 +36,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use tracing::info;
+use tracing::{error, info};
 
 pub use floor::Floors;
 pub use nodes::BenchNode;
@@ -179,6 +179,8 @@ impl Options {
 pub enum BenchError {
     #[error("temporary directory: {0}")]
     Workspace(#[source] std::io::Error),
+    #[error("scenarios failed: {0}")]
+    Failed(String),
     #[error("{scenario}: {message}")]
     Scenario {
         scenario: &'static str,
@@ -278,22 +280,36 @@ pub async fn run(
     let mut context = Context::new(options)?;
     info!(dir = %context.workspace.path().display(), quick = context.options.quick, "bench starts");
     let mut all = Vec::new();
+    let mut failed = Vec::new();
     for scenario in chosen {
         info!(%scenario, "scenario starts");
         let started = std::time::Instant::now();
         let figures = match scenario {
-            Scenario::Floor => floor::run(&mut context).await?,
-            Scenario::JobLatency => job_latency::run(&mut context).await?,
-            Scenario::Throughput => throughput::run(&mut context).await?,
-            Scenario::Gossip => gossip::run(&mut context).await?,
-            Scenario::Ledger => ledger::run(&mut context).await?,
-            Scenario::Negotiation => negotiation::run(&mut context).await?,
+            Scenario::Floor => floor::run(&mut context).await,
+            Scenario::JobLatency => job_latency::run(&mut context).await,
+            Scenario::Throughput => throughput::run(&mut context).await,
+            Scenario::Gossip => gossip::run(&mut context).await,
+            Scenario::Ledger => ledger::run(&mut context).await,
+            Scenario::Negotiation => negotiation::run(&mut context).await,
         };
-        info!(%scenario, secs = started.elapsed().as_secs_f64(), "scenario done");
-        each(&figures);
-        all.extend(figures);
+        match figures {
+            Ok(figures) => {
+                info!(%scenario, secs = started.elapsed().as_secs_f64(), "scenario done");
+                each(&figures);
+                all.extend(figures);
+            }
+            // The other scenarios still run; the run as a whole fails at the end.
+            Err(error) => {
+                error!(%scenario, %error, "scenario failed");
+                failed.push(error.to_string());
+            }
+        }
     }
-    Ok(all)
+    if failed.is_empty() {
+        Ok(all)
+    } else {
+        Err(BenchError::Failed(failed.join("; ")))
+    }
 }
 
 /// Sorted samples and their percentiles.

@@ -212,8 +212,10 @@ pub async fn gossipsub_spread(
     for (node, swarm) in swarms.iter_mut().enumerate() {
         for &peer in topology.get(node).into_iter().flatten() {
             if let Some((peer_id, address)) = addresses.get(peer).filter(|_| peer > node) {
-                swarm.add_peer_address(*peer_id, address.clone());
-                swarm.dial(*peer_id).map_err(floor_error)?;
+                let address = address
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(*peer_id));
+                swarm.dial(address).map_err(floor_error)?;
             }
         }
     }
