@@ -33,6 +33,8 @@
 use std::collections::BTreeMap;
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha512};
 
@@ -153,7 +155,7 @@ impl SignatureBatch {
                     sum += nonce;
                 }
             }
-            sum.is_torsion_free()
+            is_torsion_free_vartime(&sum)
         });
         // A fresh seed for the next batch, derived from this one (one-way).
         let next = Sha512::new_with_prefix(b"suanli/v1/batch-seed\0")
@@ -175,6 +177,16 @@ fn batchable_key(
         let point = key.to_edwards();
         (!point.is_small_order() && point.is_torsion_free()).then_some(key)
     })
+}
+
+/// `[l]P == O`, computed as `[l - 1]P + P` with a variable-time multiplication (`l - 1` is a
+/// canonical scalar, `l` is not); curve25519-dalek's own check is constant-time and about twice
+/// as slow, and nothing here is secret.
+fn is_torsion_free_vartime(point: &EdwardsPoint) -> bool {
+    let l_minus_one = -Scalar::ONE;
+    let multiple =
+        EdwardsPoint::vartime_double_scalar_mul_basepoint(&l_minus_one, point, &Scalar::ZERO);
+    (multiple + point).is_identity()
 }
 
 /// Pseudo-random bits: SHA-512 of (seed, block counter), 512 bits per block.
@@ -216,8 +228,7 @@ mod tests {
     use super::*;
     use crate::identity::Keypair;
     use crate::signed::signing_message;
-    use curve25519_dalek::constants::EIGHT_TORSION;
-    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
 
     fn check(key: &Keypair, text: &str) -> SignatureCheck {
         let message = signing_message("note", text.as_bytes());
@@ -310,6 +321,18 @@ mod tests {
                 assert!(!batch.batch_passes(), "torsion {torsion:?} seed {seed}");
                 assert_eq!(batch.verify(), Err(9));
             }
+        }
+    }
+
+    #[test]
+    fn vartime_torsion_check_agrees_with_dalek() {
+        let prime = ED25519_BASEPOINT_POINT * Scalar::from(987_654_321u64);
+        assert!(is_torsion_free_vartime(&prime));
+        for torsion in EIGHT_TORSION.iter().skip(1) {
+            let mixed = prime + torsion;
+            assert_eq!(is_torsion_free_vartime(&mixed), mixed.is_torsion_free());
+            assert!(!is_torsion_free_vartime(&mixed));
+            assert!(!is_torsion_free_vartime(torsion));
         }
     }
 
