@@ -9,8 +9,9 @@
 //!
 //! Floor: N bare gossipsub swarms (`network::floor`) wired exactly like the nodes ended up
 //! (each node's connected peers, read after convergence), publishing payloads of the size of a
-//! signed advert message; same transport, message ids and heartbeat. Its memory per node is
-//! measured after the nodes have stopped, so it may reuse memory they freed: a lower bound.
+//! signed advert message; same transport, message ids and heartbeat. It runs in a child
+//! process (`suanli bench-gossip-floor`, hidden), so its memory per swarm is measured from a
+//! clean resident set rather than on top of memory the nodes freed.
 
 use std::time::{Duration, Instant};
 
@@ -82,11 +83,21 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         "nodes measured; now bare gossipsub on the same topology"
     );
 
-    let rss_before_floor = rss_bytes();
-    let floor = crate::network::floor::gossipsub_spread(&topology, payload, rounds)
-        .await
-        .map_err(|error| BenchError::scenario(SCENARIO, error))?;
-    let floor_rss = rss_bytes().saturating_sub(rss_before_floor) / n.max(1) as u64;
+    let request = FloorRequest {
+        topology,
+        payload,
+        rounds,
+    };
+    let (floor, floor_rss) = match floor_in_child(&request).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            warn!(%error, "bare gossipsub in a child process failed; measuring in this process");
+            let before = rss_bytes();
+            let spreads = run_floor(&request).await?;
+            let rss = rss_bytes().saturating_sub(before) / n.max(1) as u64;
+            (spreads, rss)
+        }
+    };
     let floor = Samples::new(floor);
     let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
     Ok(vec![
@@ -112,7 +123,7 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
             mib(rss_per_node),
             "MiB",
             mib(floor_rss),
-            "bare gossipsub swarm (lower bound)",
+            "bare gossipsub swarm, same topology",
         ),
         Figure::plain(
             SCENARIO,
@@ -242,4 +253,86 @@ fn advert_message_bytes(node: Option<&BenchNode>) -> usize {
         .ok()
         .and_then(|signed| GossipMessage::Advert(signed).to_bytes().ok())
         .map_or(TYPICAL, |bytes| bytes.len())
+}
+
+/// What the child process of the bare-gossipsub floor is asked to do.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct FloorRequest {
+    pub topology: Vec<Vec<usize>>,
+    pub payload: usize,
+    pub rounds: usize,
+}
+
+/// What it answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct FloorAnswer {
+    pub spreads_ns: Vec<u64>,
+    pub rss_per_node_bytes: u64,
+}
+
+async fn run_floor(request: &FloorRequest) -> Result<Vec<Duration>, BenchError> {
+    crate::network::floor::gossipsub_spread(&request.topology, request.payload, request.rounds)
+        .await
+        .map_err(|error| BenchError::scenario(SCENARIO, error))
+}
+
+/// The child's side: runs the floor for `request` (JSON) and returns the answer (JSON).
+pub async fn floor_child(request: &str) -> Result<String, BenchError> {
+    let request: FloorRequest =
+        serde_json::from_str(request).map_err(|error| BenchError::scenario(SCENARIO, error))?;
+    let before = rss_bytes();
+    let spreads = run_floor(&request).await?;
+    let answer = FloorAnswer {
+        spreads_ns: spreads
+            .iter()
+            .map(|spread| u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX))
+            .collect(),
+        rss_per_node_bytes: rss_bytes().saturating_sub(before)
+            / request.topology.len().max(1) as u64,
+    };
+    serde_json::to_string(&answer).map_err(|error| BenchError::scenario(SCENARIO, error))
+}
+
+/// Runs the floor in a child `suanli bench-gossip-floor` (this very executable).
+async fn floor_in_child(request: &FloorRequest) -> Result<(Vec<Duration>, u64), BenchError> {
+    use tokio::io::AsyncWriteExt;
+    let fail = |error: &dyn std::fmt::Display| BenchError::scenario(SCENARIO, error);
+    let exe = std::env::current_exe().map_err(|error| fail(&error))?;
+    if exe
+        .file_stem()
+        .is_none_or(|stem| stem.to_string_lossy() != "suanli")
+    {
+        return Err(fail(&"not running as the suanli binary"));
+    }
+    let mut child = tokio::process::Command::new(exe)
+        .arg("bench-gossip-floor")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| fail(&error))?;
+    let input = serde_json::to_vec(request).map_err(|error| fail(&error))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&input)
+            .await
+            .map_err(|error| fail(&error))?;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|error| fail(&error))?;
+    if !output.status.success() {
+        return Err(fail(&format!("child exited with {}", output.status)));
+    }
+    let answer: FloorAnswer =
+        serde_json::from_slice(&output.stdout).map_err(|error| fail(&error))?;
+    Ok((
+        answer
+            .spreads_ns
+            .into_iter()
+            .map(Duration::from_nanos)
+            .collect(),
+        answer.rss_per_node_bytes,
+    ))
 }

@@ -105,3 +105,15 @@ fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
     )?;
     output::line("")
 }
+
+/// `suanli bench-gossip-floor`: see [`bench::gossip::floor_child`].
+pub async fn gossip_floor_child() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut request = String::new();
+    tokio::io::stdin()
+        .read_to_string(&mut request)
+        .await
+        .context("read the request")?;
+    let answer = bench::gossip::floor_child(&request).await?;
+    output::line(&answer)
+}

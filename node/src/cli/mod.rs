@@ -59,6 +59,10 @@ pub enum Command {
     Balances(ClientArgs),
     /// Measure this machine: in-process nodes on loopback, each figure next to its floor.
     Bench(bench::BenchArgs),
+    /// Internal to `suanli bench`: the bare-gossipsub floor in a process of its own (request
+    /// as JSON on stdin, answer as JSON on stdout).
+    #[command(hide = true)]
+    BenchGossipFloor,
 }
 
 /// Ends the command with this exit code; its reason was already printed.
@@ -136,6 +140,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger(command) => ledger::execute(command).await,
         Command::Balances(args) => ledger::balances(args).await,
         Command::Bench(args) => bench::execute(args).await,
+        Command::BenchGossipFloor => bench::gossip_floor_child().await,
     }
 }
 
