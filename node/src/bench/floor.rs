@@ -4,7 +4,8 @@
 //! - ed25519 (ed25519-dalek, 256-byte messages): sign, `verify_strict`, dalek's batch
 //!   verification (256 per batch), and the protocol's strict batch (`SignatureBatch`: dalek's
 //!   batch plus the point checks that keep `verify_strict`'s verdict);
-//! - fsync: append 100 bytes to a file in the run's directory and `fdatasync` it, one at a time;
+//! - fsync: in the run's directory, one at a time, `fdatasync` after appending 100 bytes to a
+//!   growing file and after overwriting 4 KiB of a preallocated one; the faster is the floor;
 //! - wasmtime: the executor running `hello.wat` warm (compiled module cached, pooling
 //!   allocator, including the hand-off to a blocking thread);
 //! - libp2p: one request-response round trip of 256 bytes between two bare swarms on loopback
@@ -36,10 +37,14 @@ pub struct Floors {
     pub batch_verify_per_sec: f64,
     /// Signatures per second through the protocol's strict `SignatureBatch`.
     pub strict_batch_per_sec: f64,
-    /// `fdatasync`ed 100-byte appends per second, one at a time.
+    /// Durable small writes per second, one at a time: the faster of the two below.
     pub fsync_per_sec: f64,
-    /// Median fsync'd append.
+    /// Median of that kind of write.
     pub fsync_p50: Duration,
+    /// 100-byte appends to a growing file, each `fdatasync`ed.
+    pub fsync_append_per_sec: f64,
+    /// 4 KiB overwrites in a preallocated file, each `fdatasync`ed.
+    pub fsync_overwrite_per_sec: f64,
     /// Median warm executor run of `hello.wat`.
     pub wasm_run_p50: Duration,
     /// Median libp2p request-response round trip over loopback TCP.
@@ -56,11 +61,17 @@ impl Floors {
                 .map_err(|error| BenchError::scenario(SCENARIO, error))?;
         let dir = workspace.subdir("fsync")?;
         let rounds = options.pick(200, 1_000);
-        let fsyncs = tokio::task::spawn_blocking(move || fsync_samples(&dir, rounds))
-            .await
-            .map_err(|error| BenchError::scenario(SCENARIO, error))?
-            .map_err(|error| BenchError::scenario(SCENARIO, format!("fsync: {error}")))?;
-        let fsync_per_sec = fsyncs.len() as f64 / fsyncs.0.iter().sum::<Duration>().as_secs_f64();
+        let (appends, overwrites) =
+            tokio::task::spawn_blocking(move || fsync_samples(&dir, rounds))
+                .await
+                .map_err(|error| BenchError::scenario(SCENARIO, error))?
+                .map_err(|error| BenchError::scenario(SCENARIO, format!("fsync: {error}")))?;
+        // The floor is the faster way: the best a durable small write can do on this disk.
+        let (fsync_per_sec, fsyncs) = if rate(&overwrites) >= rate(&appends) {
+            (rate(&overwrites), &overwrites)
+        } else {
+            (rate(&appends), &appends)
+        };
         let wasm = wasm_runs(options.pick(200, 1_000)).await?;
         let trips =
             crate::network::floor::request_response_round_trips(options.pick(200, 1_000), 256)
@@ -74,6 +85,8 @@ impl Floors {
             strict_batch_per_sec,
             fsync_per_sec,
             fsync_p50: fsyncs.p50(),
+            fsync_append_per_sec: rate(&appends),
+            fsync_overwrite_per_sec: rate(&overwrites),
             wasm_run_p50: wasm.p50(),
             round_trip_p50: trips.p50(),
             round_trip_p99: trips.percentile(0.99),
@@ -107,11 +120,22 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
         ),
         Figure::plain(
             SCENARIO,
-            "fsync'd 100-byte appends (one at a time)",
-            floors.fsync_per_sec,
+            "fdatasync'd 100-byte appends, growing file (one at a time)",
+            floors.fsync_append_per_sec,
             "/s",
         ),
-        Figure::plain(SCENARIO, "fsync'd append p50", ms(floors.fsync_p50), "ms"),
+        Figure::plain(
+            SCENARIO,
+            "fdatasync'd 4 KiB overwrites, preallocated file (one at a time)",
+            floors.fsync_overwrite_per_sec,
+            "/s",
+        ),
+        Figure::plain(
+            SCENARIO,
+            "durable small write p50 (the faster kind; the fsync floor)",
+            ms(floors.fsync_p50),
+            "ms",
+        ),
         Figure::plain(
             SCENARIO,
             "wasmtime instantiate+run hello.wat (warm, pooling) p50",
@@ -222,17 +246,36 @@ pub fn fresh_seed() -> [u8; 32] {
         })
 }
 
-/// `rounds` fsync'd 100-byte appends to a new file in `dir`.
-fn fsync_samples(dir: &std::path::Path, rounds: usize) -> std::io::Result<Samples> {
-    let mut file = std::fs::File::create(dir.join("fsync-floor"))?;
-    let mut samples = Vec::with_capacity(rounds);
+/// `rounds` fsync'd small writes in `dir`, two ways: 100-byte appends to a growing file (each
+/// `fdatasync` also commits the new file size to the filesystem journal) and 4 KiB overwrites
+/// of a preallocated file (data only, as a log with preallocated segments does). Returns
+/// (append samples, overwrite samples).
+fn fsync_samples(dir: &std::path::Path, rounds: usize) -> std::io::Result<(Samples, Samples)> {
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::File::create(dir.join("fsync-append"))?;
+    let mut appends = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = Instant::now();
         file.write_all(&[7; 100])?;
         file.sync_data()?;
-        samples.push(started.elapsed());
+        appends.push(started.elapsed());
     }
-    Ok(Samples::new(samples))
+    let file = std::fs::File::create(dir.join("fsync-overwrite"))?;
+    file.set_len(4096 * 256)?;
+    file.sync_all()?;
+    let mut overwrites = Vec::with_capacity(rounds);
+    for round in 0..rounds as u64 {
+        let started = Instant::now();
+        file.write_all_at(&[9; 4096], 4096 * (round % 256))?;
+        file.sync_data()?;
+        overwrites.push(started.elapsed());
+    }
+    Ok((Samples::new(appends), Samples::new(overwrites)))
+}
+
+/// Operations per second over samples taken one at a time.
+fn rate(samples: &Samples) -> f64 {
+    samples.len() as f64 / samples.0.iter().sum::<Duration>().as_secs_f64()
 }
 
 /// Warm executor runs of `hello.wat` (after 20 unrecorded ones).

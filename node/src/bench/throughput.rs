@@ -81,7 +81,7 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
             rate,
             "jobs/s",
             fsync_floor,
-            "fsync/s ÷ 6 entries per job",
+            "durable small writes/s ÷ 6 entries per job",
         ),
         Figure::against(
             SCENARIO,
