@@ -59,6 +59,35 @@ impl Floors {
             tokio::task::spawn_blocking(move || signature_rates(signatures))
                 .await
                 .map_err(|error| BenchError::scenario(SCENARIO, error))?;
+        let wasm = wasm_runs(options.pick(200, 1_000)).await?;
+        let trips =
+            crate::network::floor::request_response_round_trips(options.pick(200, 1_000), 256)
+                .await
+                .map_err(|error| BenchError::scenario(SCENARIO, error))?;
+        let trips = Samples::new(trips);
+        let mut floors = Floors {
+            sign_per_sec,
+            verify_strict_per_sec,
+            batch_verify_per_sec,
+            strict_batch_per_sec,
+            fsync_per_sec: 0.0,
+            fsync_p50: Duration::ZERO,
+            fsync_append_per_sec: 0.0,
+            fsync_overwrite_per_sec: 0.0,
+            wasm_run_p50: wasm.p50(),
+            round_trip_p50: trips.p50(),
+            round_trip_p99: trips.percentile(0.99),
+        };
+        floors.measure_fsync(options, workspace).await?;
+        Ok(floors)
+    }
+
+    /// (Re)measures the fsync floors.
+    pub async fn measure_fsync(
+        &mut self,
+        options: &Options,
+        workspace: &Workspace,
+    ) -> Result<(), BenchError> {
         let dir = workspace.subdir("fsync")?;
         let rounds = options.pick(200, 1_000);
         let (appends, overwrites) =
@@ -67,30 +96,16 @@ impl Floors {
                 .map_err(|error| BenchError::scenario(SCENARIO, error))?
                 .map_err(|error| BenchError::scenario(SCENARIO, format!("fsync: {error}")))?;
         // The floor is the faster way: the best a durable small write can do on this disk.
-        let (fsync_per_sec, fsyncs) = if rate(&overwrites) >= rate(&appends) {
-            (rate(&overwrites), &overwrites)
+        let fastest = if rate(&overwrites) >= rate(&appends) {
+            &overwrites
         } else {
-            (rate(&appends), &appends)
+            &appends
         };
-        let wasm = wasm_runs(options.pick(200, 1_000)).await?;
-        let trips =
-            crate::network::floor::request_response_round_trips(options.pick(200, 1_000), 256)
-                .await
-                .map_err(|error| BenchError::scenario(SCENARIO, error))?;
-        let trips = Samples::new(trips);
-        Ok(Floors {
-            sign_per_sec,
-            verify_strict_per_sec,
-            batch_verify_per_sec,
-            strict_batch_per_sec,
-            fsync_per_sec,
-            fsync_p50: fsyncs.p50(),
-            fsync_append_per_sec: rate(&appends),
-            fsync_overwrite_per_sec: rate(&overwrites),
-            wasm_run_p50: wasm.p50(),
-            round_trip_p50: trips.p50(),
-            round_trip_p99: trips.percentile(0.99),
-        })
+        self.fsync_per_sec = rate(fastest);
+        self.fsync_p50 = fastest.p50();
+        self.fsync_append_per_sec = rate(&appends);
+        self.fsync_overwrite_per_sec = rate(&overwrites);
+        Ok(())
     }
 }
 

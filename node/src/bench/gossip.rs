@@ -45,12 +45,53 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
     let rounds = context.options.pick(5, 10);
     let mut figures = Vec::new();
     for n in sizes {
-        figures.extend(measure(context, n, rounds).await?);
+        match measure(context, n, rounds).await {
+            Ok(measured) => figures.extend(measured),
+            // A mesh that does not converge is a result too: report how far it got, go on.
+            Err(NotConverged {
+                n,
+                smallest,
+                waited,
+            }) => {
+                warn!(n, smallest, ?waited, "mesh did not converge");
+                figures.push(Figure::plain(
+                    SCENARIO,
+                    format!(
+                        "{n} nodes: DID NOT CONVERGE in {} s; smallest capacity view",
+                        waited.as_secs()
+                    ),
+                    smallest as f64,
+                    "nodes",
+                ));
+            }
+            Err(Failed(error)) => return Err(error),
+        }
     }
     Ok(figures)
 }
 
-async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figure>, BenchError> {
+/// Why one mesh size has no spread figures.
+#[derive(Debug)]
+enum MeshError {
+    NotConverged {
+        n: usize,
+        smallest: usize,
+        waited: Duration,
+    },
+    Failed(BenchError),
+}
+use MeshError::{Failed, NotConverged};
+
+impl From<BenchError> for MeshError {
+    fn from(error: BenchError) -> MeshError {
+        Failed(error)
+    }
+}
+
+/// How long a mesh may take to converge.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
+
+async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figure>, MeshError> {
     let rss_before = rss_bytes();
     let started = Instant::now();
     let mut nodes: Vec<BenchNode> = Vec::with_capacity(n);
@@ -70,6 +111,19 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         };
         let config = loopback_config(&bootstrap, 10);
         nodes.push(BenchNode::start(context.workspace.subdir("gossip")?, config).await?);
+    }
+    let deadline = Instant::now() + CONVERGE_LIMIT;
+    while !nodes.iter().all(|node| node.mesh_size() >= n) {
+        if Instant::now() > deadline {
+            let smallest = nodes.iter().map(BenchNode::mesh_size).min().unwrap_or(0);
+            stop_all(nodes).await;
+            return Err(NotConverged {
+                n,
+                smallest,
+                waited: CONVERGE_LIMIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let result = spread(&nodes, n, rounds, started).await;
     let rss_per_node = rss_bytes().saturating_sub(rss_before) / n.max(1) as u64;
@@ -159,7 +213,7 @@ async fn spread(
     rounds: usize,
     started: Instant,
 ) -> Result<(Duration, Samples, f64, f64), BenchError> {
-    wait_for_mesh(nodes, n, Duration::from_secs(300)).await?;
+    wait_for_mesh(nodes, n, Duration::from_secs(1)).await?;
     let converged = started.elapsed();
     let (mut mesh_peers, mut connected) = (0usize, 0usize);
     for node in nodes {
