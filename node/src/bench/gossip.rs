@@ -33,8 +33,9 @@ pub fn skip_reason(n: usize) -> Option<String> {
             "{n} nodes skipped: full nodes end up connected to almost every other (Kademlia \
              lookups connect to the peers they query and gossipsub keeps every connection to a \
              subscribed peer alive), so {n} in-process nodes hold ~{} connections; 100 nodes \
-             already take about two minutes to converge and ~20 MiB each on 2 cores. Run it \
-             with --gossip-nodes {n} once the connection manager trims idle connections.",
+             took about two minutes to converge on a quiet 2-core machine (and did not \
+             converge in five minutes on a shared one), at ~20-27 MiB each. Run it with \
+             --gossip-nodes {n} once the connection manager trims idle connections.",
             n * (n - 1) / 2
         )
     })
