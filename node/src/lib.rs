@@ -14,9 +14,10 @@
 //! published checkpoint), [`capacity`] (detection and adverts), [`mesh`] (capacity view),
 //! [`network`] (libp2p), [`market`] (placing and running jobs), [`executor`] (wasmtime),
 //! [`ledger`] (sled), [`transparency`] (checkpoints, witnessing, audits), [`api`] (HTTP),
-//! [`cli`] (the command line).
+//! [`cli`] (the command line), [`bench`] (`suanli bench`).
 
 pub mod api;
+pub mod bench;
 pub mod capacity;
 pub mod cli;
 pub mod clock;

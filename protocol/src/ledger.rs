@@ -31,7 +31,7 @@ use crate::codec::{self, DecodeError, EncodeError};
 use crate::hash::Hash32;
 use crate::identity::NodeId;
 use crate::negotiation::{Contract, Evidence, FailureRecord, Receipt, Settlement};
-use crate::signed::{CoSigned, Signed, VerifyError};
+use crate::signed::{CoSigned, SignatureBatch, Signed, VerifyError};
 
 /// Cap on one encoded entry (evidence is the largest body).
 pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
@@ -94,6 +94,38 @@ impl EntryBody {
             }
             EntryBody::Failure(failure) => [failure.verify()?.recorder; 2],
             EntryBody::Misbehaviour(evidence) => [evidence.verify()?.reporter; 2],
+        };
+        if parties.contains(&owner) {
+            Ok(())
+        } else {
+            Err(EntryError::NotAParty)
+        }
+    }
+}
+
+impl EntryBody {
+    /// [`verify`](Self::verify) with every signature deferred to `batch`: the body must not be
+    /// trusted before the batch passes ([`SignatureBatch::verify`]).
+    pub fn verify_deferred(
+        &self,
+        owner: NodeId,
+        batch: &mut SignatureBatch,
+    ) -> Result<(), EntryError> {
+        let parties = match self {
+            EntryBody::Contract(contract) => {
+                let contract = contract.verify_deferred(batch)?;
+                [contract.requester, contract.provider]
+            }
+            EntryBody::Receipt(receipt) => {
+                let receipt = receipt.verify_deferred(batch)?;
+                [receipt.requester, receipt.provider]
+            }
+            EntryBody::Settlement(settlement) => {
+                let settlement = settlement.verify_deferred(batch)?;
+                [settlement.requester, settlement.provider]
+            }
+            EntryBody::Failure(failure) => [failure.verify_deferred(batch)?.recorder; 2],
+            EntryBody::Misbehaviour(evidence) => [evidence.verify_deferred(batch)?.reporter; 2],
         };
         if parties.contains(&owner) {
             Ok(())
@@ -220,6 +252,73 @@ impl ChainVerifier {
     pub fn head(&self) -> ChainHead {
         self.state
     }
+
+    /// Checks the next raw entries like [`push`](Self::push) one by one, but with their
+    /// signatures checked together in `batch` (see [`SignatureBatch`]): same verdict, same
+    /// first bad index and error. Entries before a bad one are accepted (the head moves past
+    /// them). `batch` should be empty; it is left empty.
+    pub fn push_batch(
+        &mut self,
+        raws: &[&[u8]],
+        batch: &mut SignatureBatch,
+    ) -> Result<(), ChainError> {
+        batch.clear();
+        // The head after each entry, and which entry each collected signature belongs to.
+        let mut heads = Vec::with_capacity(raws.len());
+        let mut entry_of_signature = Vec::new();
+        let mut state = self.state;
+        let mut checked = raws.len();
+        for (offset, raw) in raws.iter().enumerate() {
+            match Self::check_deferred(self.owner, state, raw, batch) {
+                Ok(next) => {
+                    state = next;
+                    heads.push(next);
+                    entry_of_signature.resize(batch.len(), offset);
+                }
+                Err(()) => {
+                    checked = offset;
+                    break;
+                }
+            }
+        }
+        // Signatures of an entry that failed its other checks are not needed.
+        let signatures = entry_of_signature.len();
+        let good = match batch.verify_first(signatures) {
+            Ok(()) => checked,
+            Err(index) => entry_of_signature.get(index).copied().unwrap_or(0),
+        };
+        batch.clear();
+        if let Some(head) = good.checked_sub(1).and_then(|last| heads.get(last)) {
+            self.state = *head;
+        }
+        // The first bad entry (if any) and everything after it: one by one, for the exact error.
+        for raw in raws.iter().skip(good) {
+            self.push(raw)?;
+        }
+        Ok(())
+    }
+
+    /// Every check of [`push`](Self::push) from `state`, signatures deferred to `batch`.
+    fn check_deferred(
+        owner: NodeId,
+        state: ChainHead,
+        raw: &[u8],
+        batch: &mut SignatureBatch,
+    ) -> Result<ChainHead, ()> {
+        let entry = LedgerEntry::decode(raw).map_err(|_| ())?;
+        if entry.seq != state.size
+            || entry.prev_hash != state.head
+            || entry.timestamp_ms < state.timestamp_ms
+        {
+            return Err(());
+        }
+        entry.body.verify_deferred(owner, batch).map_err(|_| ())?;
+        Ok(ChainHead {
+            size: state.size + 1,
+            head: entry_hash(raw),
+            timestamp_ms: entry.timestamp_ms,
+        })
+    }
 }
 
 /// Verifies a whole ledger of `owner` and returns its head, or the first bad entry.
@@ -231,6 +330,29 @@ pub fn verify_chain<'a>(
     for raw in entries {
         verifier.push(raw)?;
     }
+    Ok(verifier.head())
+}
+
+/// [`verify_chain`] with signatures checked in batches of the signatures of `batch_entries`
+/// entries ([`ChainVerifier::push_batch`]). `seed` must be fresh and secret (the OS random
+/// source): see [`SignatureBatch::new`]. Same result as [`verify_chain`].
+pub fn verify_chain_batched<'a>(
+    owner: NodeId,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    batch_entries: usize,
+    seed: [u8; 32],
+) -> Result<ChainHead, ChainError> {
+    let mut verifier = ChainVerifier::new(owner);
+    let mut batch = SignatureBatch::new(seed);
+    let mut group = Vec::with_capacity(batch_entries.max(1));
+    for raw in entries {
+        group.push(raw);
+        if group.len() >= batch_entries.max(1) {
+            verifier.push_batch(&group, &mut batch)?;
+            group.clear();
+        }
+    }
+    verifier.push_batch(&group, &mut batch)?;
     Ok(verifier.head())
 }
 

@@ -19,6 +19,8 @@
 //! document names ([`CoSignedDocument::countersigner`]) over the same message: contracts (requester,
 //! then provider) and settlements (provider, then requester).
 
+mod batch;
+
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -29,6 +31,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::codec::{self, DecodeError, EncodeError};
 use crate::hash::{self, Hash32};
 use crate::identity::{Keypair, NodeId, NodeIdError};
+
+pub use batch::{ROUNDS as BATCH_TORSION_ROUNDS, SignatureBatch, SignatureCheck};
 
 /// A document kind that one party signs.
 pub trait Document: Serialize + DeserializeOwned {
@@ -221,6 +225,36 @@ impl<T: Document> Signed<T> {
         Ok(document)
     }
 
+    /// Everything [`verify`](Self::verify) checks except the signature, which is added to
+    /// `batch` to be checked later with many others ([`SignatureBatch::verify`]). The document
+    /// must not be used before that batch has passed.
+    pub fn verify_deferred(&self, batch: &mut SignatureBatch) -> Result<T, VerifyError> {
+        if self.bytes.len() > T::MAX_BYTES {
+            return Err(VerifyError::Decode {
+                kind: T::KIND,
+                source: DecodeError::TooLarge {
+                    len: self.bytes.len(),
+                    max: T::MAX_BYTES,
+                },
+            });
+        }
+        let document = self.decode_unverified()?;
+        check_party(T::KIND, document.signer(), self.signer)?;
+        document
+            .check_bounds()
+            .map_err(|source| VerifyError::OutOfBounds {
+                kind: T::KIND,
+                source,
+            })?;
+        batch.push(SignatureCheck {
+            kind: T::KIND,
+            signer: self.signer,
+            message: self.message(),
+            signature: self.signature,
+        });
+        Ok(document)
+    }
+
     /// Decodes the document **without** checking anything. Only for showing data that was
     /// verified before it was stored (ledger listings); never for deciding anything.
     pub fn decode_unverified(&self) -> Result<T, VerifyError> {
@@ -298,6 +332,19 @@ impl<T: CoSignedDocument> CoSigned<T> {
             countersigner,
             &self.countersignature,
         )?;
+        Ok(document)
+    }
+
+    /// [`verify`](Self::verify) with both signatures deferred to `batch`
+    /// (see [`Signed::verify_deferred`]).
+    pub fn verify_deferred(&self, batch: &mut SignatureBatch) -> Result<T, VerifyError> {
+        let document = self.signed.verify_deferred(batch)?;
+        batch.push(SignatureCheck {
+            kind: T::KIND,
+            signer: document.countersigner(),
+            message: self.signed.message(),
+            signature: self.countersignature,
+        });
         Ok(document)
     }
 

@@ -1,6 +1,7 @@
 //! The `suanli` command line. `init`, `id` and `run` work on a data dir; every other command is a
 //! client of a running node's HTTP API and never touches its data.
 
+mod bench;
 mod client;
 mod export;
 mod jobs;
@@ -59,6 +60,12 @@ pub enum Command {
     Ledger(ledger::LedgerCommand),
     /// Net credits per peer, derived from settlements.
     Balances(ClientArgs),
+    /// Measure this machine: in-process nodes on loopback, each figure next to its floor.
+    Bench(bench::BenchArgs),
+    /// Internal to `suanli bench`: the bare-gossipsub floor in a process of its own (request
+    /// as JSON on stdin, answer as JSON on stdout).
+    #[command(hide = true)]
+    BenchGossipFloor,
 }
 
 /// Ends the command with this exit code; its reason was already printed.
@@ -135,6 +142,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => jobs::execute(command).await,
         Command::Ledger(command) => ledger::execute(command).await,
         Command::Balances(args) => ledger::balances(args).await,
+        Command::Bench(args) => bench::execute(args).await,
+        Command::BenchGossipFloor => bench::gossip_floor_child().await,
     }
 }
 

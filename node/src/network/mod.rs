@@ -28,6 +28,7 @@
 
 mod behaviour;
 mod event_loop;
+pub mod floor;
 mod frame_codec;
 mod peers;
 

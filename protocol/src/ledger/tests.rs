@@ -67,8 +67,20 @@ fn sample_ledger() -> Vec<Vec<u8>> {
     ])
 }
 
+/// Strict verification, checked against batched verification in groups of every size that
+/// matters (whole ledger, 2, 1): they must agree on the head or on the first bad index and error.
 fn verify(ledger: &[Vec<u8>]) -> Result<ChainHead, ChainError> {
-    verify_chain(requester().node_id(), ledger.iter().map(Vec::as_slice))
+    let strict = verify_chain(requester().node_id(), ledger.iter().map(Vec::as_slice));
+    for group in [ledger.len().max(1), 2, 1] {
+        let batched = verify_chain_batched(
+            requester().node_id(),
+            ledger.iter().map(Vec::as_slice),
+            group,
+            [group as u8; 32],
+        );
+        assert_eq!(batched, strict, "batches of {group} entries");
+    }
+    strict
 }
 
 fn error_at(ledger: &[Vec<u8>]) -> (u64, EntryError) {
@@ -289,6 +301,53 @@ fn resume_continues_a_verified_prefix() {
         verifier.push(raw).unwrap();
     }
     assert_eq!(verifier.head(), verify(&ledger).unwrap());
+}
+
+#[test]
+fn one_bad_signature_in_a_batch_is_found_at_its_entry() {
+    // 60 entries of valid documents (about 100 signatures), verified in batches of 64 entries.
+    let bodies: Vec<EntryBody> = (0..10).flat_map(|_| sample_bodies()).collect();
+    let good = build(bodies.clone());
+    assert_eq!(verify(&good).unwrap().size, 60);
+    for bad in [0usize, 1, 31, 59] {
+        let mut tampered = bodies.clone();
+        tampered[bad] = forged_contract();
+        let ledger = build(tampered);
+        let error = verify_chain_batched(
+            requester().node_id(),
+            ledger.iter().map(Vec::as_slice),
+            64,
+            [9; 32],
+        )
+        .unwrap_err();
+        assert_eq!(error.index, bad as u64);
+        assert!(matches!(
+            error.error,
+            EntryError::Document(VerifyError::BadSignature { .. })
+        ));
+        assert_eq!(verify(&ledger).unwrap_err(), error);
+    }
+}
+
+fn sample_bodies() -> Vec<EntryBody> {
+    vec![
+        EntryBody::Contract(cosigned_contract()),
+        EntryBody::Receipt(signed_receipt()),
+        EntryBody::Settlement(cosigned_settlement()),
+        EntryBody::Failure(failure()),
+        EntryBody::Misbehaviour(evidence()),
+        EntryBody::Contract(cosigned_contract()),
+    ]
+}
+
+/// A contract whose countersignature is the requester's own signature again.
+fn forged_contract() -> EntryBody {
+    let bytes = crate::codec::encode(&(
+        cosigned_contract().first().clone(),
+        serde_bytes::ByteBuf::from(cosigned_contract().first().signature().to_bytes().to_vec()),
+    ))
+    .unwrap();
+    EntryBody::Contract(crate::codec::decode(&bytes, 8192).unwrap())
 }
 
 proptest! {

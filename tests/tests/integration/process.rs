@@ -459,3 +459,53 @@ fn a_node_killed_during_a_stream_of_jobs_keeps_every_acknowledged_entry() {
     // Interrupted jobs are closed, not left dangling.
     drop(restarted);
 }
+
+/// `suanli bench floor --quick --json` runs, prints one well-formed figure per line and leaves
+/// no temporary directory behind. Smoke test only: no timing is checked, ever.
+#[test]
+fn bench_floor_quick_prints_well_formed_json_lines() {
+    let base = TempDir::new().expect("temp dir");
+    let output = suanli(&[
+        "bench",
+        "floor",
+        "--quick",
+        "--json",
+        "--dir",
+        path_str(base.path()),
+    ]);
+    assert!(
+        output.status.success(),
+        "suanli bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("utf-8 output");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 5, "too few figures: {stdout}");
+    for line in lines {
+        let figure: Value = serde_json::from_str(line).expect("one JSON object per line");
+        let keys: BTreeSet<&str> = figure
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "scenario",
+                "metric",
+                "value",
+                "unit",
+                "floor",
+                "floor_metric",
+                "ratio"
+            ]),
+            "{line}"
+        );
+        assert_eq!(figure["scenario"], "floor", "{line}");
+        assert!(figure["value"].is_number(), "{line}");
+    }
+    // The run's temporary directory is gone.
+    let left: Vec<_> = std::fs::read_dir(base.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
