@@ -671,7 +671,13 @@ impl EventLoop {
                     }
                 }
             }
-            Err(reason) => {
+            Err(AdvertRefusal::Late(reason)) => {
+                // Valid, but it aged out on its way: the forwarder is not at fault. (Rejecting it
+                // penalised honest forwarders under load until the mesh partitioned.)
+                debug!(source = ?message.source, via = %propagation_source, %reason, "late advert ignored");
+                gossipsub::MessageAcceptance::Ignore
+            }
+            Err(AdvertRefusal::Invalid(reason)) => {
                 warn!(
                     source = ?message.source,
                     via = %propagation_source,
@@ -771,20 +777,39 @@ impl EventLoop {
     }
 }
 
+/// Why a gossiped advert is not stored: `Late` is a valid advert that expired on its way (ignore
+/// it), `Invalid` anything else (reject it, which penalises the sender).
+enum AdvertRefusal {
+    Late(String),
+    Invalid(String),
+}
+
 /// The checks every received advert passes before use.
-fn validate_advert(message: &gossipsub::Message, now_ms: u64) -> Result<CapacityAdvert, String> {
+fn validate_advert(
+    message: &gossipsub::Message,
+    now_ms: u64,
+) -> Result<CapacityAdvert, AdvertRefusal> {
+    let invalid = AdvertRefusal::Invalid;
     let GossipMessage::Advert(signed) =
-        GossipMessage::from_bytes(&message.data).map_err(|error| error.to_string())?
+        GossipMessage::from_bytes(&message.data).map_err(|error| invalid(error.to_string()))?
     else {
-        return Err("not an advert".into());
+        return Err(invalid("not an advert".into()));
     };
-    let advert = signed.verify().map_err(|error| error.to_string())?;
-    let sender = gossip_author(message)?;
+    let advert = signed.verify().map_err(|error| invalid(error.to_string()))?;
+    let sender = gossip_author(message).map_err(invalid)?;
     if sender != advert.node {
-        return Err(format!("advert for {} published by {sender}", advert.node));
+        return Err(invalid(format!(
+            "advert for {} published by {sender}",
+            advert.node
+        )));
     }
-    advert.validate(now_ms).map_err(|error| error.to_string())?;
-    Ok(advert)
+    match advert.validate(now_ms) {
+        Ok(()) => Ok(advert),
+        Err(error @ suanli_protocol::advert::AdvertError::Expired { .. }) => {
+            Err(AdvertRefusal::Late(error.to_string()))
+        }
+        Err(error) => Err(invalid(error.to_string())),
+    }
 }
 
 enum CheckpointTopic {
