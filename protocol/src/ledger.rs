@@ -333,26 +333,45 @@ pub fn verify_chain<'a>(
     Ok(verifier.head())
 }
 
+/// Most entries per batch that [`verify_chain_batched`] preallocates for; larger batches grow.
+const MAX_BATCH_PREALLOCATION: usize = 4096;
+
 /// [`verify_chain`] with signatures checked in batches of the signatures of `batch_entries`
-/// entries ([`ChainVerifier::push_batch`]). `seed` must be fresh and secret (the OS random
-/// source): see [`SignatureBatch::new`]. Same result as [`verify_chain`].
+/// entries ([`ChainVerifier::push_batch`]). `seed` should be fresh and secret (the OS random
+/// source): see [`SignatureBatch::new`]. Same result as [`verify_chain`]. Batches of fewer than
+/// [`MIN_BATCH`](crate::signed::MIN_BATCH) signatures are checked one by one (faster).
 pub fn verify_chain_batched<'a>(
     owner: NodeId,
     entries: impl IntoIterator<Item = &'a [u8]>,
     batch_entries: usize,
     seed: [u8; 32],
 ) -> Result<ChainHead, ChainError> {
+    verify_chain_in_batches(
+        owner,
+        entries,
+        batch_entries,
+        &mut SignatureBatch::new(seed),
+    )
+}
+
+/// [`verify_chain_batched`] with a given (empty) batch.
+fn verify_chain_in_batches<'a>(
+    owner: NodeId,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    batch_entries: usize,
+    batch: &mut SignatureBatch,
+) -> Result<ChainHead, ChainError> {
+    let batch_entries = batch_entries.max(1);
     let mut verifier = ChainVerifier::new(owner);
-    let mut batch = SignatureBatch::new(seed);
-    let mut group = Vec::with_capacity(batch_entries.max(1));
+    let mut group = Vec::with_capacity(batch_entries.min(MAX_BATCH_PREALLOCATION));
     for raw in entries {
         group.push(raw);
-        if group.len() >= batch_entries.max(1) {
-            verifier.push_batch(&group, &mut batch)?;
+        if group.len() >= batch_entries {
+            verifier.push_batch(&group, batch)?;
             group.clear();
         }
     }
-    verifier.push_batch(&group, &mut batch)?;
+    verifier.push_batch(&group, batch)?;
     Ok(verifier.head())
 }
 

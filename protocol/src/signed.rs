@@ -32,7 +32,7 @@ use crate::codec::{self, DecodeError, EncodeError};
 use crate::hash::{self, Hash32};
 use crate::identity::{Keypair, NodeId, NodeIdError};
 
-pub use batch::{ROUNDS as BATCH_TORSION_ROUNDS, SignatureBatch, SignatureCheck};
+pub use batch::{MIN_BATCH, ROUNDS as BATCH_TORSION_ROUNDS, SignatureBatch, SignatureCheck};
 
 /// A document kind that one party signs.
 pub trait Document: Serialize + DeserializeOwned {

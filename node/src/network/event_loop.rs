@@ -795,7 +795,9 @@ fn validate_advert(
     else {
         return Err(invalid("not an advert".into()));
     };
-    let advert = signed.verify().map_err(|error| invalid(error.to_string()))?;
+    let advert = signed
+        .verify()
+        .map_err(|error| invalid(error.to_string()))?;
     let sender = gossip_author(message).map_err(invalid)?;
     if sender != advert.node {
         return Err(invalid(format!(

@@ -69,6 +69,8 @@ fn sample_ledger() -> Vec<Vec<u8>> {
 
 /// Strict verification, checked against batched verification in groups of every size that
 /// matters (whole ledger, 2, 1): they must agree on the head or on the first bad index and error.
+/// Small ledgers have fewer signatures than `MIN_BATCH`, so the groups are also checked with
+/// batches that combine from one signature on, to exercise the batch path itself.
 fn verify(ledger: &[Vec<u8>]) -> Result<ChainHead, ChainError> {
     let strict = verify_chain(requester().node_id(), ledger.iter().map(Vec::as_slice));
     for group in [ledger.len().max(1), 2, 1] {
@@ -79,6 +81,13 @@ fn verify(ledger: &[Vec<u8>]) -> Result<ChainHead, ChainError> {
             [group as u8; 32],
         );
         assert_eq!(batched, strict, "batches of {group} entries");
+        let forced = verify_chain_in_batches(
+            requester().node_id(),
+            ledger.iter().map(Vec::as_slice),
+            group,
+            &mut SignatureBatch::with_min_batch([group as u8; 32], 1),
+        );
+        assert_eq!(forced, strict, "forced batches of {group} entries");
     }
     strict
 }
@@ -326,6 +335,21 @@ fn one_bad_signature_in_a_batch_is_found_at_its_entry() {
             EntryError::Document(VerifyError::BadSignature { .. })
         ));
         assert_eq!(verify(&ledger).unwrap_err(), error);
+    }
+}
+
+#[test]
+fn a_huge_batch_size_does_not_preallocate() {
+    let ledger = sample_ledger();
+    let head = verify(&ledger).unwrap();
+    for batch_entries in [usize::MAX, usize::MAX / 2, 1 << 40, 0] {
+        let batched = verify_chain_batched(
+            requester().node_id(),
+            ledger.iter().map(Vec::as_slice),
+            batch_entries,
+            [1; 32],
+        );
+        assert_eq!(batched, Ok(head), "batches of {batch_entries} entries");
     }
 }
 
