@@ -1267,3 +1267,29 @@ async fn measure_durable_appends() {
         started.elapsed().as_secs_f64() * 1000.0
     );
 }
+
+#[tokio::test]
+async fn batched_verification_names_the_entry_with_a_bad_signature() {
+    within(async {
+        // 300 co-signed contracts: three batches of 128 entries (256 signatures each), so the
+        // batch path runs, not the one-by-one path for small groups.
+        let owner = provider().node_id();
+        let dir = ledger_with(300).await;
+        let store = Store::open(&db_path(&dir), owner).unwrap();
+        assert!(store.verify().ok);
+        let mut raw = store.raw_entry(200).unwrap().unwrap();
+        drop(store);
+        // The entry ends with the provider's countersignature: flip one of its bits.
+        let last = raw.len() - 1;
+        raw[last] ^= 0x01;
+        assert!(LedgerEntry::decode(&raw).is_ok());
+        testing::rewrite_entry_offline(dir.path(), 200, &raw).unwrap();
+        let report = Store::open(&db_path(&dir), owner).unwrap().verify();
+        assert!(!report.ok);
+        assert_eq!(report.entries, 200);
+        let error = report.error.unwrap();
+        assert_eq!(error.index, 200);
+        assert!(error.message.contains("signature"), "{}", error.message);
+    })
+    .await;
+}
