@@ -204,31 +204,27 @@ impl<T: Document> Signed<T> {
     /// that it keeps its bounds ([`Document::check_bounds`]).
     pub fn verify(&self) -> Result<T, VerifyError> {
         // Refuse oversized bytes before hashing them for the signature check.
-        if self.bytes.len() > T::MAX_BYTES {
-            return Err(VerifyError::Decode {
-                kind: T::KIND,
-                source: DecodeError::TooLarge {
-                    len: self.bytes.len(),
-                    max: T::MAX_BYTES,
-                },
-            });
-        }
+        self.check_size()?;
         verify_signature(T::KIND, &self.message(), self.signer, &self.signature)?;
-        let document = self.decode_unverified()?;
-        check_party(T::KIND, document.signer(), self.signer)?;
-        document
-            .check_bounds()
-            .map_err(|source| VerifyError::OutOfBounds {
-                kind: T::KIND,
-                source,
-            })?;
-        Ok(document)
+        self.check_document()
     }
 
     /// Everything [`verify`](Self::verify) checks except the signature, which is added to
     /// `batch` to be checked later with many others ([`SignatureBatch::verify`]). The document
     /// must not be used before that batch has passed.
     pub fn verify_deferred(&self, batch: &mut SignatureBatch) -> Result<T, VerifyError> {
+        self.check_size()?;
+        let document = self.check_document()?;
+        batch.push(SignatureCheck {
+            kind: T::KIND,
+            signer: self.signer,
+            message: self.message(),
+            signature: self.signature,
+        });
+        Ok(document)
+    }
+
+    fn check_size(&self) -> Result<(), VerifyError> {
         if self.bytes.len() > T::MAX_BYTES {
             return Err(VerifyError::Decode {
                 kind: T::KIND,
@@ -238,6 +234,12 @@ impl<T: Document> Signed<T> {
                 },
             });
         }
+        Ok(())
+    }
+
+    /// Decodes the document and checks its named signer and its bounds: all of `verify` but the
+    /// size and the signature.
+    fn check_document(&self) -> Result<T, VerifyError> {
         let document = self.decode_unverified()?;
         check_party(T::KIND, document.signer(), self.signer)?;
         document
@@ -246,12 +248,6 @@ impl<T: Document> Signed<T> {
                 kind: T::KIND,
                 source,
             })?;
-        batch.push(SignatureCheck {
-            kind: T::KIND,
-            signer: self.signer,
-            message: self.message(),
-            signature: self.signature,
-        });
         Ok(document)
     }
 
