@@ -687,7 +687,7 @@ mod tests {
             .map(|nonce| {
                 let ledger = ledger.clone();
                 tokio::spawn(async move {
-                    let deal = Deal::new(nonce, &requester(), &provider(), 1_000 + nonce);
+                    let deal = Deal::new(nonce, &requester(), &provider(), 1_000 + nonce).unwrap();
                     for body in deal.bodies() {
                         ledger.append(body).await.unwrap();
                     }

@@ -91,7 +91,7 @@ async fn append_range_verify() {
         let owner = provider();
         let ledger = Running::open(&db_path(&dir), owner.node_id());
         assert_eq!(ledger.handle.head(), ChainHead::EMPTY);
-        let deal = Deal::new(1, &requester(), &owner, 500_000);
+        let deal = Deal::new(1, &requester(), &owner, 500_000).unwrap();
         let mut bodies = deal.bodies().to_vec();
         bodies.push(failure_body(&owner, requester().node_id()));
         bodies.push(evidence_body(&owner, stranger().node_id()));
@@ -533,10 +533,10 @@ async fn balances_come_from_settlements() {
         let me = provider();
         let ledger = Running::open(&db_path(&dir), me.node_id());
         // We ran two jobs for `requester()`...
-        let first = Deal::new(1, &requester(), &me, 2_000_000);
-        let second = Deal::new(2, &requester(), &me, 5_500_000);
+        let first = Deal::new(1, &requester(), &me, 2_000_000).unwrap();
+        let second = Deal::new(2, &requester(), &me, 5_500_000).unwrap();
         // ...and `stranger()` ran one for us.
-        let bought = Deal::new(3, &me, &stranger(), 1_000_000);
+        let bought = Deal::new(3, &me, &stranger(), 1_000_000).unwrap();
         for deal in [&first, &second, &bought] {
             for body in deal.bodies() {
                 ledger.handle.append(body).await.unwrap();
@@ -701,7 +701,7 @@ async fn refuses_bodies_the_owner_may_not_record() {
             .unwrap_err();
         assert!(matches!(error, LedgerError::Refused(EntryError::NotAParty)));
         // Our own contract, with a forged countersignature.
-        let deal = Deal::new(2, &requester(), &me, 1);
+        let deal = Deal::new(2, &requester(), &me, 1).unwrap();
         let mut encoded = suanli_protocol::codec::encode(&deal.contract).unwrap();
         let last = encoded.len() - 1;
         encoded[last] ^= 1;
