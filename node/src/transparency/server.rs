@@ -10,7 +10,7 @@ use suanli_protocol::wire::{
 use tokio::sync::{Semaphore, watch};
 use tracing::debug;
 
-use crate::ledger::LedgerHandle;
+use crate::ledger::{LedgerError, LedgerHandle};
 use crate::network::{InboundRequest, NetworkHandle};
 
 /// Most ledger requests served at once; more wait for a permit (the network answers "busy" once
@@ -18,6 +18,8 @@ use crate::network::{InboundRequest, NetworkHandle};
 pub const MAX_CONCURRENT: usize = 8;
 /// Room left in a range answer for framing and the checkpoint note.
 const ANSWER_HEADROOM: usize = 64 * 1024;
+/// Entries read from the ledger at a time while filling a range answer.
+const PAGE: u32 = 128;
 
 #[derive(Clone)]
 pub(super) struct Server {
@@ -58,27 +60,15 @@ impl Server {
             },
             LedgerRequest::Range { from, limit } => {
                 let ledger = self.ledger.clone();
-                let read = tokio::task::spawn_blocking(move || ledger.range(from, limit)).await;
-                let entries = match read {
-                    Ok(Ok(entries)) => entries,
-                    Ok(Err(error)) => return error_answer(ErrorCode::Internal, error.to_string()),
-                    Err(error) => return error_answer(ErrorCode::Internal, error.to_string()),
-                };
-                // Stop before the answer would outgrow the message cap (entries are ~1 KiB,
-                // at most 96 KiB): the requester asks again from where this answer ends.
-                let mut bytes = 0;
-                let entries = entries
-                    .into_iter()
-                    .take_while(|entry| {
-                        bytes += entry.raw.len() + 8;
-                        bytes <= MAX_LEDGER_MESSAGE_BYTES - ANSWER_HEADROOM
-                    })
-                    .map(|entry| serde_bytes::ByteBuf::from(entry.raw))
-                    .collect();
-                LedgerResponse::Entries {
-                    from,
-                    entries,
-                    checkpoint: self.latest_note(),
+                let read = tokio::task::spawn_blocking(move || read_range(&ledger, from, limit));
+                match read.await {
+                    Ok(Ok(entries)) => LedgerResponse::Entries {
+                        from,
+                        entries,
+                        checkpoint: self.latest_note(),
+                    },
+                    Ok(Err(error)) => error_answer(ErrorCode::Internal, error.to_string()),
+                    Err(error) => error_answer(ErrorCode::Internal, error.to_string()),
                 }
             }
             LedgerRequest::Prove { size1, size2 } => match self.ledger.prefix_proof(size1, size2) {
@@ -87,6 +77,35 @@ impl Server {
             },
         }
     }
+}
+
+/// Up to `limit` raw entries from `from`, stopping before the answer would outgrow the message
+/// cap (entries are ~1 KiB, at most 96 KiB; the requester asks again from where the answer ends).
+/// Read in pages, so at most one page more than the answer is ever held.
+fn read_range(
+    ledger: &LedgerHandle,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<serde_bytes::ByteBuf>, LedgerError> {
+    let budget = MAX_LEDGER_MESSAGE_BYTES - ANSWER_HEADROOM;
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    while entries.len() < limit as usize {
+        let want = (limit as usize - entries.len()).min(PAGE as usize) as u32;
+        let page = ledger.range(from + entries.len() as u64, want)?;
+        let full = page.len() == want as usize;
+        for entry in page {
+            bytes += entry.raw.len() + 8;
+            if bytes > budget {
+                return Ok(entries);
+            }
+            entries.push(serde_bytes::ByteBuf::from(entry.raw));
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(entries)
 }
 
 fn error_answer(code: ErrorCode, message: String) -> LedgerResponse {
