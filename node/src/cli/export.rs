@@ -638,7 +638,15 @@ mod tests {
         dir
     }
 
-    async fn populate(path: &Path, deals: u64) {
+    /// A data dir at `path` holding the provider's key, and its ledger started.
+    fn start_ledger(
+        path: &Path,
+    ) -> (
+        DataDir,
+        LedgerHandle,
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+    ) {
         let data_dir = DataDir::new(path);
         let key = provider();
         std::fs::create_dir_all(path).unwrap();
@@ -651,6 +659,12 @@ mod tests {
         let (ledger, task) = Store::open(&data_dir.ledger_path(), key.node_id())
             .unwrap()
             .start(cancel.clone());
+        (data_dir, ledger, task, cancel)
+    }
+
+    async fn populate(path: &Path, deals: u64) {
+        let key = provider();
+        let (data_dir, ledger, task, cancel) = start_ledger(path);
         append_deals(&ledger, 0..deals).await;
         ledger
             .append(failure_body(&key, requester().node_id()))
@@ -942,17 +956,8 @@ mod tests {
     #[tokio::test]
     async fn online_and_offline_exports_are_identical() {
         let dir = TempDir::new().unwrap();
-        let data_dir = DataDir::new(dir.path());
         let key = provider();
-        std::fs::write(
-            data_dir.key_path(),
-            format!("{}\n", hex::encode(key.secret_bytes())),
-        )
-        .unwrap();
-        let cancel = CancellationToken::new();
-        let (ledger, task) = Store::open(&data_dir.ledger_path(), key.node_id())
-            .unwrap()
-            .start(cancel.clone());
+        let (_, ledger, task, cancel) = start_ledger(dir.path());
         append_deals(&ledger, 0..5).await;
         // The ledger routes, and a stand-in for `/v1/node` (owned by the node's API).
         let node_id = key.node_id().to_string();
