@@ -371,6 +371,8 @@ pub enum FailureReason {
     InvalidModule,
     OutputTooLarge,
     Cancelled,
+    /// The module breaks the executor's complexity caps (functions, code size, locals).
+    ModuleTooComplex,
 }
 
 impl FailureReason {
@@ -383,6 +385,7 @@ impl FailureReason {
             FailureReason::InvalidModule => "invalid_module",
             FailureReason::OutputTooLarge => "output_too_large",
             FailureReason::Cancelled => "cancelled",
+            FailureReason::ModuleTooComplex => "module_too_complex",
         }
     }
 }
