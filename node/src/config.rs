@@ -129,6 +129,13 @@ pub struct NetworkConfig {
     pub target_peers: u32,
     /// Seconds an idle connection stays open.
     pub idle_connection_timeout_secs: u64,
+    /// Seconds between two pings on every connection. A lost peer is also re-dialled at least
+    /// this often during the first minutes after it was lost.
+    pub ping_interval_secs: u64,
+    /// Seconds a ping may go unanswered. A connection that answered no ping for
+    /// `ping_interval_secs + ping_timeout_secs` is closed as dead, and its peer leaves the peer
+    /// list; QUIC's idle timeout is set to the same bound.
+    pub ping_timeout_secs: u64,
 }
 
 impl Default for NetworkConfig {
@@ -146,6 +153,8 @@ impl Default for NetworkConfig {
             max_connections_per_peer: 2,
             target_peers: 16,
             idle_connection_timeout_secs: 300,
+            ping_interval_secs: 5,
+            ping_timeout_secs: 10,
         }
     }
 }
@@ -227,6 +236,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Longest ping interval or timeout accepted: beyond it a dead peer would stay listed for hours.
+const MAX_PING_SECS: u64 = 3600;
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -246,6 +258,8 @@ pub struct CheckedConfig {
     pub max_connections_per_peer: u32,
     pub target_peers: u32,
     pub idle_connection_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
     pub api_listen: SocketAddr,
     pub capacity: CapacityConfig,
     pub executors: Vec<ExecutorKind>,
@@ -307,6 +321,14 @@ impl Config {
         if network.max_connections == 0 || network.max_connections_per_peer == 0 {
             return Err(invalid("network.max_connections", "must be at least 1"));
         }
+        for (key, secs) in [
+            ("network.ping_interval_secs", network.ping_interval_secs),
+            ("network.ping_timeout_secs", network.ping_timeout_secs),
+        ] {
+            if !(1..=MAX_PING_SECS).contains(&secs) {
+                return Err(invalid(key, format!("must be 1..={MAX_PING_SECS} seconds")));
+            }
+        }
         let api_listen =
             self.api.listen.parse().map_err(|error| {
                 invalid("api.listen", format!("{:?}: {error}", self.api.listen))
@@ -358,6 +380,8 @@ impl Config {
             max_connections_per_peer: network.max_connections_per_peer,
             target_peers: network.target_peers,
             idle_connection_timeout: Duration::from_secs(network.idle_connection_timeout_secs),
+            ping_interval: Duration::from_secs(network.ping_interval_secs),
+            ping_timeout: Duration::from_secs(network.ping_timeout_secs),
             api_listen,
             capacity: capacity.clone(),
             executors,
@@ -392,6 +416,11 @@ max_connections_per_peer = 2
 # Outbound connections to keep to discovered peers.
 target_peers = 16
 idle_connection_timeout_secs = 300
+# Every connection is pinged this often; one that answered no ping for
+# ping_interval_secs + ping_timeout_secs (15 s) is closed and its peer leaves `suanli peers`.
+# A lost peer is re-dialled at least every ping_interval_secs for its first 5 minutes away.
+ping_interval_secs = 5
+ping_timeout_secs = 10
 
 [api]
 # HTTP API address. Keep it on loopback unless a proxy guards it.
@@ -462,6 +491,18 @@ mod tests {
         let mut config = Config::default();
         config.network.advert_interval_secs = 40;
         assert!(config.validate().is_err());
+        for (interval, timeout) in [(0, 10), (5, 0), (5, 3601)] {
+            let mut config = Config::default();
+            config.network.ping_interval_secs = interval;
+            config.network.ping_timeout_secs = timeout;
+            assert!(
+                config
+                    .validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("network.ping_")
+            );
+        }
         let mut config = Config::default();
         config.capacity.executors = vec!["docker".into()];
         assert!(

@@ -1,5 +1,6 @@
 //! A hostile peer: a bare libp2p swarm that speaks the gossip topics and the ledger-sync protocol
-//! and sends whatever bytes a test hands it.
+//! and sends whatever bytes a test hands it. It answers pings, as a node closes connections that
+//! do not.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, noise, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, noise, ping, tcp, yamux,
 };
 use suanli_node::network::{FrameCodec, advert_topic, checkpoint_topic, gossipsub_config};
 use suanli_protocol::Keypair;
@@ -23,6 +24,7 @@ enum Action {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     ledger: request_response::Behaviour<FrameCodec>,
 }
@@ -60,6 +62,7 @@ impl Adversary {
             )
             .expect("tcp")
             .with_behaviour(|key| Behaviour {
+                ping: ping::Behaviour::default(),
                 gossipsub: gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossipsub_config().expect("config"),

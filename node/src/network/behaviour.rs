@@ -100,7 +100,23 @@ fn build_error(error: impl std::fmt::Display) -> BuildError {
     BuildError(error.to_string())
 }
 
+/// QUIC notices a silent peer by itself: keep-alive packets every ping interval, and the
+/// connection times out after the same silence as the ping check (`ping_interval +
+/// ping_timeout`). The idle timeout in force is the smaller of both sides' values.
+fn quic_config(mut quic: libp2p::quic::Config, config: &CheckedConfig) -> libp2p::quic::Config {
+    let silence = config.ping_interval + config.ping_timeout;
+    quic.max_idle_timeout = u32::try_from(silence.as_millis()).unwrap_or(u32::MAX);
+    quic.keep_alive_interval = config.ping_interval;
+    quic
+}
+
 /// Builds the Swarm: TCP (noise + yamux) and QUIC, DNS, and [`Behaviour`].
+///
+/// Dead connections: TCP offers no keep-alive or user-timeout option in libp2p-tcp 0.45, and
+/// yamux 0.14 sends no keep-alive either (its pings only measure the round trip), so on a black-holed TCP link (no FIN, no RST) nothing
+/// below the application would notice for many minutes. The ping behaviour pings every
+/// connection each `ping_interval`; it only reports, and the event loop closes a connection
+/// that stops answering (see `EventLoop::handle_ping` and the silence check in its tick).
 pub fn build_swarm(
     keypair: libp2p::identity::Keypair,
     config: &CheckedConfig,
@@ -120,7 +136,7 @@ pub fn build_swarm(
             yamux::Config::default,
         )
         .map_err(build_error)?
-        .with_quic()
+        .with_quic_config(|quic| quic_config(quic, config))
         .with_dns()
         .map_err(build_error)?
         .with_behaviour(|key| {
@@ -173,7 +189,11 @@ pub fn build_swarm(
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 identify,
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(config.ping_interval)
+                        .with_timeout(config.ping_timeout),
+                ),
                 kad,
                 gossipsub,
                 market,

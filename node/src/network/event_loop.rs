@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -56,6 +57,8 @@ pub struct EventLoop {
     parts: NetworkParts,
     node_id: NodeId,
     peers: PeerBook,
+    /// A connection that answered no ping for this long is closed as dead.
+    silence_limit: Duration,
     listen_addrs: Vec<Multiaddr>,
     /// Bootstrap addresses without a peer id: dialled while the node has no connection.
     anonymous_bootstrap: Vec<Multiaddr>,
@@ -97,7 +100,13 @@ impl EventLoop {
                     message: format!("subscribe to {topic}: {error}"),
                 })?;
         }
-        let mut peers = PeerBook::from_persisted(&parts.data_dir.load_peers(), Instant::now());
+        let mut peers = PeerBook::from_persisted(
+            &parts.data_dir.load_peers(),
+            parts.config.ping_interval,
+            Instant::now(),
+        );
+        // A ping is sent one interval after the last answer and may take the timeout.
+        let silence_limit = parts.config.ping_interval + parts.config.ping_timeout;
         let mut anonymous_bootstrap = Vec::new();
         for addr in &parts.config.bootstrap {
             match peer_id_of(addr) {
@@ -115,6 +124,7 @@ impl EventLoop {
             parts,
             node_id,
             peers,
+            silence_limit,
             listen_addrs: Vec::new(),
             anonymous_bootstrap,
             advert_seq: 0,
@@ -277,7 +287,9 @@ impl EventLoop {
                 }
             }
             Command::IsConnected(peer, reply) => {
-                let _ = reply.send(self.swarm.is_connected(&peer.to_peer_id()));
+                // The peer book, not the Swarm: a connection being closed as dead still counts
+                // in the Swarm until its close completes.
+                let _ = reply.send(self.peers.is_connected(&peer.to_peer_id()));
             }
             Command::Penalize { peer, reason } => self.strike(peer.to_peer_id(), &reason),
             Command::GossipMesh(reply) => {
@@ -476,6 +488,15 @@ impl EventLoop {
         {
             self.publish_advert();
         }
+        for (peer_id, connection) in self.peers.take_silent(now, self.silence_limit) {
+            info!(
+                %peer_id,
+                %connection,
+                silence = ?self.silence_limit,
+                "no ping answered; closing the connection as dead"
+            );
+            self.swarm.close_connection(connection);
+        }
         for (peer_id, addrs) in self.peers.due(now) {
             debug!(%peer_id, "re-dialling");
             self.dial(peer_id, addrs);
@@ -487,7 +508,11 @@ impl EventLoop {
     }
 
     fn dial(&mut self, peer_id: PeerId, addrs: Vec<Multiaddr>) {
+        // `NotDialing` rather than the default `DisconnectedAndNotDialing`: callers dial only
+        // peers without an alive connection, and one being closed as dead (whose close may wait
+        // on a stalled socket) must not hold up the re-dial.
         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::NotDialing)
             .addresses(addrs)
             .build();
         if let Err(error) = self.swarm.dial(opts) {
@@ -534,24 +559,28 @@ impl EventLoop {
                 self.publish_pending = true;
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
-                debug!(%peer_id, address = %endpoint.get_remote_address(), "connected");
+                debug!(%peer_id, %connection_id, address = %endpoint.get_remote_address(), "connected");
                 if endpoint.is_dialer() {
                     self.peers
                         .learn(peer_id, [endpoint.get_remote_address().clone()]);
                 }
-                self.peers.connected(peer_id);
+                self.peers.connected(peer_id, connection_id, Instant::now());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                connection_id,
                 cause,
                 ..
             } => {
-                debug!(%peer_id, ?cause, "connection closed");
-                self.peers
-                    .disconnected(&peer_id, num_established, Instant::now());
+                debug!(%peer_id, %connection_id, ?cause, "connection closed");
+                if self.peers.closed(&peer_id, connection_id, Instant::now()) {
+                    debug!(%peer_id, "peer lost; re-dial scheduled");
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, %error, "dial failed");
@@ -613,6 +642,11 @@ impl EventLoop {
                     self.dial(peer, addresses.into_vec());
                 }
             }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => self.handle_ping(peer, connection, result),
             BehaviourEvent::Market(event) => self.handle_request_response(Protocol::Market, event),
             BehaviourEvent::Ledger(event) => self.handle_request_response(Protocol::Ledger, event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
@@ -627,6 +661,29 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// libp2p's ping only reports; acting on a failure is ours. An answered ping proves the
+    /// connection alive; a failed one (reported from the second consecutive failure on, or when
+    /// the peer does not speak ping) closes it at once. A ping that just never comes back is
+    /// caught by the silence limit in `handle_tick`.
+    fn handle_ping(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        result: Result<Duration, ping::Failure>,
+    ) {
+        match result {
+            Ok(rtt) => {
+                tracing::trace!(%peer, %connection, ?rtt, "ping answered");
+                self.peers.answered(&peer, connection, Instant::now());
+            }
+            Err(failure) => {
+                info!(%peer, %connection, %failure, "ping failed; closing the connection");
+                self.peers.closed(&peer, connection, Instant::now());
+                self.swarm.close_connection(connection);
+            }
         }
     }
 

@@ -19,6 +19,15 @@
 //! [`MeshView`], and reports invalid ones to gossipsub, which lowers the
 //! sender's score.
 //!
+//! Dead connections: every connection is pinged each `ping_interval`; one that has answered no
+//! ping for `ping_interval + ping_timeout` (or whose ping fails outright) is closed, and its peer
+//! leaves the peer book's live set at once, before the close completes. [`Command::Peers`] and
+//! [`Command::IsConnected`] answer from that live set, never from the Swarm's view (which keeps
+//! a connection until its close completes, possibly behind a stalled socket). A peer lost so
+//! is re-dialled within a second, then at least every `ping_interval` for five minutes, then
+//! with backoff up to a minute (the schedule is in the peer book's module doc). QUIC connections
+//! also time out by themselves after the same silence.
+//!
 //! Two request-response protocols carry what must arrive: `/suanli/market/1` (inbound requests
 //! go to the market as [`NetworkEvent`]s) and `/suanli/ledger/1` (inbound requests go to the
 //! transparency module as [`LedgerEvent`]s). The checkpoint topic carries signed ledger
@@ -128,7 +137,8 @@ pub struct PeerInfo {
 /// Requests to the network task.
 #[derive(Debug)]
 pub enum Command {
-    /// The currently connected peers.
+    /// The peers holding a live connection (one not closed, and not silent past the ping
+    /// bound).
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// The addresses the node listens on.
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -145,7 +155,7 @@ pub enum Command {
     Respond { id: u64, bytes: Vec<u8> },
     /// Publish an encoded [`GossipMessage`] on the checkpoint topic.
     PublishCheckpointTopic(Vec<u8>),
-    /// Whether a connection to the peer is open.
+    /// Whether the peer holds a live connection (as for [`Command::Peers`]).
     IsConnected(NodeId, oneshot::Sender<bool>),
     /// How many peers this node's advert-topic gossip mesh holds, and how many peers are
     /// subscribed to the topic.

@@ -1,9 +1,23 @@
-//! Peers the node knows: their addresses, whether they are connected, and when to re-dial them.
+//! Peers the node knows: their addresses, which of their connections are alive, and when to
+//! re-dial them.
+//!
+//! A connection counts as alive from the moment it opens until it is closed or goes silent
+//! (answers no ping for the silence bound, see [`PeerBook::take_silent`]); a peer is listed as
+//! connected only while it holds an alive connection. The book is pure bookkeeping over the
+//! times it is given: the event loop closes the connections it reports and performs the dials.
+//!
+//! Re-dial schedule of a peer without an alive connection: the first re-dial comes
+//! [`FIRST_BACKOFF`] after the loss, then the wait doubles after every attempt. For
+//! [`RECENT_LOSS`] after a peer was lost the wait is capped at the "recent" cap (the ping
+//! interval), so a peer behind a healed cut is back within about one ping interval; after that,
+//! and for peers never connected in this run (from `peers.json` or the bootstrap list), it is
+//! capped at [`MAX_BACKOFF`]. A connection resets the schedule.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
@@ -11,23 +25,37 @@ use crate::data_dir::{MAX_ADDRS_PER_PEER, MAX_PERSISTED_PEERS, PersistedPeers};
 
 use super::PeerInfo;
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Wait before the first re-dial of a lost peer (and the first retry of a failed dial).
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two re-dials.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long after a peer was lost its re-dials stay capped at the recent cap: long enough to
+/// ride out a typical network incident, short enough that a peer gone for good costs one dial a
+/// minute, not one every few seconds.
+pub const RECENT_LOSS: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 struct Peer {
     addrs: Vec<Multiaddr>,
     agent_version: Option<String>,
-    connections: u32,
+    /// Connections believed alive, each with when it last proved it (opened or answered a
+    /// ping). Bounded by the per-peer connection limit.
+    alive: BTreeMap<ConnectionId, Instant>,
+    /// When the peer's last alive connection went; `None` while connected, and for peers not
+    /// connected since the node started.
+    lost_at: Option<Instant>,
+    /// Re-dials since the peer was lost (or since the node started).
+    attempts: u32,
     /// When to dial next while disconnected; `None` when connected or never to be re-dialled.
     redial_at: Option<Instant>,
-    backoff: Option<Duration>,
 }
 
-/// The peer book: one entry per suanli peer seen, bounded.
-#[derive(Debug, Default)]
+/// The peer book: one entry per peer seen, bounded.
+#[derive(Debug)]
 pub struct PeerBook {
     peers: BTreeMap<PeerId, Peer>,
+    /// Longest wait between re-dials of a recently lost peer.
+    recent_cap: Duration,
     dirty: bool,
 }
 
@@ -48,9 +76,22 @@ pub fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
 }
 
 impl PeerBook {
+    /// An empty book; `recent_cap` is the longest wait between re-dials of a recently lost peer.
+    pub fn new(recent_cap: Duration) -> PeerBook {
+        PeerBook {
+            peers: BTreeMap::new(),
+            recent_cap,
+            dirty: false,
+        }
+    }
+
     /// Peers from `peers.json`, scheduled for an immediate dial.
-    pub fn from_persisted(persisted: &PersistedPeers, now: Instant) -> PeerBook {
-        let mut book = PeerBook::default();
+    pub fn from_persisted(
+        persisted: &PersistedPeers,
+        recent_cap: Duration,
+        now: Instant,
+    ) -> PeerBook {
+        let mut book = PeerBook::new(recent_cap);
         for (id, addrs) in &persisted.peers {
             let Ok(peer_id) = id.parse::<PeerId>() else {
                 continue;
@@ -107,13 +148,14 @@ impl PeerBook {
         }
     }
 
-    pub fn connected(&mut self, peer_id: PeerId) {
+    /// A connection opened: it counts as alive from now, and the re-dial schedule resets.
+    pub fn connected(&mut self, peer_id: PeerId, connection: ConnectionId, now: Instant) {
         if !self.peers.contains_key(&peer_id) && self.peers.len() >= MAX_PERSISTED_PEERS {
             // Make room: forget a disconnected peer, preferring one without addresses.
             let victim = self
                 .peers
                 .iter()
-                .filter(|(_, peer)| peer.connections == 0)
+                .filter(|(_, peer)| peer.alive.is_empty())
                 .min_by_key(|(_, peer)| peer.addrs.len())
                 .map(|(id, _)| *id);
             if let Some(victim) = victim {
@@ -121,59 +163,94 @@ impl PeerBook {
             }
         }
         let peer = self.peers.entry(peer_id).or_default();
-        peer.connections = peer.connections.saturating_add(1);
+        peer.alive.insert(connection, now);
+        peer.lost_at = None;
+        peer.attempts = 0;
         peer.redial_at = None;
-        peer.backoff = None;
     }
 
-    /// A connection closed; when it was the last one, schedule a re-dial with backoff.
-    pub fn disconnected(&mut self, peer_id: &PeerId, remaining: u32, now: Instant) {
-        if let Some(peer) = self.peers.get_mut(peer_id) {
-            peer.connections = remaining;
-            if remaining == 0 && !peer.addrs.is_empty() {
-                let backoff = peer.backoff.unwrap_or(FIRST_BACKOFF);
-                peer.redial_at = Some(now + backoff);
-                peer.backoff = Some(backoff);
-            }
+    /// A ping on `connection` was answered: it proved alive at `now`.
+    pub fn answered(&mut self, peer_id: &PeerId, connection: ConnectionId, now: Instant) {
+        if let Some(last) = self
+            .peers
+            .get_mut(peer_id)
+            .and_then(|peer| peer.alive.get_mut(&connection))
+        {
+            *last = now;
         }
+    }
+
+    /// A connection closed, or is being closed as dead: it no longer counts. When it was the
+    /// peer's last alive one, the peer is lost and a re-dial is scheduled; returns whether so.
+    /// Calling it again for the same connection (the close completing) changes nothing.
+    pub fn closed(&mut self, peer_id: &PeerId, connection: ConnectionId, now: Instant) -> bool {
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return false;
+        };
+        if peer.alive.remove(&connection).is_none() || !peer.alive.is_empty() {
+            return false;
+        }
+        peer.lost_at = Some(now);
+        peer.attempts = 0;
+        if !peer.addrs.is_empty() {
+            peer.redial_at = Some(now + FIRST_BACKOFF.min(self.recent_cap));
+        }
+        true
+    }
+
+    /// Connections that proved alive last before `now - silence`: each is taken out of the
+    /// alive set (as by [`PeerBook::closed`]) and returned for the caller to close.
+    pub fn take_silent(&mut self, now: Instant, silence: Duration) -> Vec<(PeerId, ConnectionId)> {
+        let silent: Vec<(PeerId, ConnectionId)> = self
+            .peers
+            .iter()
+            .flat_map(|(id, peer)| {
+                peer.alive
+                    .iter()
+                    .filter(|(_, last)| now.saturating_duration_since(**last) > silence)
+                    .map(|(connection, _)| (*id, *connection))
+            })
+            .collect();
+        for (peer_id, connection) in &silent {
+            self.closed(peer_id, *connection, now);
+        }
+        silent
     }
 
     /// Schedules a dial at `now` unless the peer is connected.
     pub fn dial_soon(&mut self, peer_id: &PeerId, now: Instant) {
         if let Some(peer) = self.peers.get_mut(peer_id)
-            && peer.connections == 0
+            && peer.alive.is_empty()
         {
             peer.redial_at = Some(now);
         }
     }
 
-    /// A dial failed: try again later, waiting twice as long (up to a minute).
+    /// A dial failed. The peer's next re-dial was scheduled when this one started (see
+    /// [`PeerBook::due`]); only a peer with none scheduled gets one.
     pub fn dial_failed(&mut self, peer_id: &PeerId, now: Instant) {
+        let recent_cap = self.recent_cap;
         if let Some(peer) = self.peers.get_mut(peer_id)
-            && peer.connections == 0
+            && peer.alive.is_empty()
             && !peer.addrs.is_empty()
+            && peer.redial_at.is_none()
         {
-            let backoff = peer
-                .backoff
-                .map_or(FIRST_BACKOFF, |backoff| (backoff * 2).min(MAX_BACKOFF));
-            peer.backoff = Some(backoff);
-            peer.redial_at = Some(now + backoff);
+            peer.redial_at = Some(now + peer.backoff(recent_cap, now));
         }
     }
 
-    /// Peers due for a re-dial, with their addresses; each is rescheduled as if the dial failed,
-    /// so a dial that never reports back is retried too.
+    /// Peers due for a re-dial, with their addresses. Each is rescheduled at once by the
+    /// backoff, so a dial that never reports back is retried too, and a failure that does report
+    /// back does not shorten or lengthen the wait.
     pub fn due(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
+        let recent_cap = self.recent_cap;
+        self.peers
+            .iter_mut()
             .filter(|(_, peer)| peer.redial_at.is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        due.into_iter()
-            .filter_map(|id| {
-                self.dial_failed(&id, now);
-                self.peers.get(&id).map(|peer| (id, peer.addrs.clone()))
+            .map(|(id, peer)| {
+                peer.attempts = peer.attempts.saturating_add(1);
+                peer.redial_at = Some(now + peer.backoff(recent_cap, now));
+                (*id, peer.addrs.clone())
             })
             .collect()
     }
@@ -181,27 +258,45 @@ impl PeerBook {
     pub fn is_connected(&self, peer_id: &PeerId) -> bool {
         self.peers
             .get(peer_id)
-            .is_some_and(|peer| peer.connections > 0)
+            .is_some_and(|peer| !peer.alive.is_empty())
     }
 
     pub fn connected_count(&self) -> usize {
         self.peers
             .values()
-            .filter(|peer| peer.connections > 0)
+            .filter(|peer| !peer.alive.is_empty())
             .count()
     }
 
     pub fn connected_info(&self) -> Vec<PeerInfo> {
         self.peers
             .iter()
-            .filter(|(_, peer)| peer.connections > 0)
+            .filter(|(_, peer)| !peer.alive.is_empty())
             .map(|(id, peer)| PeerInfo {
                 node_id: id.to_string(),
                 addrs: peer.addrs.iter().map(ToString::to_string).collect(),
                 agent_version: peer.agent_version.clone(),
-                connections: peer.connections,
+                connections: u32::try_from(peer.alive.len()).unwrap_or(u32::MAX),
             })
             .collect()
+    }
+}
+
+impl Peer {
+    /// The wait before the next re-dial: [`FIRST_BACKOFF`] doubled per attempt so far, capped at
+    /// `recent_cap` while the peer was lost less than [`RECENT_LOSS`] ago, else at
+    /// [`MAX_BACKOFF`].
+    fn backoff(&self, recent_cap: Duration, now: Instant) -> Duration {
+        let recent = self
+            .lost_at
+            .is_some_and(|lost| now.saturating_duration_since(lost) < RECENT_LOSS);
+        let cap = if recent {
+            recent_cap.min(MAX_BACKOFF)
+        } else {
+            MAX_BACKOFF
+        };
+        let doubled = FIRST_BACKOFF.saturating_mul(1 << self.attempts.min(16));
+        doubled.min(cap)
     }
 }
 
@@ -209,29 +304,136 @@ impl PeerBook {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_and_resets() {
-        let now = Instant::now();
-        let mut book = PeerBook::default();
+    const RECENT_CAP: Duration = Duration::from_secs(5);
+
+    fn book_with_peer() -> (PeerBook, PeerId) {
+        let mut book = PeerBook::new(RECENT_CAP);
         let peer = PeerId::random();
         book.learn(peer, ["/ip4/127.0.0.1/tcp/1".parse().unwrap()]);
-        book.connected(peer);
-        book.disconnected(&peer, 0, now);
-        assert!(book.due(now).is_empty());
-        assert_eq!(book.due(now + FIRST_BACKOFF).len(), 1);
-        // `due` rescheduled with a doubled backoff.
-        assert!(
-            book.due(now + FIRST_BACKOFF + Duration::from_millis(1500))
-                .is_empty()
+        (book, peer)
+    }
+
+    fn connection(id: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(id)
+    }
+
+    /// Dials due at each second from `from` for `span`, as offsets from `from` in whole seconds.
+    fn dial_times(book: &mut PeerBook, from: Instant, span: Duration) -> Vec<u64> {
+        let mut times = Vec::new();
+        let mut offset = Duration::ZERO;
+        while offset <= span {
+            if !book.due(from + offset).is_empty() {
+                times.push(offset.as_secs());
+            }
+            offset += Duration::from_secs(1);
+        }
+        times
+    }
+
+    #[test]
+    fn a_peer_never_connected_backs_off_to_a_minute() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.dial_soon(&peer, now);
+        // Attempts at 0, then waits of 2, 4, 8, 16, 32, then 60 s.
+        assert_eq!(
+            dial_times(&mut book, now, Duration::from_secs(190)),
+            [0, 2, 6, 14, 30, 62, 122, 182]
         );
-        assert_eq!(book.due(now + FIRST_BACKOFF * 3).len(), 1);
-        book.connected(peer);
+    }
+
+    #[test]
+    fn a_recently_lost_peer_is_redialled_every_recent_cap_then_less_often() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.connected(peer, connection(1), now);
+        assert!(book.closed(&peer, connection(1), now));
+        assert!(!book.is_connected(&peer));
+        let early = dial_times(&mut book, now, Duration::from_secs(40));
+        assert_eq!(early, [1, 3, 7, 12, 17, 22, 27, 32, 37]);
+        // No gap longer than the cap while the loss is recent...
+        let recent = dial_times(&mut book, now + Duration::from_secs(41), RECENT_LOSS);
+        assert!(recent.windows(2).all(|pair| pair[1] - pair[0] <= 5));
+        // ...and a minute apart once it is not.
+        let later = dial_times(
+            &mut book,
+            now + RECENT_LOSS + Duration::from_secs(60),
+            Duration::from_secs(300),
+        );
+        assert!(later.len() <= 6, "{later:?}");
+        assert!(later.windows(2).all(|pair| pair[1] - pair[0] == 60));
+    }
+
+    #[test]
+    fn a_reported_dial_failure_keeps_the_schedule() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.dial_soon(&peer, now);
+        assert_eq!(book.due(now).len(), 1);
+        book.dial_failed(&peer, now + Duration::from_millis(10));
+        // The next dial stays 2 s after the first: the failure does not double the wait again.
+        assert!(book.due(now + Duration::from_millis(1900)).is_empty());
+        assert_eq!(book.due(now + Duration::from_secs(2)).len(), 1);
+    }
+
+    #[test]
+    fn a_connection_resets_the_schedule() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.dial_soon(&peer, now);
+        dial_times(&mut book, now, Duration::from_secs(100));
+        book.connected(peer, connection(1), now + Duration::from_secs(100));
         assert!(book.due(now + MAX_BACKOFF * 10).is_empty());
+        book.closed(&peer, connection(1), now + Duration::from_secs(200));
+        assert_eq!(book.due(now + Duration::from_secs(201)).len(), 1);
+    }
+
+    #[test]
+    fn a_peer_is_listed_while_one_connection_is_alive() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.connected(peer, connection(1), now);
+        book.connected(peer, connection(2), now);
+        assert_eq!(book.connected_info()[0].connections, 2);
+        assert!(!book.closed(&peer, connection(1), now));
+        assert!(book.is_connected(&peer));
+        assert_eq!(book.connected_info()[0].connections, 1);
+        // The close of a connection already taken out changes nothing.
+        assert!(!book.closed(&peer, connection(1), now));
+        assert!(book.due(now + MAX_BACKOFF).is_empty());
+        assert!(book.closed(&peer, connection(2), now));
+        assert!(book.connected_info().is_empty());
+        assert_eq!(book.connected_count(), 0);
+    }
+
+    #[test]
+    fn silent_connections_are_taken_out_and_answered_ones_stay() {
+        let now = Instant::now();
+        let silence = Duration::from_secs(15);
+        let (mut book, quiet) = book_with_peer();
+        let chatty = PeerId::random();
+        book.connected(quiet, connection(1), now);
+        book.connected(chatty, connection(2), now);
+        for second in [5, 10, 15, 20] {
+            book.answered(&chatty, connection(2), now + Duration::from_secs(second));
+        }
+        // A ping answer on a connection the book does not hold is ignored.
+        book.answered(&quiet, connection(9), now + Duration::from_secs(20));
+        assert!(book.take_silent(now + silence, silence).is_empty());
+        let later = now + silence + Duration::from_millis(1);
+        assert_eq!(book.take_silent(later, silence), [(quiet, connection(1))]);
+        assert!(!book.is_connected(&quiet));
+        assert!(book.is_connected(&chatty));
+        // Taken out once: the next check and the close completing change nothing.
+        assert!(book.take_silent(later, silence).is_empty());
+        assert!(!book.closed(&quiet, connection(1), later));
+        // The silent peer is re-dialled a second later.
+        assert_eq!(book.due(later + FIRST_BACKOFF).len(), 1);
     }
 
     #[test]
     fn unspecified_addresses_are_not_remembered() {
-        let mut book = PeerBook::default();
+        let mut book = PeerBook::new(RECENT_CAP);
         let peer = PeerId::random();
         book.learn(peer, ["/ip4/0.0.0.0/tcp/1".parse().unwrap()]);
         assert!(book.to_persisted().peers.is_empty());
