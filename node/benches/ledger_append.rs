@@ -3,8 +3,10 @@
 //! `cargo bench -p suanli-node --bench ledger_append`. Timings only; nothing is asserted.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use suanli_node::bench::documents::{deal, provider, requester};
+use suanli_node::config::StorageConfig;
+use suanli_node::fixtures::{deal, provider, requester};
 use suanli_node::ledger::Store;
+use suanli_node::storage::Storage;
 use tokio_util::sync::CancellationToken;
 
 fn ledger_append(c: &mut Criterion) {
@@ -14,7 +16,9 @@ fn ledger_append(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&dir.path().join("db"), provider().node_id()).expect("open");
+    let storage =
+        Storage::open(&dir.path().join("db"), &StorageConfig::default()).expect("open storage");
+    let store = Store::open(&storage, provider().node_id()).expect("open");
     let cancel = CancellationToken::new();
     let (ledger, task) = runtime.block_on(async { store.start(cancel.clone()) });
     let bodies = deal(1, &requester(), &provider()).expect("deal");

@@ -1,12 +1,21 @@
 //! What this node offers: detected resources, capped or overridden by the operator's config, and
-//! the capacity adverts built from them.
+//! the capacity adverts built from them, with the load the adverts show.
+//!
+//! ```text
+//!  market ── watch<Load> ──┐
+//!                          ├─▶ advertise_load ── watch<Load> ──▶ network (adverts, re-published
+//!  storage ─ watch<Health> ┘   (full while the storage refuses work)    on every change)
+//! ```
 
 use std::process::Command;
 use std::time::Duration;
 
 use suanli_protocol::{CapacityAdvert, ExecutorKind, Gpu, NodeId, PriceTerms, Resources};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::CheckedConfig;
+use crate::storage::Health;
 
 /// Resources found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +109,17 @@ impl Load {
         capacity: 1,
     };
 
+    /// Every place taken: what a node that takes no work advertises (load 1000 ‰, nothing free),
+    /// which ranking skips.
+    pub fn full(self) -> Load {
+        let capacity = self.capacity.max(1);
+        Load {
+            in_use: capacity,
+            slots: self.slots,
+            capacity,
+        }
+    }
+
     fn busy_slots(&self) -> u64 {
         u64::from(self.in_use.min(self.slots))
     }
@@ -114,6 +134,42 @@ impl Load {
         let slots = u64::from(self.slots.max(1));
         amount / slots * (slots - self.busy_slots())
             + amount % slots * (slots - self.busy_slots()) / slots
+    }
+}
+
+/// The load adverts show: the market's, or [full](Load::full) while `health` refuses work.
+pub fn advertised_load(market: Load, health: &Health) -> Load {
+    if health.is_accepting() {
+        market
+    } else {
+        market.full()
+    }
+}
+
+/// Keeps `advertised` at [`advertised_load`] of the market's load and the storage's health,
+/// changing it (and so waking the network, which re-publishes the advert) only when the result
+/// changes. Runs until `cancel`.
+pub async fn advertise_load(
+    mut market: watch::Receiver<Load>,
+    mut health: watch::Receiver<Health>,
+    advertised: watch::Sender<Load>,
+    cancel: CancellationToken,
+) {
+    let (mut market_open, mut health_open) = (true, true);
+    loop {
+        let load = advertised_load(*market.borrow_and_update(), &health.borrow_and_update());
+        advertised.send_if_modified(|current| {
+            let changed = *current != load;
+            *current = load;
+            changed
+        });
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            changed = market.changed(), if market_open => market_open = changed.is_ok(),
+            // With both gone nothing can change any more: the last load stays until cancelled.
+            changed = health.changed(), if health_open => health_open = changed.is_ok(),
+        }
     }
 }
 
@@ -251,5 +307,52 @@ mod tests {
         assert_eq!(full.free_share(8), 0);
         assert_eq!(full.load_permille(), 1000);
         assert_eq!(Load::IDLE.free_share(7), 7);
+        assert_eq!(Load::IDLE.full().load_permille(), 1000);
+        assert_eq!(Load::IDLE.full().free_share(7), 0);
+    }
+
+    #[tokio::test]
+    async fn adverts_show_full_load_while_storage_refuses_work() {
+        let (market, market_load) = watch::channel(Load::IDLE);
+        let (health, storage_health) = watch::channel(Health::Healthy);
+        let (advertised, mut load) = watch::channel(Load::IDLE);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(advertise_load(
+            market_load,
+            storage_health,
+            advertised,
+            cancel.clone(),
+        ));
+        let busy = Load {
+            in_use: 1,
+            slots: 2,
+            capacity: 4,
+        };
+        market.send_replace(busy);
+        let seen = load
+            .wait_for(|load| *load == busy)
+            .await
+            .unwrap()
+            .load_permille();
+        assert_eq!(seen, 250);
+        health.send_replace(Health::DiskFull {
+            available_bytes: 1,
+            min_free_bytes: 2,
+        });
+        load.wait_for(|load| load.load_permille() == 1000)
+            .await
+            .unwrap();
+        // The market's changes still count, and come back as they are once storage recovers.
+        market.send_replace(Load::IDLE);
+        health.send_replace(Health::Healthy);
+        load.wait_for(|load| *load == Load::IDLE).await.unwrap();
+        health.send_replace(Health::Failed {
+            reason: "fsync".into(),
+        });
+        load.wait_for(|load| load.load_permille() == 1000)
+            .await
+            .unwrap();
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

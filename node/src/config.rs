@@ -4,6 +4,7 @@
 //! flags override the file; [`Config::validate`] turns the raw values into checked ones in one
 //! place, before anything starts.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,10 +26,36 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Running other nodes' jobs.
     pub provider: ProviderConfig,
+    /// Compiling modules: the compile pool and the compiled-module cache.
+    pub executor: ExecutorSection,
     /// Placing jobs submitted to this node.
     pub jobs: JobsConfig,
     /// The ledger's signed checkpoints.
     pub ledger: LedgerConfig,
+    /// The node's database on disk.
+    pub storage: StorageConfig,
+}
+
+/// The node's database on disk (`<data dir>/db`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes that must stay free on the database's filesystem. Below this the node refuses new
+    /// work (ledger appends, job submissions, new blobs) and advertises full load, without
+    /// writing anything, until free space is back above this plus a quarter; the database never
+    /// runs into a full disk (which sled 0.34 does not recover from without a restart). It covers
+    /// sled's own growth beyond the data (new log segments, a few MB at a time; the page-table
+    /// snapshot written at start, ~1-2 % of the database) and the small records in-flight jobs
+    /// keep writing. 0 turns the check off.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// The ledger's signed checkpoints.
@@ -70,6 +97,12 @@ pub struct ProviderConfig {
     pub max_output_bytes: u64,
     /// Seconds an offer (and the slot it holds) stays valid.
     pub offer_validity_secs: u64,
+    /// The credit line of a requester, micro-credits: what it may owe this node (by the
+    /// ledger's settlements) plus the most its open contracts and offers can cost. Beyond it
+    /// quotes are declined with the signed reason `credit_limit`.
+    pub credit_limit: u64,
+    /// Credit lines of particular requesters, by node id, micro-credits.
+    pub credit_limits: BTreeMap<String, u64>,
 }
 
 impl Default for ProviderConfig {
@@ -83,6 +116,30 @@ impl Default for ProviderConfig {
             max_wall_time_ms: 60_000,
             max_output_bytes: suanli_protocol::job::MAX_OUTPUT_BYTES,
             offer_validity_secs: 10,
+            credit_limit: 1_000_000_000,
+            credit_limits: BTreeMap::new(),
+        }
+    }
+}
+
+/// Compiling modules, for submissions and for runs alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// Compiled code the module cache may hold, bytes (and at most 64 modules).
+    pub module_cache_bytes: u64,
+    /// Modules compiled at once; default: half the cores offered, at least 1.
+    pub compile_threads: Option<u32>,
+    /// Submissions waiting for a compile beyond the running ones; more are answered "busy".
+    pub compile_queue: u32,
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        ExecutorSection {
+            module_cache_bytes: 128 * 1024 * 1024,
+            compile_threads: None,
+            compile_queue: 16,
         }
     }
 }
@@ -96,6 +153,9 @@ pub struct JobsConfig {
     /// Seconds added to a job's wall-time limit for transfer and queueing before its contract's
     /// deadline.
     pub deadline_grace_secs: u64,
+    /// Seconds a provider running a job may stay disconnected before this node gives the
+    /// contract up (it fails it, tells the provider when it is back, and tries another).
+    pub provider_lost_after_secs: u64,
 }
 
 impl Default for JobsConfig {
@@ -103,7 +163,14 @@ impl Default for JobsConfig {
         JobsConfig {
             placement_timeout_secs: 60,
             deadline_grace_secs: 30,
+            provider_lost_after_secs: 5,
         }
+    }
+}
+
+impl JobsConfig {
+    pub fn provider_lost_after(&self) -> Duration {
+        Duration::from_secs(self.provider_lost_after_secs)
     }
 }
 
@@ -265,8 +332,10 @@ pub struct CheckedConfig {
     pub executors: Vec<ExecutorKind>,
     pub prices: PriceTerms,
     pub provider: ProviderConfig,
+    pub executor: ExecutorSection,
     pub jobs: JobsConfig,
     pub ledger: LedgerConfig,
+    pub storage: StorageConfig,
 }
 
 impl Config {
@@ -346,6 +415,33 @@ impl Config {
                 "above the protocol's hard limits (4 GiB memory, 4 MiB output, 1 h wall time)",
             ));
         }
+        if self
+            .executor
+            .compile_threads
+            .is_some_and(|threads| threads == 0 || threads > crate::executor::MAX_COMPILE_THREADS)
+        {
+            return Err(invalid(
+                "executor.compile_threads",
+                format!(
+                    "must be between 1 and {}",
+                    crate::executor::MAX_COMPILE_THREADS
+                ),
+            ));
+        }
+        for node in provider.credit_limits.keys() {
+            node.parse::<suanli_protocol::NodeId>().map_err(|error| {
+                invalid(
+                    "provider.credit_limits",
+                    format!("{node:?} is not a node id: {error}"),
+                )
+            })?;
+        }
+        if self.jobs.provider_lost_after_secs == 0 {
+            return Err(invalid(
+                "jobs.provider_lost_after_secs",
+                "must be at least 1",
+            ));
+        }
         if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_interval_secs == 0 {
             return Err(invalid("ledger.checkpoint_*", "must be at least 1"));
         }
@@ -390,8 +486,10 @@ impl Config {
                 per_million_fuel: Credits(capacity.price_per_million_fuel),
             },
             provider: self.provider.clone(),
+            executor: self.executor.clone(),
             jobs: self.jobs.clone(),
             ledger: self.ledger.clone(),
+            storage: self.storage.clone(),
         })
     }
 }
@@ -451,18 +549,41 @@ max_wall_time_ms = 60000
 max_output_bytes = 4194304
 # Seconds an offer (and the slot it holds) stays valid.
 offer_validity_secs = 10
+# A requester's credit line, micro-credits (1,000 credits): what it may owe this node plus the most
+# its open contracts can cost. Beyond it, quotes are declined with the reason credit_limit.
+credit_limit = 1000000000
+
+[provider.credit_limits]
+# Credit lines of particular requesters, by node id:
+# "12D3KooW..." = 50000000000
+
+[executor]
+# Compiled code kept in the module cache, bytes (at most 64 modules besides).
+module_cache_bytes = 134217728
+# Modules compiled at once (default: half the cores offered, at least 1).
+# compile_threads = 1
+# Submissions waiting for a compile; more are answered "busy" (HTTP 503).
+compile_queue = 16
 
 [jobs]
 # Seconds to keep looking for a provider before a job fails with the reasons collected.
 placement_timeout_secs = 60
 # Seconds added to a job's time limit for transfer and queueing before its contract's deadline.
 deadline_grace_secs = 30
+# Seconds a provider running a job may stay disconnected before the contract is given up (failed,
+# the provider told when it is back) and the job tries another provider.
+provider_lost_after_secs = 5
 
 [ledger]
 # Sign and publish a ledger checkpoint after this many new entries...
 checkpoint_every_entries = 256
 # ...or after this many seconds, whichever comes first (only when entries were added).
 checkpoint_interval_secs = 5
+
+[storage]
+# Bytes kept free on the filesystem of <data dir>/db (256 MiB). Below this the node refuses new
+# work and advertises full load until free space is back above this plus a quarter. 0: no check.
+min_free_bytes = 268435456
 "#;
 
 #[cfg(test)]
@@ -503,6 +624,15 @@ mod tests {
                     .contains("network.ping_")
             );
         }
+        let mut config = Config::default();
+        config.executor.compile_threads = Some(0);
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("executor.compile_threads")
+        );
         let mut config = Config::default();
         config.capacity.executors = vec!["docker".into()];
         assert!(

@@ -89,8 +89,9 @@ impl DataDir {
         self.root.join("peers.json")
     }
 
-    /// The sled database holding the ledger, job records and blobs.
-    pub fn ledger_path(&self) -> PathBuf {
+    /// The node's database (the storage module's sled directory): the ledger, job records,
+    /// blobs and witness state.
+    pub fn db_path(&self) -> PathBuf {
         self.root.join("db")
     }
 

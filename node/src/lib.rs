@@ -13,8 +13,10 @@
 //! Modules: [`config`] (TOML → checked config), [`data_dir`] (key, config, peers, run info,
 //! published checkpoint), [`capacity`] (detection and adverts), [`mesh`] (capacity view),
 //! [`network`] (libp2p), [`market`] (placing and running jobs), [`executor`] (wasmtime),
-//! [`ledger`] (sled), [`transparency`] (checkpoints, witnessing, audits), [`api`] (HTTP),
-//! [`cli`] (the command line), [`bench`] (`suanli bench`).
+//! [`storage`] (sled: record trees, blobs, the durability barrier, the free-space reserve),
+//! [`ledger`] (the chain, its writer and Merkle tree), [`transparency`] (checkpoints, witnessing,
+//! audits), [`api`] (HTTP), [`cli`] (the command line), [`bench`](mod@bench) (`suanli bench`); `fixtures`
+//! holds signed documents with fixed keys for tests and benchmarks.
 
 pub mod api;
 pub mod bench;
@@ -24,14 +26,18 @@ pub mod clock;
 pub mod config;
 pub mod data_dir;
 pub mod executor;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod ledger;
 pub mod market;
 pub mod mesh;
 pub mod network;
+mod serde_text;
+pub mod storage;
 pub mod transparency;
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
 use suanli_protocol::NodeId;
@@ -47,7 +53,11 @@ use crate::ledger::{LedgerError, LedgerHandle, Store};
 use crate::market::{Market, MarketParts};
 use crate::mesh::MeshView;
 use crate::network::{NetworkHandle, NetworkParts, StartError};
+use crate::storage::{Storage, StorageError};
 use crate::transparency::{CheckpointError, Transparency, TransparencyParts};
+
+/// How long a stopping node lets HTTP requests in flight finish (a long-poll ends at once).
+const API_DRAIN: Duration = Duration::from_secs(2);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub enum NodeError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Network(#[from] StartError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
     #[error("ledger: {0}")]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -79,11 +91,14 @@ pub struct NodeHandle {
     pub network: NetworkHandle,
     pub market: Market,
     pub ledger: LedgerHandle,
+    /// The node's database: record trees, blobs, and its health (full disk, failed).
+    pub storage: Storage,
     pub transparency: Transparency,
     data_dir: DataDir,
     cancel: CancellationToken,
     ledger_cancel: CancellationToken,
     ledger_task: Option<tokio::task::JoinHandle<()>>,
+    storage_monitor: Option<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
 }
 
@@ -107,11 +122,14 @@ impl Node {
         let api_listen = config.api_listen;
         let mut tasks = JoinSet::new();
 
-        let store = Store::open(&data_dir.ledger_path(), node_id)?;
+        let storage = Storage::open(&data_dir.db_path(), &config.storage)?;
+        let store = Store::open(&storage, node_id)?;
         let published = transparency::check_published(&data_dir, &store)?;
-        // The ledger writer stops last: it gets its own token, cancelled after the others end.
+        // The ledger writer (and the storage's monitor) stop last: they get their own token,
+        // cancelled after the others end.
         let ledger_cancel = CancellationToken::new();
         let (ledger, ledger_task) = store.start(ledger_cancel.clone());
+        let storage_monitor = storage.spawn_monitor(ledger_cancel.clone());
         let executor = Executor::new(ExecutorConfig {
             max_concurrency: config
                 .provider
@@ -119,8 +137,24 @@ impl Node {
                 .unwrap_or(capacity.total.cpu_cores)
                 .max(1),
             max_memory_bytes: config.provider.max_memory_bytes,
+            module_cache_bytes: config.executor.module_cache_bytes,
+            compile_threads: config
+                .executor
+                .compile_threads
+                .unwrap_or(capacity.total.cpu_cores / 2)
+                .max(1),
+            compile_queue: config.executor.compile_queue,
         })?;
-        let (load_sender, load) = tokio::sync::watch::channel(Load::IDLE);
+        let (load_sender, market_load) = tokio::sync::watch::channel(Load::IDLE);
+        // Adverts show full load while the storage refuses work (a full disk, a failed barrier),
+        // so nobody ranks this node for jobs it cannot record.
+        let (advertised_load, load) = tokio::sync::watch::channel(Load::IDLE);
+        tasks.spawn(capacity::advertise_load(
+            market_load,
+            storage.health(),
+            advertised_load,
+            cancel.clone(),
+        ));
         let (events_sender, events) = tokio::sync::mpsc::channel(network::EVENT_QUEUE);
         let (ledger_events_sender, ledger_events) =
             tokio::sync::mpsc::channel(network::EVENT_QUEUE);
@@ -149,6 +183,7 @@ impl Node {
             TransparencyParts {
                 keypair: keypair.clone(),
                 ledger: ledger.clone(),
+                storage: storage.clone(),
                 network: network.clone(),
                 mesh: mesh.clone(),
                 data_dir: data_dir.clone(),
@@ -159,11 +194,12 @@ impl Node {
             },
             &mut tasks,
         );
-        let market = Market::new(MarketParts {
+        let market = Market::start(MarketParts {
             keypair,
             network: network.clone(),
             mesh: mesh.clone(),
             ledger: ledger.clone(),
+            storage: storage.clone(),
             executor,
             provider: provider_config,
             jobs: jobs_config,
@@ -193,16 +229,24 @@ impl Node {
             network: network.clone(),
             market: market.clone(),
             ledger: ledger.clone(),
+            storage: storage.clone(),
             transparency: transparency.clone(),
         });
         let api_cancel = cancel.clone();
         tasks.spawn(async move {
-            let shutdown = async move { api_cancel.cancelled().await };
-            if let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                warn!(%error, "API server failed");
+            let stopping = api_cancel.clone();
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { api_cancel.cancelled().await });
+            // Requests in flight (an audit, an export) get API_DRAIN to finish, not longer.
+            let drained = async move {
+                stopping.cancelled().await;
+                tokio::time::sleep(API_DRAIN).await;
+            };
+            tokio::select! {
+                served = serve => if let Err(error) = served {
+                    warn!(%error, "API server failed");
+                },
+                () = drained => warn!(limit = ?API_DRAIN, "API requests still running at the stop; dropped"),
             }
         });
         info!(%node_id, api = %api_addr, "node started");
@@ -223,11 +267,13 @@ impl Node {
             network,
             market,
             ledger,
+            storage,
             transparency,
             data_dir,
             cancel,
             ledger_cancel,
             ledger_task: Some(ledger_task),
+            storage_monitor: Some(storage_monitor),
             tasks,
         })
     }
@@ -252,6 +298,9 @@ impl NodeHandle {
         // Appends in flight finish before the ledger writer stops.
         self.ledger_cancel.cancel();
         if let Some(task) = self.ledger_task.take() {
+            let _ = task.await;
+        }
+        if let Some(task) = self.storage_monitor.take() {
             let _ = task.await;
         }
         self.data_dir.remove_run_info();

@@ -33,8 +33,78 @@ pub fn job_id_from_bytes(spec_bytes: &[u8], nonce: u128) -> JobId {
     JobId(hash::tagged("job-id", &[spec_bytes, &nonce.to_le_bytes()]))
 }
 
-/// The largest module the mesh transfers (8 MiB).
-pub const MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest module the mesh transfers (2 MiB), wasm binary or WAT text. The complexity caps
+/// below already bound the code a module may hold to a few hundred kilobytes; the rest of this
+/// allowance is for data segments and for WAT, which is several times larger than its binary.
+pub const MAX_MODULE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Fuel charged per byte of module (as transferred: binary or WAT text) for compiling it. It is
+/// part of a run's `usage.fuel`, deducted from the job's budget before the module runs, and
+/// charged on a cache hit too, so every provider bills the same job the same.
+///
+/// Sized from measurements (docs/benchmarks.md): compiling ordinary code with wasmtime 48 takes
+/// about 1-2.5 µs per byte, and running code burns 3,300 (call-heavy) to 14,000 (tight loops)
+/// fuel per µs; 4,096 is the low end of that product, so a job is never charged more for
+/// compiling than for running code of the same duration.
+pub const COMPILE_FUEL_PER_BYTE: u64 = 4096;
+
+/// The fuel charged for compiling a module of `module_len` bytes ([`COMPILE_FUEL_PER_BYTE`]
+/// each). A budget below it ends the run as fuel-exhausted before any code runs.
+pub const fn compile_fuel(module_len: usize) -> u64 {
+    (module_len as u64).saturating_mul(COMPILE_FUEL_PER_BYTE)
+}
+
+/// Complexity caps: a wasm module must stay within every one of them to be compiled at all, so
+/// that no module can make a node spend seconds or hundreds of megabytes compiling it. They are
+/// checked on the binary (WAT is converted first) before compiling, by a pure function of its
+/// bytes, so every node accepts or refuses the same module alike. The compile cost model and
+/// the measurements behind these numbers are in docs/protocol.md and docs/benchmarks.md.
+pub mod complexity {
+    /// Functions defined in the module (imports not counted).
+    pub const MAX_FUNCTIONS: u64 = 5_000;
+    /// Bytes of one function body (its locals declarations and code).
+    pub const MAX_FUNCTION_BODY_BYTES: u64 = 256 * 1024;
+    /// Bytes of all function bodies together.
+    pub const MAX_CODE_BYTES: u64 = 1024 * 1024;
+    /// Parameters and declared locals of one function together.
+    pub const MAX_LOCALS_PER_FUNCTION: u64 = 10_000;
+    /// Entries of each of the type, import, export, global, element and data sections.
+    pub const MAX_SECTION_ENTRIES: u64 = 10_000;
+    /// The most compile-cost units a module may add up to (about 0.5 s of compiling on the
+    /// reference machine of docs/benchmarks.md).
+    pub const MAX_COMPILE_COST: u64 = 150_000;
+
+    /// Compile-cost units of one defined function, before its code.
+    pub const COST_PER_FUNCTION: u64 = 30;
+    /// Units of each operator.
+    pub const COST_PER_OPERATOR: u64 = 1;
+    /// Extra units of each call (`call`, `call_indirect`, `call_ref` and their `return_` forms)
+    /// and of each operator compiled to a call into the runtime (`memory.grow`, `memory.copy`,
+    /// `memory.fill`, `memory.init`, `table.copy`, `table.init`, `table.fill`, `table.grow`):
+    /// with fuel metering, a call saves and reloads the fuel counter around it.
+    pub const COST_PER_CALL: u64 = 3;
+    /// Extra units of each floating-point operator the engine canonicalises (arithmetic,
+    /// `sqrt`, `min`/`max`, rounding, conversions from and to integers; scalar and SIMD): NaN
+    /// canonicalisation, needed for identical results on every CPU, makes each one a sequence.
+    pub const COST_PER_FLOAT_OPERATOR: u64 = 7;
+    /// Extra units of each `loop`: a loop header gets fuel and epoch checks.
+    pub const COST_PER_LOOP: u64 = 30;
+    /// Units per `br_table` target, divided by this.
+    pub const BR_TABLE_TARGETS_PER_UNIT: u64 = 8;
+    /// Units per declared local (zero-initialised on entry), divided by this.
+    pub const LOCALS_PER_UNIT: u64 = 16;
+    /// Units per non-code section entry (type, import, export, global, element, data), divided
+    /// by this.
+    pub const SECTION_ENTRIES_PER_UNIT: u64 = 8;
+    /// Quadratic terms of one function, which dominate small bombs: with `L` its parameters and
+    /// locals, `J` its `block`, `if`, `else` and `try_table` operators and `P` its loops, the
+    /// function adds `L × (J + LOOP_JOIN_WEIGHT × P) / LOCAL_JOINS_PER_UNIT` units (the SSA
+    /// construction gives every local a value at every join and loop header) and
+    /// `P × P / LOOP_PAIRS_PER_UNIT` units.
+    pub const LOOP_JOIN_WEIGHT: u64 = 8;
+    pub const LOCAL_JOINS_PER_UNIT: u64 = 16;
+    pub const LOOP_PAIRS_PER_UNIT: u64 = 32;
+}
 /// The largest stdin the mesh transfers (4 MiB).
 pub const MAX_STDIN_BYTES: usize = 4 * 1024 * 1024;
 /// The largest output (stdout) a job may ask for (4 MiB).

@@ -1,8 +1,8 @@
 //! `suanli-protocol`: everything that crosses a node boundary or lands in a ledger, defined once.
 //!
 //! This crate owns the wire types, the canonical codec, node identities, signed documents, the
-//! contract lifecycle state machine and the ledger entry format, together with their pure
-//! verification. It performs **no I/O**: no files, no sockets, no clocks (callers pass `now_ms`),
+//! contract engine (the requester's and the provider's state machines) and the ledger entry
+//! format, together with their pure verification. It performs **no I/O**: no files, no sockets, no clocks (callers pass `now_ms`),
 //! no async runtime, no sled, no libp2p networking. The one exception is drawing fresh key material
 //! from the operating system's random source in [`Keypair::generate`].
 //!
@@ -15,7 +15,8 @@
 //! - [`advert`] — capacity adverts gossiped by every node.
 //! - [`job`] — job specs, limits, placement and the derived [`JobId`].
 //! - [`negotiation`] — quote requests, offers, declines, contracts, receipts, settlements.
-//! - [`lifecycle`] — the pure contract state machine.
+//! - [`engine`] — the contract engine: the requester's and the provider's pure state machines,
+//!   the checks of every document, reconciliation.
 //! - [`wire`] — request/response enums of `/suanli/market/1` and `/suanli/ledger/1` and gossip
 //!   payloads, each with its size cap.
 //! - [`ledger`] — ledger entries, entry hashing and chain verification.
@@ -29,11 +30,11 @@
 pub mod advert;
 pub mod checkpoint;
 pub mod codec;
+pub mod engine;
 pub mod hash;
 pub mod identity;
 pub mod job;
 pub mod ledger;
-pub mod lifecycle;
 pub mod merkle;
 pub mod money;
 pub mod negotiation;
@@ -51,8 +52,8 @@ pub use identity::{Keypair, NodeId};
 pub use job::{JobId, JobSpec, Limits, Placement, job_hash_from_bytes, job_id_from_bytes};
 pub use money::{Credits, PriceTerms};
 pub use negotiation::{
-    Contract, ContractCheckError, ContractField, ContractId, Decline, DeclineCode, Evidence,
-    FailureReason, FailureRecord, Offer, Outcome, QuoteError, QuoteRequest, Receipt, Settlement,
-    Usage,
+    Contract, ContractCheckError, ContractDocs, ContractField, ContractId, Decline, DeclineCode,
+    Evidence, FailureReason, FailureRecord, Offer, Outcome, QuoteError, QuoteRequest, Receipt,
+    Settlement, Usage,
 };
 pub use signed::{BoundsError, CoSigned, Document, Signed, VerifyError};

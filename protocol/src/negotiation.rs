@@ -31,7 +31,7 @@ use crate::hash::{Hash32, hash_id};
 use crate::identity::NodeId;
 use crate::job::{self, JobId, JobSpec, Limits, SpecError};
 use crate::money::{Credits, PriceTerms};
-use crate::signed::{BoundsError, CoSignedDocument, Document, Signed, VerifyError};
+use crate::signed::{BoundsError, CoSigned, CoSignedDocument, Document, Signed, VerifyError};
 
 hash_id!(
     /// A contract's identifier: the digest of its signed bytes, `tagged("contract", bytes)`.
@@ -556,6 +556,30 @@ impl Document for Evidence {
     fn check_bounds(&self) -> Result<(), BoundsError> {
         BoundsError::check("message", self.message.len(), MAX_MESSAGE_BYTES)?;
         BoundsError::check("payload", self.payload.len(), MAX_EVIDENCE_BYTES)
+    }
+}
+
+/// Everything one party holds of one contract: the dual-signed contract and, once they exist, the
+/// provider's receipt, the dual-signed settlement, and the holder's own failure record. Both
+/// parties' ledgers hold exactly these documents for a contract, so this bundle is what they
+/// exchange to reconcile (`MarketRequest::Reconcile`) and what a contract machine resumes from.
+///
+/// A contract is final for its holder when it holds a settlement or its own failure record,
+/// never both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ContractDocs {
+    pub contract: CoSigned<Contract>,
+    pub receipt: Option<Signed<Receipt>>,
+    pub settlement: Option<CoSigned<Settlement>>,
+    /// The holder's own statement that the contract failed.
+    pub failure: Option<Signed<FailureRecord>>,
+}
+
+impl ContractDocs {
+    /// The id of the contract: the digest of its requester-signed bytes.
+    pub fn contract_id(&self) -> ContractId {
+        ContractId(self.contract.digest())
     }
 }
 

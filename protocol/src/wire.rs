@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::advert::{CapacityAdvert, MAX_ADVERT_BYTES};
 use crate::checkpoint::{Equivocation, PrefixProof};
 use crate::codec::{self, DecodeError, EncodeError};
-use crate::job::{MAX_MODULE_BYTES, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES};
+use crate::job::{MAX_MODULE_BYTES, MAX_OUTPUT_BYTES, MAX_SPEC_BYTES, MAX_STDIN_BYTES};
 use crate::negotiation::{
-    Contract, ContractId, Decline, MAX_MESSAGE_BYTES, Offer, QuoteRequest, Receipt, Settlement,
+    Contract, ContractDocs, ContractId, Decline, MAX_MESSAGE_BYTES, Offer, QuoteRequest, Receipt,
+    Settlement,
 };
 use crate::signed::{BoundsError, CoSigned, Signed};
 #[cfg(test)]
@@ -46,7 +47,9 @@ const _: () = assert!(
         <= MAX_GOSSIP_MESSAGE_BYTES
 );
 // The market cap must hold the largest module and stdin together.
-const _: () = assert!(MAX_MODULE_BYTES + MAX_STDIN_BYTES + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
+const _: () = assert!(
+    MAX_SPEC_BYTES + MAX_MODULE_BYTES + MAX_STDIN_BYTES + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES
+);
 const _: () = assert!(MAX_OUTPUT_BYTES as usize + 64 * 1024 <= MAX_MARKET_MESSAGE_BYTES);
 
 /// A top-level message with a size cap, framed with the protocol version.
@@ -67,11 +70,18 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     }
 }
 
-/// The module and stdin of a signed contract, sent once both parties have appended it.
+/// Everything a provider needs to run a signed contract: the job spec's bytes exactly as quoted,
+/// the module and stdin. Sent once both parties have appended the contract, and again whenever
+/// the requester resumes the contract (the provider runs it at most once at a time, and never
+/// once it holds a receipt).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ExecuteRequest {
     pub contract_id: ContractId,
+    /// The job spec's bytes as in the quote request: `job_hash_from_bytes(spec)` must be the
+    /// contract's `job_hash`.
+    #[serde(with = "serde_bytes")]
+    pub spec: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub module: Vec<u8>,
     #[serde(with = "serde_bytes")]
@@ -79,10 +89,12 @@ pub struct ExecuteRequest {
 }
 
 impl ExecuteRequest {
-    /// Checks the declared caps: `module` at most [`MAX_MODULE_BYTES`], `stdin` at most
-    /// [`MAX_STDIN_BYTES`]. (The message cap alone would let one of them exceed its own cap.)
-    /// Checking the bytes against the contract's hashes is the provider's next step.
+    /// Checks the declared caps: `spec` at most [`MAX_SPEC_BYTES`], `module` at most
+    /// [`MAX_MODULE_BYTES`], `stdin` at most [`MAX_STDIN_BYTES`]. (The message cap alone would let
+    /// one of them exceed its own cap.) Checking the bytes against the contract's hashes is the
+    /// provider's next step.
     pub fn validate(&self) -> Result<(), BoundsError> {
+        BoundsError::check("spec", self.spec.len(), MAX_SPEC_BYTES)?;
         BoundsError::check("module", self.module.len(), MAX_MODULE_BYTES)?;
         BoundsError::check("stdin", self.stdin.len(), MAX_STDIN_BYTES)
     }
@@ -107,12 +119,16 @@ pub enum MarketRequest {
     /// Requester → provider: the contract, signed by the requester. Answer: `Countersigned` or
     /// `Decline`.
     Propose(Signed<Contract>),
-    /// Requester → provider: run it. Answer: `Accepted` at once; the result comes as `Deliver`.
+    /// Requester → provider: run it (again, after a restart). Answer: `Accepted` at once, the
+    /// result comes as `Deliver`; or `Reconciled` when the provider has ended the contract.
     Execute(ExecuteRequest),
-    /// Provider → requester: the run ended. Answer: `Settled`.
+    /// Provider → requester: the run ended. Answer: `Reconciled` with the requester's decision
+    /// (a settlement, or its failure record).
     Deliver(Delivery),
-    /// Requester → provider: stop and release the contract. Answer: `Cancelled`.
-    Cancel { contract_id: ContractId },
+    /// Either party → the other: "this is what I hold of this contract". The receiver appends
+    /// what it lacks, ends the contract the same way when the sender has ended it, and answers
+    /// `Reconciled` with what it holds.
+    Reconcile(Box<ContractDocs>),
 }
 
 /// Responses of `/suanli/market/1`.
@@ -122,9 +138,11 @@ pub enum MarketResponse {
     Offer(Signed<Offer>),
     Decline(Signed<Decline>),
     Countersigned(CoSigned<Contract>),
-    Accepted { contract_id: ContractId },
-    Settled(CoSigned<Settlement>),
-    Cancelled { contract_id: ContractId },
+    Accepted {
+        contract_id: ContractId,
+    },
+    /// What the answering party holds of the contract, after applying the request.
+    Reconciled(Box<ContractDocs>),
     Error(WireError),
 }
 
@@ -331,7 +349,12 @@ mod tests {
     #[test]
     fn real_documents_round_trip() {
         round_trip(&MarketResponse::Countersigned(fixtures::cosigned_contract()));
-        round_trip(&MarketResponse::Settled(fixtures::cosigned_settlement()));
+        round_trip(&MarketResponse::Reconciled(Box::new(ContractDocs {
+            contract: fixtures::cosigned_contract(),
+            receipt: Some(fixtures::signed_receipt()),
+            settlement: Some(fixtures::cosigned_settlement()),
+            failure: None,
+        })));
         round_trip(&MarketRequest::Deliver(Delivery {
             receipt: fixtures::signed_receipt(),
             settlement: fixtures::cosigned_settlement().first().clone(),
@@ -343,6 +366,7 @@ mod tests {
     fn caps_are_enforced_both_ways() {
         let huge = MarketRequest::Execute(ExecuteRequest {
             contract_id: fixtures::contract_id(),
+            spec: vec![],
             module: vec![0; MAX_MARKET_MESSAGE_BYTES],
             stdin: vec![],
         });
@@ -358,6 +382,7 @@ mod tests {
     fn execute_request_caps_module_and_stdin() {
         let request = |module: usize, stdin: usize| ExecuteRequest {
             contract_id: fixtures::contract_id(),
+            spec: vec![],
             module: vec![0; module],
             stdin: vec![0; stdin],
         };

@@ -48,13 +48,21 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `suanli run --data-dir DIR` on loopback ports with `extra` arguments.
     pub fn spawn(data_dir: &Path, extra: &[String]) -> NodeProcess {
+        let mut args: Vec<String> = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend_from_slice(extra);
+        NodeProcess::spawn_exact(data_dir, &args)
+    }
+
+    /// Starts `suanli run --data-dir DIR ARGS…` (the caller names listen and API addresses).
+    pub fn spawn_exact(data_dir: &Path, args: &[String]) -> NodeProcess {
         let mut command = Command::new(suanli_binary());
         command
             .arg("run")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,10 +1,13 @@
-//! API errors: one type decides the HTTP status and the JSON body.
+//! API errors: one type decides the HTTP status and the JSON body ([`ErrorBody`], whose code is
+//! an [`ApiErrorCode`]).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use super::types::{ApiErrorCode, ErrorBody, ErrorDetail};
 use crate::network::NetworkStopped;
+use crate::storage::{Health, StorageError};
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +18,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     InvalidModule(String),
+    /// A module beyond the protocol's complexity caps (the message names the cap).
+    #[error("{0}")]
+    ModuleTooComplex(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -28,20 +34,39 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the node is shutting down")]
     Unavailable,
+    /// The node's disk is (nearly) full: it takes no new work until space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// The node's storage failed; it takes no new work until it is restarted.
+    #[error("{0}")]
+    StorageFailed(String),
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    fn status_and_code(&self) -> (StatusCode, ApiErrorCode) {
         match self {
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            ApiError::PeerFailed(_) => (StatusCode::BAD_GATEWAY, "peer_failed"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ApiErrorCode::BadRequest),
+            ApiError::InvalidModule(_) => (StatusCode::BAD_REQUEST, ApiErrorCode::InvalidModule),
+            ApiError::ModuleTooComplex(_) => {
+                (StatusCode::BAD_REQUEST, ApiErrorCode::ModuleTooComplex)
+            }
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::TooLarge),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Busy),
+            ApiError::PeerFailed(_) => (StatusCode::BAD_GATEWAY, ApiErrorCode::PeerFailed),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                ApiErrorCode::MethodNotAllowed,
+            ),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable),
+            ApiError::InsufficientStorage(_) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ApiErrorCode::InsufficientStorage,
+            ),
+            ApiError::StorageFailed(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::StorageFailed)
+            }
         }
     }
 }
@@ -52,10 +77,37 @@ impl From<NetworkStopped> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to work refused because the storage is in `health`.
+    pub fn not_accepting(health: Health) -> ApiError {
+        let message = health.refusal().unwrap_or_default();
+        match health {
+            Health::DiskFull { .. } => ApiError::InsufficientStorage(message),
+            Health::Failed { .. } => ApiError::StorageFailed(message),
+            Health::Healthy => ApiError::Internal("refused while healthy".into()),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::DiskFull { .. } => ApiError::InsufficientStorage(error.to_string()),
+            StorageError::Failed(_) => ApiError::StorageFailed(error.to_string()),
+            error => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -1,6 +1,6 @@
-//! Job routes: submit, status, output, list.
+//! Job routes: submit, status, output, list. Handlers answer with [`JobView`]s built from the
+//! market's stored records, never the records themselves.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -8,11 +8,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Deserialize;
-use suanli_protocol::{Credits, Hash32, JobId, Limits, NodeId, Placement};
+use suanli_protocol::{Credits, JobId, Limits, NodeId, Placement};
 
+use super::types::{JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse};
 use super::{ApiError, ApiJson, ApiQuery, ApiState};
-use crate::market::{JobRecord, Submission, SubmitError};
+use crate::market::{JobRecord, JobStoreError, Submission, SubmitError};
 
 /// Defaults for limits a submission leaves out.
 pub const DEFAULT_FUEL: u64 = 1_000_000_000;
@@ -21,46 +21,6 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// Default most a job pays, micro-credits (100 credits).
 pub const DEFAULT_MAX_PRICE: u64 = 100_000_000;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsRequest {
-    pub fuel: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    pub timeout_ms: Option<u64>,
-    pub max_output_bytes: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlacementRequest {
-    /// Run only on this node.
-    pub provider: Option<String>,
-    /// Never run on the node the job was submitted to.
-    #[serde(default)]
-    pub remote_only: bool,
-    /// Run only on nodes advertising this region.
-    pub region: Option<String>,
-}
-
-/// `POST /v1/jobs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    pub module_base64: Option<String>,
-    pub module_wat: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub stdin_base64: Option<String>,
-    #[serde(default)]
-    pub limits: LimitsRequest,
-    /// Micro-credits.
-    pub max_price: Option<u64>,
-    #[serde(default)]
-    pub placement: PlacementRequest,
-}
 
 fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
     let module = match (request.module_base64, request.module_wat) {
@@ -138,13 +98,15 @@ pub async fn submit(
         .map_err(|error| match error {
             SubmitError::Invalid(message) => ApiError::BadRequest(message),
             SubmitError::InvalidModule(message) => ApiError::InvalidModule(message),
+            SubmitError::ModuleTooComplex(message) => ApiError::ModuleTooComplex(message),
+            SubmitError::CompilerBusy(message) => ApiError::Busy(message),
             SubmitError::Busy => ApiError::Busy(error.to_string()),
+            SubmitError::Store(JobStoreError::Storage(error)) => ApiError::from(error),
             SubmitError::Store(error) => ApiError::Internal(error.to_string()),
+            SubmitError::NotAccepting(health) => ApiError::not_accepting(health),
+            SubmitError::ShuttingDown => ApiError::Unavailable,
         })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "job_id": job_id.to_string() })),
-    ))
+    Ok((StatusCode::ACCEPTED, axum::Json(SubmitResponse { job_id })))
 }
 
 fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
@@ -162,22 +124,16 @@ fn record(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct StatusQuery {
-    /// Long-poll: answer as soon as the job is final, or after this many milliseconds.
-    pub wait_ms: Option<u64>,
-}
-
 /// Longest long-poll.
 pub const MAX_WAIT_MS: u64 = 60_000;
 
 pub async fn status(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<StatusQuery>,
-) -> Result<axum::Json<JobRecord>, ApiError> {
+    ApiQuery(query): ApiQuery<JobQuery>,
+) -> Result<axum::Json<JobView>, ApiError> {
     let Some(wait_ms) = query.wait_ms else {
-        return Ok(axum::Json(record(&state, &id)?));
+        return Ok(axum::Json(JobView::from(record(&state, &id)?)));
     };
     let job_id = parse_job_id(&id)?;
     let waited = state
@@ -186,7 +142,7 @@ pub async fn status(
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     waited
-        .map(axum::Json)
+        .map(|record| axum::Json(JobView::from(record)))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
@@ -201,28 +157,20 @@ pub async fn output(
             record.state
         )));
     };
-    let hash: Hash32 = hash
-        .parse()
-        .map_err(|_| ApiError::Internal("corrupt output hash".into()))?;
     let bytes = state
         .market
         .jobs()
-        .blob(&hash)
+        .blobs()
+        .get(&hash)
         .map_err(|error| ApiError::Internal(error.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("output of job {id} is not stored")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub after: Option<String>,
-    pub limit: Option<u32>,
-}
-
 pub async fn list(
     State(state): State<ApiState>,
-    ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> Result<axum::Json<JobPage>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let after = query.after.as_deref().map(parse_job_id).transpose()?;
     if let Some(after) = &after
@@ -241,9 +189,10 @@ pub async fn list(
         .list(after.as_ref(), limit)
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     let next = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|job| job.job_id.clone()))
+        .then(|| jobs.last().map(|job| job.job_id))
         .flatten();
-    Ok(axum::Json(
-        serde_json::json!({ "jobs": jobs, "next": next }),
-    ))
+    Ok(axum::Json(JobPage {
+        jobs: jobs.iter().map(JobView::from).collect(),
+        next,
+    }))
 }

@@ -1,5 +1,6 @@
 //! Ledger routes: entries, verification, balances, inclusion and consistency proofs; and the
-//! JSON form of an entry, shared with the CLI's offline commands.
+//! conversion of a stored entry into its [`EntryView`], shared with the CLI's offline commands
+//! (so an entry reads the same from the API and from a stopped node's data dir).
 //!
 //! Proofs come from the ledger's in-memory Merkle tree and never reach past the durable head;
 //! arguments beyond it are a 400 (a 404 for an entry that does not exist yet).
@@ -11,11 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry, entry_hash};
-use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
 use suanli_protocol::{ContractId, Outcome};
 
+use super::types::{
+    Balance, ConsistencyProof, ConsistencyQuery, EntriesPage, EntryFields, EntryKind, EntryQuery,
+    EntryView, InclusionProof, InclusionQuery, LedgerQuery, RawEntriesPage, RawEntry,
+    VerifyFailure, VerifyReport,
+};
 use super::{ApiError, ApiQuery, ApiState};
 
 /// The ledger routes, for any state holding the ledger.
@@ -38,187 +42,145 @@ impl FromRef<ApiState> for LedgerHandle {
         state.ledger.clone()
     }
 }
-use crate::ledger::{Balance, LedgerError, LedgerHandle, StoredEntry, VerifyFailure, VerifyReport};
+use crate::ledger::{LedgerError, LedgerHandle, StoredEntry};
 
-/// One ledger entry as JSON: the facts a reader wants, plus the exact stored bytes.
-#[derive(Debug, Serialize)]
-pub struct EntryJson {
-    pub index: u64,
-    pub timestamp_ms: u64,
-    pub kind: &'static str,
-    pub hash: String,
-    pub prev_hash: String,
-    pub contract_id: Option<String>,
-    pub job_id: Option<String>,
-    /// The hash of the job spec (contracts).
-    pub job_hash: Option<String>,
-    pub requester: Option<String>,
-    pub provider: Option<String>,
-    /// Micro-credits.
-    pub cost: Option<u64>,
-    pub outcome: Option<String>,
-    /// Metered usage (receipts).
-    pub fuel: Option<u64>,
-    pub wall_time_ms: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    pub output_bytes: Option<u64>,
-    pub detail: Option<String>,
-    /// The exact stored bytes, base64: what `hash` covers.
-    pub raw_base64: String,
-}
-
-/// Describes a stored entry. Documents are decoded without re-verifying (verification is
-/// `/v1/ledger/verify`); an undecodable entry is shown as such, never hidden.
-pub fn entry_json(entry: &StoredEntry) -> EntryJson {
-    let mut json = EntryJson {
-        index: entry.seq,
-        timestamp_ms: 0,
-        kind: "undecodable",
-        hash: entry_hash(&entry.raw).to_string(),
-        prev_hash: String::new(),
-        contract_id: None,
-        job_id: None,
-        job_hash: None,
-        requester: None,
-        provider: None,
-        cost: None,
-        outcome: None,
-        fuel: None,
-        wall_time_ms: None,
-        memory_bytes: None,
-        output_bytes: None,
-        detail: None,
-        raw_base64: BASE64.encode(&entry.raw),
-    };
-    let Ok(decoded) = LedgerEntry::decode(&entry.raw) else {
-        return json;
-    };
-    json.timestamp_ms = decoded.timestamp_ms;
-    json.prev_hash = decoded.prev_hash.to_string();
-    json.kind = decoded.body.kind();
-    match &decoded.body {
-        EntryBody::Contract(contract) => {
-            json.contract_id = Some(ContractId(contract.digest()).to_string());
-            if let Ok(contract) = contract.decode_unverified() {
-                json.job_id = Some(contract.job_id.to_string());
-                json.job_hash = Some(contract.job_hash.to_string());
-                json.requester = Some(contract.requester.to_string());
-                json.provider = Some(contract.provider.to_string());
-                json.cost = Some(contract.max_cost.micro());
-                json.detail = Some(format!(
-                    "max cost {}, fuel limit {}",
-                    contract.max_cost.micro(),
-                    contract.limits.fuel
-                ));
+impl From<&StoredEntry> for EntryView {
+    /// Describes a stored entry. Documents are decoded without re-verifying (verification is
+    /// `/v1/ledger/verify`); an undecodable entry is shown as such, never hidden.
+    fn from(entry: &StoredEntry) -> EntryView {
+        let mut view = EntryView {
+            index: entry.seq,
+            timestamp_ms: 0,
+            kind: EntryKind::Undecodable,
+            hash: entry_hash(&entry.raw),
+            prev_hash: String::new(),
+            contract_id: None,
+            job_id: None,
+            job_hash: None,
+            requester: None,
+            provider: None,
+            cost: None,
+            outcome: None,
+            fuel: None,
+            wall_time_ms: None,
+            memory_bytes: None,
+            output_bytes: None,
+            detail: None,
+            raw_base64: BASE64.encode(&entry.raw),
+        };
+        let Ok(decoded) = LedgerEntry::decode(&entry.raw) else {
+            return view;
+        };
+        view.timestamp_ms = decoded.timestamp_ms;
+        view.prev_hash = decoded.prev_hash.to_string();
+        match &decoded.body {
+            EntryBody::Contract(contract) => {
+                view.kind = EntryKind::Contract;
+                view.contract_id = Some(ContractId(contract.digest()));
+                if let Ok(contract) = contract.decode_unverified() {
+                    view.job_id = Some(contract.job_id);
+                    view.job_hash = Some(contract.job_hash);
+                    view.requester = Some(contract.requester);
+                    view.provider = Some(contract.provider);
+                    view.cost = Some(contract.max_cost.micro());
+                    view.detail = Some(format!(
+                        "max cost {}, fuel limit {}",
+                        contract.max_cost.micro(),
+                        contract.limits.fuel
+                    ));
+                }
+            }
+            EntryBody::Receipt(receipt) => {
+                view.kind = EntryKind::Receipt;
+                if let Ok(receipt) = receipt.decode_unverified() {
+                    view.contract_id = Some(receipt.contract_id);
+                    view.job_id = Some(receipt.job_id);
+                    view.requester = Some(receipt.requester);
+                    view.provider = Some(receipt.provider);
+                    view.cost = Some(receipt.cost.micro());
+                    view.fuel = Some(receipt.usage.fuel);
+                    view.wall_time_ms = Some(receipt.usage.wall_time_ms);
+                    view.memory_bytes = Some(receipt.usage.memory_bytes);
+                    view.output_bytes = Some(receipt.usage.output_bytes);
+                    view.outcome = Some(match &receipt.outcome {
+                        Outcome::Succeeded { exit_code, .. } => {
+                            format!("succeeded (exit {exit_code})")
+                        }
+                        Outcome::Failed { reason, .. } => format!("failed: {}", reason.name()),
+                    });
+                }
+            }
+            EntryBody::Settlement(settlement) => {
+                view.kind = EntryKind::Settlement;
+                if let Ok(settlement) = settlement.decode_unverified() {
+                    view.contract_id = Some(settlement.contract_id);
+                    view.requester = Some(settlement.requester);
+                    view.provider = Some(settlement.provider);
+                    view.cost = Some(settlement.cost.micro());
+                }
+            }
+            EntryBody::Failure(failure) => {
+                view.kind = EntryKind::Failure;
+                if let Ok(failure) = failure.decode_unverified() {
+                    view.contract_id = Some(failure.contract_id);
+                    view.job_id = Some(failure.job_id);
+                    view.outcome = Some(format!("{:?}", failure.failure));
+                    view.detail = Some(format!(
+                        "counterparty {}: {}",
+                        failure.counterparty, failure.message
+                    ));
+                }
+            }
+            EntryBody::Misbehaviour(evidence) => {
+                view.kind = EntryKind::Misbehaviour;
+                if let Ok(evidence) = evidence.decode_unverified() {
+                    view.outcome = Some(format!("{:?}", evidence.kind));
+                    view.detail = Some(format!(
+                        "offender {}: {}",
+                        evidence.offender, evidence.message
+                    ));
+                }
             }
         }
-        EntryBody::Receipt(receipt) => {
-            if let Ok(receipt) = receipt.decode_unverified() {
-                json.contract_id = Some(receipt.contract_id.to_string());
-                json.job_id = Some(receipt.job_id.to_string());
-                json.requester = Some(receipt.requester.to_string());
-                json.provider = Some(receipt.provider.to_string());
-                json.cost = Some(receipt.cost.micro());
-                json.fuel = Some(receipt.usage.fuel);
-                json.wall_time_ms = Some(receipt.usage.wall_time_ms);
-                json.memory_bytes = Some(receipt.usage.memory_bytes);
-                json.output_bytes = Some(receipt.usage.output_bytes);
-                json.outcome = Some(match &receipt.outcome {
-                    Outcome::Succeeded { exit_code, .. } => format!("succeeded (exit {exit_code})"),
-                    Outcome::Failed { reason, .. } => format!("failed: {}", reason.name()),
-                });
-            }
-        }
-        EntryBody::Settlement(settlement) => {
-            if let Ok(settlement) = settlement.decode_unverified() {
-                json.contract_id = Some(settlement.contract_id.to_string());
-                json.requester = Some(settlement.requester.to_string());
-                json.provider = Some(settlement.provider.to_string());
-                json.cost = Some(settlement.cost.micro());
-            }
-        }
-        EntryBody::Failure(failure) => {
-            if let Ok(failure) = failure.decode_unverified() {
-                json.contract_id = Some(failure.contract_id.to_string());
-                json.job_id = Some(failure.job_id.to_string());
-                json.outcome = Some(format!("{:?}", failure.failure));
-                json.detail = Some(format!(
-                    "counterparty {}: {}",
-                    failure.counterparty, failure.message
-                ));
-            }
-        }
-        EntryBody::Misbehaviour(evidence) => {
-            if let Ok(evidence) = evidence.decode_unverified() {
-                json.outcome = Some(format!("{:?}", evidence.kind));
-                json.detail = Some(format!(
-                    "offender {}: {}",
-                    evidence.offender, evidence.message
-                ));
-            }
-        }
+        view
     }
-    json
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RangeQuery {
-    pub from: Option<u64>,
-    pub limit: Option<u32>,
-    /// `all` (default): every field; `raw`: only `index` and `raw_base64` (what exports and
-    /// verifiers need, without decoding the documents).
-    pub fields: Option<String>,
-}
-
-/// One entry of `GET /v1/ledger?fields=raw`.
-#[derive(Debug, Serialize)]
-struct RawEntryJson {
-    index: u64,
-    raw_base64: String,
-}
-
+/// `GET /v1/ledger`: a page of [`EntryView`]s, or of [`RawEntry`]s with `fields=raw`.
 pub async fn entries(
     State(ledger): State<LedgerHandle>,
-    ApiQuery(query): ApiQuery<RangeQuery>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    ApiQuery(query): ApiQuery<LedgerQuery>,
+) -> Result<Response, ApiError> {
     let from = query.from.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1024);
-    let raw_only = match query.fields.as_deref() {
-        None | Some("all") => false,
-        Some("raw") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "fields must be all or raw, got {other:?}"
-            )));
-        }
-    };
-    // Up to 1024 entries read and encoded: off the async workers.
-    let reader = ledger.clone();
-    let entries = tokio::task::spawn_blocking(move || {
-        let entries = reader.range(from, limit).map_err(ledger_error)?;
-        let json = if raw_only {
-            serde_json::to_value(
-                entries
+    let fields = query.fields.unwrap_or_default();
+    // Up to 1024 entries read, encoded and serialized: off the async workers.
+    let body = tokio::task::spawn_blocking(move || {
+        let entries = ledger.range(from, limit).map_err(ledger_error)?;
+        let head = ledger.head();
+        let json = match fields {
+            EntryFields::All => serde_json::to_vec(&EntriesPage {
+                size: head.size,
+                head: head.head,
+                entries: entries.iter().map(EntryView::from).collect(),
+            }),
+            EntryFields::Raw => serde_json::to_vec(&RawEntriesPage {
+                size: head.size,
+                head: head.head,
+                entries: entries
                     .iter()
-                    .map(|entry| RawEntryJson {
+                    .map(|entry| RawEntry {
                         index: entry.seq,
                         raw_base64: BASE64.encode(&entry.raw),
                     })
-                    .collect::<Vec<_>>(),
-            )
-        } else {
-            serde_json::to_value(entries.iter().map(entry_json).collect::<Vec<_>>())
+                    .collect(),
+            }),
         };
         json.map_err(|error| ApiError::Internal(error.to_string()))
     })
     .await
     .map_err(|error| ApiError::Internal(error.to_string()))??;
-    let head = ledger.head();
-    Ok(axum::Json(serde_json::json!({
-        "size": head.size,
-        "head": head.head.to_string(),
-        "entries": entries,
-    })))
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub async fn verify(State(ledger): State<LedgerHandle>) -> axum::Json<VerifyReport> {
@@ -252,14 +214,6 @@ fn ledger_error(error: LedgerError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InclusionQuery {
-    pub index: u64,
-    /// Tree size; the durable head's when absent.
-    pub size: Option<u64>,
-}
-
 /// `GET /v1/ledger/proof/inclusion?index=&size=`: the inclusion proof of entry `index` in the
 /// tree of the first `size` entries.
 pub async fn inclusion_proof(
@@ -273,14 +227,6 @@ pub async fn inclusion_proof(
         .map_err(ledger_error)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsistencyQuery {
-    pub from: u64,
-    /// The larger size; the durable head's when absent.
-    pub to: Option<u64>,
-}
-
 /// `GET /v1/ledger/proof/consistency?from=&to=`: the consistency proof between the trees of the
 /// first `from` and the first `to` entries.
 pub async fn consistency_proof(
@@ -292,13 +238,6 @@ pub async fn consistency_proof(
         .consistency_proof(query.from, to)
         .map(axum::Json)
         .map_err(ledger_error)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryQuery {
-    /// `1` or `true`: the exact stored bytes instead of JSON.
-    pub raw: Option<String>,
 }
 
 /// `GET /v1/ledger/entry/{index}[?raw=1]`: one entry as JSON, or its exact stored bytes.
@@ -334,7 +273,7 @@ pub async fn entry(
         seq: index,
         raw: bytes,
     };
-    Ok(axum::Json(entry_json(&entry)).into_response())
+    Ok(axum::Json(EntryView::from(&entry)).into_response())
 }
 
 #[cfg(test)]
@@ -347,8 +286,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::fixtures::{contract_body, provider};
     use crate::ledger::Store;
-    use crate::ledger::fixtures::{contract_body, provider};
+    use crate::storage::Storage;
 
     /// A ledger of `n` entries served over real HTTP on a free port.
     struct Served {
@@ -362,7 +302,8 @@ mod tests {
     async fn served(n: u64) -> Served {
         let dir = TempDir::new().unwrap();
         let cancel = CancellationToken::new();
-        let store = Store::open(&dir.path().join("db"), provider().node_id()).unwrap();
+        let storage = Storage::open(&dir.path().join("db"), &Default::default()).unwrap();
+        let store = Store::open(&storage, provider().node_id()).unwrap();
         let (ledger, _task) = store.start(cancel.clone());
         for nonce in 0..n {
             ledger.append(contract_body(nonce)).await.unwrap();

@@ -1,9 +1,14 @@
 //! The HTTP API (axum): JSON everywhere, errors as `{"error":{"code","message"}}`.
 //!
+//! Every request and answer is a type of [`types`] (the route → type table is there): handlers
+//! serialize those types and clients — the CLI first — deserialize the same ones, so a field is
+//! renamed in one place or not at all. Handlers answer with views built from the node's state
+//! (a job's [`types::JobView`] from its stored record), never with stored records themselves.
+//!
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | `{"status":"ok"}` |
-//! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime |
+//! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime, storage health |
 //! | `GET /v1/peers` | connected peers |
 //! | `GET /v1/mesh` | every node in the capacity view (this one included) |
 //! | `POST /v1/jobs` | submit a job → `202 {"job_id"}` |
@@ -21,12 +26,14 @@
 //! | `GET /v1/ledger/audit?peer=` | audit of a peer's ledger against this one |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
 //!
-//! Handlers only read shared state or ask the network task and the market; they never block them.
+//! Handlers only read shared state or ask the network task and the market; they never block them,
+//! and never hand out a stored record as an answer.
 
 mod error;
 mod jobs;
 pub mod ledger;
 mod transparency;
+pub mod types;
 
 use std::time::Instant;
 
@@ -34,17 +41,21 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Requ
 use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
-use suanli_protocol::{CapacityAdvert, Gpu, NodeId, PriceTerms, Resources};
+use suanli_protocol::{CapacityAdvert, NodeId};
 
 pub use error::ApiError;
+use types::{
+    ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, NodeView, PeerInfo, PricesView,
+    ResourcesView, StorageState, StorageView,
+};
 
 use crate::capacity::Capacity;
 use crate::clock::now_ms;
 use crate::ledger::LedgerHandle;
 use crate::market::Market;
 use crate::mesh::{MeshEntry, MeshView};
-use crate::network::{GossipStats, NetworkHandle, PeerInfo};
+use crate::network::NetworkHandle;
+use crate::storage::{Health, Storage};
 use crate::transparency::Transparency;
 
 /// Largest request body: a base64 module and stdin at their caps, with room for the rest.
@@ -60,6 +71,7 @@ pub struct ApiState {
     pub network: NetworkHandle,
     pub market: Market,
     pub ledger: LedgerHandle,
+    pub storage: Storage,
     pub transparency: Transparency,
 }
 
@@ -106,101 +118,69 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let too_large =
+            || ApiError::TooLarge(format!("request body exceeds {MAX_BODY_BYTES} bytes"));
+        // A body announced too large is refused before a byte of it is read.
+        let announced = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::TooLarge(format!(
-                    "request body exceeds {MAX_BODY_BYTES} bytes"
-                )))
+                Err(too_large())
             }
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn healthz() -> Json<HealthView> {
+    Json(HealthView {
+        status: HealthStatus::Ok,
+    })
 }
 
-/// Resources as JSON.
-#[derive(Debug, Serialize)]
-pub struct ResourcesJson {
-    pub cpu_cores: u32,
-    pub memory_bytes: u64,
-    pub gpus: Vec<GpuJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct GpuJson {
-    pub model: String,
-    pub memory_bytes: u64,
-    pub count: u32,
-}
-
-fn gpus_json(gpus: &[Gpu]) -> Vec<GpuJson> {
-    gpus.iter()
-        .map(|gpu| GpuJson {
-            model: gpu.model.clone(),
-            memory_bytes: gpu.memory_bytes,
-            count: gpu.count,
-        })
-        .collect()
-}
-
-impl From<&Resources> for ResourcesJson {
-    fn from(resources: &Resources) -> Self {
-        ResourcesJson {
-            cpu_cores: resources.cpu_cores,
-            memory_bytes: resources.memory_bytes,
-            gpus: gpus_json(&resources.gpus),
-        }
+fn storage_view(storage: &Storage) -> StorageView {
+    let health = storage.current_health();
+    let (state, reason) = match &health {
+        Health::Healthy => (StorageState::Healthy, None),
+        Health::DiskFull { .. } => (StorageState::DiskFull, None),
+        Health::Failed { reason } => (StorageState::Failed, Some(reason.clone())),
+    };
+    StorageView {
+        state,
+        accepting: health.is_accepting(),
+        available_bytes: storage.available_bytes(),
+        min_free_bytes: storage.min_free_bytes(),
+        resume_free_bytes: storage.resume_free_bytes(),
+        reason,
     }
 }
 
-impl From<PriceTerms> for PricesJson {
-    fn from(prices: PriceTerms) -> Self {
-        PricesJson {
-            base: prices.base.micro(),
-            per_million_fuel: prices.per_million_fuel.micro(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct PricesJson {
-    /// Micro-credits per job.
-    pub base: u64,
-    /// Micro-credits per million fuel.
-    pub per_million_fuel: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct NodeJson {
-    node_id: String,
-    version: &'static str,
-    listen_addrs: Vec<String>,
-    region: String,
-    capacity: ResourcesJson,
-    executors: Vec<&'static str>,
-    prices: PricesJson,
-    uptime_ms: u64,
-    /// Received adverts by verdict.
-    gossip: GossipStats,
-}
-
-async fn node(State(state): State<ApiState>) -> Result<Json<NodeJson>, ApiError> {
+async fn node(State(state): State<ApiState>) -> Result<Json<NodeView>, ApiError> {
     let listen_addrs = state.network.listen_addrs().await?;
     let capacity = &state.capacity;
-    Ok(Json(NodeJson {
-        node_id: state.node_id.to_string(),
-        version: env!("CARGO_PKG_VERSION"),
+    Ok(Json(NodeView {
+        node_id: state.node_id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
         region: capacity.region.clone(),
-        capacity: ResourcesJson::from(&capacity.total),
-        executors: capacity.executors.iter().map(|kind| kind.name()).collect(),
-        prices: PricesJson::from(capacity.prices),
+        capacity: ResourcesView::from(&capacity.total),
+        executors: capacity
+            .executors
+            .iter()
+            .copied()
+            .map(ExecutorName::from)
+            .collect(),
+        prices: PricesView::from(capacity.prices),
         uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         gossip: state.network.gossip_stats(),
+        storage: storage_view(&state.storage),
+        market: state.market.stats(),
     }))
 }
 
@@ -208,58 +188,39 @@ async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerInfo>>, Api
     Ok(Json(state.network.peers().await?))
 }
 
-/// One node of the capacity view.
-#[derive(Debug, Serialize)]
-pub struct MeshNodeJson {
-    pub node_id: String,
-    /// Milliseconds since the advert was issued (by the sender's clock).
-    pub age_ms: u64,
-    /// Milliseconds until the advert expires.
-    pub expires_in_ms: u64,
-    pub seq: u64,
-    pub region: String,
-    pub cpu_cores: u32,
-    pub memory_bytes: u64,
-    pub gpus: Vec<GpuJson>,
-    pub free: ResourcesJson,
-    pub executors: Vec<&'static str>,
-    pub prices: PricesJson,
-    /// Share of capacity in use, 0.0–1.0.
-    pub load: f64,
-    pub listen_addrs: Vec<String>,
-    pub version: String,
-}
-
-impl MeshNodeJson {
-    fn new(entry: &MeshEntry, now_ms: u64) -> MeshNodeJson {
-        let advert: &CapacityAdvert = &entry.advert;
-        MeshNodeJson {
-            node_id: advert.node.to_string(),
-            age_ms: now_ms.saturating_sub(advert.issued_at_ms),
-            expires_in_ms: advert.expires_at_ms().saturating_sub(now_ms),
-            seq: advert.seq,
-            region: advert.region.clone(),
-            cpu_cores: advert.total.cpu_cores,
-            memory_bytes: advert.total.memory_bytes,
-            gpus: gpus_json(&advert.total.gpus),
-            free: ResourcesJson::from(&advert.free),
-            executors: advert.executors.iter().map(|kind| kind.name()).collect(),
-            prices: PricesJson::from(advert.prices),
-            load: f64::from(advert.load_permille) / 1000.0,
-            listen_addrs: advert.listen_addrs.clone(),
-            version: advert.software_version.clone(),
-        }
+fn mesh_node_view(entry: &MeshEntry, now_ms: u64) -> MeshNodeView {
+    let advert: &CapacityAdvert = &entry.advert;
+    MeshNodeView {
+        node_id: advert.node,
+        age_ms: now_ms.saturating_sub(advert.issued_at_ms),
+        expires_in_ms: advert.expires_at_ms().saturating_sub(now_ms),
+        seq: advert.seq,
+        region: advert.region.clone(),
+        cpu_cores: advert.total.cpu_cores,
+        memory_bytes: advert.total.memory_bytes,
+        gpus: advert.total.gpus.iter().map(GpuView::from).collect(),
+        free: ResourcesView::from(&advert.free),
+        executors: advert
+            .executors
+            .iter()
+            .copied()
+            .map(ExecutorName::from)
+            .collect(),
+        prices: PricesView::from(advert.prices),
+        load: f64::from(advert.load_permille) / 1000.0,
+        listen_addrs: advert.listen_addrs.clone(),
+        version: advert.software_version.clone(),
     }
 }
 
-async fn mesh(State(state): State<ApiState>) -> Json<Vec<MeshNodeJson>> {
+async fn mesh(State(state): State<ApiState>) -> Json<Vec<MeshNodeView>> {
     let now = now_ms();
     Json(
         state
             .mesh
             .snapshot(now)
             .iter()
-            .map(|entry| MeshNodeJson::new(entry, now))
+            .map(|entry| mesh_node_view(entry, now))
             .collect(),
     )
 }

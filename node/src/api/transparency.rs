@@ -3,11 +3,11 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::Deserialize;
 use suanli_protocol::NodeId;
 
+use super::types::{AuditQuery, AuditReport, DiscrepancyIssue, EquivocationRecord, Witnessed};
 use super::{ApiError, ApiQuery, ApiState};
-use crate::transparency::{AuditError, AuditReport, EquivocationRecord, Witnessed};
+use crate::transparency::AuditError;
 
 /// `GET /v1/ledger/checkpoint`: the latest signed checkpoint as a C2SP signed note (text).
 pub async fn checkpoint(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
@@ -30,11 +30,6 @@ pub async fn equivocations(State(state): State<ApiState>) -> axum::Json<Vec<Equi
     axum::Json(state.transparency.equivocations())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct AuditQuery {
-    pub peer: String,
-}
-
 /// `GET /v1/ledger/audit?peer=NODE_ID`: audits the peer's ledger against this node's.
 pub async fn audit(
     State(state): State<ApiState>,
@@ -45,7 +40,17 @@ pub async fn audit(
         .parse()
         .map_err(|error| ApiError::BadRequest(format!("peer {:?}: {error}", query.peer)))?;
     match state.transparency.audit(peer).await {
-        Ok(report) => Ok(axum::Json(report)),
+        Ok(mut report) => {
+            // Documents missing on either side are exchanged with the peer, so the next audit
+            // agrees (a document that *differs* is a conflict to look at, not to overwrite).
+            let missing = report
+                .discrepancy_list
+                .iter()
+                .filter(|item| item.issue != DiscrepancyIssue::Differs)
+                .filter_map(|item| item.contract_id.parse().ok());
+            report.repairs_requested = state.market.reconcile(missing) as u64;
+            Ok(axum::Json(report))
+        }
         Err(error @ AuditError::SelfAudit) => Err(ApiError::BadRequest(error.to_string())),
         Err(error @ AuditError::Local(_)) => Err(ApiError::Internal(error.to_string())),
         Err(error) => Err(ApiError::PeerFailed(error.to_string())),

@@ -308,6 +308,7 @@ pub async fn wasm_runs(count: usize) -> Result<Samples, BenchError> {
             wall_time_ms: 10_000,
             output_bytes: 1 << 20,
         },
+        cancel: Default::default(),
     };
     let mut samples = Vec::with_capacity(count);
     for run in 0..count + 20 {

@@ -1,8 +1,9 @@
 //! The `ledger` scenario: durable appends, verification and proofs, each against its raw floor.
 //!
 //! - Appends: a fresh ledger (`ledger::Store`, the node's own code) in the run's directory.
-//!   Floor: a record-tree insert followed by a durability barrier (sled insert + flush + fsync
-//!   of sled's files, the same barrier the ledger uses), one at a time. Then one appender at a
+//!   Floor: a record-tree insert followed by a durability barrier (`storage::RecordTree` insert +
+//!   `Storage::sync`: sled flush + fsync of sled's files, the same barrier the ledger uses), one
+//!   at a time. Then one appender at a
 //!   time, then 64 concurrent appenders (group commit: many entries per barrier).
 //! - Verification: the entries just appended, read back with `LedgerHandle::range`, verified
 //!   on one core as a whole chain (links, sequence, timestamps, every signature, owner a
@@ -18,10 +19,12 @@ use suanli_protocol::merkle::MerkleTree;
 use suanli_protocol::{Hash32, NodeId};
 use tokio_util::sync::CancellationToken;
 
-use super::documents::{deal, provider, requester};
 use super::floor::fresh_seed;
 use super::{BenchError, Context, Figure, us};
+use crate::config::StorageConfig;
+use crate::fixtures::{deal, provider, requester};
 use crate::ledger::{LedgerHandle, MAX_RANGE, Store};
+use crate::storage::{RecordTree, Storage};
 
 const SCENARIO: &str = "ledger";
 /// Signatures per entry in a ledger of (contract, receipt, settlement) triples.
@@ -39,13 +42,18 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
     let quick = context.options.quick;
     let path = context.workspace.subdir("ledger")?.join("db");
     let owner = provider().node_id();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, owner))
-        .await
-        .map_err(fail)?
-        .map_err(fail)?;
+    let (storage, store) = tokio::task::spawn_blocking(move || {
+        let storage = Storage::open(&path, &StorageConfig::default()).map_err(fail)?;
+        let store = Store::open(&storage, owner).map_err(fail)?;
+        Ok::<_, BenchError>((storage, store))
+    })
+    .await
+    .map_err(fail)??;
     let cancel = CancellationToken::new();
     let (ledger, task) = store.start(cancel.clone());
-    let result = appends_and_verification(&ledger, quick, floors.verify_strict_per_sec).await;
+    let records = storage.records("bench-floor");
+    let result =
+        appends_and_verification(&ledger, &records, quick, floors.verify_strict_per_sec).await;
     drop(ledger);
     cancel.cancel();
     let _ = task.await;
@@ -59,6 +67,7 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
 
 async fn appends_and_verification(
     ledger: &LedgerHandle,
+    records: &RecordTree,
     quick: bool,
     verify_strict_per_sec: f64,
 ) -> Result<Vec<Figure>, BenchError> {
@@ -73,7 +82,6 @@ async fn appends_and_verification(
     let body = |i: usize| bodies[i % bodies.len()].clone();
 
     // Floor: sled insert + barrier, one at a time.
-    let records = ledger.records("bench-floor");
     let rounds = if quick { 200 } else { 1_000 };
     let started = Instant::now();
     for i in 0..rounds as u64 {

@@ -1,10 +1,12 @@
 //! `suanli bench`: measures this node's hot paths on the machine it runs on, each figure next to
 //! the floor it cannot beat, measured in the same run on the same machine.
 //!
-//! Every scenario starts its own in-process nodes (through [`Node::start`](crate::Node::start))
-//! on loopback with port 0, in data dirs under one temporary directory ([`Workspace`]) that is
-//! removed when the run ends, fails or is interrupted. Nothing touches an operator's data dir or
-//! a running node.
+//! Every scenario but [`crash`] starts its own in-process nodes (through
+//! [`Node::start`](crate::Node::start)) on loopback with port 0; [`crash`] spawns `suanli run`
+//! child processes (this binary) on fixed loopback ports drawn below the kernel's ephemeral
+//! range. All data dirs are under one temporary directory ([`Workspace`]); when the run ends,
+//! fails or is interrupted, the child processes are killed and reaped, then the directory is
+//! removed. Nothing touches an operator's data dir or a running node.
 //!
 //! ```text
 //!  cli::bench ──Options──▶ run() ──▶ scenario::run(&mut Context) ──▶ Vec<Figure> ──▶ table / JSON
@@ -14,14 +16,14 @@
 //! ```
 //!
 //! Scenarios: [`floor`] (primitives: signatures, fsync, wasmtime, a libp2p round trip),
-//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`]. A figure's
-//! `ratio` is always `value / floor`: above 1 for times means slower than the floor, below 1
-//! for rates means short of it.
+//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`crash`]. A
+//! figure's `ratio` is always `value / floor`: above 1 for times means slower than the floor,
+//! below 1 for rates means short of it.
 //!
 //! This module must never assert timings (the CI runs it only as a smoke test) and never prints:
 //! it returns figures for the CLI to show; progress goes to tracing.
 
-pub mod documents;
+pub mod crash;
 pub mod floor;
 pub mod gossip;
 pub mod job_latency;
@@ -108,16 +110,18 @@ pub enum Scenario {
     Gossip,
     Ledger,
     Negotiation,
+    Crash,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Floor,
         Scenario::JobLatency,
         Scenario::Throughput,
         Scenario::Gossip,
         Scenario::Ledger,
         Scenario::Negotiation,
+        Scenario::Crash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +132,7 @@ impl Scenario {
             Scenario::Gossip => "gossip",
             Scenario::Ledger => "ledger",
             Scenario::Negotiation => "negotiation",
+            Scenario::Crash => "crash",
         }
     }
 }
@@ -141,7 +146,8 @@ impl fmt::Display for Scenario {
 /// An unknown scenario name.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown scenario {0:?} (known: floor, job-latency, throughput, gossip, ledger, negotiation)"
+    "unknown scenario {0:?} (known: floor, job-latency, throughput, gossip, ledger, negotiation, \
+     crash)"
 )]
 pub struct UnknownScenario(String);
 
@@ -165,6 +171,8 @@ pub struct Options {
     pub gossip_nodes: Vec<usize>,
     /// Where the temporary directory goes (its filesystem is the one whose fsync is measured).
     pub dir: Option<PathBuf>,
+    /// Seeds the `crash` scenario's kill points, victims, pauses and job mix.
+    pub seed: u64,
 }
 
 impl Options {
@@ -294,6 +302,7 @@ pub async fn run(
             Scenario::Gossip => gossip::run(&mut context).await,
             Scenario::Ledger => ledger::run(&mut context).await,
             Scenario::Negotiation => negotiation::run(&mut context).await,
+            Scenario::Crash => crash::run(&mut context).await,
         };
         match figures {
             Ok(figures) => {

@@ -5,7 +5,8 @@
 //! signs the contract, sends the proposal, checks B's countersignature, and appends the
 //! contract to A's ledger (durable). B runs its real provider code: it signs the offer,
 //! verifies and countersigns the contract and makes it durable in its ledger before answering.
-//! After each measured negotiation the contract is cancelled (not timed) so B's slots free up.
+//! After each measured negotiation A ends the contract (not timed): it records its failure
+//! (`Cancelled`) and tells B with `Reconcile`, so B ends it too and its slots free up.
 //!
 //! Floor: two libp2p round trips, the signatures a negotiation needs (offer and contract
 //! signed, countersigned; each verified once by the other party: 3 signs, 3 verify_strict) on
@@ -14,10 +15,11 @@
 use std::time::{Duration, Instant};
 
 use suanli_protocol::ledger::EntryBody;
+use suanli_protocol::negotiation::{AttemptFailure, FailureRecord};
 use suanli_protocol::wire::{MarketRequest, MarketResponse};
 use suanli_protocol::{
-    Contract, ContractId, Credits, ExecutorKind, Hash32, JobSpec, Keypair, Limits, NodeId,
-    Placement, QuoteRequest, Signed,
+    CoSigned, Contract, ContractDocs, ContractId, Credits, ExecutorKind, Hash32, JobSpec, Keypair,
+    Limits, NodeId, Placement, QuoteRequest, Signed,
 };
 
 use super::nodes::{BenchNode, start_star, stop_all};
@@ -86,28 +88,65 @@ async fn measure(a: &BenchNode, provider: NodeId, count: usize) -> Result<Sample
     let mut samples = Vec::with_capacity(count);
     for round in 0..count + 10 {
         let started = Instant::now();
-        let contract_id = negotiate(a, &key, provider, &spec, round as u128).await?;
+        let cosigned = negotiate(a, &key, provider, &spec, round as u128).await?;
         let elapsed = started.elapsed();
         if round >= 10 {
             samples.push(elapsed);
         }
-        let cancel = MarketRequest::Cancel { contract_id };
-        match a.handle.network.market_request(provider, &cancel).await {
-            Ok(MarketResponse::Cancelled { .. }) => {}
-            other => return Err(fail(format!("cancel: {other:?}"))),
-        }
+        end_contract(a, &key, cosigned).await?;
     }
     Ok(Samples::new(samples))
 }
 
-/// One negotiation as the requester's market does it; returns the contract id.
+/// Ends a contract as a requester that gives it up: its failure record appended, the provider
+/// told with `Reconcile`.
+async fn end_contract(
+    a: &BenchNode,
+    key: &Keypair,
+    cosigned: CoSigned<Contract>,
+) -> Result<(), BenchError> {
+    let contract = cosigned.decode_unverified().map_err(fail)?;
+    let record = FailureRecord {
+        contract_id: ContractId(cosigned.digest()),
+        job_id: contract.job_id,
+        recorder: key.node_id(),
+        counterparty: contract.provider,
+        failure: AttemptFailure::Cancelled,
+        message: "benchmark".into(),
+        recorded_at_ms: now_ms(),
+    };
+    let failure = Signed::sign(&record, key).map_err(fail)?;
+    a.handle
+        .ledger
+        .append(EntryBody::Failure(failure.clone()))
+        .await
+        .map_err(fail)?;
+    let docs = ContractDocs {
+        contract: cosigned,
+        receipt: None,
+        settlement: None,
+        failure: Some(failure),
+    };
+    let request = MarketRequest::Reconcile(Box::new(docs));
+    match a
+        .handle
+        .network
+        .market_request(contract.provider, &request)
+        .await
+    {
+        Ok(MarketResponse::Reconciled(theirs)) if theirs.failure.is_some() => Ok(()),
+        other => Err(fail(format!("ending the contract: {other:?}"))),
+    }
+}
+
+/// One negotiation as the requester's market does it; returns the dual-signed contract.
 async fn negotiate(
     a: &BenchNode,
     key: &Keypair,
     provider: NodeId,
     spec: &JobSpec,
     nonce: u128,
-) -> Result<ContractId, BenchError> {
+) -> Result<CoSigned<Contract>, BenchError> {
     let me = key.node_id();
     let network = &a.handle.network;
     let quote = QuoteRequest::new(me, spec, nonce, now_ms()).map_err(fail)?;
@@ -148,10 +187,13 @@ async fn negotiate(
         other => return Err(fail(format!("proposal answered {other:?}"))),
     };
     cosigned.verify().map_err(fail)?;
+    if ContractId(cosigned.digest()) != contract_id {
+        return Err(fail("the countersigned contract is another one"));
+    }
     a.handle
         .ledger
-        .append(EntryBody::Contract(cosigned))
+        .append(EntryBody::Contract(cosigned.clone()))
         .await
         .map_err(fail)?;
-    Ok(contract_id)
+    Ok(cosigned)
 }

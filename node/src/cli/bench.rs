@@ -1,11 +1,13 @@
 //! `suanli bench`: runs the benchmark scenarios of [`crate::bench`] in this process and prints
 //! each figure next to its floor — a table by default, one JSON object per line with `--json`.
-//! Ctrl-C stops the run and removes its temporary directory.
+//! Ctrl-C or SIGTERM stops the run, kills the node processes it started and removes its
+//! temporary directory.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::{SilentExit, output};
 use crate::bench::{self, Figure, Options, Scenario};
@@ -13,7 +15,7 @@ use crate::bench::{self, Figure, Options, Scenario};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all): floor, job-latency, throughput, gossip, ledger,
-    /// negotiation.
+    /// negotiation, crash.
     #[arg(value_name = "SCENARIO")]
     pub scenarios: Vec<String>,
     /// Small sample counts: finishes in well under a minute on 2 cores.
@@ -31,6 +33,10 @@ pub struct BenchArgs {
     /// measured) [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Seed of the crash scenario's kill points, victims, pauses and job mix (a failing storm
+    /// names its seed).
+    #[arg(long, value_name = "N", default_value_t = 7)]
+    pub seed: u64,
 }
 
 pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         quick: args.quick,
         gossip_nodes,
         dir: args.dir,
+        seed: args.seed,
     };
     let json = args.json;
     let mut printed = Ok(());
@@ -57,11 +64,22 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
             printed = print(figures, json);
         }
     };
+    // Both listeners are installed before the run is first polled: a signal that arrives after
+    // it spawned a node process must not take the default action (exit at once, leaving the
+    // child running).
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    // Either signal drops the run's future: its node processes are killed and reaped, then its
+    // temporary directory is removed.
     let figures = tokio::select! {
         result = bench::run(&scenarios, options, each) => result.context("bench")?,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::warn!("interrupted; temporary files removed");
+        _ = interrupt.recv() => {
+            tracing::warn!("interrupted; node processes stopped, temporary files removed");
             return Err(SilentExit(130).into());
+        }
+        _ = terminate.recv() => {
+            tracing::warn!("terminated; node processes stopped, temporary files removed");
+            return Err(SilentExit(143).into());
         }
     };
     printed?;

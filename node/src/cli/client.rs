@@ -1,9 +1,15 @@
-//! A small client of the node's HTTP API.
+//! A small client of the node's HTTP API. Answers are deserialized into the types of
+//! [`crate::api::types`], the ones the handlers serialize; an error answer ([`ErrorBody`])
+//! becomes a one-line error with its message.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use serde_json::Value;
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::types::ErrorBody;
 
 /// Talks to one node's API.
 #[derive(Debug, Clone)]
@@ -41,12 +47,13 @@ impl ApiClient {
         anyhow!("cannot reach the node API at {}: {reason}", self.base)
     }
 
-    /// Sends a request to `path`; `body` makes it a JSON POST, else a GET.
-    async fn send(
+    /// Sends a request to `path` (a JSON POST with `body`, else a GET) and returns its URL,
+    /// status and whole body.
+    async fn send<B: Serialize + ?Sized>(
         &self,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(String, reqwest::Response)> {
+        body: Option<&B>,
+    ) -> anyhow::Result<(String, StatusCode, Vec<u8>)> {
         let url = format!("{}{path}", self.base);
         let request = match body {
             Some(body) => self.http.post(&url).json(body),
@@ -56,51 +63,55 @@ impl ApiClient {
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;
-        Ok((url, response))
-    }
-
-    /// GETs `path` and returns its JSON, or a one-line error (API error bodies included).
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (url, response) = self.send(path, None).await?;
-        Self::json_answer(&url, response).await
-    }
-
-    /// POSTs a JSON body to `path` and returns the JSON answer.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let (url, response) = self.send(path, Some(body)).await?;
-        Self::json_answer(&url, response).await
-    }
-
-    /// GETs raw bytes (job output).
-    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let (url, response) = self.send(path, None).await?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(Self::json_answer(&url, response)
-                .await
-                .err()
-                .unwrap_or_else(|| anyhow!("{url}: {status}")));
-        }
-        Ok(response
+        let status = response.status();
+        let bytes = response
             .bytes()
             .await
-            .map_err(|error| anyhow!("{url}: {error}"))?
-            .to_vec())
+            .map_err(|error| anyhow!("{url}: {error}"))?;
+        Ok((url, status, bytes.to_vec()))
     }
 
-    async fn json_answer(url: &str, response: reqwest::Response) -> anyhow::Result<Value> {
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|error| anyhow!("{url}: not a JSON answer ({error})"))?;
+    /// GETs `path` and returns its answer as `T`, or a one-line error (API errors included).
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let (url, status, body) = self.send::<()>(path, None).await?;
+        Self::json_answer(&url, status, &body)
+    }
+
+    /// POSTs `body` as JSON to `path` and returns its answer as `T`.
+    pub async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let (url, status, answer) = self.send(path, Some(body)).await?;
+        Self::json_answer(&url, status, &answer)
+    }
+
+    /// GETs raw bytes (job output, entries, the checkpoint note).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let (url, status, body) = self.send::<()>(path, None).await?;
         if !status.is_success() {
-            let message = body
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("no message");
-            bail!("{url}: {status}: {message}");
+            return Err(Self::error_answer(&url, status, &body));
         }
         Ok(body)
+    }
+
+    fn json_answer<T: DeserializeOwned>(
+        url: &str,
+        status: StatusCode,
+        body: &[u8],
+    ) -> anyhow::Result<T> {
+        if !status.is_success() {
+            return Err(Self::error_answer(url, status, body));
+        }
+        serde_json::from_slice(body)
+            .map_err(|error| anyhow!("{url}: not the JSON answer expected ({error})"))
+    }
+
+    fn error_answer(url: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(answer) => anyhow!("{url}: {status}: {}", answer.error.message),
+            Err(_) => anyhow!("{url}: {status}: no message"),
+        }
     }
 }

@@ -36,7 +36,7 @@ use suanli_protocol::tiles::{
 use super::client::ApiClient;
 use super::ledger::Source;
 use super::proof::{offline_store, read_checkpoint};
-use crate::api::ledger::{EntryJson, entry_json};
+use crate::api::types::{EntryView, NodeView, RawEntriesPage};
 use crate::data_dir::DataDir;
 use crate::ledger::{MAX_RANGE, Store, StoredEntry};
 
@@ -78,7 +78,7 @@ pub struct ExportArgs {
 struct ExportRow<'a> {
     ledger: &'a str,
     #[serde(flatten)]
-    entry: EntryJson,
+    entry: EntryView,
 }
 
 const CSV_HEADER: &str = "ledger,index,timestamp_ms,kind,contract_id,requester,provider,job_id,\
@@ -102,13 +102,8 @@ impl Entries {
             }
             None => {
                 let client = ApiClient::new(&source.client.api)?;
-                let node = client.get("/v1/node").await?;
-                let owner = node["node_id"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("/v1/node: no node_id"))?
-                    .parse::<NodeId>()
-                    .map_err(|error| anyhow!("/v1/node: bad node_id: {error}"))?;
-                Ok((Entries::Api(client), owner))
+                let node: NodeView = client.get_json("/v1/node").await?;
+                Ok((Entries::Api(client), node.node_id))
             }
         }
     }
@@ -117,9 +112,10 @@ impl Entries {
     async fn size(&self) -> anyhow::Result<u64> {
         match self {
             Entries::Offline { store, .. } => Ok(store.head().size),
-            Entries::Api(client) => client.get("/v1/ledger?limit=1").await?["size"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("/v1/ledger: no size")),
+            Entries::Api(client) => {
+                let page: RawEntriesPage = client.get_json("/v1/ledger?limit=1&fields=raw").await?;
+                Ok(page.size)
+            }
         }
     }
 
@@ -131,22 +127,19 @@ impl Entries {
         let entries = match self {
             Entries::Offline { store, .. } => store.range(from, limit)?,
             Entries::Api(client) => {
-                let page = client
-                    .get(&format!("/v1/ledger?from={from}&limit={limit}&fields=raw"))
+                let page: RawEntriesPage = client
+                    .get_json(&format!("/v1/ledger?from={from}&limit={limit}&fields=raw"))
                     .await?;
-                let rows = page["entries"]
-                    .as_array()
-                    .ok_or_else(|| anyhow!("/v1/ledger: no entries"))?;
-                rows.iter()
+                page.entries
+                    .into_iter()
                     .map(|row| {
-                        let seq = row["index"]
-                            .as_u64()
-                            .ok_or_else(|| anyhow!("/v1/ledger: an entry without index"))?;
-                        let raw = row["raw_base64"]
-                            .as_str()
-                            .and_then(|text| BASE64.decode(text).ok())
-                            .ok_or_else(|| anyhow!("/v1/ledger: entry {seq}: bad raw_base64"))?;
-                        Ok(StoredEntry { seq, raw })
+                        let raw = BASE64.decode(&row.raw_base64).map_err(|error| {
+                            anyhow!("/v1/ledger: entry {}: bad raw_base64: {error}", row.index)
+                        })?;
+                        Ok(StoredEntry {
+                            seq: row.index,
+                            raw,
+                        })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?
             }
@@ -222,7 +215,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
                 for stored in entries.page(next, to).await? {
                     let row = ExportRow {
                         ledger: &owner,
-                        entry: entry_json(&stored),
+                        entry: EntryView::from(&stored),
                     };
                     if csv {
                         write_csv_row(&mut writer, &row)?;
@@ -284,26 +277,28 @@ fn csv_field(text: &str) -> String {
 
 fn write_csv_row(writer: &mut impl Write, row: &ExportRow<'_>) -> std::io::Result<()> {
     let entry = &row.entry;
-    let text = |value: &Option<String>| csv_field(value.as_deref().unwrap_or_default());
+    fn text<T: std::fmt::Display>(value: Option<&T>) -> String {
+        csv_field(&value.map(ToString::to_string).unwrap_or_default())
+    }
     let number = |value: Option<u64>| value.map(|n| n.to_string()).unwrap_or_default();
     let fields = [
         csv_field(row.ledger),
         entry.index.to_string(),
         entry.timestamp_ms.to_string(),
-        entry.kind.to_owned(),
-        text(&entry.contract_id),
-        text(&entry.requester),
-        text(&entry.provider),
-        text(&entry.job_id),
-        text(&entry.job_hash),
+        entry.kind.name().to_owned(),
+        text(entry.contract_id.as_ref()),
+        text(entry.requester.as_ref()),
+        text(entry.provider.as_ref()),
+        text(entry.job_id.as_ref()),
+        text(entry.job_hash.as_ref()),
         number(entry.fuel),
         number(entry.wall_time_ms),
         number(entry.memory_bytes),
         number(entry.output_bytes),
         number(entry.cost),
-        text(&entry.outcome),
-        text(&entry.detail),
-        entry.hash.clone(),
+        text(entry.outcome.as_ref()),
+        text(entry.detail.as_ref()),
+        entry.hash.to_string(),
         entry.prev_hash.clone(),
     ];
     writeln!(writer, "{}", fields.join(","))
@@ -480,7 +475,7 @@ fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Stri
         // Every column must be what the bytes say.
         let expected = serde_json::to_value(ExportRow {
             ledger: &owner.to_string(),
-            entry: entry_json(&StoredEntry { seq: index, raw }),
+            entry: EntryView::from(&StoredEntry { seq: index, raw }),
         })?;
         if expected != row {
             let differing: Vec<&str> = expected
@@ -625,9 +620,7 @@ mod tests {
 
     use super::*;
     use crate::cli::ClientArgs;
-    use crate::ledger::fixtures::{
-        Deal, evidence_body, failure_body, provider, requester, stranger,
-    };
+    use crate::fixtures::{Deal, evidence_body, failure_body, provider, requester, stranger};
     use crate::ledger::{LedgerHandle, testing};
 
     /// A stopped node's data dir: its key, a ledger of `deals` jobs (three entries each) plus a
@@ -656,7 +649,9 @@ mod tests {
         )
         .unwrap();
         let cancel = CancellationToken::new();
-        let (ledger, task) = Store::open(&data_dir.ledger_path(), key.node_id())
+        let storage =
+            crate::storage::Storage::open(&data_dir.db_path(), &Default::default()).unwrap();
+        let (ledger, task) = Store::open(&storage, key.node_id())
             .unwrap()
             .start(cancel.clone());
         (data_dir, ledger, task, cancel)
@@ -715,7 +710,7 @@ mod tests {
 
     /// Signs the stopped ledger's current tree as its checkpoint file.
     fn write_checkpoint(data_dir: &DataDir, key: &Keypair) {
-        let store = crate::ledger::open_offline(&data_dir.ledger_path(), key.node_id()).unwrap();
+        let store = crate::ledger::open_offline(&data_dir.db_path(), key.node_id()).unwrap();
         let size = store.head().size;
         let note = Checkpoint::new(key.node_id(), size, store.tree_root(size).unwrap())
             .sign(key)
@@ -927,8 +922,7 @@ mod tests {
         let dir = data_dir_with(3).await;
         let data_dir = DataDir::new(dir.path());
         // Replace entry 4 by entry 3's bytes (a valid, signed entry in the wrong place).
-        let store =
-            crate::ledger::open_offline(&data_dir.ledger_path(), provider().node_id()).unwrap();
+        let store = crate::ledger::open_offline(&data_dir.db_path(), provider().node_id()).unwrap();
         let three = store.raw_entry(3).unwrap().unwrap();
         drop(store);
         testing::rewrite_entry_offline(dir.path(), 4, &three).unwrap();
@@ -953,6 +947,49 @@ mod tests {
         assert!(verdict(&jsonl).unwrap_err().contains("entry 4"));
     }
 
+    /// What `/v1/node` answers for `node_id`: only the id matters to an export.
+    fn node_view(node_id: NodeId) -> NodeView {
+        use crate::api::types::{
+            ExecutorName, GossipStats, MarketStats, PricesView, ResourcesView, StorageState,
+            StorageView,
+        };
+        NodeView {
+            node_id,
+            version: env!("CARGO_PKG_VERSION").into(),
+            listen_addrs: Vec::new(),
+            region: "default".into(),
+            capacity: ResourcesView {
+                cpu_cores: 1,
+                memory_bytes: 1 << 30,
+                gpus: Vec::new(),
+            },
+            executors: vec![ExecutorName::Wasm],
+            prices: PricesView {
+                base: 100,
+                per_million_fuel: 10,
+            },
+            uptime_ms: 0,
+            gossip: GossipStats {
+                accepted: 0,
+                ignored: 0,
+                rejected: 0,
+            },
+            storage: StorageView {
+                state: StorageState::Healthy,
+                accepting: true,
+                available_bytes: None,
+                min_free_bytes: 0,
+                resume_free_bytes: 0,
+                reason: None,
+            },
+            market: MarketStats {
+                jobs_in_flight: 0,
+                contracts_driven: 0,
+                notifications_pending: 0,
+            },
+        }
+    }
+
     #[tokio::test]
     async fn online_and_offline_exports_are_identical() {
         let dir = TempDir::new().unwrap();
@@ -960,13 +997,11 @@ mod tests {
         let (_, ledger, task, cancel) = start_ledger(dir.path());
         append_deals(&ledger, 0..5).await;
         // The ledger routes, and a stand-in for `/v1/node` (owned by the node's API).
-        let node_id = key.node_id().to_string();
+        let node = node_view(key.node_id());
         let router = crate::api::ledger::routes()
             .route(
                 "/v1/node",
-                axum::routing::get(move || async move {
-                    axum::Json(serde_json::json!({ "node_id": node_id }))
-                }),
+                axum::routing::get(move || async move { axum::Json(node) }),
             )
             .with_state(ledger.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

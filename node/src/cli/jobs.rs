@@ -7,11 +7,15 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::client::ApiClient;
-use super::output;
+use super::output::{self, label, or_dash};
 use super::{ClientArgs, SilentExit};
+use crate::api::types::{
+    AttemptView, JobErrorView, JobPage, JobState, JobView, LimitsRequest, PlacementRequest,
+    SubmitRequest, SubmitResponse, UsageView,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -90,8 +94,8 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::Submit(args) => submit(*args).await,
         JobCommand::Status { id, client } => {
-            let job = ApiClient::new(&client.api)?
-                .get(&format!("/v1/jobs/{id}"))
+            let job: JobView = ApiClient::new(&client.api)?
+                .get_json(&format!("/v1/jobs/{id}"))
                 .await?;
             if client.json {
                 output::json(&job)
@@ -117,21 +121,25 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
             if let Some(after) = after {
                 path.push_str(&format!("&after={after}"));
             }
-            let page = ApiClient::new(&client.api)?.get(&path).await?;
+            let page: JobPage = ApiClient::new(&client.api)?.get_json(&path).await?;
             if client.json {
                 return output::json(&page);
             }
-            let rows = output::rows(&page["jobs"], |job| {
-                vec![
-                    output::text(job, "/job_id"),
-                    output::text(job, "/state"),
-                    output::text(job, "/provider"),
-                    output::text(job, "/cost"),
-                    output::text(job, "/error/code"),
-                ]
-            });
+            let rows: Vec<Vec<String>> = page
+                .jobs
+                .iter()
+                .map(|job| {
+                    vec![
+                        job.job_id.to_string(),
+                        label(&job.state),
+                        or_dash(job.provider),
+                        or_dash(job.cost),
+                        or_dash(job.error.as_ref().map(|error| label(&error.code))),
+                    ]
+                })
+                .collect();
             output::table(&["JOB", "STATE", "PROVIDER", "COST µcr", "ERROR"], &rows)?;
-            if let Some(next) = page["next"].as_str() {
+            if let Some(next) = page.next {
                 output::line(&format!("more: --after {next}"))?;
             }
             Ok(())
@@ -139,7 +147,7 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
     }
 }
 
-fn submission(args: &SubmitArgs) -> anyhow::Result<Value> {
+fn submission(args: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     let module =
         std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
     let is_text = args
@@ -147,144 +155,157 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<Value> {
         .extension()
         .is_some_and(|extension| extension == "wat")
         || !module.starts_with(b"\0asm");
-    let mut body = json!({ "args": args.args });
+    let mut request = SubmitRequest {
+        args: args.args.clone(),
+        ..SubmitRequest::default()
+    };
     if is_text {
-        body["module_wat"] =
-            Value::String(String::from_utf8(module).context("a .wat module must be UTF-8 text")?);
+        request.module_wat =
+            Some(String::from_utf8(module).context("a .wat module must be UTF-8 text")?);
     } else {
-        body["module_base64"] = Value::String(BASE64.encode(module));
+        request.module_base64 = Some(BASE64.encode(module));
     }
-    let mut env = serde_json::Map::new();
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
             bail!("--env takes KEY=VALUE, got {pair:?}");
         };
-        env.insert(key.to_owned(), Value::String(value.to_owned()));
+        request.env.insert(key.to_owned(), value.to_owned());
     }
-    body["env"] = Value::Object(env);
     if let Some(path) = &args.stdin {
         let stdin = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-        body["stdin_base64"] = Value::String(BASE64.encode(stdin));
+        request.stdin_base64 = Some(BASE64.encode(stdin));
     }
     let timeout_ms = match args.timeout {
         Some(secs) if secs.is_finite() && secs > 0.0 => Some((secs * 1000.0).ceil() as u64),
         Some(secs) => bail!("--timeout must be a positive number of seconds, got {secs}"),
         None => None,
     };
-    body["limits"] = json!({
-        "fuel": args.fuel,
-        "memory_bytes": args.memory,
-        "timeout_ms": timeout_ms,
-        "max_output_bytes": args.max_output,
-    });
-    if let Some(price) = args.max_price {
-        body["max_price"] = json!(price);
-    }
-    body["placement"] = json!({
-        "provider": args.provider,
-        "remote_only": args.remote,
-        "region": args.region,
-    });
-    Ok(body)
+    request.limits = LimitsRequest {
+        fuel: args.fuel,
+        memory_bytes: args.memory,
+        timeout_ms,
+        max_output_bytes: args.max_output,
+    };
+    request.max_price = args.max_price;
+    request.placement = PlacementRequest {
+        provider: args.provider.clone(),
+        remote_only: args.remote,
+        region: args.region.clone(),
+    };
+    Ok(request)
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let body = submission(&args)?;
+    let request = submission(&args)?;
     let client = ApiClient::new(&args.client.api)?;
-    let answer = client.post("/v1/jobs", &body).await?;
-    let id = answer["job_id"]
-        .as_str()
-        .context("the node answered without a job id")?
-        .to_owned();
+    let SubmitResponse { job_id } = client.post_json("/v1/jobs", &request).await?;
     if !args.wait {
         return if args.client.json {
-            output::json(&summary(
-                &client.get(&format!("/v1/jobs/{id}")).await?,
-                None,
-            ))
+            let job: JobView = client.get_json(&format!("/v1/jobs/{job_id}")).await?;
+            output::json(&Summary::new(&job, None))
         } else {
-            output::line(&id)
+            output::line(&job_id.to_string())
         };
     }
-    let job = wait(&client, &id).await?;
-    let stdout = if job["output_hash"].is_string() {
-        Some(client.get_bytes(&format!("/v1/jobs/{id}/output")).await?)
+    let job = wait(&client, &job_id.to_string()).await?;
+    let stdout = if job.output_hash.is_some() {
+        Some(
+            client
+                .get_bytes(&format!("/v1/jobs/{job_id}/output"))
+                .await?,
+        )
     } else {
         None
     };
-    let succeeded = job["state"] == "succeeded";
     if args.client.json {
-        output::json(&summary(&job, stdout.as_deref()))?;
+        output::json(&Summary::new(&job, stdout.as_deref()))?;
     } else if let Some(stdout) = &stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(stdout)?;
         out.flush()?;
     }
-    if succeeded {
+    if job.state == JobState::Succeeded {
         return Ok(());
     }
-    let code = output::text(&job, "/error/code");
-    let message = output::text(&job, "/error/message");
+    let code = or_dash(job.error.as_ref().map(|error| label(&error.code)));
+    let message = or_dash(job.error.as_ref().map(|error| &error.message));
     let mut err = std::io::stderr().lock();
-    writeln!(err, "error: job {id} failed: {code}: {message}")?;
+    writeln!(err, "error: job {job_id} failed: {code}: {message}")?;
     Err(SilentExit(1).into())
 }
 
 /// Long-polls the job until it is final.
-async fn wait(client: &ApiClient, id: &str) -> anyhow::Result<Value> {
+async fn wait(client: &ApiClient, id: &str) -> anyhow::Result<JobView> {
     loop {
-        let job = client.get(&format!("/v1/jobs/{id}?wait_ms=20000")).await?;
-        if matches!(job["state"].as_str(), Some("succeeded" | "failed")) {
+        let job: JobView = client
+            .get_json(&format!("/v1/jobs/{id}?wait_ms=20000"))
+            .await?;
+        if job.state.is_final() {
             return Ok(job);
         }
     }
 }
 
-/// The one JSON object `job submit --json` prints.
-fn summary(job: &Value, stdout: Option<&[u8]>) -> Value {
-    json!({
-        "job_id": job["job_id"],
-        "state": job["state"],
-        "provider": job["provider"],
-        "contract_id": job["contract_id"],
-        "exit_code": job["exit_code"],
-        "stdout": stdout.map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
-        "stdout_base64": stdout.map(|bytes| BASE64.encode(bytes)),
-        "error": job["error"],
-        "usage": job["usage"],
-        "cost": job["cost"],
-        "attempts": job["attempts"],
-    })
+/// The one JSON object `job submit --json` prints: the job's outcome and its stdout. A CLI
+/// output, not an API answer.
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    job_id: String,
+    state: JobState,
+    provider: Option<String>,
+    contract_id: Option<String>,
+    exit_code: Option<i32>,
+    stdout: Option<String>,
+    stdout_base64: Option<String>,
+    error: Option<&'a JobErrorView>,
+    usage: Option<UsageView>,
+    cost: Option<u64>,
+    attempts: &'a [AttemptView],
 }
 
-fn print_status(job: &Value) -> anyhow::Result<()> {
-    for (label, pointer) in [
-        ("job id", "/job_id"),
-        ("state", "/state"),
-        ("provider", "/provider"),
-        ("contract", "/contract_id"),
-        ("exit code", "/exit_code"),
-        ("cost µcr", "/cost"),
-        ("fuel", "/usage/fuel"),
-        ("wall ms", "/usage/wall_ms"),
-        ("error", "/error/code"),
-        ("message", "/error/message"),
-    ] {
-        output::line(&format!("{label:<10} {}", output::text(job, pointer)))?;
+impl<'a> Summary<'a> {
+    fn new(job: &'a JobView, stdout: Option<&[u8]>) -> Summary<'a> {
+        Summary {
+            job_id: job.job_id.to_string(),
+            state: job.state,
+            provider: job.provider.map(|provider| provider.to_string()),
+            contract_id: job.contract_id.map(|contract| contract.to_string()),
+            exit_code: job.exit_code,
+            stdout: stdout.map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+            stdout_base64: stdout.map(|bytes| BASE64.encode(bytes)),
+            error: job.error.as_ref(),
+            usage: job.usage,
+            cost: job.cost,
+            attempts: &job.attempts,
+        }
     }
-    let attempts = job["attempts"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if !attempts.is_empty() {
+}
+
+fn print_status(job: &JobView) -> anyhow::Result<()> {
+    let error = job.error.as_ref();
+    for (label_text, value) in [
+        ("job id", job.job_id.to_string()),
+        ("state", label(&job.state)),
+        ("provider", or_dash(job.provider)),
+        ("contract", or_dash(job.contract_id)),
+        ("exit code", or_dash(job.exit_code)),
+        ("cost µcr", or_dash(job.cost)),
+        ("fuel", or_dash(job.usage.map(|usage| usage.fuel))),
+        ("wall ms", or_dash(job.usage.map(|usage| usage.wall_ms))),
+        ("error", or_dash(error.map(|error| label(&error.code)))),
+        ("message", or_dash(error.map(|error| &error.message))),
+    ] {
+        output::line(&format!("{label_text:<10} {value}"))?;
+    }
+    if !job.attempts.is_empty() {
         output::line("attempts:")?;
-        for attempt in attempts {
+        for attempt in &job.attempts {
             output::line(&format!(
                 "  {} {} {} {}",
-                output::text(attempt, "/provider"),
-                output::text(attempt, "/outcome"),
-                output::text(attempt, "/reason"),
-                output::text(attempt, "/message"),
+                attempt.provider,
+                label(&attempt.outcome),
+                or_dash(attempt.reason.as_ref().map(label)),
+                attempt.message,
             ))?;
         }
     }

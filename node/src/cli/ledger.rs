@@ -4,16 +4,17 @@
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use suanli_protocol::NodeId;
 
 use super::client::ApiClient;
 use super::export::{ExportArgs, export, verify_export};
-use super::output;
+use super::output::{self, or_dash};
 use super::proof::{self, ProofCommand};
 use super::transparency::TransparencyCommand;
 use super::{ClientArgs, SilentExit};
-use crate::api::ledger::entry_json;
+use crate::api::types::{Balance, EntriesPage, EntryView, VerifyReport};
 use crate::data_dir::DataDir;
 use crate::ledger::{range_offline, verify_offline};
 
@@ -78,33 +79,41 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
             limit,
             source,
         } => {
-            let page = match &source.data_dir {
+            let entries = match &source.data_dir {
                 Some(dir) => {
                     let data_dir = DataDir::new(dir);
                     let owner = data_dir.load_key()?.node_id();
-                    let entries = range_offline(&data_dir.ledger_path(), owner, from, limit)?;
-                    let entries: Vec<_> = entries.iter().map(entry_json).collect();
-                    json!({ "entries": entries })
+                    let entries = range_offline(&data_dir.db_path(), owner, from, limit)?;
+                    let entries: Vec<EntryView> = entries.iter().map(EntryView::from).collect();
+                    if source.client.json {
+                        // A stopped node's ledger has no durable head to report: entries only.
+                        return output::json(&OfflineEntries { entries: &entries });
+                    }
+                    entries
                 }
                 None => {
-                    ApiClient::new(&source.client.api)?
-                        .get(&format!("/v1/ledger?from={from}&limit={limit}"))
-                        .await?
+                    let page: EntriesPage = ApiClient::new(&source.client.api)?
+                        .get_json(&format!("/v1/ledger?from={from}&limit={limit}"))
+                        .await?;
+                    if source.client.json {
+                        return output::json(&page);
+                    }
+                    page.entries
                 }
             };
-            if source.client.json {
-                return output::json(&page);
-            }
-            let rows = output::rows(&page["entries"], |entry| {
-                vec![
-                    output::text(entry, "/index"),
-                    output::text(entry, "/timestamp_ms"),
-                    output::text(entry, "/kind"),
-                    short(&output::text(entry, "/contract_id")),
-                    output::text(entry, "/cost"),
-                    output::text(entry, "/outcome"),
-                ]
-            });
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|entry| {
+                    vec![
+                        entry.index.to_string(),
+                        entry.timestamp_ms.to_string(),
+                        entry.kind.name().to_owned(),
+                        short(&or_dash(entry.contract_id)),
+                        or_dash(entry.cost),
+                        or_dash(entry.outcome.as_ref()),
+                    ]
+                })
+                .collect();
             output::table(
                 &[
                     "INDEX",
@@ -150,36 +159,35 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
             }
         }
         LedgerCommand::Verify { source, .. } => {
-            let report: Value = match &source.data_dir {
+            let report: VerifyReport = match &source.data_dir {
                 Some(dir) => {
                     let data_dir = DataDir::new(dir);
                     let owner = data_dir.load_key()?.node_id();
-                    serde_json::to_value(verify_offline(&data_dir.ledger_path(), owner)?)?
+                    verify_offline(&data_dir.db_path(), owner)?
                 }
                 None => {
                     ApiClient::new(&source.client.api)?
-                        .get("/v1/ledger/verify")
+                        .get_json("/v1/ledger/verify")
                         .await?
                 }
             };
-            let ok = report["ok"].as_bool().unwrap_or(false);
             if source.client.json {
                 output::json(&report)?;
-            } else if ok {
+            } else if report.ok {
                 output::line(&format!(
                     "ok: {} entries, head {}",
-                    output::text(&report, "/entries"),
-                    output::text(&report, "/head")
+                    report.entries, report.head
                 ))?;
             } else {
+                let error = report.error.as_ref();
                 output::line(&format!(
                     "FAILED at entry {}: {} ({} entries verified before it)",
-                    output::text(&report, "/error/index"),
-                    output::text(&report, "/error/message"),
-                    output::text(&report, "/entries"),
+                    or_dash(error.map(|error| error.index)),
+                    or_dash(error.map(|error| &error.message)),
+                    report.entries,
                 ))?;
             }
-            if ok {
+            if report.ok {
                 Ok(())
             } else {
                 Err(SilentExit(1).into())
@@ -188,21 +196,32 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What `ledger show --data-dir --json` prints.
+#[derive(Debug, Serialize)]
+struct OfflineEntries<'a> {
+    entries: &'a [EntryView],
+}
+
 fn short(id: &str) -> String {
     id.chars().take(16).collect()
 }
 
 pub async fn balances(client: ClientArgs) -> anyhow::Result<()> {
-    let balances = ApiClient::new(&client.api)?.get("/v1/balances").await?;
+    let balances: Vec<Balance> = ApiClient::new(&client.api)?
+        .get_json("/v1/balances")
+        .await?;
     if client.json {
         return output::json(&balances);
     }
-    let rows = output::rows(&balances, |balance| {
-        vec![
-            output::text(balance, "/node_id"),
-            output::text(balance, "/net_micro"),
-            output::text(balance, "/settlements"),
-        ]
-    });
+    let rows: Vec<Vec<String>> = balances
+        .iter()
+        .map(|balance| {
+            vec![
+                balance.node_id.clone(),
+                balance.net_micro.to_string(),
+                balance.settlements.to_string(),
+            ]
+        })
+        .collect();
     output::table(&["PEER", "NET µcr (+ owed to us)", "SETTLEMENTS"], &rows)
 }

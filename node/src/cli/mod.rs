@@ -1,5 +1,10 @@
 //! The `suanli` command line. `init`, `id` and `run` work on a data dir; every other command is a
-//! client of a running node's HTTP API and never touches its data.
+//! client of a running node's HTTP API and never touches its data (a few ledger commands read a
+//! *stopped* node's data dir with `--data-dir`).
+//!
+//! API answers are deserialized into the types of [`crate::api::types`], the same types the
+//! handlers serialize, and tables are made from their typed fields; `--json` prints the typed
+//! answer back, keys sorted as before the types existed.
 
 mod bench;
 mod client;
@@ -16,6 +21,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::Node;
+use crate::api::types::{MeshNodeView, NodeView, PeerInfo};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 
@@ -128,15 +134,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args).await,
         Command::Status(args) => {
-            let node = ApiClient::new(&args.api)?.get("/v1/node").await?;
+            let node: NodeView = ApiClient::new(&args.api)?.get_json("/v1/node").await?;
             output::status(&node, args.json)
         }
         Command::Peers(args) => {
-            let peers = ApiClient::new(&args.api)?.get("/v1/peers").await?;
+            let peers: Vec<PeerInfo> = ApiClient::new(&args.api)?.get_json("/v1/peers").await?;
             output::peers(&peers, args.json)
         }
         Command::Mesh(args) => {
-            let mesh = ApiClient::new(&args.api)?.get("/v1/mesh").await?;
+            let mesh: Vec<MeshNodeView> = ApiClient::new(&args.api)?.get_json("/v1/mesh").await?;
             output::mesh(&mesh, args.json)
         }
         Command::Job(command) => jobs::execute(command).await,

@@ -1,8 +1,13 @@
-//! What the CLI prints: readable tables by default, JSON with `--json`.
+//! What the CLI prints: readable tables by default, JSON with `--json`. Everything printed comes
+//! from typed API answers ([`crate::api::types`]); nothing here reads JSON by field name.
 
+use std::fmt::Display;
 use std::io::Write;
 
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::api::types::{GpuView, MeshNodeView, NodeView, PeerInfo};
 
 /// Writes one line to stdout.
 pub fn line(text: &str) -> anyhow::Result<()> {
@@ -11,8 +16,11 @@ pub fn line(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn json(value: &Value) -> anyhow::Result<()> {
-    line(&serde_json::to_string_pretty(value)?)
+/// Prints `value` as pretty JSON. It goes through a [`Value`], whose keys are sorted, so the
+/// output does not depend on the field order of the type that holds it.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let value = serde_json::to_value(value)?;
+    line(&serde_json::to_string_pretty(&value)?)
 }
 
 /// Prints rows as aligned columns under a header.
@@ -37,26 +45,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One table row per element of the JSON array `list` (none if it is not an array).
-pub fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
-    list.as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(row)
-        .collect()
+/// What an optional value prints as in tables and lines: the value, or `-`.
+pub fn or_dash<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }
 
-pub fn text(value: &Value, pointer: &str) -> String {
-    match value.pointer(pointer) {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
+/// The wire name of an API enum (`succeeded`, `no_provider`, …): what `--json` shows, so
+/// tables and JSON agree.
+pub fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
     }
-}
-
-fn number(value: &Value, pointer: &str) -> u64 {
-    value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// Bytes as GiB with one decimal.
@@ -64,97 +65,85 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
-fn gpus(value: &Value, pointer: &str) -> String {
-    let Some(gpus) = value.pointer(pointer).and_then(Value::as_array) else {
-        return "-".into();
-    };
+fn gpus(gpus: &[GpuView]) -> String {
     if gpus.is_empty() {
         return "-".into();
     }
     gpus.iter()
-        .map(|gpu| format!("{}x {}", number(gpu, "/count"), text(gpu, "/model")))
+        .map(|gpu| format!("{}x {}", gpu.count, gpu.model))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-pub fn status(node: &Value, as_json: bool) -> anyhow::Result<()> {
+pub fn status(node: &NodeView, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(node);
     }
-    let addrs = node
-        .pointer("/listen_addrs")
-        .and_then(Value::as_array)
-        .map(|addrs| {
-            addrs
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n             ")
-        })
-        .unwrap_or_default();
-    line(&format!("node id:     {}", text(node, "/node_id")))?;
-    line(&format!("version:     {}", text(node, "/version")))?;
-    line(&format!(
-        "uptime:      {} s",
-        number(node, "/uptime_ms") / 1000
-    ))?;
-    line(&format!("region:      {}", text(node, "/region")))?;
+    let addrs = node.listen_addrs.join("\n             ");
+    line(&format!("node id:     {}", node.node_id))?;
+    line(&format!("version:     {}", node.version))?;
+    line(&format!("uptime:      {} s", node.uptime_ms / 1000))?;
+    line(&format!("region:      {}", node.region))?;
     line(&format!(
         "capacity:    {} cores, {}, GPUs: {}",
-        number(node, "/capacity/cpu_cores"),
-        gib(number(node, "/capacity/memory_bytes")),
-        gpus(node, "/capacity/gpus")
+        node.capacity.cpu_cores,
+        gib(node.capacity.memory_bytes),
+        gpus(&node.capacity.gpus)
     ))?;
     line(&format!(
         "prices:      {} µcr/job + {} µcr/M fuel",
-        number(node, "/prices/base"),
-        number(node, "/prices/per_million_fuel")
+        node.prices.base, node.prices.per_million_fuel
     ))?;
-    line(&format!("listening:   {addrs}"))
+    line(&format!("listening:   {addrs}"))?;
+    let storage = &node.storage;
+    let reason = match &storage.reason {
+        Some(reason) => format!(": {reason}"),
+        None => String::new(),
+    };
+    line(&format!(
+        "storage:     {}{reason} ({} free, {} kept in reserve)",
+        label(&storage.state),
+        gib(storage.available_bytes.unwrap_or(0)),
+        gib(storage.min_free_bytes)
+    ))
 }
 
-pub fn peers(peers: &Value, as_json: bool) -> anyhow::Result<()> {
+pub fn peers(peers: &[PeerInfo], as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(peers);
     }
-    let rows = rows(peers, |peer| {
-        vec![
-            text(peer, "/node_id"),
-            text(peer, "/agent_version"),
-            peer.pointer("/addrs")
-                .and_then(Value::as_array)
-                .and_then(|addrs| addrs.first())
-                .and_then(Value::as_str)
-                .unwrap_or("-")
-                .to_owned(),
-        ]
-    });
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|peer| {
+            vec![
+                peer.node_id.clone(),
+                or_dash(peer.agent_version.as_ref()),
+                or_dash(peer.addrs.first()),
+            ]
+        })
+        .collect();
     table(&["NODE", "AGENT", "ADDRESS"], &rows)
 }
 
-pub fn mesh(mesh: &Value, as_json: bool) -> anyhow::Result<()> {
+pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(mesh);
     }
-    let rows = rows(mesh, |node| {
-        vec![
-            text(node, "/node_id"),
-            text(node, "/region"),
-            number(node, "/cpu_cores").to_string(),
-            gib(number(node, "/memory_bytes")),
-            gpus(node, "/gpus"),
-            format!(
-                "{:.0}%",
-                node.pointer("/load").and_then(Value::as_f64).unwrap_or(0.0) * 100.0
-            ),
-            format!(
-                "{}+{}/Mf",
-                number(node, "/prices/base"),
-                number(node, "/prices/per_million_fuel")
-            ),
-            format!("{:.1}s", number(node, "/age_ms") as f64 / 1000.0),
-        ]
-    });
+    let rows: Vec<Vec<String>> = mesh
+        .iter()
+        .map(|node| {
+            vec![
+                node.node_id.to_string(),
+                node.region.clone(),
+                node.cpu_cores.to_string(),
+                gib(node.memory_bytes),
+                gpus(&node.gpus),
+                format!("{:.0}%", node.load * 100.0),
+                format!("{}+{}/Mf", node.prices.base, node.prices.per_million_fuel),
+                format!("{:.1}s", node.age_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
     table(
         &[
             "NODE",

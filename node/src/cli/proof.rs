@@ -17,7 +17,7 @@ use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
 use super::client::ApiClient;
 use super::ledger::Source;
 use super::{SilentExit, output};
-use crate::api::ledger::entry_json;
+use crate::api::types::EntryView;
 use crate::data_dir::DataDir;
 use crate::ledger::{Store, StoredEntry, open_offline};
 
@@ -59,7 +59,7 @@ pub enum ProofCommand {
 pub(super) fn offline_store(dir: &Path) -> anyhow::Result<Store> {
     let data_dir = DataDir::new(dir);
     let owner = data_dir.load_key()?.node_id();
-    Ok(open_offline(&data_dir.ledger_path(), owner)?)
+    Ok(open_offline(&data_dir.db_path(), owner)?)
 }
 
 pub async fn execute(command: ProofCommand) -> anyhow::Result<()> {
@@ -69,32 +69,32 @@ pub async fn execute(command: ProofCommand) -> anyhow::Result<()> {
             size,
             source,
         } => {
-            let proof = match &source.data_dir {
+            let proof: InclusionProof = match &source.data_dir {
                 Some(dir) => {
                     let store = offline_store(dir)?;
                     let size = size.unwrap_or(store.head().size);
-                    serde_json::to_value(store.inclusion_proof(index, size)?)?
+                    store.inclusion_proof(index, size)?
                 }
                 None => {
                     let size = size.map(|size| format!("&size={size}")).unwrap_or_default();
                     ApiClient::new(&source.client.api)?
-                        .get(&format!("/v1/ledger/proof/inclusion?index={index}{size}"))
+                        .get_json(&format!("/v1/ledger/proof/inclusion?index={index}{size}"))
                         .await?
                 }
             };
             output::json(&proof)
         }
         ProofCommand::Consistency { from, to, source } => {
-            let proof = match &source.data_dir {
+            let proof: ConsistencyProof = match &source.data_dir {
                 Some(dir) => {
                     let store = offline_store(dir)?;
                     let to = to.unwrap_or(store.head().size);
-                    serde_json::to_value(store.consistency_proof(from, to)?)?
+                    store.consistency_proof(from, to)?
                 }
                 None => {
                     let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
                     ApiClient::new(&source.client.api)?
-                        .get(&format!("/v1/ledger/proof/consistency?from={from}{to}"))
+                        .get_json(&format!("/v1/ledger/proof/consistency?from={from}{to}"))
                         .await?
                 }
             };
@@ -232,7 +232,7 @@ pub async fn entry(index: u64, raw: bool, source: Source) -> anyhow::Result<()> 
         seq: index,
         raw: bytes,
     };
-    output::json(&serde_json::to_value(entry_json(&entry))?)
+    output::json(&EntryView::from(&entry))
 }
 
 #[cfg(test)]
@@ -242,7 +242,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::ledger::fixtures::provider;
+    use crate::fixtures::provider;
 
     fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
         let path = dir.path().join(name);

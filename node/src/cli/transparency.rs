@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use serde_json::Value;
-use suanli_protocol::checkpoint::Equivocation;
+use serde::Deserialize;
 
 use super::client::ApiClient;
-use super::output;
+use super::output::{self, label, or_dash};
 use super::{ClientArgs, SilentExit};
+use crate::api::types::{
+    AuditReport, AuditVerdict, Equivocation, EquivocationRecord, Observation, Witnessed,
+};
 
 /// How long an audit may take (it fetches and verifies the peer's whole ledger).
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -59,48 +61,54 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
             output::line(note.trim_end_matches('\n'))
         }
         TransparencyCommand::Witnessed { client } => {
-            let list = ApiClient::new(&client.api)?
-                .get("/v1/ledger/witnessed")
+            let list: Vec<Witnessed> = ApiClient::new(&client.api)?
+                .get_json("/v1/ledger/witnessed")
                 .await?;
             if client.json {
                 return output::json(&list);
             }
-            let rows = output::rows(&list, |held| {
-                vec![
-                    output::text(held, "/node_id"),
-                    output::text(held, "/size"),
-                    output::text(held, "/root"),
-                ]
-            });
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|held| {
+                    vec![
+                        held.node_id.clone(),
+                        held.size.to_string(),
+                        held.root.clone(),
+                    ]
+                })
+                .collect();
             output::table(&["NODE", "SIZE", "ROOT"], &rows)
         }
         TransparencyCommand::Equivocations { client } => {
-            let list = ApiClient::new(&client.api)?
-                .get("/v1/ledger/equivocations")
+            let list: Vec<EquivocationRecord> = ApiClient::new(&client.api)?
+                .get_json("/v1/ledger/equivocations")
                 .await?;
             if client.json {
                 return output::json(&list);
             }
-            let rows = output::rows(&list, |record| {
-                let fork = if record["proof"]["fork"].is_null() {
-                    "same size, different roots"
-                } else {
-                    "larger tree does not extend the smaller"
-                };
-                vec![output::text(record, "/node_id"), fork.to_owned()]
-            });
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|record| {
+                    let fork = if record.proof.fork.is_none() {
+                        "same size, different roots"
+                    } else {
+                        "larger tree does not extend the smaller"
+                    };
+                    vec![record.node_id.clone(), fork.to_owned()]
+                })
+                .collect();
             output::table(&["NODE", "PROOF"], &rows)
         }
         TransparencyCommand::Audit { peer, client } => {
-            let report = ApiClient::with_timeout(&client.api, AUDIT_TIMEOUT)?
-                .get(&format!("/v1/ledger/audit?peer={peer}"))
+            let report: AuditReport = ApiClient::with_timeout(&client.api, AUDIT_TIMEOUT)?
+                .get_json(&format!("/v1/ledger/audit?peer={peer}"))
                 .await?;
             if client.json {
                 output::json(&report)?;
             } else {
                 print_audit(&report)?;
             }
-            if report["verdict"] == "agree" {
+            if report.verdict == AuditVerdict::Agree {
                 Ok(())
             } else {
                 Err(SilentExit(3).into())
@@ -109,15 +117,12 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
         TransparencyCommand::VerifyEquivocation { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let value: Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            let proof = if value.get("proof").is_some() {
-                &value["proof"]
-            } else {
-                &value
+            let proof = match serde_json::from_str::<EquivocationFile>(&text)
+                .with_context(|| format!("{} is not an equivocation proof", file.display()))?
+            {
+                EquivocationFile::Record(record) => record.proof,
+                EquivocationFile::Proof(proof) => proof,
             };
-            let proof: Equivocation = serde_json::from_value(proof.clone())
-                .with_context(|| format!("{} is not an equivocation proof", file.display()))?;
             match proof.verify() {
                 Ok(node) => output::line(&format!(
                     "valid: {node} signed two inconsistent checkpoints"
@@ -131,62 +136,114 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
     }
 }
 
-fn print_audit(report: &Value) -> anyhow::Result<()> {
+/// What `verify-equivocation` reads: an element of `GET /v1/ledger/equivocations`, or its
+/// `proof` alone.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EquivocationFile {
+    Record(EquivocationRecord),
+    Proof(Equivocation),
+}
+
+/// The `outcome` of a witness observation, as the API names it.
+fn outcome(observation: &Observation) -> &'static str {
+    match observation {
+        Observation::First => "first",
+        Observation::Extended { .. } => "extended",
+        Observation::Unchanged => "unchanged",
+        Observation::Stale { .. } => "stale",
+        Observation::Unproven { .. } => "unproven",
+        Observation::Equivocation => "equivocation",
+        Observation::Refused { .. } => "refused",
+    }
+}
+
+fn print_audit(report: &AuditReport) -> anyhow::Result<()> {
     output::line(&format!(
         "audit of {}: {}",
-        output::text(report, "/peer"),
-        output::text(report, "/verdict").to_uppercase()
+        report.peer,
+        label(&report.verdict).to_uppercase()
     ))?;
-    if report["checkpoint"].is_null() {
-        output::line("checkpoint: none published")?;
-    } else {
-        output::line(&format!(
+    match &report.checkpoint {
+        None => output::line("checkpoint: none published")?,
+        Some(checkpoint) => output::line(&format!(
             "checkpoint: size {}, root {} ({}), witness: {}",
-            output::text(report, "/checkpoint/size"),
-            output::text(report, "/checkpoint/root"),
-            if report["checkpoint"]["root_matches"] == true {
+            checkpoint.size,
+            checkpoint.root,
+            if checkpoint.root_matches {
                 "entries match"
             } else {
                 "ENTRIES DO NOT MATCH"
             },
-            output::text(report, "/checkpoint/witness/outcome"),
-        ))?;
+            outcome(&checkpoint.witness),
+        ))?,
     }
     output::line(&format!(
         "entries: {} fetched, {} failed verification",
-        output::text(report, "/entries"),
-        output::text(report, "/chain_problems"),
+        report.entries, report.chain_problems,
     ))?;
     output::line(&format!(
         "shared contracts: {}, documents agreeing: {}, discrepancies: {}",
-        output::text(report, "/shared_contracts"),
-        output::text(report, "/agreements"),
-        output::text(report, "/discrepancies"),
+        report.shared_contracts, report.agreements, report.discrepancies,
     ))?;
-    let problems = output::rows(&report["chain_problem_list"], |problem| {
-        vec![
-            output::text(problem, "/index"),
-            output::text(problem, "/contract_id"),
-            output::text(problem, "/error"),
-        ]
-    });
+    let problems: Vec<Vec<String>> = report
+        .chain_problem_list
+        .iter()
+        .map(|problem| {
+            vec![
+                problem.index.to_string(),
+                or_dash(problem.contract_id.as_ref()),
+                problem.error.clone(),
+            ]
+        })
+        .collect();
     if !problems.is_empty() {
         output::table(&["PEER ENTRY", "CONTRACT", "VERIFICATION ERROR"], &problems)?;
     }
-    let discrepancies = output::rows(&report["discrepancy_list"], |item| {
-        vec![
-            output::text(item, "/contract_id"),
-            output::text(item, "/kind"),
-            output::text(item, "/issue"),
-            output::text(item, "/ours"),
-            output::text(item, "/theirs"),
-        ]
-    });
+    let discrepancies: Vec<Vec<String>> = report
+        .discrepancy_list
+        .iter()
+        .map(|item| {
+            vec![
+                item.contract_id.clone(),
+                label(&item.kind),
+                label(&item.issue),
+                or_dash(item.ours),
+                or_dash(item.theirs),
+            ]
+        })
+        .collect();
     if !discrepancies.is_empty() {
         output::table(
             &["CONTRACT", "DOCUMENT", "ISSUE", "OUR ENTRY", "PEER ENTRY"],
             &discrepancies,
         )?;
+        output::line(&format!(
+            "repairs requested: {} (documents missing on either side are exchanged with the peer; \
+             audit again to see them agree)",
+            report.repairs_requested,
+        ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn witness_outcomes_print_as_the_api_names_them() {
+        for observation in [
+            Observation::First,
+            Observation::Extended { from: 1 },
+            Observation::Unchanged,
+            Observation::Stale { held: 2 },
+            Observation::Unproven { reason: "r".into() },
+            Observation::Equivocation,
+            Observation::Refused { reason: "r".into() },
+        ] {
+            let json = serde_json::to_value(&observation).unwrap();
+            assert_eq!(json["outcome"], outcome(&observation), "{observation:?}");
+        }
+    }
 }

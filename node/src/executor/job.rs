@@ -1,23 +1,40 @@
 //! One run: a fresh Store with the job's limits, `_start`, and the translation of how it ended
 //! into an [`Outcome`] and a [`Usage`]. Runs on a blocking thread, never on a tokio worker.
+//!
+//! The module's compile charge ([`compile_fuel`]) comes off the fuel budget first; the rest is
+//! what the guest may burn. At every epoch tick a callback checks the job's cancellation token
+//! and its own wall-time deadline (measured from the Store's creation, so the limit is exact to
+//! a tick whatever the ticker's phase).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use suanli_protocol::Hash32;
-use suanli_protocol::job::{MAX_OUTPUT_BYTES, MAX_WALL_TIME_MS};
+use suanli_protocol::job::{MAX_OUTPUT_BYTES, MAX_WALL_TIME_MS, compile_fuel};
 use suanli_protocol::negotiation::{FailureReason, Outcome, Usage, WALL_TIME_GRACE_MS};
 use tracing::warn;
-use wasmtime::{Engine, InstancePre, Store, Trap, WasmBacktrace};
+use wasmtime::{Engine, InstancePre, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::limiter::MemoryLimiter;
 use super::wasi::{self, VirtualTime};
-use super::{EPOCH_TICK, JobInput, MAX_TABLE_ELEMENTS, RunResult, truncate_message};
+use super::{JobInput, MAX_TABLE_ELEMENTS, RunResult, truncate_message};
 
 /// Most stderr kept per job. Stderr is for diagnostics: not billed, not hashed.
 pub(super) const MAX_STDERR_BYTES: usize = 64 * 1024;
+
+/// The error the epoch callback ends a cancelled run with.
+#[derive(Debug)]
+struct JobCancelled;
+
+impl std::fmt::Display for JobCancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("job cancelled")
+    }
+}
+
+impl std::error::Error for JobCancelled {}
 
 /// Everything a job's Store holds.
 pub(super) struct JobState {
@@ -52,12 +69,15 @@ pub(super) fn run(
     random: &[u8],
 ) -> RunResult {
     let JobInput {
-        module: _,
+        module,
         args,
         env,
         stdin,
         limits,
+        cancel,
     } = job;
+    let compile_charge = compile_fuel(module.len());
+    drop(module);
     // The node's ceiling caps the job's own limit (see `Executor::fits`); the protocol's caps
     // bound what a spec that skipped validation could ask for.
     let memory_limit = limits.memory_bytes.min(max_memory_bytes);
@@ -84,9 +104,25 @@ pub(super) fn run(
     };
 
     let started = Instant::now();
+    if limits.fuel <= compile_charge {
+        // The budget does not even pay for compiling: nothing runs, and all of it is used.
+        return RunResult::failed(
+            FailureReason::FuelExhausted,
+            &format!(
+                "fuel budget of {} does not cover the compile charge of {compile_charge} for a \
+                 module of this size",
+                limits.fuel
+            ),
+            Usage {
+                fuel: limits.fuel,
+                ..Usage::default()
+            },
+        );
+    }
+    let run_fuel = limits.fuel - compile_charge;
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    if let Err(error) = store.set_fuel(limits.fuel) {
+    if let Err(error) = store.set_fuel(run_fuel) {
         // Only possible if fuel metering were off in the engine config.
         return RunResult::failed(
             FailureReason::Trap,
@@ -94,7 +130,18 @@ pub(super) fn run(
             Usage::default(),
         );
     }
-    store.set_epoch_deadline(deadline_ticks(wall_time_ms));
+    // Called at every tick: one more tick, unless the job was cancelled or its time is up.
+    let deadline = started + Duration::from_millis(wall_time_ms);
+    store.epoch_deadline_callback(move |_| {
+        if cancel.is_cancelled() {
+            return Err(wasmtime::Error::new(JobCancelled));
+        }
+        if Instant::now() >= deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    store.set_epoch_deadline(1);
     let ended = execute(&mut store, pre);
 
     let interrupted = matches!(
@@ -109,6 +156,7 @@ pub(super) fn run(
         // time budget, so it is billed its whole fuel budget.
         limits.fuel
     } else {
+        // The compile charge plus what the guest burnt (after a cancellation, a lower bound).
         let remaining = store.get_fuel().unwrap_or(0);
         limits.fuel.saturating_sub(remaining)
     };
@@ -175,6 +223,9 @@ fn classify(error: &wasmtime::Error, store: &Store<JobState>, phase: Phase) -> E
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Ended::Exited(exit.0);
     }
+    if error.downcast_ref::<JobCancelled>().is_some() {
+        return failed(FailureReason::Cancelled, "cancelled".into());
+    }
     let trap = error.downcast_ref::<Trap>().copied();
     match trap {
         Some(Trap::OutOfFuel) => {
@@ -221,15 +272,9 @@ fn describe(error: &wasmtime::Error, trap: Option<Trap>) -> String {
     }
 }
 
-/// Epoch ticks until the deadline. The ticker ticks every [`EPOCH_TICK`] and the current tick
-/// may be about to end, so one tick more: a job is never stopped before its wall time.
-fn deadline_ticks(wall_time_ms: u64) -> u64 {
-    let tick_ms = EPOCH_TICK.as_millis() as u64;
-    wall_time_ms.div_ceil(tick_ms).saturating_add(1)
-}
-
 /// Wall time from Store creation to its drop. Epoch interruption overshoots by up to about
-/// two ticks plus scheduling delay; the protocol tolerates [`WALL_TIME_GRACE_MS`] more than the
+/// one tick ([`super::EPOCH_TICK`]) plus scheduling delay; the protocol tolerates
+/// [`WALL_TIME_GRACE_MS`] more than the
 /// limit, and a receipt above that would be refused as misbehaviour. Wall time is not billed,
 /// so a run a loaded machine stretched beyond the grace is reported at the ceiling.
 fn measured_wall_time_ms(started: Instant, limit_ms: u64) -> u64 {
@@ -242,17 +287,4 @@ fn measured_wall_time_ms(started: Instant, limit_ms: u64) -> u64 {
         );
     }
     elapsed.min(ceiling)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadline_never_early() {
-        assert_eq!(deadline_ticks(0), 1);
-        assert_eq!(deadline_ticks(1), 2);
-        assert_eq!(deadline_ticks(10), 2);
-        assert_eq!(deadline_ticks(11), 3);
-    }
 }

@@ -1,27 +1,50 @@
 //! Sandboxed job execution: runs WebAssembly jobs (WASI preview 1 commands) under wasmtime and
 //! turns whatever happens into a protocol [`Outcome`] and metered [`Usage`].
 //!
-//! Owns the wasmtime [`Engine`] and its pooling allocator, the WASI [`Linker`], the cache of
-//! compiled modules, the epoch ticker thread and the job slots (a semaphore as wide as the pool).
+//! Owns the wasmtime [`Engine`] and its pooling allocator, the WASI [`Linker`], the compile pool,
+//! the cache of compiled modules, the epoch ticker thread and the job slots (a semaphore as wide
+//! as the pool).
 //!
 //! ```text
-//!  market ──run(JobInput)──▶ Executor ──wait for a slot (≤ max_concurrency)──▶ spawn_blocking
-//!                               │                                                   │
-//!                               └──▶ cache: SHA-256(module) → compiled, linked ──▶  │
-//!                                                                                   ▼
-//!  ticker thread ──increment_epoch every 10 ms──▶ Engine        one Store per job: fuel, epoch
-//!                                                               deadline, memory limiter, WASI
-//!                                                               context, in-memory stdio
+//!  market ──prepare(module)──▶ Executor ─┐ (submission: is the module acceptable?)
+//!  market ──run(JobInput)────▶ Executor ─┤
+//!                                        ▼
+//!     spawn_blocking: SHA-256, cache lookup ──hit──────────────────────────────┐
+//!                     WAT → binary, complexity caps (complexity.rs) ──refused──▶ error
+//!                                        │ miss                                 │
+//!                                        ▼                                      │
+//!     compile pool: ≤ compile_threads at once on blocking threads, ≤ compile_queue│waiting
+//!                   (prepare: beyond it "busy"; run: waits, cancellable)        │
+//!                     Module::from_binary, link ──▶ cache (LRU, bytes + count) ─┤
+//!                                                                               ▼ run only
+//!     wait for a slot (≤ max_concurrency, cancellable) ──▶ spawn_blocking: one Store per job:
+//!     compile fuel charged, fuel, memory limiter, WASI context, in-memory stdio, and a
+//!     callback at every epoch tick (ticker thread, 10 ms) that ends the run on cancellation
+//!     or at its wall-time deadline
 //! ```
 //!
-//! Files: `job.rs` runs one job and classifies how it ended; `wasi.rs` is what the guest sees
-//! (stdio, virtual clocks, fixed random, a non-blocking `poll_oneoff`); `limiter.rs` enforces
-//! and measures memory; `cache.rs` keeps compiled modules.
+//! Files: `complexity.rs` decides whether a module may be compiled at all; `job.rs` runs one
+//! job and classifies how it ended; `wasi.rs` is what the guest sees (stdio, virtual clocks,
+//! fixed random, a non-blocking `poll_oneoff`); `limiter.rs` enforces and measures memory;
+//! `cache.rs` keeps compiled modules.
+//!
+//! Compiling is work that fuel does not meter, so it is bounded three ways: the protocol's
+//! complexity caps ([`suanli_protocol::job::complexity`]) refuse, before compiling, any module
+//! whose estimated compile cost is above about half a second here (a 300,000-function bomb is
+//! refused after reading its function section); at most `compile_threads` modules compile at
+//! once; and every run is charged [`compile_fuel`] for its module, deducted from its fuel
+//! budget before the module runs, on a cache hit too, so every provider bills a job alike.
+//!
+//! A job can be stopped: [`JobInput::cancel`] is checked while it waits for the compile pool or
+//! a slot, and at every epoch tick while it runs; a cancelled run ends within a tick or two as
+//! `Failed { reason: Cancelled }` and gives its slot back.
 //!
 //! Must never:
 //! - let a wasmtime type escape: callers see `suanli-protocol` types, bytes and strings only;
 //! - call wasmtime's sync API on a tokio worker (the WASI shims block on a runtime and panic
-//!   there): every run goes through `spawn_blocking`;
+//!   there): every compile and run goes through `spawn_blocking`;
+//! - compile a module it has not checked against the complexity caps, or more modules at once
+//!   than the compile pool allows;
 //! - hand a job anything of the host: no files, no network, no inherited arguments, environment
 //!   or stdio, no real clock, no real entropy. Besides safety, that is what makes a job give the
 //!   same output and the same fuel on every provider, so receipts can be compared;
@@ -29,12 +52,13 @@
 //!   panic inside wasmtime comes back as `Outcome::Failed` with a reason.
 //!
 //! Determinism: fuel counts wasm operators, so it is identical across runs, machines and engine
-//! configurations; NaN bit patterns and relaxed SIMD are canonicalised so floating point agrees
-//! across CPU architectures; guest clocks are virtual (see `wasi.rs`) and random bytes are a
-//! fixed stream. Only wall time is not deterministic, which is why it is never the basis of the
-//! cost.
+//! configurations; the compile charge depends on the module's length only; NaN bit patterns and
+//! relaxed SIMD are canonicalised so floating point agrees across CPU architectures; guest
+//! clocks are virtual (see `wasi.rs`) and random bytes are a fixed stream. Only wall time is not
+//! deterministic, which is why it is never the basis of the cost.
 
 mod cache;
+mod complexity;
 mod job;
 mod limiter;
 mod wasi;
@@ -45,26 +69,39 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use suanli_protocol::Hash32;
 use suanli_protocol::Limits;
-use suanli_protocol::job::{MAX_MEMORY_BYTES, MAX_MODULE_BYTES};
-use suanli_protocol::negotiation::{FailureReason, MAX_MESSAGE_BYTES, Outcome, Usage};
-use tokio::sync::Semaphore;
-use tracing::warn;
+use suanli_protocol::job::{MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_WALL_TIME_MS, compile_fuel};
+use suanli_protocol::negotiation::{
+    FailureReason, MAX_MESSAGE_BYTES, Outcome, Usage, WALL_TIME_GRACE_MS,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig,
 };
 
 use self::cache::ModuleCache;
+use self::complexity::Refusal;
 use self::job::JobState;
 
 /// How often the ticker advances the engine epoch: the granularity of wall-time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Compiled modules kept; beyond it the least recently used is dropped.
+/// Compiled modules kept; beyond it (or beyond `module_cache_bytes`) the least recently used is
+/// dropped.
 const MAX_CACHED_MODULES: usize = 64;
+/// Most compiles an executor may be configured to run at once.
+pub const MAX_COMPILE_THREADS: u32 = 64;
+/// How long `run` still waits, after its job was cancelled, for the run to end by itself and
+/// report what it used; after that it answers without it (the run ends a tick or two later).
+const CANCEL_GRACE: Duration = Duration::from_millis(100);
+/// A compile slower than this is logged as a warning: the complexity caps should prevent it.
+const SLOW_COMPILE: Duration = Duration::from_secs(1);
 /// Most concurrent jobs an executor may be configured for. Every slot reserves about 4 GiB of
 /// address space (not memory) in the pooling allocator, so this keeps the pool within reach.
 pub const MAX_CONCURRENCY: u32 = 1024;
@@ -87,16 +124,27 @@ pub struct ExecutorConfig {
     /// The most linear memory any job gets, whatever its own limit says. Default: 256 MiB; at
     /// most 4 GiB (wasm32).
     pub max_memory_bytes: u64,
+    /// Compiled code the module cache may hold, bytes (at most 64 modules besides). Default:
+    /// 128 MiB.
+    pub module_cache_bytes: u64,
+    /// Modules compiled at once (1 to [`MAX_COMPILE_THREADS`]). Default: half the cores, at
+    /// least 1.
+    pub compile_threads: u32,
+    /// Modules waiting for the compile pool at submission; beyond it `prepare` answers
+    /// [`ExecutorError::Busy`]. Default: 16.
+    pub compile_queue: u32,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let cores = u32::try_from(cores).unwrap_or(MAX_CONCURRENCY);
         ExecutorConfig {
-            max_concurrency: u32::try_from(cores)
-                .unwrap_or(MAX_CONCURRENCY)
-                .min(MAX_CONCURRENCY),
+            max_concurrency: cores.min(MAX_CONCURRENCY),
             max_memory_bytes: 256 * 1024 * 1024,
+            module_cache_bytes: 128 * 1024 * 1024,
+            compile_threads: (cores / 2).clamp(1, MAX_COMPILE_THREADS),
+            compile_queue: 16,
         }
     }
 }
@@ -114,6 +162,25 @@ pub enum ExecutorError {
     /// breaks a size rule. The message says which.
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    /// The module is beyond a complexity cap of the protocol (functions, code size, locals,
+    /// compile cost); it was not compiled. The message names the cap and the numbers.
+    #[error("module too complex: {0}")]
+    ModuleTooComplex(String),
+    /// The compile pool and its queue are full; try again later.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The caller cancelled while waiting for the compile pool.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Refusal> for ExecutorError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Invalid(message) => ExecutorError::InvalidModule(message),
+            Refusal::TooComplex(message) => ExecutorError::ModuleTooComplex(message),
+        }
+    }
 }
 
 /// One job to run: the module and everything the guest sees.
@@ -127,6 +194,9 @@ pub struct JobInput {
     pub env: BTreeMap<String, String>,
     pub stdin: Vec<u8>,
     pub limits: Limits,
+    /// Stops the job: checked while it waits for the compile pool or a slot, and at every
+    /// epoch tick while it runs. A cancelled job ends as `Failed { reason: Cancelled }`.
+    pub cancel: CancellationToken,
 }
 
 impl fmt::Debug for JobInput {
@@ -138,6 +208,7 @@ impl fmt::Debug for JobInput {
             .field("env", &self.env)
             .field("stdin_bytes", &self.stdin.len())
             .field("limits", &self.limits)
+            .field("cancelled", &self.cancel.is_cancelled())
             .finish()
     }
 }
@@ -165,6 +236,24 @@ impl fmt::Debug for RunResult {
 }
 
 impl RunResult {
+    /// A run whose module could not be prepared: nothing ran and nothing is billed.
+    fn refused(error: &ExecutorError) -> RunResult {
+        let (reason, message) = match error {
+            ExecutorError::ModuleTooComplex(message) => {
+                (FailureReason::ModuleTooComplex, message.clone())
+            }
+            ExecutorError::Cancelled => (
+                FailureReason::Cancelled,
+                "cancelled while waiting to compile".to_owned(),
+            ),
+            ExecutorError::InvalidModule(message) => {
+                (FailureReason::InvalidModule, message.clone())
+            }
+            other => (FailureReason::InvalidModule, other.to_string()),
+        };
+        RunResult::failed(reason, &message, Usage::default())
+    }
+
     /// A run that failed before or without output.
     fn failed(reason: FailureReason, message: &str, usage: Usage) -> RunResult {
         RunResult {
@@ -190,6 +279,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<JobState>,
     cache: ModuleCache<InstancePre<JobState>>,
+    compile_pool: CompilePool,
     /// One permit per pool slot: a job holds one from before its Store exists until after it is
     /// dropped, so the pool is never asked for more instances than it has.
     slots: Arc<Semaphore>,
@@ -204,6 +294,7 @@ impl fmt::Debug for Executor {
             .field("config", &self.inner.config)
             .field("pooling", &self.inner.pooling)
             .field("cached_modules", &self.inner.cache.len())
+            .field("cached_bytes", &self.inner.cache.bytes())
             .field("free_slots", &self.inner.slots.available_permits())
             .finish()
     }
@@ -243,6 +334,12 @@ impl Executor {
                 config.max_memory_bytes
             )));
         }
+        if config.compile_threads == 0 || config.compile_threads > MAX_COMPILE_THREADS {
+            return Err(ExecutorError::Config(format!(
+                "compile_threads must be between 1 and {MAX_COMPILE_THREADS}, got {}",
+                config.compile_threads
+            )));
+        }
         let (engine, pooling) = match allocation {
             Allocation::PreferPooling => match Engine::new(&engine_config(&config, true)) {
                 Ok(engine) => (engine, true),
@@ -267,7 +364,8 @@ impl Executor {
                 config,
                 engine,
                 linker,
-                cache: ModuleCache::new(MAX_CACHED_MODULES),
+                cache: ModuleCache::new(MAX_CACHED_MODULES, config.module_cache_bytes),
+                compile_pool: CompilePool::new(config.compile_threads, config.compile_queue),
                 slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
                 pooling,
                 random: wasi::random_bytes(),
@@ -275,48 +373,116 @@ impl Executor {
         })
     }
 
-    /// Compiles (or takes from the cache) a module; an invalid module is an error with a clear
-    /// message. Returns the module hash (SHA-256 of the bytes as given).
-    ///
-    /// Compiling is CPU work (milliseconds for small modules, up to seconds for an 8 MiB one):
-    /// from async code prefer [`Executor::prepare`].
+    /// Checks and compiles (or takes from the cache) a module on the calling thread, outside
+    /// the compile pool; an unacceptable module is an error with a clear message. Returns the
+    /// module hash (SHA-256 of the bytes as given). For tests and tools: from async code use
+    /// [`Executor::prepare`].
     pub fn check_module(&self, module: &[u8]) -> Result<Hash32, ExecutorError> {
-        self.inner.prepare(module).map(|(hash, _)| hash)
+        match self.inner.lookup(module)? {
+            Lookup::Hit { hash, .. } => Ok(hash),
+            Lookup::Miss { hash, binary } => {
+                self.inner.compile(hash, &binary)?;
+                Ok(hash)
+            }
+        }
     }
 
-    /// [`Executor::check_module`] on a blocking thread.
+    /// Checks a module as a submission needs: the complexity caps, then a compile on the
+    /// compile pool (or a cache hit), so that a module the mesh would refuse is refused here.
+    /// Returns the module hash (SHA-256 of the bytes as given). With the pool and its queue
+    /// full, answers [`ExecutorError::Busy`] at once.
     pub async fn prepare(&self, module: Arc<Vec<u8>>) -> Result<Hash32, ExecutorError> {
-        let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || inner.prepare(&module)).await {
-            Ok(result) => result.map(|(hash, _)| hash),
-            Err(error) => Err(ExecutorError::InvalidModule(format!(
-                "compilation did not finish: {}",
-                join_error_message(error)
-            ))),
-        }
+        self.prepared(module, Waiting::Bounded)
+            .await
+            .map(|(hash, _)| hash)
     }
 
     /// Runs one job to completion on a blocking thread; never panics, never fails the node.
     ///
-    /// Waits for a free slot first (at most `max_concurrency` jobs run at once). Dropping the
-    /// returned future does not stop a job that has started: it runs on until it ends or hits
-    /// its fuel or wall-time limit, holding its slot.
+    /// Checks and compiles the module first (on the compile pool, waiting for it as long as it
+    /// takes), then waits for a free slot (at most `max_concurrency` jobs run at once). Both
+    /// waits and the run itself end when `job.cancel` is cancelled; the answer then comes
+    /// within [`CANCEL_GRACE`] even if the run has not noticed yet. Dropping the returned
+    /// future does not stop a job that has started: cancel it.
     pub async fn run(&self, job: JobInput) -> RunResult {
-        let Ok(permit) = self.inner.slots.clone().acquire_owned().await else {
-            // The semaphore is never closed; kept as a failure rather than a panic.
+        let cancel = job.cancel.clone();
+        let started = Instant::now();
+        // The module's verdict first (a linear check), then whether the budget pays for
+        // compiling it (its length alone, like on every other provider), then the compile: a
+        // module that cannot run is not compiled.
+        let lookup = match self.lookup(job.module.clone()).await {
+            Ok(lookup) => lookup,
+            Err(error) => return RunResult::refused(&error),
+        };
+        let compile_charge = compile_fuel(job.module.len());
+        if job.limits.fuel <= compile_charge {
+            return RunResult::failed(
+                FailureReason::FuelExhausted,
+                &format!(
+                    "fuel budget of {} does not cover the compile charge of {compile_charge}",
+                    job.limits.fuel
+                ),
+                Usage {
+                    fuel: job.limits.fuel,
+                    ..Usage::default()
+                },
+            );
+        }
+        let pre = match self.compiled(lookup, Waiting::Cancellable(&cancel)).await {
+            Ok((_, pre)) => pre,
+            Err(error) => return RunResult::refused(&error),
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            permit = self.inner.slots.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = slot else {
             return RunResult::failed(
                 FailureReason::Cancelled,
-                "executor is shut down",
+                "cancelled while waiting for a slot",
                 Usage::default(),
             );
         };
         let inner = self.inner.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let limits = job.limits;
+        let mut task = tokio::task::spawn_blocking(move || {
             // Declared first, dropped last: after the job's Store has released its pool slot.
             let _permit = permit;
-            inner.run_blocking(job)
+            job::run(
+                &inner.engine,
+                &pre,
+                job,
+                inner.config.max_memory_bytes,
+                &inner.random,
+            )
         });
-        match task.await {
+        let joined = tokio::select! {
+            biased;
+            joined = &mut task => joined,
+            _ = cancel.cancelled() => {
+                match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
+                    Ok(joined) => joined,
+                    // The run notices at its next epoch tick and gives its slot back then; the
+                    // caller need not wait for that. What it used is not known yet: its compile
+                    // charge, and the time so far.
+                    Err(_) => {
+                        let usage = Usage {
+                            fuel: compile_charge,
+                            wall_time_ms: elapsed_ms(started).min(
+                                limits
+                                    .wall_time_ms
+                                    .min(MAX_WALL_TIME_MS)
+                                    .saturating_add(WALL_TIME_GRACE_MS),
+                            ),
+                            ..Usage::default()
+                        };
+                        return RunResult::failed(FailureReason::Cancelled, "cancelled", usage);
+                    }
+                }
+            }
+        };
+        match joined {
             Ok(result) => result,
             Err(error) => {
                 let message = join_error_message(error);
@@ -330,6 +496,50 @@ impl Executor {
                 )
             }
         }
+    }
+
+    /// The cached or freshly compiled, linked module, compiled on the pool.
+    async fn prepared(
+        &self,
+        module: Arc<Vec<u8>>,
+        waiting: Waiting<'_>,
+    ) -> Result<(Hash32, InstancePre<JobState>), ExecutorError> {
+        let lookup = self.lookup(module).await?;
+        self.compiled(lookup, waiting).await
+    }
+
+    /// [`Inner::lookup`] on a blocking thread. Hashing, WAT conversion and the complexity check
+    /// are linear in a module of at most MAX_MODULE_BYTES: a blocking thread, but not the
+    /// compile pool, so a bomb is refused at once even while the pool is busy.
+    async fn lookup(&self, module: Arc<Vec<u8>>) -> Result<Lookup, ExecutorError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.lookup(&module))
+            .await
+            .map_err(unfinished)?
+    }
+
+    /// The looked-up module, compiled on the pool unless it was cached.
+    async fn compiled(
+        &self,
+        lookup: Lookup,
+        waiting: Waiting<'_>,
+    ) -> Result<(Hash32, InstancePre<JobState>), ExecutorError> {
+        let (hash, binary) = match lookup {
+            Lookup::Hit { hash, pre } => return Ok((hash, pre)),
+            Lookup::Miss { hash, binary } => (hash, binary),
+        };
+        let permit = self.inner.compile_pool.enter(waiting).await?;
+        let inner = self.inner.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Another job may have compiled the same module while this one waited.
+            match inner.cache.get(&hash) {
+                Some(pre) => Ok(pre),
+                None => inner.compile(hash, &binary),
+            }
+        });
+        let pre = compiled.await.map_err(unfinished)??;
+        Ok((hash, pre))
     }
 
     /// The configuration this executor was built with.
@@ -347,6 +557,17 @@ impl Executor {
         self.inner.slots.available_permits()
     }
 
+    /// Modules being compiled right now.
+    pub fn compiles_running(&self) -> usize {
+        let pool = &self.inner.compile_pool;
+        (pool.threads as usize).saturating_sub(pool.permits.available_permits())
+    }
+
+    /// Compiled modules in the cache, and the bytes of compiled code they hold.
+    pub fn cached_modules(&self) -> (usize, u64) {
+        (self.inner.cache.len(), self.inner.cache.bytes())
+    }
+
     /// Whether a job with these limits runs with the memory it asks for on this node. A job
     /// asking for more still runs, capped at `max_memory_bytes`, and may end as `MemoryLimit`
     /// where a bigger node would succeed: the market should decline it instead.
@@ -355,22 +576,56 @@ impl Executor {
     }
 }
 
+/// What the cache and the complexity check say of a module.
+enum Lookup {
+    Hit {
+        hash: Hash32,
+        pre: InstancePre<JobState>,
+    },
+    /// Not cached; `binary` (the module, WAT converted) passed the complexity caps.
+    Miss { hash: Hash32, binary: Vec<u8> },
+}
+
 impl Inner {
-    /// The cached or freshly compiled, linked module for `module`.
-    fn prepare(&self, module: &[u8]) -> Result<(Hash32, InstancePre<JobState>), ExecutorError> {
-        let invalid = ExecutorError::InvalidModule;
+    /// The module's hash and cached compiled form, or its binary after the complexity check.
+    fn lookup(&self, module: &[u8]) -> Result<Lookup, ExecutorError> {
         if module.len() > MAX_MODULE_BYTES {
-            return Err(invalid(format!(
+            return Err(ExecutorError::InvalidModule(format!(
                 "module is {} bytes, at most {MAX_MODULE_BYTES}",
                 module.len()
             )));
         }
         let hash = Hash32::of(module);
         if let Some(pre) = self.cache.get(&hash) {
-            return Ok((hash, pre));
+            return Ok(Lookup::Hit { hash, pre });
         }
-        let compiled =
-            Module::new(&self.engine, module).map_err(|error| invalid(format!("{error:#}")))?;
+        let binary = wat::parse_bytes(module)
+            .map_err(|error| ExecutorError::InvalidModule(format!("{error:#}")))?
+            .into_owned();
+        let measured = complexity::check(&binary)?;
+        debug!(
+            %hash,
+            functions = measured.functions,
+            code_bytes = measured.code_bytes,
+            operators = measured.operators,
+            compile_cost = measured.cost,
+            "module within the complexity caps"
+        );
+        Ok(Lookup::Miss { hash, binary })
+    }
+
+    /// Compiles and links a module that passed [`Inner::lookup`], and caches it.
+    fn compile(&self, hash: Hash32, binary: &[u8]) -> Result<InstancePre<JobState>, ExecutorError> {
+        let invalid = ExecutorError::InvalidModule;
+        let started = Instant::now();
+        let compiled = Module::from_binary(&self.engine, binary)
+            .map_err(|error| invalid(format!("{error:#}")))?;
+        let elapsed = started.elapsed();
+        if elapsed > SLOW_COMPILE {
+            warn!(%hash, ?elapsed, bytes = binary.len(), "slow compile despite the complexity caps");
+        } else {
+            debug!(%hash, ?elapsed, bytes = binary.len(), "compiled");
+        }
         let resources = compiled.resources_required();
         if resources.num_memories > MAX_MEMORIES_PER_MODULE
             || resources.num_tables > MAX_TABLES_PER_MODULE
@@ -407,32 +662,95 @@ impl Inner {
             .linker
             .instantiate_pre(&compiled)
             .map_err(|error| invalid(format!("cannot link against WASI preview 1: {error:#}")))?;
-        self.cache.insert(hash, pre.clone());
-        Ok((hash, pre))
+        // The compiled image (code, read-only data, metadata) is what a cached module keeps
+        // mapped; the wasm bytes are not kept.
+        let image = compiled.image_range();
+        let bytes = (image.end as usize).saturating_sub(image.start as usize) as u64;
+        self.cache.insert(hash, pre.clone(), bytes);
+        Ok(pre)
+    }
+}
+
+/// How a caller waits for the compile pool.
+#[derive(Clone, Copy)]
+enum Waiting<'a> {
+    /// At most `compile_queue` callers wait; beyond them, [`ExecutorError::Busy`] at once.
+    Bounded,
+    /// As long as it takes, until the token is cancelled. Runs wait this way: they are bounded
+    /// by the provider's slots and queue already, and an accepted contract should not fail
+    /// because a submission was compiling.
+    Cancellable(&'a CancellationToken),
+}
+
+/// At most `threads` compiles at once, and a bounded number of submissions waiting.
+struct CompilePool {
+    threads: u32,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl CompilePool {
+    fn new(threads: u32, max_waiting: u32) -> CompilePool {
+        CompilePool {
+            threads,
+            permits: Arc::new(Semaphore::new(threads as usize)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: max_waiting as usize,
+        }
     }
 
-    fn run_blocking(&self, job: JobInput) -> RunResult {
-        let pre = match self.prepare(&job.module) {
-            Ok((_, pre)) => pre,
-            Err(ExecutorError::InvalidModule(message)) => {
-                return RunResult::failed(FailureReason::InvalidModule, &message, Usage::default());
+    /// A permit to compile one module.
+    async fn enter(&self, waiting: Waiting<'_>) -> Result<OwnedSemaphorePermit, ExecutorError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match waiting {
+            Waiting::Bounded => {
+                let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+                let _leave = Leave(&self.waiting);
+                if queued >= self.max_waiting {
+                    return Err(ExecutorError::Busy(format!(
+                        "{} modules are compiling and {queued} waiting; try again later",
+                        self.threads
+                    )));
+                }
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ExecutorError::Busy("the compile pool is closed".into()))
             }
-            Err(error) => {
-                return RunResult::failed(
-                    FailureReason::InvalidModule,
-                    &error.to_string(),
-                    Usage::default(),
-                );
-            }
-        };
-        job::run(
-            &self.engine,
-            &pre,
-            job,
-            self.config.max_memory_bytes,
-            &self.random,
-        )
+            Waiting::Cancellable(cancel) => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(ExecutorError::Cancelled),
+                permit = self.permits.clone().acquire_owned() => {
+                    permit.map_err(|_| ExecutorError::Busy("the compile pool is closed".into()))
+                }
+            },
+        }
     }
+}
+
+/// Leaves the compile queue when dropped (also when the waiting future is dropped).
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A blocking task that panicked or was cancelled, as an executor error.
+fn unfinished(error: tokio::task::JoinError) -> ExecutorError {
+    ExecutorError::InvalidModule(format!(
+        "compilation did not finish: {}",
+        join_error_message(error)
+    ))
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Engine settings shared by both allocators.

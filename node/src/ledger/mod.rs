@@ -1,36 +1,43 @@
-//! The node's ledger and its small persistent stores: the only module that names sled.
+//! The node's ledger: the append-only, hash-chained entries, their Merkle tree, and the writer
+//! that appends them. Its bytes live in the node's [`Storage`] (the only module that names
+//! sled), which gives it its entries tree and its durability barrier.
 //!
-//! It owns one sled database (`<data dir>/db`, plus our `ledger.head` file in that directory)
-//! holding
+//! It owns
 //! - the **ledger**: an append-only, hash-chained sequence of [`LedgerEntry`]s in the protocol's
-//!   format (key = seq as 8 bytes big-endian, value = the exact framed bytes that are hashed);
-//! - **record trees** ([`RecordTree`]): small key-value trees other modules keep their records in
-//!   (job records, blobs), so that nothing else has to name sled;
+//!   format, in the storage's tree `ledger/entries` (key = seq as 8 bytes big-endian, value = the
+//!   exact framed bytes that are hashed), and our `ledger.head` file in the database directory;
+//! - the **group-commit writer** (`writer.rs`), the only task that appends;
 //!
 //! and, in memory, the RFC 6962 **Merkle tree** of the durable entries (the protocol's
 //! [`MerkleTree`](suanli_protocol::merkle::MerkleTree); leaf `n` is the
 //! [`entry_hash`](suanli_protocol::ledger::entry_hash) of entry `n`'s stored bytes), from which
 //! roots, inclusion, consistency and prefix proofs are answered in `O(log n)` hashes without
-//! touching the disk.
+//! touching the disk. Job records, blobs and witness state are not the ledger's: they are
+//! [`Storage`] record trees.
 //!
 //! ```text
 //!  market, api ──append(body)──▶ LedgerHandle ──Command (bounded)──▶ writer task (one owner)
 //!       │                          │     ▲                              │ group of ≤ 256:
 //!       │                          │     └──── head (watch) ◀───────────┤ seq, prev_hash, time
-//!       │                          │                                    │ apply_batch
-//!       │                          │                                    │ Db::flush + fsync files
+//!       │                          │                                    │ Storage::ensure_space
+//!       │                          │                                    │ apply_batch (atomic)
+//!       │                          │                                    │ Storage::barrier
 //!       │                          │                                    │ leaves → Merkle tree
 //!       │                          │                                    │ head → ledger.head
 //!       │                          │                                    └ reply to each caller
-//!       ├── range / verify / balances / records ──▶ sled, read directly (never past the head)
+//!       ├── range / verify / balances ──▶ the entries tree, read directly (never past the head)
 //!       └── tree_root / *_proof ──▶ the Merkle tree (RwLock; never past the head)
 //! ```
 //!
 //! Rules this module keeps:
-//! - **An append returns `Ok` only once its entry is durable**: sled's flush *and* a real fsync
-//!   of sled's files (sled 0.34's flush uses `sync_file_range` only; see `durability.rs`). Many
-//!   appends share one barrier (group commit). If a barrier fails, every caller of its group gets
-//!   an error and the writer halts: nothing is acknowledged that might not be on disk.
+//! - **An append returns `Ok` only once its entry is durable**: the storage's barrier (sled's
+//!   flush *and* a real fsync of sled's files). Many appends share one barrier (group commit).
+//!   If a barrier fails, every caller of its group gets an error and the writer halts: nothing is
+//!   acknowledged that might not be on disk.
+//! - **A full disk refuses, it does not halt**: before a group is written the writer asks the
+//!   storage for room ([`Storage::ensure_space`]); without it every caller of the group gets
+//!   [`LedgerError::DiskFull`], nothing was written (no seq is used), and the writer takes the
+//!   next group as usual: appends succeed again as soon as the storage's health is back.
 //! - **Only the writer task appends**, and only bodies that verify with the owner as a party
 //!   (checked in the caller's task before the body is queued, so signature checks run in
 //!   parallel; the writer accepts nothing else, see `writer::VerifiedBody`).
@@ -47,10 +54,10 @@
 //!   sled stops recovering its log at the first corrupt record and silently returns a shorter
 //!   ledger. Otherwise opening fails with [`LedgerError::Damaged`]; nothing is truncated. What a
 //!   crash can legitimately lose is the tail that was never acknowledged: sled recovers a prefix
-//!   of its log, and each group is one atomic sled batch, so such a tail simply is not there.
+//!   of its log, and each group is one atomic batch, so such a tail simply is not there.
 //!
 //! It must never: acknowledge before the barrier; rewrite, reorder or delete an entry; append a
-//! body its owner is not party to; let any other module hold a sled type.
+//! body its owner is not party to; name a sled type (the storage module does).
 //!
 //! After a crash (`kill -9`, power loss) the reopened ledger holds every entry whose append
 //! returned `Ok`, and possibly some entries of the group that was in its barrier (complete,
@@ -71,13 +78,11 @@
 //! [`balances`]: LedgerHandle::balances
 //! [`LedgerEntry`]: suanli_protocol::ledger::LedgerEntry
 
-mod durability;
 mod head_file;
+mod index;
 mod store;
 mod writer;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 
@@ -89,13 +94,14 @@ use serde::Serialize;
 use suanli_protocol::checkpoint::PrefixProof;
 use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError};
 use suanli_protocol::merkle::{ConsistencyProof, InclusionProof, ProveError};
-use suanli_protocol::{EncodeError, Hash32, NodeId};
+use suanli_protocol::{ContractDocs, ContractId, EncodeError, Hash32, JobId, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::store::{Shared, storage};
+use self::store::Shared;
 use self::writer::{Command, VerifiedBody, Writer};
+use crate::storage::{Storage, StorageError};
 
 /// Most entries one [`LedgerHandle::range`] call returns.
 pub const MAX_RANGE: u32 = 1024;
@@ -146,12 +152,56 @@ pub enum LedgerError {
     /// must not be acknowledged (after a restart it may or may not be in the ledger).
     #[error("not durable, do not acknowledge: {0}")]
     NotDurable(String),
+    /// The disk is (nearly) full: the entry was **not** written (no seq was used), and the
+    /// ledger keeps running; the same append succeeds once space is back above the storage's
+    /// reserve ([`Storage::health`] says when).
+    #[error(
+        "disk full: {available} bytes free, appending needs {needed} (a reserve of {reserve} \
+         bytes is kept free); nothing was written, try again once space is freed"
+    )]
+    DiskFull {
+        available: u64,
+        needed: u64,
+        reserve: u64,
+    },
     /// The writer has stopped (node shutting down).
     #[error("the ledger writer has stopped")]
     Stopped,
     /// The writer stopped because storage failed; the node must be restarted.
     #[error("the ledger writer halted after a storage failure ({0}); restart the node")]
     Halted(String),
+}
+
+impl From<StorageError> for LedgerError {
+    fn from(error: StorageError) -> LedgerError {
+        match error {
+            StorageError::InUse { path } => LedgerError::InUse { path },
+            StorageError::NotFound { path } => LedgerError::NotFound { path },
+            StorageError::Damaged { path, detail } => LedgerError::Damaged { path, detail },
+            StorageError::Sled { operation, message } => {
+                LedgerError::Storage { operation, message }
+            }
+            StorageError::Io {
+                operation,
+                path,
+                source,
+            } => LedgerError::Io {
+                operation,
+                path,
+                source,
+            },
+            StorageError::DiskFull {
+                available,
+                needed,
+                reserve,
+            } => LedgerError::DiskFull {
+                available,
+                needed,
+                reserve,
+            },
+            StorageError::Failed(reason) => LedgerError::Halted(reason),
+        }
+    }
 }
 
 /// An entry the ledger made durable.
@@ -173,7 +223,7 @@ pub struct StoredEntry {
 }
 
 /// The outcome of verifying a whole ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub ok: bool,
     /// Entries verified (all of them when `ok`; those before the bad one otherwise).
@@ -184,14 +234,14 @@ pub struct VerifyReport {
 }
 
 /// The first bad entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VerifyFailure {
     pub index: u64,
     pub message: String,
 }
 
 /// Net credits with one counterparty, from the settlements in this ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Balance {
     /// The counterparty.
     pub node_id: String,
@@ -205,7 +255,7 @@ pub struct Balance {
 /// The writer's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerStats {
-    /// Durability barriers run (flush + fsyncs).
+    /// Durability barriers the writer ran (flush + fsyncs; the storage counts everyone's).
     pub barriers: u64,
     /// Entries appended since open.
     pub appended: u64,
@@ -215,7 +265,7 @@ pub struct LedgerStats {
     pub halted: Option<String>,
 }
 
-/// The opened database, before its writer starts.
+/// The opened ledger, before its writer starts.
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
@@ -223,14 +273,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the database in directory `path` (the node passes
-    /// `DataDir::ledger_path()`, i.e. `<data dir>/db`) for the ledger of `owner`. Recovers the
-    /// head from the last entry after checking that the keys are exactly `0..n`, that the last
-    /// entry is entry `n - 1`, and that no entry acknowledged as durable was lost or changed.
-    /// Blocking (reads every key once); spawns nothing. Another process holding the database
-    /// gives [`LedgerError::InUse`].
-    pub fn open(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
-        let (shared, head) = Shared::open(path, owner)?;
+    /// Opens (creating) the ledger of `owner` in `storage`. Recovers the head from the last
+    /// entry after checking that the keys are exactly `0..n`, that the last entry is entry
+    /// `n - 1`, and that no entry acknowledged as durable was lost or changed. Blocking (reads
+    /// every key once); spawns nothing.
+    pub fn open(storage: &Storage, owner: NodeId) -> Result<Store, LedgerError> {
+        let (shared, head) = Shared::open(storage, owner)?;
         Ok(Store {
             shared: Arc::new(shared),
             head,
@@ -238,9 +286,9 @@ impl Store {
     }
 
     /// Starts the group-commit writer task under `cancel`. On cancel it commits what is already
-    /// queued, runs a final barrier (so record-tree writes survive a clean stop) and ends;
-    /// appends after that get [`LedgerError::Stopped`]. Must be called within a tokio runtime.
-    /// The database closes when the last handle and record tree are dropped.
+    /// queued, runs a final barrier (so the storage's record-tree writes survive a clean stop
+    /// too) and ends; appends after that get [`LedgerError::Stopped`]. Must be called within a
+    /// tokio runtime. The database closes when the last handle of the storage is dropped.
     pub fn start(self, cancel: CancellationToken) -> (LedgerHandle, JoinHandle<()>) {
         let (commands, inbox) = mpsc::channel(QUEUE);
         let (head_sender, head) = watch::channel(self.head);
@@ -280,7 +328,7 @@ impl Store {
 
     /// See [`LedgerHandle::balances`].
     pub fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
-        self.shared.balances(&self.head)
+        self.shared.balances()
     }
 
     /// See [`LedgerHandle::tree_root`].
@@ -313,7 +361,8 @@ impl Store {
     }
 }
 
-/// A cloneable handle on the ledger: appends go through the writer task, reads go to sled.
+/// A cloneable handle on the ledger: appends go through the writer task, reads go to the
+/// entries tree.
 #[derive(Clone)]
 pub struct LedgerHandle {
     shared: Arc<Shared>,
@@ -336,17 +385,60 @@ impl LedgerHandle {
     /// and the owner must be a party ([`EntryBody::verify`]); a refused body is an error to this
     /// caller only. Waits while the writer's queue is full.
     ///
-    /// Errors: [`LedgerError::Refused`] / [`LedgerError::Encode`] (nothing written),
-    /// [`LedgerError::NotDurable`] (the barrier failed: do not acknowledge), [`LedgerError::Stopped`]
-    /// or [`LedgerError::Halted`] (the writer is gone).
+    /// Errors: [`LedgerError::Refused`] / [`LedgerError::Encode`] / [`LedgerError::DiskFull`]
+    /// (nothing written), [`LedgerError::NotDurable`] (the barrier failed: do not acknowledge),
+    /// [`LedgerError::Stopped`] or [`LedgerError::Halted`] (the writer is gone).
     pub async fn append(&self, body: EntryBody) -> Result<Appended, LedgerError> {
-        let body = VerifiedBody::new(body, self.shared.owner)?;
+        let mut appended = self.append_all(vec![body]).await?;
+        appended.pop().ok_or_else(|| self.shared.stopped())
+    }
+
+    /// Appends `bodies` as consecutive entries, all or none (one atomic batch, one barrier), and
+    /// returns once they are durable. Each body is checked as in [`append`](Self::append); one
+    /// refused body refuses them all.
+    pub async fn append_all(&self, bodies: Vec<EntryBody>) -> Result<Vec<Appended>, LedgerError> {
+        let bodies = bodies
+            .into_iter()
+            .map(|body| VerifiedBody::new(body, self.shared.owner))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
         let (reply, response) = oneshot::channel();
         self.commands
-            .send(Command::Append { body, reply })
+            .send(Command::Append { bodies, reply })
             .await
             .map_err(|_| self.shared.stopped())?;
         response.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// The documents this ledger holds of contract `id` (its contract, receipt, settlement and
+    /// this node's own failure record), from the index. Blocking read, short.
+    pub fn contract_docs(&self, id: ContractId) -> Result<Option<ContractDocs>, LedgerError> {
+        self.shared.contract_docs(&self.head(), &id)
+    }
+
+    /// The documents of every open contract (signed, neither settled nor failed here).
+    pub fn open_contracts(&self) -> Result<Vec<ContractDocs>, LedgerError> {
+        let head = self.head();
+        let mut open = Vec::new();
+        for id in self.shared.open_contracts()? {
+            if let Some(docs) = self.shared.contract_docs(&head, &id)? {
+                open.push(docs);
+            }
+        }
+        Ok(open)
+    }
+
+    /// The contracts of job `job` in this ledger.
+    pub fn contracts_of_job(&self, job: JobId) -> Result<Vec<ContractId>, LedgerError> {
+        self.shared.contracts_of_job(job)
+    }
+
+    /// What `peer` owes this node by the settlements in the ledger (negative: what this node
+    /// owes it); 0 when the index cannot be read.
+    pub fn balance_with(&self, peer: NodeId) -> i128 {
+        self.shared.balance_with(peer).unwrap_or(0)
     }
 
     /// Size, head hash and timestamp of the last durable entry.
@@ -361,7 +453,7 @@ impl LedgerHandle {
     }
 
     /// Up to `limit` (at most [`MAX_RANGE`]) durable entries from `from`, in order; empty when
-    /// `from` is at or past the head. Blocking read of sled.
+    /// `from` is at or past the head. Blocking read of the database.
     pub fn range(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, LedgerError> {
         self.shared.range(&self.head(), from, limit)
     }
@@ -377,21 +469,10 @@ impl LedgerHandle {
         self.shared.owner
     }
 
-    /// The persistent key-value tree `name` (e.g. `"jobs"`, `"blobs"`), separate from the
-    /// ledger's own trees whatever the name. Writes are durable once [`RecordTree::flush`]
-    /// returns (or after a clean stop).
-    pub fn records(&self, name: &'static str) -> RecordTree {
-        RecordTree {
-            name,
-            shared: Arc::clone(&self.shared),
-            commands: self.commands.clone(),
-        }
-    }
-
     /// Net credits per counterparty from the settlements in the durable ledger (positive = they
     /// owe us), sorted by node id. Reads the whole ledger; blocking.
     pub fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
-        self.shared.balances(&self.head())
+        self.shared.balances()
     }
 
     /// The writer's counters.
@@ -438,129 +519,11 @@ impl LedgerHandle {
     }
 
     /// The exact stored bytes of entry `index` (whose [`entry_hash`] is its leaf in the tree),
-    /// `None` at or past the durable head. Blocking read of sled.
+    /// `None` at or past the durable head. Blocking read of the database.
     ///
     /// [`entry_hash`]: suanli_protocol::ledger::entry_hash
     pub fn raw_entry(&self, index: u64) -> Result<Option<Vec<u8>>, LedgerError> {
         self.shared.raw_entry(&self.head(), index)
-    }
-}
-
-/// A key and its value, from [`RecordTree::iter_from`].
-pub type Record = (Vec<u8>, Vec<u8>);
-
-/// A small persistent key-value tree in the node's database, for another module's records.
-/// Keys and values are bytes, ordered by key. Reads and writes go to sled directly (blocking,
-/// but short); writes are durable after [`flush`](Self::flush).
-#[derive(Clone)]
-pub struct RecordTree {
-    name: &'static str,
-    shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
-}
-
-impl fmt::Debug for RecordTree {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecordTree")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RecordTree {
-    // sled caches open trees: after the first call this is a map lookup.
-    fn tree(&self) -> Result<sled::Tree, LedgerError> {
-        self.shared.record_tree(self.name)
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self
-            .tree()?
-            .get(key)
-            .map_err(storage("record get"))?
-            .map(|value| value.to_vec()))
-    }
-
-    /// Inserts or replaces.
-    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), LedgerError> {
-        self.tree()?
-            .insert(key, value)
-            .map_err(storage("record insert"))?;
-        Ok(())
-    }
-
-    /// Inserts only if `key` is absent; `false` if it was present (its value is kept).
-    pub fn insert_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, LedgerError> {
-        let swapped = self
-            .tree()?
-            .compare_and_swap(key, None::<&[u8]>, Some(value))
-            .map_err(storage("record insert"))?;
-        Ok(swapped.is_ok())
-    }
-
-    /// Removes `key`, returning its value.
-    pub fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self
-            .tree()?
-            .remove(key)
-            .map_err(storage("record remove"))?
-            .map(|value| value.to_vec()))
-    }
-
-    /// Up to `limit` pairs with key ≥ `start`, in key order. Page by passing the last key with a
-    /// `0` byte appended.
-    pub fn iter_from(&self, start: &[u8], limit: u32) -> Result<Vec<Record>, LedgerError> {
-        let mut pairs = Vec::new();
-        for item in self.tree()?.range(start..).take(limit as usize) {
-            let (key, value) = item.map_err(storage("record scan"))?;
-            pairs.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(pairs)
-    }
-
-    /// Number of records. O(n): it counts them.
-    pub fn len(&self) -> Result<usize, LedgerError> {
-        Ok(self.tree()?.len())
-    }
-
-    pub fn is_empty(&self) -> Result<bool, LedgerError> {
-        Ok(self.tree()?.is_empty())
-    }
-
-    /// Returns once everything written to this tree so far is durable (one barrier, shared
-    /// with the ledger's group commit; after the writer stopped, a barrier of its own).
-    pub async fn flush(&self) -> Result<(), LedgerError> {
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::Sync { reply }).await.is_ok()
-            && let Ok(result) = response.await
-        {
-            return result;
-        }
-        if let Some(reason) = self.shared.stats().halted {
-            return Err(LedgerError::Halted(reason));
-        }
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || shared.barrier())
-            .await
-            .map_err(|error| LedgerError::NotDurable(format!("barrier panicked: {error}")))?
-    }
-}
-
-/// The database directory of `path`: the node's data dir (holding `db/`) or `db/` itself.
-fn existing_database(path: &Path) -> Result<PathBuf, LedgerError> {
-    let log = durability::LOG_FILE;
-    if path.join(log).is_file() {
-        Ok(path.to_owned())
-    } else if path.join("db").join(log).is_file() {
-        Ok(path.join("db"))
-    } else {
-        Err(LedgerError::NotFound {
-            path: path.to_owned(),
-        })
     }
 }
 
@@ -574,7 +537,7 @@ pub fn verify_offline(path: &Path, owner: NodeId) -> Result<VerifyReport, Ledger
 /// Opens the ledger of a **stopped** node for reading (ranges, roots, proofs); see
 /// [`verify_offline`]. Never creates a database. Blocking: it reads and hashes every entry.
 pub fn open_offline(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
-    Store::open(&existing_database(path)?, owner)
+    Store::open(&Storage::open_existing(path)?, owner)
 }
 
 /// Reads entries of a **stopped** node's ledger; see [`verify_offline`] and
@@ -596,35 +559,29 @@ pub mod testing {
 
     use suanli_protocol::merkle::ProveError;
 
-    use super::store::{ENTRIES_TREE, open_database, seq_key, storage};
-    use super::{LedgerError, existing_database};
+    use super::LedgerError;
+    use super::store::{ENTRIES_TREE, seq_key};
+    use crate::storage::Storage;
 
     /// Simulates an operator editing the database on disk; **for tests only**.
     ///
     /// Replaces the stored bytes of entry `seq` in a **stopped** node's database (`db_path` is its
-    /// data dir or its `db` directory) with `raw` and flushes, leaving `ledger.head` untouched: an
-    /// edited middle entry is not caught at open (only the last recorded entry is checked there),
-    /// so it is left for verification, proofs and witnesses to catch. An edited last entry is
-    /// refused at the next open.
+    /// data dir or its `db` directory) with `raw` and makes it durable, leaving `ledger.head`
+    /// untouched: an edited middle entry is not caught at open (only the last recorded entry is
+    /// checked there), so it is left for verification, proofs and witnesses to catch. An edited
+    /// last entry is refused at the next open.
     ///
     /// Errors: [`LedgerError::NotFound`] without a database, [`LedgerError::InUse`] while the
     /// node runs, [`LedgerError::OutOfRange`] when there is no entry `seq`.
     pub fn rewrite_entry_offline(db_path: &Path, seq: u64, raw: &[u8]) -> Result<(), LedgerError> {
-        let db = open_database(&existing_database(db_path)?)?;
-        let entries = db
-            .open_tree(ENTRIES_TREE)
-            .map_err(storage("open entries"))?;
-        if !entries
-            .contains_key(seq_key(seq))
-            .map_err(storage("read entries"))?
-        {
-            let size = entries.len() as u64;
+        let storage = Storage::open_existing(db_path)?;
+        let entries = storage.ledger_tree(ENTRIES_TREE);
+        if !entries.contains_key(&seq_key(seq))? {
+            let size = entries.len()? as u64;
             return Err(ProveError::IndexBeyondSize { index: seq, size }.into());
         }
-        entries
-            .insert(seq_key(seq), raw)
-            .map_err(storage("rewrite entry"))?;
-        db.flush().map_err(storage("flush"))?;
+        entries.insert(&seq_key(seq), raw)?;
+        storage.barrier()?;
         Ok(())
     }
 }

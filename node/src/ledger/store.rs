@@ -1,37 +1,36 @@
-//! Opening the sled database, recovering the head, the barrier, and the readers that every
-//! handle (and the offline helpers) share.
+//! Recovering the head from the entries tree, and the readers that every handle (and the offline
+//! helpers) share.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
 
 use suanli_protocol::checkpoint::PrefixProof;
-use suanli_protocol::ledger::{ChainHead, ChainVerifier, EntryBody, LedgerEntry, entry_hash};
+use suanli_protocol::ledger::{ChainHead, ChainVerifier, LedgerEntry, entry_hash};
 use suanli_protocol::merkle::{
     ConsistencyProof, EMPTY_ROOT, InclusionProof, MerkleTree, ProveError,
 };
 use suanli_protocol::negotiation::ContractId;
 use suanli_protocol::signed::SignatureBatch;
-use suanli_protocol::{Hash32, Keypair, NodeId};
+use suanli_protocol::{ContractDocs, Hash32, JobId, Keypair, NodeId};
 use tracing::{info, warn};
 
 /// Entries whose signatures [`Shared::verify`] checks in one batch (~200 signatures).
 const VERIFY_BATCH_ENTRIES: usize = 128;
 
-use super::durability::{Durability, LOG_FILE, SyncError};
 use super::head_file::{HEAD_FILE, HeadFile, Recorded};
+use super::index::{Index, docs_at};
 use super::{
     Balance, LedgerError, LedgerStats, MAX_RANGE, StoredEntry, VerifyFailure, VerifyReport,
 };
+use crate::storage::{RecordTree, Storage, Value};
 
-/// Tree of ledger entries: key = seq as 8 bytes big-endian, value = the framed entry bytes.
-pub(super) const ENTRIES_TREE: &str = "ledger/entries";
-/// Record trees live under this prefix, so no record tree can alias a ledger tree.
-const RECORDS_PREFIX: &str = "records/";
+/// Tree of ledger entries (sled tree `ledger/entries`): key = seq as 8 bytes big-endian, value =
+/// the framed entry bytes.
+pub(super) const ENTRIES_TREE: &str = "entries";
+/// Tree of the ledger's index (`index.rs`).
+const INDEX_TREE: &str = "index";
 
 pub(super) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -44,13 +43,6 @@ fn describe_key(key: &[u8]) -> String {
     }
 }
 
-pub(super) fn storage(operation: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
-    move |error| LedgerError::Storage {
-        operation,
-        message: error.to_string(),
-    }
-}
-
 /// Counters of the writer, readable by anyone.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -59,24 +51,22 @@ pub(super) struct Counters {
     pub(super) largest_batch: AtomicU64,
 }
 
-/// What every handle, record tree and the writer share: the open database.
+/// What every handle and the writer share: the storage and the ledger's trees in it.
 pub(super) struct Shared {
     pub(super) path: PathBuf,
     pub(super) owner: NodeId,
-    pub(super) db: sled::Db,
-    pub(super) entries: sled::Tree,
+    pub(super) storage: Storage,
+    pub(super) entries: RecordTree,
+    /// By contract, job and peer; updated by the writer in the same commit as the entries.
+    pub(super) index: Index,
     /// The Merkle tree of every durable entry (and, for a moment, of a group between its
     /// barrier and the head moving). Extended only by the writer, *before* it publishes a new
     /// head, so every size a reader can see is in it.
     tree: RwLock<MerkleTree>,
-    durability: Mutex<Durability>,
     head_file: Mutex<HeadFile>,
     pub(super) counters: Counters,
     /// Set once when the writer stops because storage failed; every later append reports it.
     halted: OnceLock<String>,
-    /// Tests make the next barriers fail, to check that nobody is acknowledged.
-    #[cfg(test)]
-    pub(super) fail_barriers: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -89,13 +79,13 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Opens (creating) the sled database in `path` and checks the stored chain's structure.
-    pub(super) fn open(path: &Path, owner: NodeId) -> Result<(Shared, ChainHead), LedgerError> {
-        let db = open_database(path)?;
-        let entries = db
-            .open_tree(ENTRIES_TREE)
-            .map_err(storage("open entries"))?;
-        let durability = Durability::open(path).map_err(|error| sync_failed("open", error))?;
+    /// Reads the ledger's trees in `storage` and checks the stored chain's structure.
+    pub(super) fn open(
+        storage: &Storage,
+        owner: NodeId,
+    ) -> Result<(Shared, ChainHead), LedgerError> {
+        let path = storage.path();
+        let entries = storage.ledger_tree(ENTRIES_TREE);
         let (head_file, recorded) = HeadFile::open(path).map_err(|source| LedgerError::Io {
             operation: "open",
             path: path.join(HEAD_FILE),
@@ -103,19 +93,19 @@ impl Shared {
         })?;
         let (head, tree) = recover_head(&entries, path)?;
         check_recorded_head(recorded, &entries, &head, path)?;
+        let index = Index::new(storage.ledger_tree(INDEX_TREE), owner);
+        catch_up_index(&index, &entries, &head)?;
         info!(path = %path.display(), entries = head.size, head = %head.head, "ledger opened");
         let shared = Shared {
             path: path.to_owned(),
             owner,
-            db,
+            storage: storage.clone(),
             entries,
+            index,
             tree: RwLock::new(tree),
-            durability: Mutex::new(durability),
             head_file: Mutex::new(head_file),
             counters: Counters::default(),
             halted: OnceLock::new(),
-            #[cfg(test)]
-            fail_barriers: std::sync::atomic::AtomicBool::new(false),
         };
         // Whatever sled recovered is made durable and becomes the recorded head (a crash can
         // only have lost a tail that was never acknowledged), so from now on losing any of these
@@ -125,25 +115,14 @@ impl Shared {
         Ok((shared, head))
     }
 
-    /// The durability barrier: sled's flush (all trees share one log), then a real fsync of
-    /// every file sled wrote. Blocking; call from a blocking thread.
+    pub(super) fn index_tree(&self) -> &RecordTree {
+        self.index.tree()
+    }
+
+    /// The storage's durability barrier (sled flush + fsyncs), counted as the writer's.
+    /// Blocking; call from a blocking thread.
     pub(super) fn barrier(&self) -> Result<(), LedgerError> {
-        #[cfg(test)]
-        if self.fail_barriers.load(Ordering::SeqCst) {
-            return Err(LedgerError::Io {
-                operation: "fsync",
-                path: self.path.join(LOG_FILE),
-                source: std::io::Error::other("injected failure"),
-            });
-        }
-        self.db.flush().map_err(storage("flush"))?;
-        // A poisoned lock only means another barrier panicked; the map of synced blobs is still
-        // sound (at worst it makes us fsync a blob twice).
-        self.durability
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sync()
-            .map_err(|error| sync_failed("fsync", error))?;
+        self.storage.barrier()?;
         self.counters.barriers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -181,8 +160,12 @@ impl Shared {
         })
     }
 
+    /// Stops appends for good, and tells the storage, so the node stops taking work.
     pub(super) fn halt(&self, reason: String) {
-        let _ = self.halted.set(reason);
+        if self.halted.set(reason.clone()).is_ok() {
+            self.storage
+                .fail(format!("the ledger writer halted: {reason}"));
+        }
     }
 
     /// The error an append gets when the writer is gone.
@@ -200,12 +183,6 @@ impl Shared {
             largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
             halted: self.halted.get().cloned(),
         }
-    }
-
-    pub(super) fn record_tree(&self, name: &str) -> Result<sled::Tree, LedgerError> {
-        self.db
-            .open_tree(format!("{RECORDS_PREFIX}{name}"))
-            .map_err(storage("open record tree"))
     }
 
     fn damaged(&self, detail: String) -> LedgerError {
@@ -230,8 +207,8 @@ impl Shared {
         }
         let mut stored = Vec::new();
         let mut expected = from;
-        for item in self.entries.range(seq_key(from)..seq_key(end)) {
-            let (key, raw) = item.map_err(storage("read entries"))?;
+        for item in self.entries.scan(seq_key(from)..seq_key(end)) {
+            let (key, raw) = item?;
             if key.as_ref() != seq_key(expected) {
                 return Err(self.damaged(format!(
                     "entry {expected} is missing (next stored key: {})",
@@ -327,12 +304,8 @@ impl Shared {
         if index >= head.size {
             return Ok(None);
         }
-        match self
-            .entries
-            .get(seq_key(index))
-            .map_err(storage("read entries"))?
-        {
-            Some(raw) => Ok(Some(raw.to_vec())),
+        match self.entries.get(&seq_key(index))? {
+            Some(raw) => Ok(Some(raw)),
             None => Err(self.damaged(format!("entry {index} is missing"))),
         }
     }
@@ -356,8 +329,8 @@ impl Shared {
         let mut batch = Keypair::generate()
             .ok()
             .map(|key| SignatureBatch::new(key.secret_bytes()));
-        let mut group: Vec<sled::IVec> = Vec::with_capacity(VERIFY_BATCH_ENTRIES);
-        let mut check = |verifier: &mut ChainVerifier, group: &mut Vec<sled::IVec>| {
+        let mut group: Vec<Value> = Vec::with_capacity(VERIFY_BATCH_ENTRIES);
+        let mut check = |verifier: &mut ChainVerifier, group: &mut Vec<Value>| {
             let raws: Vec<&[u8]> = group.iter().map(|raw| raw.as_ref()).collect();
             let result = match batch.as_mut() {
                 Some(batch) => verifier.push_batch(&raws, batch),
@@ -366,7 +339,7 @@ impl Shared {
             group.clear();
             result
         };
-        for (expected, item) in (0u64..).zip(self.entries.range(..seq_key(head.size))) {
+        for (expected, item) in (0u64..).zip(self.entries.scan(..seq_key(head.size))) {
             let (key, raw) = match item {
                 Ok(item) => item,
                 Err(error) => {
@@ -420,52 +393,78 @@ impl Shared {
     }
 
     /// Net credits per counterparty from the settlements among entries `0..head.size`.
-    pub(super) fn balances(&self, head: &ChainHead) -> Result<Vec<Balance>, LedgerError> {
-        let mut totals: BTreeMap<NodeId, (i128, u64)> = BTreeMap::new();
-        // A contract settled twice (which the market must never do) is counted once.
-        let mut settled: BTreeSet<ContractId> = BTreeSet::new();
-        for item in self.entries.range(..seq_key(head.size)) {
-            let (key, raw) = item.map_err(storage("read entries"))?;
-            let entry = LedgerEntry::decode(&raw).map_err(|error| {
-                self.damaged(format!(
-                    "entry {} cannot be decoded: {error}",
-                    describe_key(&key)
-                ))
-            })?;
-            let EntryBody::Settlement(settlement) = entry.body else {
-                continue;
-            };
-            // Verified before it was stored; `verify` re-checks signatures on demand.
-            let settlement = settlement
-                .decode_unverified()
-                .map_err(|error| self.damaged(format!("entry {}: {error}", describe_key(&key))))?;
-            if settlement.provider == settlement.requester
-                || !settled.insert(settlement.contract_id)
-            {
-                continue;
-            }
-            let cost = i128::from(settlement.cost.micro());
-            let (counterparty, amount) = if settlement.provider == self.owner {
-                (settlement.requester, cost)
-            } else if settlement.requester == self.owner {
-                (settlement.provider, -cost)
-            } else {
-                // Cannot be stored (the owner must be a party); skip rather than misattribute.
-                continue;
-            };
-            let total = totals.entry(counterparty).or_default();
-            total.0 += amount;
-            total.1 += 1;
-        }
-        Ok(totals
-            .into_iter()
-            .map(|(node, (net_micro, settlements))| Balance {
-                node_id: node.to_string(),
-                net_micro,
-                settlements,
-            })
-            .collect())
+    /// Net credits with every peer, from the index (each settled contract counted once).
+    pub(super) fn balances(&self) -> Result<Vec<Balance>, LedgerError> {
+        self.index.balances()
     }
+
+    /// What `peer` owes this node by the settlements in the ledger (negative: what this node
+    /// owes it).
+    pub(super) fn balance_with(&self, peer: NodeId) -> Result<i128, LedgerError> {
+        Ok(self.index.balance(peer)?.0)
+    }
+
+    /// The documents this ledger holds of contract `id`, up to `head`.
+    pub(super) fn contract_docs(
+        &self,
+        head: &ChainHead,
+        id: &ContractId,
+    ) -> Result<Option<ContractDocs>, LedgerError> {
+        let Some(seqs) = self.index.seqs(id)? else {
+            return Ok(None);
+        };
+        docs_at(&seqs, |seq| self.raw_entry(head, seq))
+    }
+
+    pub(super) fn open_contracts(&self) -> Result<Vec<ContractId>, LedgerError> {
+        self.index.open_contracts()
+    }
+
+    pub(super) fn contracts_of_job(&self, job: JobId) -> Result<Vec<ContractId>, LedgerError> {
+        self.index.contracts_of_job(job)
+    }
+}
+
+/// Brings the index up to `head`: indexes the entries after the size it last recorded, or
+/// rebuilds it when it claims more than the chain holds (it was written for a chain that is
+/// not this one).
+fn catch_up_index(
+    index: &Index,
+    entries: &RecordTree,
+    head: &ChainHead,
+) -> Result<(), LedgerError> {
+    let mut from = index.size()?;
+    if from > head.size {
+        warn!(
+            indexed = from,
+            entries = head.size,
+            "ledger index ahead of the chain; rebuilding it"
+        );
+        index.clear()?;
+        from = 0;
+    }
+    if from == head.size {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let items = entries.scan(seq_key(from)..seq_key(head.size)).map(|item| {
+        let (key, raw) = item?;
+        let seq = <[u8; 8]>::try_from(&key[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| LedgerError::Damaged {
+                path: PathBuf::new(),
+                detail: "an entry key is not a sequence number".into(),
+            })?;
+        Ok((seq, raw.to_vec()))
+    });
+    let indexed = index.catch_up(items)?;
+    info!(
+        from,
+        indexed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ledger index caught up"
+    );
+    Ok(())
 }
 
 /// Refuses a tree size beyond the durable head: nothing past it may be proven yet.
@@ -480,67 +479,10 @@ fn check_size(head: &ChainHead, size: u64) -> Result<(), LedgerError> {
     Ok(())
 }
 
-fn sync_failed(operation: &'static str, error: SyncError) -> LedgerError {
-    LedgerError::Io {
-        operation,
-        path: error.path,
-        source: error.source,
-    }
-}
-
-/// How long opening waits for sled's lock to clear.
-///
-/// sled 0.34 releases its lock lazily: its I/O threads can hold the log file for a moment after
-/// the last `Db` is dropped (sled issues #1234, #1289), so reopening right after a clean stop in
-/// the same process (a restarted node, tests) would otherwise fail. A node that really is running
-/// still gets [`LedgerError::InUse`], just this much later.
-const LOCK_WAIT: Duration = Duration::from_secs(1);
-
-/// Opens sled, waiting up to [`LOCK_WAIT`] for another holder of the lock to let go.
-pub(super) fn open_database(path: &Path) -> Result<sled::Db, LedgerError> {
-    let started = Instant::now();
-    loop {
-        match sled::Config::new().path(path).open() {
-            Ok(db) => return Ok(db),
-            Err(error) => match open_error(path, error) {
-                LedgerError::InUse { .. } if started.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                error => return Err(error),
-            },
-        }
-    }
-}
-
-/// Turns sled's open error into [`LedgerError::InUse`] when another process holds the lock.
-fn open_error(path: &Path, error: sled::Error) -> LedgerError {
-    if let sled::Error::Io(_) = error {
-        // sled reports a held lock as a generic I/O error; probe the lock ourselves rather than
-        // parse its message. The probe's lock (if it gets one) is released when `file` drops.
-        if let Ok(file) = File::open(path.join(LOG_FILE))
-            && matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
-        {
-            return LedgerError::InUse {
-                path: path.to_owned(),
-            };
-        }
-    }
-    match error {
-        corruption @ sled::Error::Corruption { .. } => LedgerError::Damaged {
-            path: path.to_owned(),
-            detail: format!("sled: {corruption}"),
-        },
-        error => LedgerError::Storage {
-            operation: "open",
-            message: format!("{}: {error}", path.display()),
-        },
-    }
-}
-
 /// The head of the stored chain and its Merkle tree: the keys must be exactly `0..n` and the last
 /// entry must say it is entry `n - 1`. Reads and hashes every entry once (O(n); the tree takes
 /// about two hashes per entry) but decodes only the last one.
-fn recover_head(entries: &sled::Tree, path: &Path) -> Result<(ChainHead, MerkleTree), LedgerError> {
+fn recover_head(entries: &RecordTree, path: &Path) -> Result<(ChainHead, MerkleTree), LedgerError> {
     let damaged = |detail| LedgerError::Damaged {
         path: path.to_owned(),
         detail,
@@ -548,8 +490,8 @@ fn recover_head(entries: &sled::Tree, path: &Path) -> Result<(ChainHead, MerkleT
     let mut count: u64 = 0;
     let mut last = None;
     let mut tree = MerkleTree::new();
-    for item in entries.iter() {
-        let (key, raw) = item.map_err(storage("read entries"))?;
+    for item in entries.scan::<&[u8], _>(..) {
+        let (key, raw) = item?;
         if key.as_ref() != seq_key(count) {
             return Err(damaged(format!(
                 "entry {count} is missing (next stored key: {}); {count} entries before it",
@@ -583,7 +525,7 @@ fn recover_head(entries: &sled::Tree, path: &Path) -> Result<(ChainHead, MerkleT
 /// Refuses a ledger that lost or changed an entry this node had recorded as durable.
 fn check_recorded_head(
     recorded: Recorded,
-    entries: &sled::Tree,
+    entries: &RecordTree,
     head: &ChainHead,
     path: &Path,
 ) -> Result<(), LedgerError> {
@@ -612,8 +554,7 @@ fn check_recorded_head(
     }
     let index = mark.size - 1;
     let raw = entries
-        .get(seq_key(index))
-        .map_err(storage("read entries"))?
+        .get_value(&seq_key(index))?
         .ok_or_else(|| damaged(format!("entry {index} is missing")))?;
     if entry_hash(&raw) != mark.head {
         return Err(damaged(format!(

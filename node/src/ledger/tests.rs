@@ -16,8 +16,10 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::fixtures::*;
 use super::*;
+use crate::config::StorageConfig;
+use crate::fixtures::*;
+use crate::storage::{Health, RecordTree, Storage, StorageError};
 
 /// Every test runs under a deadline instead of hanging CI.
 async fn within<F: Future>(future: F) -> F::Output {
@@ -26,19 +28,31 @@ async fn within<F: Future>(future: F) -> F::Output {
         .expect("test timed out")
 }
 
+/// Opens the database in `path` and the ledger of `owner` in it.
+fn open_store(path: &Path, owner: NodeId) -> Result<Store, LedgerError> {
+    Store::open(&Storage::open(path, &StorageConfig::default())?, owner)
+}
+
 /// A started ledger.
 struct Running {
     handle: LedgerHandle,
+    storage: Storage,
     task: JoinHandle<()>,
     cancel: CancellationToken,
 }
 
 impl Running {
     fn open(path: &Path, owner: NodeId) -> Running {
+        Running::open_with(path, owner, &StorageConfig::default())
+    }
+
+    fn open_with(path: &Path, owner: NodeId, config: &StorageConfig) -> Running {
         let cancel = CancellationToken::new();
-        let (handle, task) = Store::open(path, owner).unwrap().start(cancel.clone());
+        let storage = Storage::open(path, config).unwrap();
+        let (handle, task) = Store::open(&storage, owner).unwrap().start(cancel.clone());
         Running {
             handle,
+            storage,
             task,
             cancel,
         }
@@ -68,13 +82,13 @@ async fn ledger_with(n: u64) -> TempDir {
     dir
 }
 
-/// Edits the entries tree of a stopped ledger directly in sled, as an intruder or a broken disk
-/// would.
-fn tamper(path: &Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = store::open_database(path).unwrap();
-    let entries = db.open_tree(store::ENTRIES_TREE).unwrap();
+/// Edits the entries tree of a stopped ledger directly in the database, as an intruder or a
+/// broken disk would.
+fn tamper(path: &Path, edit: impl FnOnce(&RecordTree)) {
+    let storage = Storage::open(path, &StorageConfig::default()).unwrap();
+    let entries = storage.ledger_tree(store::ENTRIES_TREE);
     edit(&entries);
-    db.flush().unwrap();
+    storage.barrier().unwrap();
 }
 
 fn damaged_detail(result: Result<Store, LedgerError>) -> String {
@@ -188,7 +202,7 @@ async fn reopen_preserves_head() {
         let head = ledger.handle.head();
         ledger.stop().await;
 
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.head(), head);
         drop(store);
         let ledger = Running::open(&db_path(&dir), owner);
@@ -218,9 +232,9 @@ async fn dropped_without_shutdown_keeps_acknowledged_entries() {
         // No cancel, no final barrier: the writer is killed and every handle dropped.
         ledger.task.abort();
         let _ = ledger.task.await;
-        drop(ledger.handle);
+        drop((ledger.handle, ledger.storage));
 
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert!(store.head().size >= 20);
         let stored = store.range(0, 20).unwrap();
         for (entry, done) in stored.iter().zip(&acknowledged) {
@@ -259,7 +273,7 @@ async fn a_copy_taken_mid_flight_recovers_every_acknowledged_entry() {
             let before: Vec<Appended> = acknowledged.lock().unwrap().clone();
             let copy = TempDir::new().unwrap();
             copy_dir(&db_path(&dir), copy.path());
-            let store = Store::open(copy.path(), owner).unwrap();
+            let store = open_store(copy.path(), owner).unwrap();
             assert!(
                 store.head().size >= before.len() as u64,
                 "round {round}: {} acknowledged, {} recovered",
@@ -332,7 +346,7 @@ async fn concurrent_appends_are_durable_and_contiguous() {
         ledger.stop().await;
 
         // All of it is on disk, in order.
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.head().size, 500);
         assert!(store.verify().ok);
     })
@@ -372,14 +386,14 @@ async fn a_tampered_value_is_caught_at_its_index() {
         let dir = ledger_with(6).await;
         let owner = provider().node_id();
         tamper(&db_path(&dir), |entries| {
-            let mut raw = entries.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
+            let mut raw = entries.get(&2u64.to_be_bytes()).unwrap().unwrap().to_vec();
             // The last bytes are the provider's countersignature.
             let last = raw.len() - 1;
             raw[last] ^= 0x01;
-            entries.insert(2u64.to_be_bytes(), raw).unwrap();
+            entries.insert(&2u64.to_be_bytes(), &raw).unwrap();
         });
         // Opening checks structure, not signatures: a middle entry's damage is for verify.
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         let report = store.verify();
         assert!(!report.ok);
         assert_eq!(report.entries, 2);
@@ -399,10 +413,10 @@ async fn a_tampered_value_is_caught_at_its_index() {
         // Swapping two valid entries breaks the chain where the first moved one sits.
         let dir = ledger_with(6).await;
         tamper(&db_path(&dir), |entries| {
-            let one = entries.get(1u64.to_be_bytes()).unwrap().unwrap();
-            let two = entries.get(2u64.to_be_bytes()).unwrap().unwrap();
-            entries.insert(1u64.to_be_bytes(), two).unwrap();
-            entries.insert(2u64.to_be_bytes(), one).unwrap();
+            let one = entries.get(&1u64.to_be_bytes()).unwrap().unwrap();
+            let two = entries.get(&2u64.to_be_bytes()).unwrap().unwrap();
+            entries.insert(&1u64.to_be_bytes(), &two).unwrap();
+            entries.insert(&2u64.to_be_bytes(), &one).unwrap();
         });
         let report = verify_offline(dir.path(), owner).unwrap();
         assert_eq!(report.error.unwrap().index, 1);
@@ -418,37 +432,37 @@ async fn a_damaged_or_torn_tail_is_refused_at_open() {
         // The last acknowledged entry is gone: the watermark says 6, 5 are stored.
         let dir = ledger_with(6).await;
         tamper(&db_path(&dir), |entries| {
-            entries.remove(5u64.to_be_bytes()).unwrap();
+            entries.remove(&5u64.to_be_bytes()).unwrap();
         });
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("6 entries were acknowledged"), "{detail}");
 
         // A hole in the middle.
         let dir = ledger_with(6).await;
         tamper(&db_path(&dir), |entries| {
-            entries.remove(2u64.to_be_bytes()).unwrap();
+            entries.remove(&2u64.to_be_bytes()).unwrap();
         });
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("entry 2 is missing"), "{detail}");
 
         // The count and the last entry's seq disagree.
         let dir = ledger_with(6).await;
         tamper(&db_path(&dir), |entries| {
-            let three = entries.get(3u64.to_be_bytes()).unwrap().unwrap();
-            entries.insert(6u64.to_be_bytes(), three).unwrap();
+            let three = entries.get(&3u64.to_be_bytes()).unwrap().unwrap();
+            entries.insert(&6u64.to_be_bytes(), &three).unwrap();
         });
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("says it is entry 3"), "{detail}");
 
         // The last entry was changed.
         let dir = ledger_with(6).await;
         tamper(&db_path(&dir), |entries| {
-            let mut raw = entries.get(5u64.to_be_bytes()).unwrap().unwrap().to_vec();
+            let mut raw = entries.get(&5u64.to_be_bytes()).unwrap().unwrap().to_vec();
             let last = raw.len() - 1;
             raw[last] ^= 0x80;
-            entries.insert(5u64.to_be_bytes(), raw).unwrap();
+            entries.insert(&5u64.to_be_bytes(), &raw).unwrap();
         });
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("hash changed"), "{detail}");
 
         // The offline helpers report the same, and never repair.
@@ -457,7 +471,7 @@ async fn a_damaged_or_torn_tail_is_refused_at_open() {
             Err(LedgerError::Damaged { .. })
         ));
         assert!(matches!(
-            Store::open(&db_path(&dir), owner),
+            open_store(&db_path(&dir), owner),
             Err(LedgerError::Damaged { .. })
         ));
     })
@@ -492,7 +506,7 @@ async fn a_corrupt_sled_log_that_drops_entries_is_refused() {
             bytes[at + 100] ^= 0x01;
         }
         std::fs::write(&log, &bytes).unwrap();
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("100 entries were acknowledged"), "{detail}");
     })
     .await;
@@ -510,16 +524,16 @@ async fn the_head_file_survives_a_torn_slot_but_not_destruction() {
         let newer = if bytes[4..12] > bytes[68..76] { 0 } else { 64 };
         bytes[newer + 30] ^= 0xff;
         std::fs::write(&head_path, &bytes).unwrap();
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.head().size, 3);
         drop(store);
         // Both slots destroyed: refused, since nothing says what was acknowledged.
         std::fs::write(&head_path, [0u8; 128]).unwrap();
-        let detail = damaged_detail(Store::open(&db_path(&dir), owner));
+        let detail = damaged_detail(open_store(&db_path(&dir), owner));
         assert!(detail.contains("unreadable"), "{detail}");
         // No head file at all (a database from before it existed): opened, and recreated.
         std::fs::remove_file(&head_path).unwrap();
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.head().size, 3);
         assert!(head_path.exists());
     })
@@ -572,69 +586,6 @@ async fn balances_come_from_settlements() {
 }
 
 #[tokio::test]
-async fn record_trees() {
-    within(async {
-        let dir = TempDir::new().unwrap();
-        let owner = provider().node_id();
-        let ledger = Running::open(&db_path(&dir), owner);
-        let jobs = ledger.handle.records("jobs");
-        let blobs = ledger.handle.records("blobs");
-        assert!(jobs.is_empty().unwrap());
-        jobs.insert(b"b", b"2").unwrap();
-        jobs.insert(b"a", b"1").unwrap();
-        jobs.insert(b"c", b"3").unwrap();
-        jobs.insert(b"a", b"one").unwrap();
-        assert_eq!(jobs.get(b"a").unwrap(), Some(b"one".to_vec()));
-        assert_eq!(jobs.get(b"zz").unwrap(), None);
-        assert_eq!(jobs.len().unwrap(), 3);
-        assert!(blobs.is_empty().unwrap());
-        assert_eq!(
-            jobs.iter_from(b"b", 10).unwrap(),
-            vec![
-                (b"b".to_vec(), b"2".to_vec()),
-                (b"c".to_vec(), b"3".to_vec())
-            ]
-        );
-        assert_eq!(jobs.iter_from(b"", 1).unwrap().len(), 1);
-        assert_eq!(jobs.remove(b"b").unwrap(), Some(b"2".to_vec()));
-        assert_eq!(jobs.remove(b"b").unwrap(), None);
-        assert!(blobs.insert_if_absent(b"h", b"x").unwrap());
-        assert!(!blobs.insert_if_absent(b"h", b"y").unwrap());
-        assert_eq!(blobs.get(b"h").unwrap(), Some(b"x".to_vec()));
-        // A blob larger than a log segment's share lands in sled's blobs/ directory.
-        let big = vec![0xab; 1 << 20];
-        blobs.insert(b"big", &big).unwrap();
-
-        // A record tree named like a ledger tree is still a separate tree.
-        let sneaky = ledger.handle.records("ledger/entries");
-        sneaky.insert(&0u64.to_be_bytes(), b"forged").unwrap();
-        assert_eq!(ledger.handle.head().size, 0);
-
-        let barriers = ledger.handle.stats().barriers;
-        jobs.flush().await.unwrap();
-        assert_eq!(ledger.handle.stats().barriers, barriers + 1);
-        ledger.stop().await;
-        // After the writer stopped, flush runs a barrier of its own.
-        jobs.insert(b"d", b"4").unwrap();
-        jobs.flush().await.unwrap();
-        drop((jobs, blobs, sneaky));
-
-        let ledger = Running::open(&db_path(&dir), owner);
-        let jobs = ledger.handle.records("jobs");
-        assert_eq!(jobs.get(b"a").unwrap(), Some(b"one".to_vec()));
-        assert_eq!(jobs.get(b"d").unwrap(), Some(b"4".to_vec()));
-        assert_eq!(
-            ledger.handle.records("blobs").get(b"big").unwrap(),
-            Some(big)
-        );
-        assert!(ledger.handle.verify().ok);
-        drop(jobs);
-        ledger.stop().await;
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn offline_helpers() {
     within(async {
         let owner = provider().node_id();
@@ -652,7 +603,7 @@ async fn offline_helpers() {
             other => panic!("expected InUse, got {other:?}"),
         }
         assert!(matches!(
-            Store::open(&db_path(&dir), owner),
+            open_store(&db_path(&dir), owner),
             Err(LedgerError::InUse { .. })
         ));
         ledger.stop().await;
@@ -736,11 +687,8 @@ async fn a_failed_barrier_acknowledges_nobody_and_halts() {
         let owner = provider().node_id();
         let ledger = Running::open(&db_path(&dir), owner);
         ledger.handle.append(contract_body(0)).await.unwrap();
-        ledger
-            .handle
-            .shared
-            .fail_barriers
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut health = ledger.storage.health();
+        ledger.storage.fail_barriers_for_test(true);
         let appends: Vec<_> = (1..11)
             .map(|nonce| {
                 let handle = ledger.handle.clone();
@@ -760,19 +708,136 @@ async fn a_failed_barrier_acknowledges_nobody_and_halts() {
         assert_eq!(ledger.handle.head().size, 1);
         assert!(ledger.handle.range(0, 100).unwrap().len() == 1);
         assert!(ledger.handle.stats().halted.is_some());
+        // The node stops taking work, and says why.
+        let failed = health
+            .wait_for(|health| matches!(health, Health::Failed { .. }))
+            .await
+            .unwrap()
+            .clone();
+        assert!(!failed.is_accepting());
         ledger.task.await.unwrap();
-        ledger
-            .handle
-            .shared
-            .fail_barriers
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        drop(ledger.handle);
+        // A failed storage stays failed, even once the disk would work again (fsyncgate).
+        ledger.storage.fail_barriers_for_test(false);
+        assert!(matches!(
+            ledger.storage.barrier(),
+            Err(StorageError::Failed(_))
+        ));
+        drop((ledger.handle, ledger.storage));
 
         // The failed group's entries were never acknowledged; after a restart each may or may
         // not be there, but the ledger is a valid chain holding the acknowledged one.
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert!(store.head().size >= 1);
         assert!(store.verify().ok);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_appends_without_writing_and_the_writer_resumes() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let owner = provider().node_id();
+        let reserve = 64 << 20;
+        let ledger = Running::open_with(
+            &db_path(&dir),
+            owner,
+            &StorageConfig {
+                min_free_bytes: reserve,
+            },
+        );
+        let monitor = ledger.storage.spawn_monitor(ledger.cancel.clone());
+        let first = ledger.handle.append(contract_body(0)).await.unwrap();
+        let mut health = ledger.storage.health();
+        let barriers = ledger.handle.stats().barriers;
+
+        // The filesystem has less free than the reserve: every append is refused, nothing is
+        // written, and the storage says it takes no work.
+        ledger.storage.pretend_available_for_test(Some(reserve / 2));
+        let appends: Vec<_> = (1..21)
+            .map(|nonce| {
+                let handle = ledger.handle.clone();
+                tokio::spawn(async move { handle.append(contract_body(nonce)).await })
+            })
+            .collect();
+        for append in appends {
+            match append.await.unwrap() {
+                Err(LedgerError::DiskFull {
+                    available,
+                    needed,
+                    reserve: kept,
+                }) => {
+                    assert_eq!((available, kept), (reserve / 2, reserve));
+                    assert!(needed > reserve, "{needed}");
+                }
+                other => panic!("expected DiskFull, got {other:?}"),
+            }
+        }
+        health
+            .wait_for(|health| matches!(health, Health::DiskFull { .. }))
+            .await
+            .unwrap();
+        assert_eq!(ledger.handle.head().size, 1);
+        assert_eq!(ledger.handle.range(0, 100).unwrap().len(), 1);
+        assert_eq!(
+            ledger.handle.stats().barriers,
+            barriers,
+            "nothing was flushed"
+        );
+        assert!(
+            ledger.handle.stats().halted.is_none(),
+            "a full disk is no failure"
+        );
+
+        // Space comes back, but not above the resume mark (reserve + a quarter): still refused.
+        ledger
+            .storage
+            .pretend_available_for_test(Some(reserve + reserve / 8));
+        let error = ledger.handle.append(contract_body(50)).await.unwrap_err();
+        assert!(matches!(error, LedgerError::DiskFull { .. }), "{error:?}");
+        // Above it: the monitor turns the health back, and the same writer appends again,
+        // continuing the chain where it stopped.
+        ledger.storage.pretend_available_for_test(Some(reserve * 2));
+        health
+            .wait_for(|health| *health == Health::Healthy)
+            .await
+            .unwrap();
+        let next = ledger.handle.append(contract_body(51)).await.unwrap();
+        assert_eq!(next.seq, 1);
+        let entry = LedgerEntry::decode(&ledger.handle.range(1, 1).unwrap()[0].raw).unwrap();
+        assert_eq!(entry.prev_hash, first.hash);
+        assert!(ledger.handle.verify().ok);
+        ledger.stop().await;
+        monitor.await.unwrap();
+
+        // Just above the reserve: a group that would eat into it is refused as well, and the
+        // node stops taking work until space is back above the resume mark.
+        let ledger = Running::open_with(
+            &db_path(&dir),
+            owner,
+            &StorageConfig {
+                min_free_bytes: reserve,
+            },
+        );
+        let monitor = ledger.storage.spawn_monitor(ledger.cancel.clone());
+        let mut health = ledger.storage.health();
+        ledger.storage.pretend_available_for_test(Some(reserve + 1));
+        let error = ledger.handle.append(contract_body(52)).await.unwrap_err();
+        assert!(matches!(error, LedgerError::DiskFull { .. }), "{error:?}");
+        assert!(!ledger.storage.current_health().is_accepting());
+        ledger
+            .storage
+            .pretend_available_for_test(Some(reserve + reserve / 2));
+        health
+            .wait_for(|health| *health == Health::Healthy)
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.handle.append(contract_body(53)).await.unwrap().seq,
+            2
+        );
+        ledger.stop().await;
+        monitor.await.unwrap();
     })
     .await;
 }
@@ -880,7 +945,7 @@ async fn kill_9_keeps_every_acknowledged_entry() {
             child.wait().unwrap();
 
             let acks = read_acks(&acks_path);
-            let store = Store::open(&db_path(&dir), owner).unwrap();
+            let store = open_store(&db_path(&dir), owner).unwrap();
             let head = store.head();
             assert!(head.size >= recovered);
             for (seq, hash) in &acks {
@@ -990,7 +1055,7 @@ async fn merkle_roots_and_proofs_match_a_rebuild_and_survive_reopen() {
         ledger.stop().await;
 
         // Reopened: the same tree, from the stored entries; offline through the store too.
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.tree_root(size).unwrap(), root);
         check_tree_against_rebuild(
             |m| store.tree_root(m).unwrap(),
@@ -1095,7 +1160,7 @@ async fn an_entry_rewritten_offline_changes_the_tree_and_fails_verification() {
     within(async {
         let owner = provider().node_id();
         let dir = ledger_with(6).await;
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         let root = store.tree_root(6).unwrap();
         drop(store);
 
@@ -1110,7 +1175,7 @@ async fn an_entry_rewritten_offline_changes_the_tree_and_fails_verification() {
         .unwrap();
         testing::rewrite_entry_offline(dir.path(), 2, &forged).unwrap();
         // The head file only anchors the last entry: opening succeeds.
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert_eq!(store.head().size, 6);
         assert_eq!(store.raw_entry(2).unwrap(), Some(forged.clone()));
         assert_ne!(store.tree_root(6).unwrap(), root);
@@ -1260,12 +1325,157 @@ async fn measure_durable_appends() {
     assert!(report.ok);
     ledger.stop().await;
     let started = Instant::now();
-    let store = Store::open(&dir.path().join("db"), owner).unwrap();
+    let store = open_store(&dir.path().join("db"), owner).unwrap();
     eprintln!(
         "reopen of {} entries: {:.1} ms",
         store.head().size,
         started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// Bytes allocated on disk for the files under `dir`.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    listing
+        .filter_map(Result::ok)
+        .map(|item| match item.metadata() {
+            Ok(metadata) if metadata.is_dir() => allocated_bytes(&item.path()),
+            Ok(metadata) => metadata.blocks() * 512,
+            // sled deleted it meanwhile.
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// What the database costs on disk beyond the entries, for sizing `storage.min_free_bytes`: the
+/// space it takes per entry byte, the most one round of 64 concurrent appends (one or two
+/// groups) grew it beyond their bytes, what reopening writes, and, with a reserve
+/// (`SUANLI_BENCH_RESERVE`, bytes) on a small filesystem (`SUANLI_BENCH_DIR`, e.g. a tmpfs),
+/// that appends stop before the disk is full and how low free space went. Run in release:
+/// `SUANLI_BENCH_DIR=/mnt/small SUANLI_BENCH_RESERVE=16777216 cargo test --release -p
+/// suanli-node ledger::tests::measure_disk_use -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --nocapture"]
+#[allow(clippy::print_stderr)]
+async fn measure_disk_use() {
+    let dir = match std::env::var_os("SUANLI_BENCH_DIR") {
+        Some(base) => TempDir::new_in(base).unwrap(),
+        None => TempDir::new().unwrap(),
+    };
+    let reserve: u64 = std::env::var("SUANLI_BENCH_RESERVE")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let limit: u64 = std::env::var("SUANLI_BENCH_ENTRIES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(60_000);
+    let owner = provider().node_id();
+    let db = dir.path().join("db");
+    let config = StorageConfig {
+        min_free_bytes: reserve,
+    };
+    let ledger = Running::open_with(&db, owner, &config);
+    let free = |ledger: &Running| ledger.storage.available_bytes().unwrap();
+    let free_at_start = free(&ledger);
+    let bodies: Vec<EntryBody> = (0..64)
+        .flat_map(|nonce| {
+            Deal::new(nonce, &requester(), &provider(), 500_000)
+                .unwrap()
+                .bodies()
+        })
+        .collect();
+    let mut entry_bytes = 0u64;
+    let mut worst_round = 0i64;
+    let mut refused = false;
+    let mut last_report = 0;
+    while ledger.handle.head().size < limit && !refused {
+        let used_before = free_at_start as i64 - free(&ledger) as i64;
+        let round: Vec<_> = bodies
+            .iter()
+            .take(64)
+            .map(|body| {
+                let (handle, body) = (ledger.handle.clone(), body.clone());
+                tokio::spawn(async move { handle.append(body).await })
+            })
+            .collect();
+        let mut round_bytes = 0u64;
+        for append in round {
+            match append.await.unwrap() {
+                Ok(done) => {
+                    let raw = ledger.handle.raw_entry(done.seq).unwrap().unwrap();
+                    round_bytes += raw.len() as u64;
+                }
+                Err(LedgerError::DiskFull { .. }) => refused = true,
+                Err(error) => panic!("append failed: {error}"),
+            }
+        }
+        entry_bytes += round_bytes;
+        let used_after = free_at_start as i64 - free(&ledger) as i64;
+        worst_round = worst_round.max(used_after - used_before - round_bytes as i64);
+        let size = ledger.handle.head().size;
+        if size >= last_report + limit / 6 || refused {
+            last_report = size;
+            let used = free_at_start - free(&ledger);
+            eprintln!(
+                "{size} entries ({:.0} B each): {entry_bytes} entry bytes, db files {} B, \
+                 free space used {used} B ({:.2}x the entries)",
+                entry_bytes as f64 / size as f64,
+                allocated_bytes(&db),
+                used as f64 / entry_bytes as f64
+            );
+        }
+    }
+    eprintln!("worst round of 64 appends: {worst_round} B beyond its entries");
+    if !refused {
+        // Blobs (modules, stdin, outputs): one put and one barrier each.
+        let blobs = ledger.storage.blobs();
+        for (size, count) in [(64usize << 10, 16u8), (1 << 20, 8), (8 << 20, 2)] {
+            let mut worst = 0i64;
+            for n in 0..count {
+                let before = free(&ledger);
+                let bytes = vec![n; size];
+                blobs.put(&bytes).unwrap();
+                ledger.storage.sync().await.unwrap();
+                worst = worst.max(before as i64 - free(&ledger) as i64 - size as i64);
+            }
+            eprintln!("blobs of {size} B: the worst one grew the files {worst} B beyond its size");
+        }
+    }
+    if refused {
+        // sled's background flusher may still write what was admitted; watch it settle.
+        let mut lowest = free(&ledger);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            lowest = lowest.min(free(&ledger));
+        }
+        eprintln!(
+            "appends refused at {} entries: lowest free space {lowest} B, reserve {reserve} B \
+             ({} B below it); health {:?}",
+            ledger.handle.head().size,
+            reserve as i64 - lowest as i64,
+            ledger.storage.current_health()
+        );
+        assert!(lowest > 0, "the disk filled up");
+    }
+    ledger.stop().await;
+    let statvfs_free = |path: &Path| {
+        let stats = rustix::fs::statvfs(path).unwrap();
+        stats.f_bavail * stats.f_frsize
+    };
+    let free_before_reopen = statvfs_free(dir.path());
+    let started = Instant::now();
+    let store = open_store(&db, owner).unwrap();
+    eprintln!(
+        "reopen of {} entries: {:.0} ms, wrote {} B",
+        store.head().size,
+        started.elapsed().as_secs_f64() * 1000.0,
+        free_before_reopen as i64 - statvfs_free(dir.path()) as i64
+    );
+    assert!(store.verify().ok);
 }
 
 #[tokio::test]
@@ -1275,7 +1485,7 @@ async fn batched_verification_names_the_entry_with_a_bad_signature() {
         // batch path runs, not the one-by-one path for small groups.
         let owner = provider().node_id();
         let dir = ledger_with(300).await;
-        let store = Store::open(&db_path(&dir), owner).unwrap();
+        let store = open_store(&db_path(&dir), owner).unwrap();
         assert!(store.verify().ok);
         let mut raw = store.raw_entry(200).unwrap().unwrap();
         drop(store);
@@ -1284,12 +1494,154 @@ async fn batched_verification_names_the_entry_with_a_bad_signature() {
         raw[last] ^= 0x01;
         assert!(LedgerEntry::decode(&raw).is_ok());
         testing::rewrite_entry_offline(dir.path(), 200, &raw).unwrap();
-        let report = Store::open(&db_path(&dir), owner).unwrap().verify();
+        let report = open_store(&db_path(&dir), owner).unwrap().verify();
         assert!(!report.ok);
         assert_eq!(report.entries, 200);
         let error = report.error.unwrap();
         assert_eq!(error.index, 200);
         assert!(error.message.contains("signature"), "{}", error.message);
+    })
+    .await;
+}
+
+/// A failure record of `recorder` for the contract of `deal`.
+fn failure_of(deal: &Deal, recorder: &suanli_protocol::Keypair) -> EntryBody {
+    let contract = deal.contract.decode_unverified().unwrap();
+    let record = suanli_protocol::FailureRecord {
+        contract_id: suanli_protocol::ContractId(deal.contract.digest()),
+        job_id: contract.job_id,
+        recorder: recorder.node_id(),
+        counterparty: contract.requester,
+        failure: suanli_protocol::negotiation::AttemptFailure::DeadlineMissed,
+        message: "late".into(),
+        recorded_at_ms: 1,
+    };
+    EntryBody::Failure(suanli_protocol::Signed::sign(&record, recorder).unwrap())
+}
+
+#[tokio::test]
+async fn the_index_finds_contracts_jobs_open_ones_and_balances() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let owner = provider();
+        let ledger = Running::open(&db_path(&dir), owner.node_id());
+        let settled = Deal::new(1, &requester(), &owner, 500_000).unwrap();
+        let failed = Deal::new(2, &requester(), &owner, 500_000).unwrap();
+        let open = Deal::new(3, &requester(), &owner, 500_000).unwrap();
+        // Receipt and settlement in one append, all or none.
+        ledger
+            .handle
+            .append(EntryBody::Contract(settled.contract.clone()))
+            .await
+            .unwrap();
+        let appended = ledger
+            .handle
+            .append_all(settled.bodies()[1..].to_vec())
+            .await
+            .unwrap();
+        assert_eq!(appended.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2]);
+        for body in [
+            EntryBody::Contract(failed.contract.clone()),
+            EntryBody::Receipt(failed.receipt.clone()),
+            failure_of(&failed, &owner),
+            EntryBody::Contract(open.contract.clone()),
+        ] {
+            ledger.handle.append(body).await.unwrap();
+        }
+        let id = |deal: &Deal| suanli_protocol::ContractId(deal.contract.digest());
+        let docs = ledger.handle.contract_docs(id(&settled)).unwrap().unwrap();
+        assert_eq!(docs.contract, settled.contract);
+        assert_eq!(docs.receipt.as_ref(), Some(&settled.receipt));
+        assert_eq!(docs.settlement.as_ref(), Some(&settled.settlement));
+        assert!(docs.failure.is_none());
+        let docs = ledger.handle.contract_docs(id(&failed)).unwrap().unwrap();
+        assert!(docs.receipt.is_some() && docs.failure.is_some() && docs.settlement.is_none());
+        let open_docs = ledger.handle.open_contracts().unwrap();
+        assert_eq!(open_docs.len(), 1);
+        assert_eq!(open_docs[0].contract, open.contract);
+        let job = settled.contract.decode_unverified().unwrap().job_id;
+        assert_eq!(ledger.handle.contracts_of_job(job).unwrap(), [id(&settled)]);
+        assert_eq!(
+            ledger.handle.balance_with(requester().node_id()),
+            i128::from(settled.cost())
+        );
+        assert!(
+            ledger
+                .handle
+                .contract_docs(id(&Deal::new(9, &requester(), &owner, 1).unwrap()))
+                .unwrap()
+                .is_none()
+        );
+        // A refused body refuses the whole append: nothing is written.
+        let foreign = Deal::new(4, &requester(), &stranger(), 1).unwrap();
+        let head = ledger.handle.head();
+        let refused = ledger
+            .handle
+            .append_all(vec![
+                EntryBody::Receipt(open.receipt.clone()),
+                EntryBody::Contract(foreign.contract.clone()),
+            ])
+            .await;
+        assert!(
+            matches!(refused, Err(LedgerError::Refused(_))),
+            "{refused:?}"
+        );
+        assert_eq!(ledger.handle.head(), head);
+        assert!(
+            ledger
+                .handle
+                .contract_docs(id(&open))
+                .unwrap()
+                .unwrap()
+                .receipt
+                .is_none()
+        );
+        ledger.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_index_behind_or_ahead_of_the_chain_is_rebuilt_at_open() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let owner = provider();
+        let ledger = Running::open(&db_path(&dir), owner.node_id());
+        for nonce in 0..20 {
+            let deal = Deal::new(nonce, &requester(), &owner, 100_000).unwrap();
+            let bodies = if nonce % 3 == 0 {
+                vec![EntryBody::Contract(deal.contract.clone())]
+            } else {
+                deal.bodies().to_vec()
+            };
+            ledger.handle.append_all(bodies).await.unwrap();
+        }
+        let expected = (
+            ledger.handle.balances().unwrap(),
+            ledger.handle.open_contracts().unwrap(),
+        );
+        assert_eq!(expected.1.len(), 7);
+        ledger.stop().await;
+        // No index at all (a crash lost every batch of it, or a ledger from before it existed),
+        // then an index that claims more than the chain holds: both are rebuilt from the chain.
+        let edits: [fn(&RecordTree); 2] = [
+            |index| {
+                for (key, _) in index.iter_from(&[], 10_000).unwrap() {
+                    index.remove(&key).unwrap();
+                }
+            },
+            |index| index.insert(b"s", &u64::MAX.to_be_bytes()).unwrap(),
+        ];
+        for edit in edits {
+            let storage = Storage::open(&db_path(&dir), &StorageConfig::default()).unwrap();
+            edit(&storage.ledger_tree("index"));
+            storage.barrier().unwrap();
+            drop(storage);
+            let ledger = Running::open(&db_path(&dir), owner.node_id());
+            assert_eq!(ledger.handle.balances().unwrap(), expected.0);
+            assert_eq!(ledger.handle.open_contracts().unwrap(), expected.1);
+            ledger.stop().await;
+        }
     })
     .await;
 }

@@ -1,13 +1,14 @@
 //! The writer task: the single owner of appends, committing them in groups.
 //!
 //! ```text
-//!  append ──Command::Append──┐                      ┌─ assign seq / prev_hash / timestamp, encode
-//!  flush  ──Command::Sync────┤ bounded   writer     ├─ apply_batch (one atomic sled batch)
-//!                            ├─────────▶ (drains ≤  ├─ barrier: Db::flush + fsync of sled's files
-//!                            │           MAX_BATCH) ├─ extend the Merkle tree
-//!                            │                      ├─ record the head in ledger.head
-//!                            │                      ├─ publish the new head (watch)
-//!                            ┘                      └─ reply to every command of the group
+//!                                     ┌─ assign seq / prev_hash / timestamp, encode
+//!  append ──Command::Append──┐        ├─ ask the storage for room (no room: DiskFull to all, next)
+//!                  bounded   ├──────▶ ├─ apply_batch (one atomic batch of the entries tree)
+//!                            │ writer ├─ barrier: sled flush + fsync of sled's files (Storage)
+//!                            │(drains ├─ extend the Merkle tree
+//!                            │  ≤     ├─ record the head in ledger.head
+//!                            │MAX_    ├─ publish the new head (watch)
+//!                            ┘ BATCH) └─ reply to every command of the group
 //! ```
 //!
 //! While one group is in its barrier, new commands queue in the channel and form the next group,
@@ -15,6 +16,13 @@
 //! fails the whole group and halts the writer: after a failed fsync the kernel may have dropped
 //! the dirty pages, so retrying could "succeed" without the data (PostgreSQL's fsyncgate). A
 //! restart recovers from what is really on disk.
+//!
+//! A full disk is not a failure: the room check runs before anything of the group is written, so
+//! a refused group leaves no trace (no seq used, nothing in sled's buffers), its callers get
+//! [`LedgerError::DiskFull`] and the writer goes on. While the storage's health is
+//! [`DiskFull`](crate::storage::Health::DiskFull) every group is refused at once, without touching
+//! the disk; the storage's monitor re-checks the free space with backoff and turns the health
+//! back when space returns, and the next group is written as usual.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +37,7 @@ use super::head_file::SYNC_INTERVAL;
 use super::store::{Shared, seq_key};
 use super::{Appended, LedgerError};
 use crate::clock;
+use crate::storage::WriteBatch;
 
 /// Most commands committed under one barrier.
 pub(super) const MAX_BATCH: usize = 256;
@@ -48,14 +57,10 @@ impl VerifiedBody {
 /// Requests to the writer task.
 #[derive(Debug)]
 pub(super) enum Command {
-    /// Append a body; reply once it is durable.
+    /// Append bodies, in order and all or none; reply once they are durable.
     Append {
-        body: VerifiedBody,
-        reply: oneshot::Sender<Result<Appended, LedgerError>>,
-    },
-    /// Reply once everything written to the database so far (record trees included) is durable.
-    Sync {
-        reply: oneshot::Sender<Result<(), LedgerError>>,
+        bodies: Vec<VerifiedBody>,
+        reply: Reply,
     },
 }
 
@@ -111,8 +116,8 @@ pub(super) async fn run(
         };
         writer = next;
     }
-    // Record-tree writes that nobody flushed become durable on a clean stop, and the head file
-    // is synced, so damage done while the node is stopped is detected in full.
+    // The storage's record-tree writes that nobody flushed become durable on a clean stop, and
+    // the head file is synced, so damage done while the node is stopped is detected in full.
     let final_barrier = tokio::task::spawn_blocking(move || {
         writer.shared.barrier()?;
         writer.shared.record_head(&writer.head, true).map(drop)
@@ -187,111 +192,154 @@ async fn commit(writer: Writer, group: Vec<Command>) -> Option<Writer> {
 
 impl Writer {
     /// Appends the group's bodies, runs one barrier, then replies. `Err` halts the writer; every
-    /// caller of the group has been told its entry is not durable.
+    /// caller of the group has been told its entry is not durable. A full disk is `Ok`: the
+    /// callers were told [`LedgerError::DiskFull`] and nothing was written.
     fn commit(&mut self, group: Vec<Command>) -> Result<(), String> {
         let group_len = group.len();
         let now = clock::now_ms();
         let mut head = self.head;
-        let mut writes = sled::Batch::default();
+        let mut writes = WriteBatch::default();
+        let mut index = self.shared.index.changes(head.size);
         let mut appended = Vec::new();
-        let mut syncs = Vec::new();
         for command in group {
-            match command {
-                Command::Append { body, reply } => {
-                    let entry = LedgerEntry {
-                        seq: head.size,
-                        timestamp_ms: now.max(head.timestamp_ms),
-                        prev_hash: head.head,
-                        body: body.0,
-                    };
-                    match entry.encode() {
-                        Ok(raw) => {
-                            let hash = entry_hash(&raw);
-                            writes.insert(&seq_key(entry.seq)[..], raw);
-                            head = ChainHead {
-                                size: entry.seq + 1,
-                                head: hash,
-                                timestamp_ms: entry.timestamp_ms,
-                            };
-                            let done = Appended {
-                                seq: entry.seq,
-                                hash,
-                                timestamp_ms: entry.timestamp_ms,
-                            };
-                            appended.push((reply, done));
-                        }
-                        // Too large: nothing was written for it and its seq is not used.
-                        Err(error) => {
-                            let _ = reply.send(Err(LedgerError::Encode(error)));
-                        }
+            let Command::Append { bodies, reply } = command;
+            // Encode the command's entries first: one that cannot be encoded refuses the whole
+            // command (all or none), and its seqs are not used.
+            let mut entries = Vec::with_capacity(bodies.len());
+            let mut next = head;
+            let mut refused = None;
+            for body in bodies {
+                let entry = LedgerEntry {
+                    seq: next.size,
+                    timestamp_ms: now.max(next.timestamp_ms),
+                    prev_hash: next.head,
+                    body: body.0,
+                };
+                match entry.encode() {
+                    Ok(raw) => {
+                        let hash = entry_hash(&raw);
+                        next = ChainHead {
+                            size: entry.seq + 1,
+                            head: hash,
+                            timestamp_ms: entry.timestamp_ms,
+                        };
+                        entries.push((entry, raw, hash));
+                    }
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
                     }
                 }
-                Command::Sync { reply } => syncs.push(reply),
             }
+            if let Some(error) = refused {
+                let _ = reply.send(Err(LedgerError::Encode(error)));
+                continue;
+            }
+            let mut done = Vec::with_capacity(entries.len());
+            for (entry, raw, hash) in entries {
+                writes.insert(&seq_key(entry.seq), &raw);
+                if let Err(error) = self.shared.index.add(&mut index, entry.seq, &entry.body) {
+                    // The index could not be read: storage is failing.
+                    return Err(self.fail_group(error.to_string(), appended));
+                }
+                done.push(Appended {
+                    seq: entry.seq,
+                    hash,
+                    timestamp_ms: entry.timestamp_ms,
+                });
+            }
+            head = next;
+            appended.push((reply, done));
         }
-        if appended.is_empty() && syncs.is_empty() {
+        if appended.is_empty() {
             return Ok(());
         }
-        let durable = if appended.is_empty() {
-            self.shared.barrier()
-        } else {
-            self.shared
-                .entries
-                .apply_batch(writes)
-                .map_err(super::store::storage("append"))
-                .and_then(|()| self.shared.barrier())
-        };
+        let index = self.shared.index.batch(index);
+        // Room first: a group refused here has written nothing, so it cannot be half-applied
+        // and its seqs are used by the next group.
+        if let Err(error) = self
+            .shared
+            .storage
+            .ensure_space(writes.bytes() + index.bytes())
+        {
+            let error = LedgerError::from(error);
+            if let LedgerError::DiskFull {
+                available,
+                needed,
+                reserve,
+            } = error
+            {
+                debug!(entries = appended.len(), %error, "ledger group refused");
+                for (reply, _) in appended {
+                    let _ = reply.send(Err(LedgerError::DiskFull {
+                        available,
+                        needed,
+                        reserve,
+                    }));
+                }
+                return Ok(());
+            }
+            // The storage failed earlier: same as a failed barrier.
+            return Err(self.fail_group(error.to_string(), appended));
+        }
+        // The index's batch after the entries': a crash between them leaves the index behind
+        // the chain, which the next open catches up; never ahead of it.
+        let durable = self
+            .shared
+            .entries
+            .apply_batch(writes)
+            .and_then(|()| self.shared.index_tree().apply_batch(index))
+            .map_err(LedgerError::from)
+            .and_then(|()| self.shared.barrier());
         if let Err(error) = durable {
-            let reason = error.to_string();
-            self.shared.halt(reason.clone());
-            for (reply, _) in appended {
-                let _ = reply.send(Err(LedgerError::NotDurable(reason.clone())));
-            }
-            for reply in syncs {
-                let _ = reply.send(Err(LedgerError::NotDurable(reason.clone())));
-            }
-            return Err(reason);
+            return Err(self.fail_group(error.to_string(), appended));
         }
         // Durable. Extend the Merkle tree *before* the head moves, so a reader that sees the new
         // size can prove anything up to it. Record it outside sled, and publish it before
         // replying, so a caller that got `Ok` sees it.
-        self.shared
-            .extend_tree(appended.iter().map(|(_, done)| done.hash));
-        let recorded = (!appended.is_empty()).then(|| self.shared.record_head(&head, false));
+        self.shared.extend_tree(
+            appended
+                .iter()
+                .flat_map(|(_, done)| done.iter().map(|appended| appended.hash)),
+        );
+        let recorded = self.shared.record_head(&head, false);
         self.head = head;
         self.head_sender.send_replace(head);
         let counters = &self.shared.counters;
+        let entries: usize = appended.iter().map(|(_, done)| done.len()).sum();
         counters
             .appended
-            .fetch_add(appended.len() as u64, Ordering::Relaxed);
+            .fetch_add(entries as u64, Ordering::Relaxed);
         counters
             .largest_batch
             .fetch_max(group_len as u64, Ordering::Relaxed);
-        debug!(
-            entries = appended.len(),
-            syncs = syncs.len(),
-            size = head.size,
-            "ledger group committed"
-        );
+        debug!(entries, size = head.size, "ledger group committed");
         for (reply, done) in appended {
             let _ = reply.send(Ok(done));
-        }
-        for reply in syncs {
-            let _ = reply.send(Ok(()));
         }
         // The entries are durable and acknowledged; a storage that cannot take a small write
         // right after a barrier is failing, so stop before anything else is appended.
         match recorded {
-            None => Ok(()),
-            Some(Ok(synced)) => {
+            Ok(synced) => {
                 self.head_unsynced = !synced;
                 Ok(())
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 let reason = error.to_string();
                 self.shared.halt(reason.clone());
                 Err(reason)
             }
         }
     }
+
+    /// Halts the writer and tells every caller of the group that its entry is not durable.
+    fn fail_group(&self, reason: String, appended: Vec<(Reply, Vec<Appended>)>) -> String {
+        self.shared.halt(reason.clone());
+        for (reply, _) in appended {
+            let _ = reply.send(Err(LedgerError::NotDurable(reason.clone())));
+        }
+        reason
+    }
 }
+
+type Reply = oneshot::Sender<Result<Vec<Appended>, LedgerError>>;

@@ -1,10 +1,18 @@
-//! Job records: what the API shows about every job submitted to this node, persisted so they
-//! survive a restart. Each record has one writer, the task negotiating that job.
+//! Job records: what this node knows about every job submitted to it, persisted so that it
+//! survives a restart. Each record has one writer, the task placing that job.
+//!
+//! A record is a cache of the job's history, not its truth: what a job's contracts became is in
+//! the ledger, and after a crash the record is brought up to date from it (a job whose contract
+//! settled reads `succeeded` or `failed` with its receipt's outcome, whatever the record said).
+//! Intermediate states are written without a barrier; a final state is made durable before
+//! anyone is told, so a job reported final never goes back.
 
 use serde::{Deserialize, Serialize};
-use suanli_protocol::{Hash32, JobId, Limits};
+use suanli_protocol::engine::AttemptEnd;
+use suanli_protocol::negotiation::{AttemptFailure, DeclineCode, FailureReason, Outcome, Receipt};
+use suanli_protocol::{ContractId, Hash32, JobId, Limits, NodeId, Usage};
 
-use crate::ledger::{LedgerError, LedgerHandle, RecordTree};
+use crate::storage::{Blobs, RecordTree, Storage, StorageError};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,34 +31,287 @@ impl JobState {
     }
 }
 
+/// Why a job failed, machine-readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobErrorCode {
+    /// No provider took the job before the placement deadline; the message lists why.
+    NoProvider,
+    /// The node is shutting down and the job never got a contract (older records: the node
+    /// restarted while the job was in flight).
+    ShuttingDown,
+    Interrupted,
+    /// This node could not record the job's contract.
+    Ledger,
+    Internal,
+    /// The job ran and exited with a non-zero code.
+    NonzeroExit,
+    // How a run failed (a receipt's outcome).
+    FuelExhausted,
+    Trap,
+    Timeout,
+    MemoryLimit,
+    InvalidModule,
+    OutputTooLarge,
+    Cancelled,
+    ModuleTooComplex,
+    /// A value written by another version of suanli.
+    #[serde(other)]
+    Unknown,
+}
+
+impl From<FailureReason> for JobErrorCode {
+    fn from(reason: FailureReason) -> Self {
+        match reason {
+            FailureReason::FuelExhausted => JobErrorCode::FuelExhausted,
+            FailureReason::Trap => JobErrorCode::Trap,
+            FailureReason::Timeout => JobErrorCode::Timeout,
+            FailureReason::MemoryLimit => JobErrorCode::MemoryLimit,
+            FailureReason::InvalidModule => JobErrorCode::InvalidModule,
+            FailureReason::OutputTooLarge => JobErrorCode::OutputTooLarge,
+            FailureReason::Cancelled => JobErrorCode::Cancelled,
+            FailureReason::ModuleTooComplex => JobErrorCode::ModuleTooComplex,
+        }
+    }
+}
+
 /// A machine-readable reason and a human explanation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
-    pub code: String,
+    pub code: JobErrorCode,
     pub message: String,
 }
 
 impl JobError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> JobError {
+    pub fn new(code: JobErrorCode, message: impl Into<String>) -> JobError {
         JobError {
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
 }
 
-/// Metered usage as the API shows it.
+/// How one try with one provider ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The provider declined (its signed reason is the attempt's `reason`).
+    Declined,
+    /// The provider could not be reached.
+    Unreachable,
+    /// The provider answered with a protocol error.
+    Error,
+    /// The provider's answer was invalid, or it broke the contract.
+    Rejected,
+    /// The provider went away while running the job.
+    Lost,
+    /// No delivery before the contract's deadline.
+    DeadlineMissed,
+    /// The provider did not start the job.
+    NotStarted,
+    /// The contract was cancelled.
+    Cancelled,
+    /// This node could not record the contract.
+    LedgerFailed,
+    /// The job ran and the contract settled (`reason` says how the run ended if not cleanly).
+    Succeeded,
+    /// The job ran, the contract settled, and the run failed (`reason`).
+    Failed,
+    /// A value written by another version of suanli.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A decline code or a run's failure reason, as an attempt shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptReason {
+    // Decline codes.
+    NoCapacity,
+    LimitsExceeded,
+    ExecutorUnsupported,
+    PriceTooLow,
+    CreditLimit,
+    Busy,
+    ShuttingDown,
+    Other,
+    // Run outcomes.
+    NonzeroExit,
+    FuelExhausted,
+    Trap,
+    Timeout,
+    MemoryLimit,
+    InvalidModule,
+    OutputTooLarge,
+    Cancelled,
+    ModuleTooComplex,
+    /// A value written by another version of suanli.
+    #[serde(other)]
+    Unknown,
+}
+
+impl AttemptOutcome {
+    /// The name the API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptOutcome::Declined => "declined",
+            AttemptOutcome::Unreachable => "unreachable",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::DeadlineMissed => "deadline_missed",
+            AttemptOutcome::NotStarted => "not_started",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::LedgerFailed => "ledger_failed",
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Unknown => "unknown",
+        }
+    }
+}
+
+impl AttemptReason {
+    /// The name the API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptReason::NoCapacity => "no_capacity",
+            AttemptReason::LimitsExceeded => "limits_exceeded",
+            AttemptReason::ExecutorUnsupported => "executor_unsupported",
+            AttemptReason::PriceTooLow => "price_too_low",
+            AttemptReason::CreditLimit => "credit_limit",
+            AttemptReason::Busy => "busy",
+            AttemptReason::ShuttingDown => "shutting_down",
+            AttemptReason::Other => "other",
+            AttemptReason::NonzeroExit => "nonzero_exit",
+            AttemptReason::FuelExhausted => "fuel_exhausted",
+            AttemptReason::Trap => "trap",
+            AttemptReason::Timeout => "timeout",
+            AttemptReason::MemoryLimit => "memory_limit",
+            AttemptReason::InvalidModule => "invalid_module",
+            AttemptReason::OutputTooLarge => "output_too_large",
+            AttemptReason::Cancelled => "cancelled",
+            AttemptReason::ModuleTooComplex => "module_too_complex",
+            AttemptReason::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<DeclineCode> for AttemptReason {
+    fn from(code: DeclineCode) -> Self {
+        match code {
+            DeclineCode::NoCapacity => AttemptReason::NoCapacity,
+            DeclineCode::LimitsExceeded => AttemptReason::LimitsExceeded,
+            DeclineCode::ExecutorUnsupported => AttemptReason::ExecutorUnsupported,
+            DeclineCode::PriceTooLow => AttemptReason::PriceTooLow,
+            DeclineCode::CreditLimit => AttemptReason::CreditLimit,
+            DeclineCode::Busy => AttemptReason::Busy,
+            DeclineCode::ShuttingDown => AttemptReason::ShuttingDown,
+            DeclineCode::Other => AttemptReason::Other,
+        }
+    }
+}
+
+impl From<FailureReason> for AttemptReason {
+    fn from(reason: FailureReason) -> Self {
+        match reason {
+            FailureReason::FuelExhausted => AttemptReason::FuelExhausted,
+            FailureReason::Trap => AttemptReason::Trap,
+            FailureReason::Timeout => AttemptReason::Timeout,
+            FailureReason::MemoryLimit => AttemptReason::MemoryLimit,
+            FailureReason::InvalidModule => AttemptReason::InvalidModule,
+            FailureReason::OutputTooLarge => AttemptReason::OutputTooLarge,
+            FailureReason::Cancelled => AttemptReason::Cancelled,
+            FailureReason::ModuleTooComplex => AttemptReason::ModuleTooComplex,
+        }
+    }
+}
+
+/// One try at placing the job with one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    #[serde(with = "crate::serde_text::display")]
+    pub provider: NodeId,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    pub outcome: AttemptOutcome,
+    pub reason: Option<AttemptReason>,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+impl Attempt {
+    /// The attempt an engine's attempt end describes.
+    pub fn from_end(provider: NodeId, end: &AttemptEnd, at_ms: u64) -> Attempt {
+        let (outcome, reason, message) = match end {
+            AttemptEnd::Settled { receipt, .. } => match &receipt.outcome {
+                Outcome::Succeeded { exit_code: 0, .. } => {
+                    (AttemptOutcome::Succeeded, None, String::new())
+                }
+                Outcome::Succeeded { exit_code, .. } => (
+                    AttemptOutcome::Succeeded,
+                    Some(AttemptReason::NonzeroExit),
+                    format!("exited with code {exit_code}"),
+                ),
+                Outcome::Failed { reason, message } => (
+                    AttemptOutcome::Failed,
+                    Some(AttemptReason::from(*reason)),
+                    message.clone(),
+                ),
+            },
+            AttemptEnd::Failed {
+                failure, message, ..
+            } => {
+                let outcome = match failure {
+                    AttemptFailure::PeerLost => AttemptOutcome::Lost,
+                    AttemptFailure::DeadlineMissed => AttemptOutcome::DeadlineMissed,
+                    AttemptFailure::Misbehaved => AttemptOutcome::Rejected,
+                    AttemptFailure::Cancelled => AttemptOutcome::Cancelled,
+                    AttemptFailure::NotStarted => AttemptOutcome::NotStarted,
+                };
+                (outcome, None, message.clone())
+            }
+            AttemptEnd::Declined { code, message, .. } => (
+                AttemptOutcome::Declined,
+                Some(AttemptReason::from(*code)),
+                message.clone(),
+            ),
+            AttemptEnd::Rejected { message, .. } => {
+                (AttemptOutcome::Rejected, None, message.clone())
+            }
+            AttemptEnd::Unreachable { message, .. } => {
+                (AttemptOutcome::Unreachable, None, message.clone())
+            }
+            AttemptEnd::Refused { code, message, .. } => {
+                (AttemptOutcome::Error, None, format!("{code:?}: {message}"))
+            }
+            AttemptEnd::LedgerFailed { message } => {
+                (AttemptOutcome::LedgerFailed, None, message.clone())
+            }
+        };
+        Attempt {
+            provider,
+            contract_id: end.contract_id(),
+            outcome,
+            reason,
+            // Messages can come from peers: bounded like every other peer text.
+            message: suanli_protocol::engine::truncate(&message),
+            at_ms,
+        }
+    }
+}
+
+/// Metered usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct UsageJson {
+pub struct JobUsage {
     pub fuel: u64,
     pub wall_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes: u64,
 }
 
-impl From<suanli_protocol::Usage> for UsageJson {
-    fn from(usage: suanli_protocol::Usage) -> Self {
-        UsageJson {
+impl From<Usage> for JobUsage {
+    fn from(usage: Usage) -> Self {
+        JobUsage {
             fuel: usage.fuel,
             wall_ms: usage.wall_time_ms,
             memory_bytes: usage.memory_bytes,
@@ -59,54 +320,18 @@ impl From<suanli_protocol::Usage> for UsageJson {
     }
 }
 
-/// One try at placing the job with one provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub provider: String,
-    pub contract_id: Option<String>,
-    /// `declined`, `unreachable`, `failed`, `succeeded`, `rejected` (the provider broke the
-    /// contract), `lost` (the provider went away), `deadline_missed`.
-    pub outcome: String,
-    /// Decline code or failure reason, when there is one.
-    pub reason: Option<String>,
-    pub message: String,
-    pub at_ms: u64,
-}
-
-/// Everything the node knows about one submitted job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub job_id: String,
-    pub state: JobState,
-    pub module_hash: String,
-    pub stdin_hash: String,
-    pub args: Vec<String>,
-    pub limits: LimitsJson,
-    pub max_price: u64,
-    pub provider: Option<String>,
-    pub contract_id: Option<String>,
-    pub exit_code: Option<i32>,
-    pub usage: Option<UsageJson>,
-    /// Micro-credits paid.
-    pub cost: Option<u64>,
-    pub output_hash: Option<String>,
-    pub error: Option<JobError>,
-    pub attempts: Vec<Attempt>,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
+/// A job's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LimitsJson {
+pub struct JobLimits {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub timeout_ms: u64,
     pub max_output_bytes: u64,
 }
 
-impl From<Limits> for LimitsJson {
+impl From<Limits> for JobLimits {
     fn from(limits: Limits) -> Self {
-        LimitsJson {
+        JobLimits {
             fuel: limits.fuel,
             memory_bytes: limits.memory_bytes,
             timeout_ms: limits.wall_time_ms,
@@ -115,24 +340,108 @@ impl From<Limits> for LimitsJson {
     }
 }
 
-/// A job record could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum JobStoreError {
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("corrupt job record: {0}")]
-    Corrupt(String),
+/// Everything the node knows about one submitted job, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    #[serde(with = "crate::serde_text::display")]
+    pub job_id: JobId,
+    pub state: JobState,
+    #[serde(with = "crate::serde_text::display")]
+    pub module_hash: Hash32,
+    #[serde(with = "crate::serde_text::display")]
+    pub stdin_hash: Hash32,
+    /// SHA-256 of the job spec's canonical bytes, stored as a blob (for resuming the job).
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub spec_hash: Option<Hash32>,
+    /// The submitter's nonce, part of the job id.
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub nonce: Option<u128>,
+    pub args: Vec<String>,
+    pub limits: JobLimits,
+    pub max_price: u64,
+    /// The provider of the job's contract, once it has one.
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub provider: Option<NodeId>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    pub exit_code: Option<i32>,
+    pub usage: Option<JobUsage>,
+    /// Micro-credits paid.
+    pub cost: Option<u64>,
+    /// SHA-256 of the stored output (stdout; what a failed run wrote).
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub output_hash: Option<Hash32>,
+    pub error: Option<JobError>,
+    pub attempts: Vec<Attempt>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
 }
 
 /// Most attempts kept in one record (the newest are kept).
 pub const MAX_ATTEMPTS_KEPT: usize = 64;
 
-/// Job records and the blobs (modules, stdin, output) they refer to.
+impl JobRecord {
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            self.attempts.remove(0);
+        }
+        self.attempts.push(attempt);
+    }
+
+    /// Ends the record from a settled contract's receipt: succeeded on a clean exit, failed with
+    /// the run's reason otherwise. `output_hash` is the stored output's.
+    pub fn settle(
+        &mut self,
+        provider: NodeId,
+        contract_id: ContractId,
+        receipt: &Receipt,
+        output_hash: Hash32,
+    ) {
+        self.provider = Some(provider);
+        self.contract_id = Some(contract_id);
+        self.usage = Some(receipt.usage.into());
+        self.cost = Some(receipt.cost.micro());
+        self.output_hash = Some(output_hash);
+        match &receipt.outcome {
+            Outcome::Succeeded { exit_code: 0, .. } => {
+                self.exit_code = Some(0);
+                self.state = JobState::Succeeded;
+                self.error = None;
+            }
+            Outcome::Succeeded { exit_code, .. } => {
+                self.exit_code = Some(*exit_code);
+                self.state = JobState::Failed;
+                self.error = Some(JobError::new(
+                    JobErrorCode::NonzeroExit,
+                    format!("the job exited with code {exit_code}"),
+                ));
+            }
+            Outcome::Failed { reason, message } => {
+                self.state = JobState::Failed;
+                self.error = Some(JobError::new(JobErrorCode::from(*reason), message.clone()));
+            }
+        }
+    }
+}
+
+/// A job record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JobStoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("corrupt job record: {0}")]
+    Corrupt(String),
+}
+
+/// Job records, their index by submission time, the blobs they refer to (modules, stdin, spec
+/// bytes, outputs), and the output of each contract this node was party to.
 #[derive(Debug, Clone)]
 pub struct JobBook {
     jobs: RecordTree,
     index: RecordTree,
-    blobs: RecordTree,
+    outputs: RecordTree,
+    blobs: Blobs,
+    storage: Storage,
 }
 
 fn index_key(created_at_ms: u64, job_id: &JobId) -> Vec<u8> {
@@ -142,28 +451,36 @@ fn index_key(created_at_ms: u64, job_id: &JobId) -> Vec<u8> {
 }
 
 impl JobBook {
-    pub fn new(ledger: &LedgerHandle) -> JobBook {
+    pub fn new(storage: &Storage) -> JobBook {
         JobBook {
-            jobs: ledger.records("jobs"),
-            index: ledger.records("jobs_by_time"),
-            blobs: ledger.records("blobs"),
+            jobs: storage.records("jobs"),
+            index: storage.records("jobs_by_time"),
+            outputs: storage.records("contract_outputs"),
+            blobs: storage.blobs(),
+            storage: storage.clone(),
         }
     }
 
     /// Stores a new job's first record and indexes it by submission time.
-    pub fn create(&self, job_id: &JobId, record: &JobRecord) -> Result<(), JobStoreError> {
+    pub fn create(&self, record: &JobRecord) -> Result<(), JobStoreError> {
         self.index.insert(
-            &index_key(record.created_at_ms, job_id),
-            job_id.0.as_bytes(),
+            &index_key(record.created_at_ms, &record.job_id),
+            record.job_id.0.as_bytes(),
         )?;
-        self.save(job_id, record)
+        self.save(record)
     }
 
-    /// Replaces a job's record.
-    pub fn save(&self, job_id: &JobId, record: &JobRecord) -> Result<(), JobStoreError> {
+    /// Replaces a job's record (not durable until the next barrier: see [`Self::save_final`]).
+    pub fn save(&self, record: &JobRecord) -> Result<(), JobStoreError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| JobStoreError::Corrupt(error.to_string()))?;
-        Ok(self.jobs.insert(job_id.0.as_bytes(), &bytes)?)
+        Ok(self.jobs.insert(record.job_id.0.as_bytes(), &bytes)?)
+    }
+
+    /// Replaces a job's record and returns once it is durable.
+    pub async fn save_durably(&self, record: &JobRecord) -> Result<(), JobStoreError> {
+        self.save(record)?;
+        Ok(self.storage.sync().await?)
     }
 
     pub fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, JobStoreError> {
@@ -199,43 +516,113 @@ impl JobBook {
         Ok(records)
     }
 
-    /// Every record not in a final state (used at start-up to close what a restart interrupted).
-    pub fn unfinished(&self) -> Result<Vec<(JobId, JobRecord)>, JobStoreError> {
+    /// Every record not in a final state (the jobs a restart resumes). Unreadable records are
+    /// skipped with their ids returned, so one bad record does not stop the others.
+    pub fn unfinished(&self) -> Result<(Vec<JobRecord>, Vec<Vec<u8>>), JobStoreError> {
         let mut unfinished = Vec::new();
-        let mut start = Vec::new();
-        loop {
-            let page = self.jobs.iter_from(&start, 256)?;
-            let Some((last, _)) = page.last() else { break };
-            start = last.clone();
-            start.push(0);
-            for (key, bytes) in page {
-                if let (Ok(id), Ok(record)) = (
-                    <[u8; 32]>::try_from(key.as_slice()),
-                    serde_json::from_slice::<JobRecord>(&bytes),
-                ) && !record.state.is_final()
-                {
-                    unfinished.push((JobId(Hash32(id)), record));
-                }
+        let mut unreadable = Vec::new();
+        for item in self.jobs.scan::<&[u8], _>(..) {
+            let (key, bytes) = item?;
+            match serde_json::from_slice::<JobRecord>(&bytes) {
+                Ok(record) if !record.state.is_final() => unfinished.push(record),
+                Ok(_) => {}
+                Err(_) => unreadable.push(key.to_vec()),
             }
         }
-        Ok(unfinished)
+        Ok((unfinished, unreadable))
     }
 
-    /// Makes every record and blob written so far durable.
-    pub async fn flush(&self) -> Result<(), JobStoreError> {
-        self.jobs.flush().await?;
-        Ok(())
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
     }
 
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<Hash32, JobStoreError> {
-        let hash = Hash32::of(bytes);
-        if self.blobs.get(hash.as_bytes())?.is_none() {
-            self.blobs.insert(hash.as_bytes(), bytes)?;
+    /// Stores the output of a contract (before the ledger entry that refers to it).
+    pub fn put_output(&self, contract_id: &ContractId, output: &[u8]) -> Result<(), JobStoreError> {
+        Ok(self.outputs.insert(contract_id.0.as_bytes(), output)?)
+    }
+
+    pub fn output(&self, contract_id: &ContractId) -> Result<Option<Vec<u8>>, JobStoreError> {
+        Ok(self.outputs.get(contract_id.0.as_bytes())?)
+    }
+
+    /// Forgets a contract's output once nothing needs it any more (its contract has ended and,
+    /// on the requester's side, the job's record holds it).
+    pub fn drop_output(&self, contract_id: &ContractId) {
+        if let Err(error) = self.outputs.remove(contract_id.0.as_bytes()) {
+            tracing::warn!(%contract_id, %error, "cannot drop a contract's output");
         }
-        Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serialized_values() {
+        let outcomes = [
+            AttemptOutcome::Declined,
+            AttemptOutcome::Unreachable,
+            AttemptOutcome::Error,
+            AttemptOutcome::Rejected,
+            AttemptOutcome::Lost,
+            AttemptOutcome::DeadlineMissed,
+            AttemptOutcome::NotStarted,
+            AttemptOutcome::Cancelled,
+            AttemptOutcome::LedgerFailed,
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Unknown,
+        ];
+        for outcome in outcomes {
+            assert_eq!(
+                serde_json::to_value(outcome).unwrap(),
+                serde_json::Value::from(outcome.name())
+            );
+        }
+        let reasons = [
+            AttemptReason::NoCapacity,
+            AttemptReason::LimitsExceeded,
+            AttemptReason::ExecutorUnsupported,
+            AttemptReason::PriceTooLow,
+            AttemptReason::CreditLimit,
+            AttemptReason::Busy,
+            AttemptReason::ShuttingDown,
+            AttemptReason::Other,
+            AttemptReason::NonzeroExit,
+            AttemptReason::FuelExhausted,
+            AttemptReason::Trap,
+            AttemptReason::Timeout,
+            AttemptReason::MemoryLimit,
+            AttemptReason::InvalidModule,
+            AttemptReason::OutputTooLarge,
+            AttemptReason::Cancelled,
+            AttemptReason::ModuleTooComplex,
+            AttemptReason::Unknown,
+        ];
+        for reason in reasons {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.name())
+            );
+        }
     }
 
-    pub fn blob(&self, hash: &Hash32) -> Result<Option<Vec<u8>>, JobStoreError> {
-        Ok(self.blobs.get(hash.as_bytes())?)
+    #[test]
+    fn records_of_other_versions_still_read() {
+        // An older record: an attempt reason this version does not know, ids as text.
+        let old = r#"{"job_id":"aa00000000000000000000000000000000000000000000000000000000000000",
+            "state":"failed","module_hash":"bb00000000000000000000000000000000000000000000000000000000000000",
+            "stdin_hash":"cc00000000000000000000000000000000000000000000000000000000000000",
+            "args":[],"limits":{"fuel":1,"memory_bytes":2,"timeout_ms":3,"max_output_bytes":4},
+            "max_price":5,"provider":null,"contract_id":null,"exit_code":null,"usage":null,
+            "cost":null,"output_hash":null,"error":{"code":"interrupted","message":"x"},
+            "attempts":[{"provider":"12D3KooWLxVamwfQuSVLa7HtAfAtKpJnyY8JRqzRsQxB9nRBwFzD",
+              "contract_id":null,"outcome":"failed","reason":"not_started","message":"","at_ms":1}],
+            "created_at_ms":1,"updated_at_ms":2}"#;
+        let record: JobRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.attempts[0].reason, Some(AttemptReason::Unknown));
+        assert_eq!(record.error.unwrap().code, JobErrorCode::Interrupted);
+        assert!(record.nonce.is_none() && record.spec_hash.is_none());
     }
 }

@@ -1,48 +1,69 @@
 //! The market: placing jobs submitted to this node (requester side) and running jobs for others
-//! (provider side), through signed negotiation documents.
+//! (provider side), as contracts driven by the protocol's contract engine
+//! (`suanli_protocol::engine`).
 //!
 //! ```text
-//! API ──submit──▶ Market ──spawns──▶ requester task per job ──MarketRequest──▶ provider (peer or self)
-//!                   ▲                                                          │
-//! NetworkEvent ─────┘ inbound requests: handled by `handle_request`, answered through the network
+//!  API ──submit──▶ Market ──spawns──▶ job task (one per job: placement, attempts)
+//!                    │                     └─ requester driver per attempt ──requests──▶ provider
+//!  NetworkEvent ─────┤ inbound: Quote → provider policy (offer / signed decline)
+//!                    │          Propose → provider machine + its driver task
+//!                    │          Execute / Deliver / Reconcile → the contract's driver (registry)
+//!  outbox worker ────┘ tells counterparties of contracts this node ended alone
 //! ```
 //!
-//! The market owns the contract lifecycles of both sides (`protocol::lifecycle`), the provider's
-//! slots and reservations, and the job records. It appends every contract, receipt, settlement
-//! and failure to the ledger — durably — before it acknowledges the step to the counterparty.
+//! The market is a thin shell: what a contract does next is the machine's decision; the market
+//! routes requests to each contract's single driver, performs the machine's effects (sends,
+//! answers, durable appends, runs), and owns the provider's policy (offers, places, credit) and
+//! the job records. Every task it spawns belongs to its tracker and stops with the node's
+//! cancellation; nothing it acknowledges is left only in memory, so a restart resumes every
+//! contract and job from the ledger and the job records.
+//!
 //! A request addressed to this node itself is dispatched in-process, so a job placed locally goes
-//! through exactly the same checks and ledger entries as one placed remotely.
-//! It never names libp2p, sled or wasmtime types.
+//! through exactly the same machines, checks and ledger entries as one placed remotely (recorded
+//! once, by its requester side). It never names libp2p, sled or wasmtime types.
 
-mod jobs;
+mod contracts;
+pub mod jobs;
+mod outbox;
+mod placement;
 mod provider;
 mod ranking;
-mod requester;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use suanli_protocol::engine::requester::{JobTerms, Requester};
+use suanli_protocol::engine::{Context, Effect, Held};
 use suanli_protocol::ledger::EntryBody;
-use suanli_protocol::negotiation::{AttemptFailure, Evidence, FailureRecord, MisbehaviourKind};
 use suanli_protocol::wire::{ErrorCode, MarketRequest, MarketResponse, WireError};
 use suanli_protocol::{
     ContractId, Credits, ExecutorKind, Hash32, JobId, JobSpec, Keypair, Limits, NodeId, Placement,
-    Signed,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 
-pub use jobs::{Attempt, JobBook, JobError, JobRecord, JobState, JobStoreError, UsageJson};
+pub use jobs::{
+    Attempt, AttemptOutcome, AttemptReason, JobBook, JobError, JobErrorCode, JobLimits, JobRecord,
+    JobState, JobStoreError, JobUsage,
+};
 
+use self::contracts::{Driver, Machine, Payload, Registry, Route, Side};
+use self::outbox::Outbox;
+use self::placement::JobTask;
+use self::provider::ProviderSide;
 use crate::capacity::Load;
 use crate::clock::now_ms;
 use crate::config::{JobsConfig, ProviderConfig};
-use crate::executor::Executor;
+use crate::executor::{Executor, ExecutorError};
 use crate::ledger::LedgerHandle;
 use crate::mesh::MeshView;
 use crate::network::{NetworkEvent, NetworkHandle, RequestError};
+use crate::storage::{Health, Storage};
+use tokio::sync::broadcast::error::RecvError;
 
 /// Inbound market requests handled at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 512;
@@ -71,10 +92,31 @@ pub enum SubmitError {
     Invalid(String),
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    #[error("module too complex: {0}")]
+    ModuleTooComplex(String),
     #[error("storage: {0}")]
     Store(#[from] JobStoreError),
+    /// The storage takes no new work (disk full, or failed).
+    #[error("{}", .0.refusal().unwrap_or_default())]
+    NotAccepting(Health),
     #[error("{MAX_JOBS_IN_FLIGHT} jobs are being placed already; try again later")]
     Busy,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The compile pool is full.
+    #[error("{0}")]
+    CompilerBusy(String),
+}
+
+/// Counters of the market, for the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MarketStats {
+    /// Jobs submitted here and not final yet.
+    pub jobs_in_flight: usize,
+    /// Contracts with a running driver (open ones, and ended ones being asked about).
+    pub contracts_driven: usize,
+    /// Contracts whose counterparty must still hear how this node ended them.
+    pub notifications_pending: usize,
 }
 
 /// Everything the market's tasks share.
@@ -84,20 +126,28 @@ struct Inner {
     network: NetworkHandle,
     mesh: MeshView,
     ledger: LedgerHandle,
+    storage: Storage,
     executor: Executor,
     jobs: JobBook,
     jobs_config: JobsConfig,
-    provider: provider::Provider,
-    /// Contracts this node placed and awaits delivery of: contract → the job task's mailbox.
-    awaiting: Mutex<HashMap<ContractId, requester::Awaiting>>,
-    /// Settlements answered recently, for repeated deliveries.
-    recently_settled: Mutex<requester::RecentlySettled>,
+    provider: ProviderSide,
+    registry: Registry,
+    outbox: Outbox,
     /// Announces every job that reaches a final state (for long-polling readers).
     finished: tokio::sync::broadcast::Sender<JobId>,
     nonce: AtomicU64,
     /// Jobs submitted here and not final yet.
-    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: AtomicUsize,
     cancel: CancellationToken,
+    /// Every task the market spawns: job tasks, contract drivers, the outbox worker.
+    tasks: TaskTracker,
+}
+
+impl Inner {
+    /// Why work should be refused because of storage, if it should.
+    fn storage_refusal(&self) -> Option<String> {
+        self.storage.current_health().refusal()
+    }
 }
 
 /// A cloneable handle on the market.
@@ -121,6 +171,7 @@ pub struct MarketParts {
     pub network: NetworkHandle,
     pub mesh: MeshView,
     pub ledger: LedgerHandle,
+    pub storage: Storage,
     pub executor: Executor,
     pub provider: ProviderConfig,
     pub jobs: JobsConfig,
@@ -134,10 +185,10 @@ pub struct MarketParts {
 }
 
 impl Market {
-    /// Builds the market; jobs a restart interrupted are closed as failed.
-    pub fn new(parts: MarketParts) -> Market {
-        let jobs = JobBook::new(&parts.ledger);
-        let provider = provider::Provider::new(
+    /// Builds the market and resumes, from the ledger and the job records, every contract and
+    /// job a stop or a crash interrupted.
+    pub fn start(parts: MarketParts) -> Market {
+        let provider = ProviderSide::new(
             &parts.provider,
             parts.default_slots,
             parts.prices,
@@ -150,41 +201,145 @@ impl Market {
                 keypair: parts.keypair,
                 network: parts.network,
                 mesh: parts.mesh,
+                jobs: JobBook::new(&parts.storage),
+                outbox: Outbox::new(&parts.storage),
                 ledger: parts.ledger,
+                storage: parts.storage,
                 executor: parts.executor,
-                jobs,
                 jobs_config: parts.jobs,
                 provider,
-                awaiting: Mutex::new(HashMap::new()),
-                recently_settled: Mutex::new(requester::RecentlySettled::default()),
+                registry: Registry::default(),
                 finished: tokio::sync::broadcast::channel(FINISHED_QUEUE).0,
-                nonce: AtomicU64::new(0),
-                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                nonce: AtomicU64::new(now_ms()),
+                in_flight: AtomicUsize::new(0),
                 cancel: parts.cancel,
+                tasks: TaskTracker::new(),
             }),
         };
-        market.close_interrupted_jobs();
+        market.recover();
+        let worker = market.clone();
+        market.inner.tasks.spawn(worker.run_outbox());
         market
     }
 
-    fn close_interrupted_jobs(&self) {
-        let unfinished = match self.inner.jobs.unfinished() {
-            Ok(unfinished) => unfinished,
+    /// Starts a driver for every open contract this node provides, a task for every unfinished
+    /// job (which resumes its own contracts), and ends the open contracts of jobs that are gone.
+    fn recover(&self) {
+        let inner = &self.inner;
+        let me = inner.node_id;
+        let open = match inner.ledger.open_contracts() {
+            Ok(open) => open,
             Err(error) => {
-                warn!(%error, "cannot read job records");
-                return;
+                warn!(%error, "cannot read the open contracts; none resumed");
+                Vec::new()
             }
         };
-        for (job_id, mut record) in unfinished {
-            record.state = JobState::Failed;
-            record.error = Some(JobError::new(
-                "interrupted",
-                "the node restarted while the job was in flight",
-            ));
-            record.updated_at_ms = now_ms();
-            if let Err(error) = self.inner.jobs.save(&job_id, &record) {
-                warn!(%job_id, %error, "cannot close interrupted job");
+        let (unfinished, unreadable) = match inner.jobs.unfinished() {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cannot read the job records; no job resumed");
+                (Vec::new(), Vec::new())
             }
+        };
+        for key in unreadable {
+            warn!(key = %hex::encode(key), "unreadable job record skipped");
+        }
+        let mut resumed_jobs = HashSet::new();
+        for record in unfinished {
+            let job_id = record.job_id;
+            match self.job_task(record.clone()) {
+                Some(task) => {
+                    resumed_jobs.insert(job_id);
+                    inner.in_flight.fetch_add(1, Ordering::AcqRel);
+                    inner.tasks.spawn(task.run());
+                }
+                None => self.close_unresumable(record),
+            }
+        }
+        let ctx = Context {
+            keypair: &inner.keypair,
+            now_ms: now_ms(),
+        };
+        let (mut providing, mut orphans) = (0, 0);
+        for docs in open {
+            let held = match Held::from_ledger(docs) {
+                Ok(held) => held,
+                Err(error) => {
+                    warn!(%error, "an open contract in the ledger does not decode");
+                    continue;
+                }
+            };
+            let id = held.id();
+            let route = Route::held_by(me, id, held.contract());
+            let machine = if route.side == Side::Requester {
+                if resumed_jobs.contains(&held.contract().job_id) {
+                    continue; // its job task resumes it
+                }
+                orphans += 1;
+                let (machine, effects) = Requester::resume(&ctx, held, None);
+                (Machine::Requester(Box::new(machine)), effects, None)
+            } else {
+                providing += 1;
+                let output = inner.jobs.output(&id).ok().flatten();
+                let (machine, effects) =
+                    suanli_protocol::engine::provider::Provider::resume(&ctx, held, output);
+                (Machine::Provider(Box::new(machine)), effects, None)
+            };
+            let Some(inbox) = inner.registry.register(route) else {
+                continue;
+            };
+            let driver = Driver::new(self.clone(), machine, None);
+            inner.tasks.spawn(async move {
+                driver.run_registered(route, inbox).await;
+            });
+        }
+        info!(
+            jobs = resumed_jobs.len(),
+            provider_contracts = providing,
+            orphaned_contracts = orphans,
+            "market resumed"
+        );
+    }
+
+    /// The task that places (or resumes) a job from its record; `None` when the record lacks
+    /// what placing needs (a record from before job specs were kept).
+    fn job_task(&self, record: JobRecord) -> Option<JobTask> {
+        let blobs = self.inner.jobs.blobs();
+        let spec_bytes = blobs.get(&record.spec_hash?).ok()??;
+        let spec = JobSpec::decode(&spec_bytes).ok()?;
+        let module = blobs.get(&record.module_hash).ok()??;
+        let stdin = blobs.get(&record.stdin_hash).ok()??;
+        let terms = JobTerms {
+            job_id: record.job_id,
+            spec,
+            nonce: record.nonce?,
+            deadline_grace_ms: self
+                .inner
+                .jobs_config
+                .deadline_grace_secs
+                .saturating_mul(1000),
+        };
+        Some(JobTask {
+            market: self.clone(),
+            record,
+            terms,
+            payload: Arc::new(Payload {
+                spec: spec_bytes,
+                module: Arc::new(module),
+                stdin: Arc::new(stdin),
+            }),
+        })
+    }
+
+    fn close_unresumable(&self, mut record: JobRecord) {
+        record.state = JobState::Failed;
+        record.error = Some(JobError::new(
+            JobErrorCode::Interrupted,
+            "the node restarted while the job was in flight, and its record cannot be resumed",
+        ));
+        record.updated_at_ms = now_ms();
+        if let Err(error) = self.inner.jobs.save(&record) {
+            warn!(job_id = %record.job_id, %error, "cannot close an unresumable job");
         }
     }
 
@@ -192,11 +347,37 @@ impl Market {
         &self.inner.jobs
     }
 
+    /// Sends the counterparty of each of `ids` this node holds what it holds (`Reconcile`),
+    /// until it answers; both then record the documents they lacked. Returns how many were
+    /// noted (contracts this node does not hold cannot be sent).
+    pub fn reconcile(&self, ids: impl IntoIterator<Item = ContractId>) -> usize {
+        let inner = &self.inner;
+        let mut noted = 0;
+        for id in ids {
+            let held = matches!(inner.ledger.contract_docs(id), Ok(Some(_)));
+            if held && inner.outbox.note(id).is_ok() {
+                noted += 1;
+            }
+        }
+        if noted > 0 {
+            inner.outbox.wake();
+        }
+        noted
+    }
+
+    pub fn stats(&self) -> MarketStats {
+        MarketStats {
+            jobs_in_flight: self.inner.in_flight.load(Ordering::Acquire),
+            contracts_driven: self.inner.registry.len(),
+            notifications_pending: self.inner.outbox.len(),
+        }
+    }
+
     /// The job's record once it is final, or as it stands after `limit`.
     pub async fn wait_finished(
         &self,
         job_id: &JobId,
-        limit: std::time::Duration,
+        limit: Duration,
     ) -> Result<Option<JobRecord>, JobStoreError> {
         // Subscribe before reading, so a job finishing in between is not missed.
         let mut finished = self.inner.finished.subscribe();
@@ -207,11 +388,16 @@ impl Market {
                 return Ok(record);
             }
             loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    Err(_) => return self.inner.jobs.get(job_id),
+                // A stopping node answers at once: no reader holds its shutdown up.
+                let announced = tokio::select! {
+                    announced = tokio::time::timeout_at(deadline, finished.recv()) => announced,
+                    () = self.inner.cancel.cancelled() => return self.inner.jobs.get(job_id),
+                };
+                match announced {
+                    Err(_) | Ok(Err(RecvError::Closed)) => return self.inner.jobs.get(job_id),
                     Ok(Ok(id)) if id != *job_id => continue,
-                    // Ours, or announcements were missed (lagged): read the record again.
-                    Ok(_) => break,
+                    // Ours, or announcements were missed: read the record again.
+                    Ok(Ok(_) | Err(RecvError::Lagged(_))) => break,
                 }
             }
         }
@@ -221,6 +407,13 @@ impl Market {
     /// soon as the record is durable, long before the job runs.
     pub async fn submit(&self, submission: Submission) -> Result<JobId, SubmitError> {
         let inner = &self.inner;
+        if inner.cancel.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let health = inner.storage.current_health();
+        if !health.is_accepting() {
+            return Err(SubmitError::NotAccepting(health));
+        }
         let admitted = inner.in_flight.fetch_add(1, Ordering::AcqRel);
         if admitted >= MAX_JOBS_IN_FLIGHT {
             inner.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -235,18 +428,33 @@ impl Market {
 
     async fn admit(&self, submission: Submission) -> Result<JobId, SubmitError> {
         let inner = &self.inner;
-        // Compiling is CPU work: on a blocking thread, not an async worker.
-        let module = Arc::new(submission.module);
-        inner
-            .executor
-            .prepare(module.clone())
-            .await
-            .map_err(|error| SubmitError::InvalidModule(error.to_string()))?;
         if submission.stdin.len() > suanli_protocol::job::MAX_STDIN_BYTES {
             return Err(SubmitError::Invalid(format!(
                 "stdin of {} bytes exceeds {} bytes",
                 submission.stdin.len(),
                 suanli_protocol::job::MAX_STDIN_BYTES
+            )));
+        }
+        // Compiling is CPU work: on the executor's bounded compile pool.
+        let module = Arc::new(submission.module);
+        inner
+            .executor
+            .prepare(module.clone())
+            .await
+            .map_err(|error| match error {
+                ExecutorError::ModuleTooComplex(message) => SubmitError::ModuleTooComplex(message),
+                ExecutorError::Busy(_) => SubmitError::CompilerBusy(error.to_string()),
+                other => SubmitError::InvalidModule(other.to_string()),
+            })?;
+        // Every run is charged for compiling the module: a budget that does not cover it could
+        // only ever end fuel-exhausted, paid for nothing.
+        let compile_fuel = suanli_protocol::job::compile_fuel(module.len());
+        if submission.limits.fuel <= compile_fuel {
+            return Err(SubmitError::Invalid(format!(
+                "a fuel budget of {} does not cover compiling this {}-byte module ({compile_fuel} \
+                 fuel): raise limits.fuel",
+                submission.limits.fuel,
+                module.len()
             )));
         }
         let spec = JobSpec {
@@ -262,19 +470,26 @@ impl Market {
         };
         spec.validate()
             .map_err(|error| SubmitError::Invalid(error.to_string()))?;
+        let spec_bytes = spec
+            .encode()
+            .map_err(|error| SubmitError::Invalid(error.to_string()))?;
         let now = now_ms();
         let nonce =
             (u128::from(now) << 64) | u128::from(inner.nonce.fetch_add(1, Ordering::Relaxed));
-        let job_id = spec
-            .job_id(nonce)
-            .map_err(|error| SubmitError::Invalid(error.to_string()))?;
-        inner.jobs.put_blob(&module)?;
-        inner.jobs.put_blob(&submission.stdin)?;
+        let job_id = suanli_protocol::job_id_from_bytes(&spec_bytes, nonce);
+        let blobs = inner.jobs.blobs();
+        let stored = blobs
+            .put(&module)
+            .and_then(|_| blobs.put(&submission.stdin))
+            .and_then(|_| blobs.put(&spec_bytes));
+        let spec_hash = stored.map_err(|error| SubmitError::Store(error.into()))?;
         let record = JobRecord {
-            job_id: job_id.to_string(),
+            job_id,
             state: JobState::Queued,
-            module_hash: spec.module_hash.to_string(),
-            stdin_hash: spec.stdin_hash.to_string(),
+            module_hash: spec.module_hash,
+            stdin_hash: spec.stdin_hash,
+            spec_hash: Some(spec_hash),
+            nonce: Some(nonce),
             args: spec.args.clone(),
             limits: spec.limits.into(),
             max_price: spec.max_price.micro(),
@@ -289,29 +504,37 @@ impl Market {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        inner.jobs.create(&job_id, &record)?;
+        inner.jobs.create(&record)?;
         // The job id is handed out only once its record and blobs are durable.
-        inner.jobs.flush().await?;
-        let job = requester::JobTask {
+        inner.storage.sync().await.map_err(JobStoreError::from)?;
+        let task = JobTask {
             market: self.clone(),
-            job_id,
-            spec,
-            nonce,
-            module,
-            stdin: submission.stdin,
             record,
+            terms: JobTerms {
+                job_id,
+                spec,
+                nonce,
+                deadline_grace_ms: inner.jobs_config.deadline_grace_secs.saturating_mul(1000),
+            },
+            payload: Arc::new(Payload {
+                spec: spec_bytes,
+                module,
+                stdin: Arc::new(submission.stdin),
+            }),
         };
-        tokio::spawn(job.run());
+        inner.tasks.spawn(task.run());
         Ok(job_id)
     }
 
     /// Serves inbound market requests from the network until cancelled, at most
     /// [`MAX_CONCURRENT_REQUESTS`] at once: beyond that the event queue fills and the network
-    /// answers "busy" itself. Also purges expired offers every second.
+    /// answers "busy" itself. Also purges expired offers every second. On cancellation it waits
+    /// for every task of the market to stop (each stops at once; contracts resume at the next
+    /// start).
     pub async fn serve(self, mut events: mpsc::Receiver<NetworkEvent>) {
         let cancel = self.inner.cancel.clone();
         let handlers = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
-        let mut purge = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut purge = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
@@ -325,7 +548,7 @@ impl Market {
                     };
                     let Some(NetworkEvent::Market(inbound)) = event else { break };
                     let market = self.clone();
-                    tokio::spawn(async move {
+                    self.inner.tasks.spawn(async move {
                         let response = market.handle_request(inbound.peer, inbound.request).await;
                         if market.inner.network.respond(inbound.id, &response).await.is_err() {
                             debug!("network stopped before the response was sent");
@@ -335,6 +558,9 @@ impl Market {
                 }
             }
         }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        debug!("market stopped");
     }
 
     /// Answers one market request from `peer` (authenticated by the transport, or this node).
@@ -342,9 +568,32 @@ impl Market {
         match request {
             MarketRequest::Quote(quote) => self.handle_quote(peer, quote),
             MarketRequest::Propose(proposal) => self.handle_propose(peer, proposal).await,
-            MarketRequest::Execute(execute) => self.handle_execute(peer, execute),
-            MarketRequest::Deliver(delivery) => self.handle_deliver(peer, delivery).await,
-            MarketRequest::Cancel { contract_id } => self.handle_cancel(peer, contract_id),
+            MarketRequest::Execute(execute) => {
+                let route = Route::provider(execute.contract_id);
+                self.ask_contract(route, peer, MarketRequest::Execute(execute))
+                    .await
+            }
+            MarketRequest::Deliver(delivery) => match delivery.receipt.decode_unverified() {
+                Ok(receipt) => {
+                    let route = Route::requester(receipt.contract_id);
+                    self.ask_contract(route, peer, MarketRequest::Deliver(delivery))
+                        .await
+                }
+                Err(error) => {
+                    self.penalize(peer, format!("delivery: {error}")).await;
+                    MarketResponse::Error(WireError::new(ErrorCode::BadRequest, error.to_string()))
+                }
+            },
+            MarketRequest::Reconcile(docs) => {
+                let id = docs.contract_id();
+                let route = match docs.contract.decode_unverified() {
+                    Ok(contract) => Route::held_by(self.inner.node_id, id, &contract),
+                    // Not a contract: the provider side's driver refuses it like any other.
+                    Err(_) => Route::provider(id),
+                };
+                self.ask_contract(route, peer, MarketRequest::Reconcile(docs))
+                    .await
+            }
         }
     }
 
@@ -361,93 +610,39 @@ impl Market {
         }
     }
 
-    /// A peer sent a document that does not verify: it proves nothing about anyone, so it is not
+    /// A peer sent something that does not verify: it proves nothing about anyone, so it is not
     /// evidence; the peer gets a strike at the network level instead.
+    /// What the effects of a machine that was not made come to: `peer` penalized if they say
+    /// so, and the answer they carry.
+    async fn answer_refused(&self, peer: NodeId, effects: Vec<Effect>) -> Option<MarketResponse> {
+        let mut answer = None;
+        for effect in effects {
+            match effect {
+                Effect::Penalize(reason) => self.penalize(peer, reason).await,
+                Effect::Respond(response) => answer = answer.or(Some(response)),
+                _ => {}
+            }
+        }
+        answer
+    }
+
     async fn penalize(&self, peer: NodeId, reason: String) {
         warn!(%peer, %reason, "invalid document from peer");
         if peer != self.inner.node_id {
             let _ = self.inner.network.penalize(peer, reason).await;
         }
     }
-
-    /// Records a peer's misbehaviour in the ledger, with the offending bytes as evidence. Only
-    /// for documents the offender validly signed (so the evidence proves something).
-    async fn record_misbehaviour(
-        &self,
-        offender: NodeId,
-        kind: MisbehaviourKind,
-        message: String,
-        payload: Vec<u8>,
-    ) {
-        warn!(%offender, ?kind, %message, "peer misbehaved");
-        let mut payload = payload;
-        payload.truncate(suanli_protocol::negotiation::MAX_EVIDENCE_BYTES);
-        let evidence = Evidence {
-            reporter: self.inner.node_id,
-            offender,
-            kind,
-            message: truncate(message),
-            payload,
-            observed_at_ms: now_ms(),
-        };
-        match Signed::sign(&evidence, &self.inner.keypair) {
-            Ok(signed) => {
-                if let Err(error) = self
-                    .inner
-                    .ledger
-                    .append(EntryBody::Misbehaviour(signed))
-                    .await
-                {
-                    warn!(%error, "cannot record misbehaviour");
-                }
-            }
-            Err(error) => warn!(%error, "cannot sign evidence"),
-        }
-    }
-
-    /// Records in the ledger that a contract failed.
-    async fn record_failure(
-        &self,
-        contract_id: ContractId,
-        job_id: JobId,
-        counterparty: NodeId,
-        failure: AttemptFailure,
-        message: String,
-    ) {
-        let record = FailureRecord {
-            contract_id,
-            job_id,
-            recorder: self.inner.node_id,
-            counterparty,
-            failure,
-            message: truncate(message),
-            recorded_at_ms: now_ms(),
-        };
-        match Signed::sign(&record, &self.inner.keypair) {
-            Ok(signed) => {
-                if let Err(error) = self.inner.ledger.append(EntryBody::Failure(signed)).await {
-                    warn!(%error, "cannot record failure");
-                }
-            }
-            Err(error) => warn!(%error, "cannot sign failure record"),
-        }
-    }
 }
 
-/// An error answer.
-fn wire_error(code: ErrorCode, message: impl Into<String>) -> MarketResponse {
-    MarketResponse::Error(WireError::new(code, message))
-}
-
-/// Cuts a message to the protocol's cap on a character boundary.
-fn truncate(mut message: String) -> String {
-    let max = suanli_protocol::negotiation::MAX_MESSAGE_BYTES;
-    if message.len() > max {
-        let mut end = max;
-        while !message.is_char_boundary(end) {
-            end -= 1;
+/// The contract an entry belongs to.
+fn entry_contract(entry: &EntryBody) -> Option<ContractId> {
+    match entry {
+        EntryBody::Contract(contract) => Some(ContractId(contract.digest())),
+        EntryBody::Receipt(receipt) => receipt.decode_unverified().ok().map(|r| r.contract_id),
+        EntryBody::Settlement(settlement) => {
+            settlement.decode_unverified().ok().map(|s| s.contract_id)
         }
-        message.truncate(end);
+        EntryBody::Failure(failure) => failure.decode_unverified().ok().map(|f| f.contract_id),
+        EntryBody::Misbehaviour(_) => None,
     }
-    message
 }

@@ -1,33 +1,34 @@
-//! The provider side: pricing quotes, holding slots, countersigning contracts, running jobs and
-//! delivering signed receipts.
+//! The provider side's policy: which quotes get an offer (capacity, limits, executors, prices,
+//! credit), the places offers and contracts hold, the run slots, and the load the node
+//! advertises. What happens to a contract once proposed is the provider machine's
+//! (`suanli_protocol::engine::provider`), run by its driver.
 //!
-//! Capacity is `slots` jobs running at once plus `queue` waiting; a quote holds one place until
-//! its offer expires or a contract takes it over. A contract is appended to the ledger before it
-//! is countersigned back, a receipt before it is delivered, a settlement as soon as the requester
-//! returns it. Execution is acknowledged at once and the result delivered in a separate request,
-//! so no request waits for a job.
+//! Capacity is `slots` jobs running at once plus `queue` waiting; an offer holds one place until
+//! it expires or its proposal arrives, a contract holds it until its receipt exists.
+//!
+//! Credit: every requester gets a credit line (`provider.credit_limit`, or its override in
+//! `provider.credit_limits`): what it owes this node by the ledger's settlements, plus the most
+//! its open contracts and offers can still cost, plus the new job's most, must stay within it.
+//! Beyond it the quote is declined with the signed reason `credit_limit`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use suanli_protocol::ledger::EntryBody;
-use suanli_protocol::lifecycle::{ContractEvent, ContractLifecycle};
-use suanli_protocol::negotiation::{AttemptFailure, MisbehaviourKind};
-use suanli_protocol::wire::{Delivery, ErrorCode, ExecuteRequest, MarketRequest, MarketResponse};
+use suanli_protocol::engine::provider::{Policy, Provider};
+use suanli_protocol::engine::{Context, sign_decline};
+use suanli_protocol::wire::{ErrorCode, MarketResponse, WireError};
 use suanli_protocol::{
-    CoSigned, Contract, ContractId, Decline, DeclineCode, ExecutorKind, Hash32, JobSpec, Limits,
-    NodeId, Offer, PriceTerms, QuoteRequest, Receipt, Settlement, Signed,
+    Contract, ContractId, Credits, DeclineCode, ExecutorKind, Hash32, JobSpec, Limits, NodeId,
+    Offer, PriceTerms, QuoteRequest, Signed,
 };
-use tokio::sync::{Semaphore, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::{Market, truncate, wire_error};
+use super::Market;
+use super::contracts::{Driver, Machine, Route};
 use crate::capacity::Load;
 use crate::clock::now_ms;
 use crate::config::ProviderConfig;
-use crate::executor::JobInput;
 
 /// Most offers one requester may hold at once: a peer cannot take all places by quoting.
 const MAX_RESERVATIONS_PER_REQUESTER: usize = 16;
@@ -37,27 +38,31 @@ const MAX_DEADLINE_SLACK_MS: u64 = 10 * 60 * 1000;
 struct Reservation {
     quote: QuoteRequest,
     offer: Signed<Offer>,
+    max_cost: Credits,
     expires_at_ms: u64,
 }
 
-struct ProviderContract {
-    lifecycle: ContractLifecycle,
-    spec: JobSpec,
-    started: bool,
+/// A contract this node provides, as its driver last reported it.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    requester: NodeId,
+    max_cost: Credits,
+    /// It holds a place (to run, or running).
+    occupies: bool,
 }
 
 #[derive(Default)]
 struct State {
     reservations: HashMap<Hash32, Reservation>,
-    contracts: HashMap<ContractId, ProviderContract>,
-    /// Proposals between taking their reservation and holding their contract (the ledger
-    /// append in between); they keep their place so nothing is overbooked meanwhile.
+    open: HashMap<ContractId, Open>,
+    /// Proposals between taking their reservation and their driver's first report.
     proposing: u32,
 }
 
 impl State {
     fn in_use(&self) -> u32 {
-        u32::try_from(self.reservations.len() + self.contracts.len())
+        let occupied = self.open.values().filter(|open| open.occupies).count();
+        u32::try_from(self.reservations.len() + occupied)
             .unwrap_or(u32::MAX)
             .saturating_add(self.proposing)
     }
@@ -69,16 +74,28 @@ impl State {
             .count()
     }
 
-    /// Drops offers that expired and contracts never started whose deadline passed.
+    /// The most `requester` can still owe for open contracts and offers.
+    fn outstanding(&self, requester: NodeId) -> u128 {
+        let offers = self
+            .reservations
+            .values()
+            .filter(|reservation| reservation.quote.requester == requester)
+            .map(|reservation| u128::from(reservation.max_cost.micro()));
+        let contracts = self
+            .open
+            .values()
+            .filter(|open| open.requester == requester)
+            .map(|open| u128::from(open.max_cost.micro()));
+        offers.chain(contracts).sum()
+    }
+
     fn purge(&mut self, now: u64) {
         self.reservations.retain(|_, r| r.expires_at_ms > now);
-        self.contracts
-            .retain(|_, c| c.started || c.lifecycle.contract().deadline_ms > now);
     }
 }
 
-/// The provider's configuration and state.
-pub(super) struct Provider {
+/// The provider side's configuration and state.
+pub(super) struct ProviderSide {
     accept_jobs: bool,
     slots: u32,
     capacity: u32,
@@ -86,20 +103,31 @@ pub(super) struct Provider {
     offer_validity_ms: u64,
     prices: PriceTerms,
     executors: Vec<ExecutorKind>,
+    credit_limit: Credits,
+    credit_limits: HashMap<NodeId, Credits>,
     state: Mutex<State>,
     run_slots: Arc<Semaphore>,
     load: watch::Sender<Load>,
     reservation_counter: AtomicU64,
 }
 
-impl Provider {
+impl std::fmt::Debug for ProviderSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSide")
+            .field("slots", &self.slots)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderSide {
     pub(super) fn new(
         config: &ProviderConfig,
         default_slots: u32,
         prices: PriceTerms,
         executors: Vec<ExecutorKind>,
         load: watch::Sender<Load>,
-    ) -> Provider {
+    ) -> ProviderSide {
         let slots = config.slots.unwrap_or(default_slots).max(1);
         let capacity = slots.saturating_add(config.queue);
         load.send_replace(Load {
@@ -107,7 +135,7 @@ impl Provider {
             slots,
             capacity,
         });
-        Provider {
+        ProviderSide {
             accept_jobs: config.accept_jobs,
             slots,
             capacity,
@@ -120,6 +148,12 @@ impl Provider {
             offer_validity_ms: config.offer_validity_secs.saturating_mul(1000),
             prices,
             executors,
+            credit_limit: Credits(config.credit_limit),
+            credit_limits: config
+                .credit_limits
+                .iter()
+                .filter_map(|(node, limit)| Some((node.parse().ok()?, Credits(*limit))))
+                .collect(),
             state: Mutex::new(State::default()),
             run_slots: Arc::new(Semaphore::new(slots as usize)),
             load,
@@ -133,8 +167,8 @@ impl Provider {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Drops expired offers and stale contracts and publishes the load (run every second, so an
-    /// idle provider's load falls back even when no request arrives).
+    /// Drops expired offers and publishes the load (every second, so an idle provider's load
+    /// falls back even when no request arrives).
     pub(super) fn purge(&self) {
         let mut state = self.state();
         state.purge(now_ms());
@@ -150,7 +184,46 @@ impl Provider {
         });
     }
 
-    /// Why this provider would not take a job within `limits`, if it would not.
+    /// Waits for a run slot; `None` if the slots are gone (never: kept as a stop).
+    pub(super) async fn run_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.run_slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Records what a contract's driver reports of it: whether it holds a place, and what it
+    /// can still cost its requester (for the credit line).
+    pub(super) fn occupy(&self, id: ContractId, machine: &Machine) {
+        let Machine::Provider(provider) = machine else {
+            return;
+        };
+        let Some(held) = provider.held() else {
+            return;
+        };
+        let contract = held.contract();
+        let mut state = self.state();
+        if held.status().is_final() {
+            state.open.remove(&id);
+        } else {
+            state.open.insert(
+                id,
+                Open {
+                    requester: contract.requester,
+                    max_cost: contract.max_cost,
+                    occupies: provider.occupies_slot(),
+                },
+            );
+        }
+        self.publish_load(&state);
+    }
+
+    /// A contract's driver has stopped.
+    pub(super) fn release(&self, id: ContractId) {
+        let mut state = self.state();
+        if state.open.remove(&id).is_some() {
+            self.publish_load(&state);
+        }
+    }
+
+    /// Why this provider would not take a job, if it would not.
     fn refusal(&self, spec: &JobSpec) -> Option<(DeclineCode, String)> {
         if !self.accept_jobs {
             return Some((DeclineCode::Other, "this node does not accept jobs".into()));
@@ -188,29 +261,31 @@ impl Provider {
             Err(_) => Some((DeclineCode::LimitsExceeded, "cost overflows".into())),
         }
     }
+
+    /// The credit line of `requester`.
+    pub(super) fn credit_limit_of(&self, requester: NodeId) -> Credits {
+        self.credit_limits
+            .get(&requester)
+            .copied()
+            .unwrap_or(self.credit_limit)
+    }
 }
 
 impl Market {
-    fn sign_decline(
+    fn decline(
         &self,
         requester: NodeId,
         job_id: suanli_protocol::JobId,
-        contract_id: Option<ContractId>,
         code: DeclineCode,
-        message: String,
+        message: &str,
     ) -> MarketResponse {
-        let decline = Decline {
-            provider: self.inner.node_id,
-            requester,
-            job_id,
-            contract_id,
-            code,
-            message: truncate(message),
-            declined_at_ms: now_ms(),
+        let ctx = Context {
+            keypair: &self.inner.keypair,
+            now_ms: now_ms(),
         };
-        match Signed::sign(&decline, &self.inner.keypair) {
+        match sign_decline(&ctx, requester, job_id, None, code, message) {
             Ok(signed) => MarketResponse::Decline(signed),
-            Err(error) => wire_error(ErrorCode::Internal, error.to_string()),
+            Err(error) => wire_error(ErrorCode::Internal, &error.to_string()),
         }
     }
 
@@ -220,21 +295,27 @@ impl Market {
         }
         let spec = match quote.decode_spec() {
             Ok(spec) => spec,
-            Err(error) => return wire_error(ErrorCode::BadRequest, error.to_string()),
+            Err(error) => return wire_error(ErrorCode::BadRequest, &error.to_string()),
         };
-        let decline = |code, message| self.sign_decline(peer, quote.job_id, None, code, message);
+        let decline = |code, message: &str| self.decline(peer, quote.job_id, code, message);
         let provider = &self.inner.provider;
         if self.inner.cancel.is_cancelled() {
-            return decline(
-                DeclineCode::ShuttingDown,
-                "this node is shutting down".into(),
-            );
+            return decline(DeclineCode::ShuttingDown, "this node is shutting down");
+        }
+        if let Some(reason) = self.inner.storage_refusal() {
+            return decline(DeclineCode::NoCapacity, &reason);
         }
         if let Some((code, message)) = provider.refusal(&spec) {
-            return decline(code, message);
+            return decline(code, &message);
         }
         let Ok(max_cost) = provider.prices.max_cost(&spec.limits) else {
-            return decline(DeclineCode::LimitsExceeded, "cost overflows".into());
+            return decline(DeclineCode::LimitsExceeded, "cost overflows");
+        };
+        // What the requester owes this node already (its settlements), before taking the lock.
+        let owed = if peer == self.inner.node_id {
+            0
+        } else {
+            self.inner.ledger.balance_with(peer).max(0).unsigned_abs()
         };
         let now = now_ms();
         let mut state = provider.state();
@@ -243,17 +324,34 @@ impl Market {
         state
             .reservations
             .retain(|_, r| !(r.quote.requester == peer && r.quote.job_id == quote.job_id));
+        if peer != self.inner.node_id {
+            let limit = provider.credit_limit_of(peer);
+            let exposure = owed
+                .saturating_add(state.outstanding(peer))
+                .saturating_add(u128::from(max_cost.micro()));
+            if exposure > u128::from(limit.micro()) {
+                provider.publish_load(&state);
+                return decline(
+                    DeclineCode::CreditLimit,
+                    &format!(
+                        "this job could bring what you owe this node to {exposure} µcr, above \
+                         your credit line of {} µcr (owed now: {owed} µcr)",
+                        limit.micro()
+                    ),
+                );
+            }
+        }
         if state.reservations_of(peer) >= MAX_RESERVATIONS_PER_REQUESTER {
             provider.publish_load(&state);
             return decline(
                 DeclineCode::Busy,
-                format!("at most {MAX_RESERVATIONS_PER_REQUESTER} open offers per requester"),
+                &format!("at most {MAX_RESERVATIONS_PER_REQUESTER} open offers per requester"),
             );
         }
         if state.in_use() >= provider.capacity {
             return decline(
                 DeclineCode::Busy,
-                format!(
+                &format!(
                     "all {} slots and {} queue places are taken",
                     provider.slots,
                     provider.capacity - provider.slots
@@ -271,13 +369,14 @@ impl Market {
         };
         let signed = match Signed::sign(&offer, &self.inner.keypair) {
             Ok(signed) => signed,
-            Err(error) => return wire_error(ErrorCode::Internal, error.to_string()),
+            Err(error) => return wire_error(ErrorCode::Internal, &error.to_string()),
         };
         state.reservations.insert(
             signed.digest(),
             Reservation {
                 quote,
                 offer: signed.clone(),
+                max_cost,
                 expires_at_ms: offer.valid_until_ms,
             },
         );
@@ -285,359 +384,92 @@ impl Market {
         MarketResponse::Offer(signed)
     }
 
+    /// A proposal for an offer this node made: the provider machine checks it; if it becomes a
+    /// contract its driver records it and answers once it is durable.
     pub(super) async fn handle_propose(
         &self,
         peer: NodeId,
         proposal: Signed<Contract>,
     ) -> MarketResponse {
-        let contract = match proposal.verify() {
-            Ok(contract) => contract,
-            Err(error) => {
-                self.penalize(peer, format!("proposal: {error}")).await;
-                return wire_error(ErrorCode::BadRequest, error.to_string());
-            }
-        };
-        if contract.provider != self.inner.node_id || contract.requester != peer {
-            return wire_error(ErrorCode::Forbidden, "the contract names other parties");
-        }
-        let contract_id = ContractId(proposal.digest());
-        let decline = |code, message: String| {
-            self.sign_decline(peer, contract.job_id, Some(contract_id), code, message)
-        };
         let provider = &self.inner.provider;
-        let now = now_ms();
+        let offer_digest = match proposal.decode_unverified() {
+            Ok(contract) => contract.offer,
+            Err(error) => return wire_error(ErrorCode::BadRequest, &error.to_string()),
+        };
         let reservation = {
             let mut state = provider.state();
-            state.purge(now);
-            let taken = state
+            state.purge(now_ms());
+            // Only the peer it was offered to takes it (anyone else leaves it alone).
+            let offered_to_peer = state
                 .reservations
-                .remove(&contract.offer)
-                .filter(|reservation| reservation.quote.requester == peer);
+                .get(&offer_digest)
+                .is_some_and(|reservation| reservation.quote.requester == peer);
+            let taken = offered_to_peer
+                .then(|| state.reservations.remove(&offer_digest))
+                .flatten();
             if taken.is_some() {
                 state.proposing += 1;
             }
             taken
         };
         let Some(reservation) = reservation else {
-            return decline(DeclineCode::Other, "no such offer, or it expired".into());
+            let job_id = proposal
+                .decode_unverified()
+                .map(|contract| contract.job_id)
+                .unwrap_or(suanli_protocol::JobId(Hash32::ZERO));
+            return self.decline(
+                peer,
+                job_id,
+                DeclineCode::Other,
+                "no such offer, or it expired",
+            );
         };
-        let response = self
-            .accept_proposal(peer, proposal, contract, contract_id, reservation, now)
-            .await;
+        let (machine, effects) = {
+            let ctx = Context {
+                keypair: &self.inner.keypair,
+                now_ms: now_ms(),
+            };
+            Provider::propose(
+                &ctx,
+                peer,
+                &reservation.quote,
+                &reservation.offer,
+                proposal,
+                Policy {
+                    max_deadline_slack_ms: MAX_DEADLINE_SLACK_MS,
+                },
+            )
+        };
+        let response = match machine.and_then(|machine| Some((machine.contract_id()?, machine))) {
+            Some((id, machine)) => match self.inner.registry.register(Route::provider(id)) {
+                Some(inbox) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let driver = Driver::new(
+                        self.clone(),
+                        (Machine::Provider(Box::new(machine)), effects, Some(reply)),
+                        None,
+                    );
+                    self.inner.tasks.spawn(async move {
+                        driver.run_registered(Route::provider(id), inbox).await
+                    });
+                    answer.await.unwrap_or_else(|_| {
+                        wire_error(ErrorCode::Unavailable, "the node is stopping")
+                    })
+                }
+                None => wire_error(ErrorCode::BadRequest, "this contract was proposed already"),
+            },
+            None => self
+                .answer_refused(peer, effects)
+                .await
+                .unwrap_or_else(|| wire_error(ErrorCode::Internal, "no answer")),
+        };
         let mut state = provider.state();
         state.proposing = state.proposing.saturating_sub(1);
         provider.publish_load(&state);
         response
     }
+}
 
-    /// Checks a proposal against its reservation, countersigns it and records the contract.
-    async fn accept_proposal(
-        &self,
-        peer: NodeId,
-        proposal: Signed<Contract>,
-        contract: Contract,
-        contract_id: ContractId,
-        reservation: Reservation,
-        now: u64,
-    ) -> MarketResponse {
-        let decline = |code, message: String| {
-            self.sign_decline(peer, contract.job_id, Some(contract_id), code, message)
-        };
-        let provider = &self.inner.provider;
-        let spec = match contract
-            .check_quote(&reservation.quote)
-            .and_then(|spec| contract.check_offer(&reservation.offer).map(|_| spec))
-        {
-            Ok(spec) => spec,
-            Err(error) => return decline(DeclineCode::Other, error.to_string()),
-        };
-        let earliest = now.saturating_add(contract.limits.wall_time_ms);
-        if contract.deadline_ms < earliest
-            || contract.deadline_ms > earliest.saturating_add(MAX_DEADLINE_SLACK_MS)
-        {
-            return decline(
-                DeclineCode::Other,
-                format!(
-                    "the deadline must leave the job's time limit and at most {} s more",
-                    MAX_DEADLINE_SLACK_MS / 1000
-                ),
-            );
-        }
-        let cosigned = match CoSigned::countersign(proposal, &self.inner.keypair) {
-            Ok((cosigned, _)) => cosigned,
-            Err(error) => return wire_error(ErrorCode::Internal, error.to_string()),
-        };
-        let lifecycle = match ContractLifecycle::signed(&cosigned) {
-            Ok(lifecycle) => lifecycle,
-            Err(error) => return wire_error(ErrorCode::Internal, error.to_string()),
-        };
-        // The contract is durable in our ledger before the requester learns it is signed. (A job
-        // this node placed with itself is recorded once, by the requester side.)
-        if peer != self.inner.node_id
-            && let Err(error) = self
-                .inner
-                .ledger
-                .append(EntryBody::Contract(cosigned.clone()))
-                .await
-        {
-            warn!(%error, "ledger append failed; declining");
-            return decline(DeclineCode::Other, format!("ledger unavailable: {error}"));
-        }
-        {
-            let mut state = provider.state();
-            state.contracts.insert(
-                contract_id,
-                ProviderContract {
-                    lifecycle,
-                    spec,
-                    started: false,
-                },
-            );
-        }
-        debug!(%contract_id, requester = %peer, "contract countersigned");
-        MarketResponse::Countersigned(cosigned)
-    }
-
-    pub(super) fn handle_execute(&self, peer: NodeId, execute: ExecuteRequest) -> MarketResponse {
-        if let Err(error) = execute.validate() {
-            return wire_error(ErrorCode::TooLarge, error.to_string());
-        }
-        let contract_id = execute.contract_id;
-        // Hash before taking the lock: up to 12 MiB.
-        let (module_hash, stdin_hash) = (Hash32::of(&execute.module), Hash32::of(&execute.stdin));
-        let (lifecycle, spec) = {
-            let mut state = self.inner.provider.state();
-            let Some(entry) = state.contracts.get_mut(&contract_id) else {
-                return wire_error(ErrorCode::NotFound, "no such contract");
-            };
-            let contract = entry.lifecycle.contract();
-            if contract.requester != peer {
-                return wire_error(ErrorCode::Forbidden, "not your contract");
-            }
-            if entry.started {
-                // Never run a contract twice.
-                return wire_error(ErrorCode::BadRequest, "already started");
-            }
-            if module_hash != contract.module_hash || stdin_hash != contract.stdin_hash {
-                return wire_error(
-                    ErrorCode::BadRequest,
-                    "module or stdin does not match the contract's hashes",
-                );
-            }
-            if entry.lifecycle.apply(ContractEvent::Started).is_err() {
-                return wire_error(ErrorCode::BadRequest, "contract is not runnable");
-            }
-            entry.started = true;
-            (entry.lifecycle.clone(), entry.spec.clone())
-        };
-        let market = self.clone();
-        tokio::spawn(async move {
-            market
-                .run_contract(lifecycle, spec, execute.module, execute.stdin)
-                .await;
-            let provider = &market.inner.provider;
-            let mut state = provider.state();
-            state.contracts.remove(&contract_id);
-            provider.publish_load(&state);
-        });
-        MarketResponse::Accepted { contract_id }
-    }
-
-    /// Runs a started contract, then delivers its receipt and output until the requester settles
-    /// or the deadline passes.
-    async fn run_contract(
-        &self,
-        mut lifecycle: ContractLifecycle,
-        spec: JobSpec,
-        module: Vec<u8>,
-        stdin: Vec<u8>,
-    ) {
-        let contract = lifecycle.contract().clone();
-        let contract_id = lifecycle.id();
-        let permit = match self.inner.provider.run_slots.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => return,
-        };
-        if now_ms().saturating_add(contract.limits.wall_time_ms) > contract.deadline_ms {
-            // Queued too long: its result could not arrive in time. Do not burn the slot.
-            drop(permit);
-            self.record_failure(
-                contract_id,
-                contract.job_id,
-                contract.requester,
-                AttemptFailure::NotStarted,
-                "waited for a slot past the contract's deadline".into(),
-            )
-            .await;
-            return;
-        }
-        let result = self
-            .inner
-            .executor
-            .run(JobInput {
-                module: Arc::new(module),
-                args: spec.args.clone(),
-                env: spec.env.clone(),
-                stdin,
-                limits: contract.limits,
-            })
-            .await;
-        drop(permit);
-        let cost = contract
-            .price
-            .cost(&result.usage)
-            .unwrap_or(contract.max_cost);
-        let receipt = Receipt {
-            contract_id,
-            job_id: contract.job_id,
-            provider: self.inner.node_id,
-            requester: contract.requester,
-            outcome: result.outcome,
-            usage: result.usage,
-            cost,
-            finished_at_ms: now_ms(),
-        };
-        let settlement = Settlement {
-            contract_id,
-            receipt: Hash32::ZERO,
-            provider: self.inner.node_id,
-            requester: contract.requester,
-            cost,
-            settled_at_ms: receipt.finished_at_ms,
-        };
-        let (receipt, settlement) =
-            match Signed::sign(&receipt, &self.inner.keypair).and_then(|receipt| {
-                let settlement = Settlement {
-                    receipt: receipt.digest(),
-                    ..settlement
-                };
-                Signed::sign(&settlement, &self.inner.keypair)
-                    .map(|settlement| (receipt, settlement))
-            }) {
-                Ok(signed) => signed,
-                Err(error) => {
-                    warn!(%contract_id, %error, "cannot sign receipt");
-                    return;
-                }
-            };
-        if let Err(error) = lifecycle.apply(ContractEvent::Delivered(&receipt)) {
-            warn!(%contract_id, %error, "own receipt breaks the contract; not delivering");
-            return;
-        }
-        let remote = contract.requester != self.inner.node_id;
-        if remote
-            && let Err(error) = self
-                .inner
-                .ledger
-                .append(EntryBody::Receipt(receipt.clone()))
-                .await
-        {
-            warn!(%contract_id, %error, "ledger append failed; not delivering");
-            return;
-        }
-        let delivery = MarketRequest::Deliver(Delivery {
-            receipt,
-            settlement,
-            output: result.stdout,
-        });
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.send(contract.requester, delivery.clone()).await {
-                Ok(MarketResponse::Settled(settled)) => {
-                    match lifecycle.apply(ContractEvent::Settled(&settled)) {
-                        Ok(_) => {
-                            if remote
-                                && let Err(error) = self
-                                    .inner
-                                    .ledger
-                                    .append(EntryBody::Settlement(settled))
-                                    .await
-                            {
-                                warn!(%contract_id, %error, "cannot append settlement");
-                            }
-                            info!(%contract_id, cost = cost.micro(), "contract settled");
-                        }
-                        Err(error) => {
-                            let payload =
-                                suanli_protocol::codec::encode(&settled).unwrap_or_default();
-                            self.record_misbehaviour(
-                                contract.requester,
-                                MisbehaviourKind::ContractMismatch,
-                                format!("settlement refused: {error}"),
-                                payload,
-                            )
-                            .await;
-                        }
-                    }
-                    return;
-                }
-                Ok(MarketResponse::Error(error))
-                    if error.code == ErrorCode::Unavailable && now_ms() <= contract.deadline_ms =>
-                {
-                    debug!(%contract_id, "requester busy; delivering again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Ok(MarketResponse::Error(error)) => {
-                    let message = truncate(error.message);
-                    warn!(%contract_id, code = ?error.code, %message, "requester refused the delivery");
-                    // NotFound: the requester gave the contract up (deadline, or it restarted).
-                    let failure = if error.code == ErrorCode::NotFound {
-                        AttemptFailure::DeadlineMissed
-                    } else {
-                        AttemptFailure::Misbehaved
-                    };
-                    self.record_failure(
-                        contract_id,
-                        contract.job_id,
-                        contract.requester,
-                        failure,
-                        format!("delivery refused: {message}"),
-                    )
-                    .await;
-                    return;
-                }
-                Ok(other) => {
-                    warn!(%contract_id, ?other, "unexpected answer to a delivery");
-                    return;
-                }
-                Err(error) => {
-                    if now_ms() > contract.deadline_ms {
-                        self.record_failure(
-                            contract_id,
-                            contract.job_id,
-                            contract.requester,
-                            AttemptFailure::PeerLost,
-                            format!("requester unreachable until the deadline: {error}"),
-                        )
-                        .await;
-                        return;
-                    }
-                    debug!(%contract_id, %error, "delivery failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    pub(super) fn handle_cancel(&self, peer: NodeId, contract_id: ContractId) -> MarketResponse {
-        let provider = &self.inner.provider;
-        let mut state = provider.state();
-        match state.contracts.get(&contract_id) {
-            None => wire_error(ErrorCode::NotFound, "no such contract"),
-            Some(entry) if entry.lifecycle.contract().requester != peer => {
-                wire_error(ErrorCode::Forbidden, "not your contract")
-            }
-            Some(entry) if entry.started => wire_error(
-                ErrorCode::BadRequest,
-                "already running; it will be delivered",
-            ),
-            Some(_) => {
-                state.contracts.remove(&contract_id);
-                provider.publish_load(&state);
-                MarketResponse::Cancelled { contract_id }
-            }
-        }
-    }
+fn wire_error(code: ErrorCode, message: &str) -> MarketResponse {
+    MarketResponse::Error(WireError::new(code, message))
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::ConnectionId;
@@ -35,6 +35,10 @@ use crate::mesh::Offered;
 
 /// How often timers (re-dials, pending publications) are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// How late a tick may be before the lateness counts as a stall of this loop.
+const STALL_TOLERANCE: Duration = Duration::from_secs(1);
+/// Swarm events handled before a tick judges silence (bounded, so a flood cannot stall it).
+const MAX_EVENTS_BEFORE_TICK: usize = 1024;
 /// How often the DHT is walked for new peers, and the peer book saved.
 const KAD_INTERVAL: Duration = Duration::from_secs(30);
 const SAVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -64,6 +68,8 @@ pub struct EventLoop {
     anonymous_bootstrap: Vec<Multiaddr>,
     advert_seq: u64,
     last_publish: Option<Instant>,
+    /// When the last tick ran (a stall of this loop shows as a late tick).
+    last_tick: Instant,
     publish_pending: bool,
     kad_bootstrapped: bool,
     counters: Arc<GossipCounters>,
@@ -129,6 +135,7 @@ impl EventLoop {
             anonymous_bootstrap,
             advert_seq: 0,
             last_publish: None,
+            last_tick: Instant::now(),
             publish_pending: false,
             kad_bootstrapped: false,
             counters,
@@ -210,7 +217,17 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 _ = advert.tick() => self.publish_advert(),
-                _ = tick.tick() => self.handle_tick(),
+                _ = tick.tick() => {
+                    // Silence is judged on what has arrived: events already waiting (answered
+                    // pings among them) are handled first.
+                    for _ in 0..MAX_EVENTS_BEFORE_TICK {
+                        match self.swarm.next().now_or_never() {
+                            Some(Some(event)) => self.handle_swarm_event(event),
+                            _ => break,
+                        }
+                    }
+                    self.handle_tick();
+                }
                 _ = kad_walk.tick() => {
                     // Strikes decay: a peer must offend repeatedly within minutes to be banned.
                     self.strikes.retain(|_, strikes| {
@@ -321,6 +338,15 @@ impl EventLoop {
         protocol: Protocol,
         event: request_response::Event<Vec<u8>, Vec<u8>>,
     ) {
+        if let request_response::Event::Message {
+            peer,
+            connection_id,
+            ..
+        } = &event
+        {
+            // A message proves its connection alive as well as a ping does.
+            self.peers.answered(peer, *connection_id, Instant::now());
+        }
         match event {
             request_response::Event::Message {
                 peer,
@@ -481,6 +507,19 @@ impl EventLoop {
 
     fn handle_tick(&mut self) {
         let now = Instant::now();
+        // A tick far later than due means this loop itself was starved (an overloaded host):
+        // the peers were not silent for that long, this node was deaf.
+        let stall = now
+            .saturating_duration_since(self.last_tick)
+            .saturating_sub(STALL_TOLERANCE);
+        self.last_tick = now;
+        if !stall.is_zero() {
+            debug!(
+                ?stall,
+                "event loop stalled; silence limits extended by as much"
+            );
+            self.peers.forgive(stall);
+        }
         if self.publish_pending
             && self
                 .last_publish
@@ -695,6 +734,8 @@ impl EventLoop {
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) {
+        // The peer that forwarded it is alive (gossipsub does not say on which connection).
+        self.peers.heard_from(&propagation_source, Instant::now());
         let acceptance = if message.topic == advert_topic().hash() {
             self.handle_advert(propagation_source, &message)
         } else if message.topic == checkpoint_topic().hash() {

@@ -126,7 +126,7 @@ pub enum RequestError {
 }
 
 /// A connected peer, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     pub node_id: String,
     pub addrs: Vec<String>,
@@ -179,7 +179,7 @@ pub struct GossipCounters {
 }
 
 /// A snapshot of [`GossipCounters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GossipStats {
     /// Valid and newer than the advert held: stored and forwarded.
     pub accepted: u64,

@@ -180,6 +180,27 @@ impl PeerBook {
         }
     }
 
+    /// `peer_id` delivered a message on one of its connections, unknown which: each counts as
+    /// heard now (a peer normally has one).
+    pub fn heard_from(&mut self, peer_id: &PeerId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            for last in peer.alive.values_mut() {
+                *last = now;
+            }
+        }
+    }
+
+    /// This node's own event loop stalled for `stall` (it could not hear anyone meanwhile):
+    /// every alive connection's silence is counted from `stall` later, so that a node that
+    /// fell behind does not close healthy connections (and add reconnections to its load).
+    pub fn forgive(&mut self, stall: Duration) {
+        for peer in self.peers.values_mut() {
+            for last in peer.alive.values_mut() {
+                *last += stall;
+            }
+        }
+    }
+
     /// A connection closed, or is being closed as dead: it no longer counts. When it was the
     /// peer's last alive one, the peer is lost and a re-dial is scheduled; returns whether so.
     /// Calling it again for the same connection (the close completing) changes nothing.
@@ -328,6 +349,25 @@ mod tests {
             offset += Duration::from_secs(1);
         }
         times
+    }
+
+    #[test]
+    fn a_stall_of_this_node_is_not_counted_as_silence() {
+        let now = Instant::now();
+        let silence = Duration::from_secs(15);
+        let (mut book, peer) = book_with_peer();
+        book.connected(peer, connection(1), now);
+        // 20 s without an answer, 10 of which this node's loop was stalled: 10 s of silence.
+        book.forgive(Duration::from_secs(10));
+        assert!(
+            book.take_silent(now + Duration::from_secs(20), silence)
+                .is_empty()
+        );
+        // Past the limit counted from the shifted time, it is closed.
+        assert_eq!(
+            book.take_silent(now + Duration::from_secs(26), silence),
+            [(peer, connection(1))]
+        );
     }
 
     #[test]

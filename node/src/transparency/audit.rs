@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use suanli_protocol::checkpoint::SignedCheckpoint;
 use suanli_protocol::codec;
@@ -48,8 +48,48 @@ pub enum AuditError {
     Local(String),
 }
 
+/// What an audit concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditVerdict {
+    /// The peer's ledger verified, matched its checkpoint, and every shared document is the same
+    /// on both sides.
+    Agree,
+    /// Anything else: the report says what.
+    Disagree,
+}
+
+/// The documents both parties of a contract record, and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentKind {
+    Contract,
+    Receipt,
+    Settlement,
+}
+
+impl DocumentKind {
+    const ALL: [DocumentKind; 3] = [
+        DocumentKind::Contract,
+        DocumentKind::Receipt,
+        DocumentKind::Settlement,
+    ];
+}
+
+/// How a shared document differs between the two ledgers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscrepancyIssue {
+    /// Both hold it, with different bytes (a conflict to look at, never to overwrite).
+    Differs,
+    /// This node holds it, the peer does not.
+    MissingOnPeer,
+    /// The peer holds it, this node does not.
+    MissingHere,
+}
+
 /// The peer's checkpoint the audit checked against.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditedCheckpoint {
     pub size: u64,
     pub root: String,
@@ -61,7 +101,7 @@ pub struct AuditedCheckpoint {
 }
 
 /// An entry of the peer's ledger that failed verification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainProblem {
     pub index: u64,
     pub contract_id: Option<String>,
@@ -69,13 +109,11 @@ pub struct ChainProblem {
 }
 
 /// A shared contract whose records differ.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discrepancy {
     pub contract_id: String,
-    /// `contract`, `receipt` or `settlement`.
-    pub kind: &'static str,
-    /// `differs`, `missing_on_peer` or `missing_here`.
-    pub issue: &'static str,
+    pub kind: DocumentKind,
+    pub issue: DiscrepancyIssue,
     /// Index of the entry in this node's ledger.
     pub ours: Option<u64>,
     /// Index of the entry in the peer's ledger.
@@ -83,12 +121,10 @@ pub struct Discrepancy {
 }
 
 /// The result of auditing one peer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub peer: String,
-    /// `agree` when the peer's ledger verified, matched its checkpoint, and every shared
-    /// document is the same on both sides; `disagree` otherwise.
-    pub verdict: &'static str,
+    pub verdict: AuditVerdict,
     pub checkpoint: Option<AuditedCheckpoint>,
     /// Entries fetched from the peer (up to its head, possibly past its checkpoint).
     pub entries: u64,
@@ -100,6 +136,10 @@ pub struct AuditReport {
     pub agreements: u64,
     pub discrepancies: u64,
     pub discrepancy_list: Vec<Discrepancy>,
+    /// Contracts this node holds that the audit found documents missing for, on either side:
+    /// the node sends the peer what it holds of each (`Reconcile`) until it answers, and both
+    /// record what they lacked. Filled in by the caller that can reconcile (the market).
+    pub repairs_requested: u64,
 }
 
 impl AuditReport {
@@ -107,7 +147,7 @@ impl AuditReport {
     fn new(peer: NodeId) -> AuditReport {
         AuditReport {
             peer: peer.to_string(),
-            verdict: "agree",
+            verdict: AuditVerdict::Agree,
             checkpoint: None,
             entries: 0,
             chain_problems: 0,
@@ -116,28 +156,44 @@ impl AuditReport {
             agreements: 0,
             discrepancies: 0,
             discrepancy_list: Vec::new(),
+            repairs_requested: 0,
         }
     }
 }
 
 /// One side's shared documents: contract id → kind → (entry index, document digest).
-type Documents = BTreeMap<Hash32, BTreeMap<&'static str, (u64, Hash32)>>;
+type Documents = BTreeMap<Hash32, BTreeMap<DocumentKind, (u64, Hash32)>>;
 
-/// The contract a document belongs to and its two parties (decoded without verification: the
-/// caller verifies, or records the failure).
-fn shared_document(body: &EntryBody) -> Option<(Hash32, NodeId, NodeId)> {
+/// The contract a document belongs to, its kind and its two parties (decoded without
+/// verification: the caller verifies, or records the failure).
+fn shared_document(body: &EntryBody) -> Option<(Hash32, DocumentKind, NodeId, NodeId)> {
     match body {
         EntryBody::Contract(contract) => {
             let decoded = contract.decode_unverified().ok()?;
-            Some((contract.digest(), decoded.requester, decoded.provider))
+            Some((
+                contract.digest(),
+                DocumentKind::Contract,
+                decoded.requester,
+                decoded.provider,
+            ))
         }
         EntryBody::Receipt(receipt) => {
             let decoded = receipt.decode_unverified().ok()?;
-            Some((decoded.contract_id.0, decoded.requester, decoded.provider))
+            Some((
+                decoded.contract_id.0,
+                DocumentKind::Receipt,
+                decoded.requester,
+                decoded.provider,
+            ))
         }
         EntryBody::Settlement(settlement) => {
             let decoded = settlement.decode_unverified().ok()?;
-            Some((decoded.contract_id.0, decoded.requester, decoded.provider))
+            Some((
+                decoded.contract_id.0,
+                DocumentKind::Settlement,
+                decoded.requester,
+                decoded.provider,
+            ))
         }
         EntryBody::Failure(_) | EntryBody::Misbehaviour(_) => None,
     }
@@ -148,8 +204,8 @@ fn shared_between(
     entry: &LedgerEntry,
     a: NodeId,
     b: NodeId,
-) -> Option<(Hash32, &'static str, Hash32)> {
-    let (contract, requester, provider) = shared_document(&entry.body)?;
+) -> Option<(Hash32, DocumentKind, Hash32)> {
+    let (contract, kind, requester, provider) = shared_document(&entry.body)?;
     let between = (requester == a && provider == b) || (requester == b && provider == a);
     if !between {
         return None;
@@ -157,14 +213,14 @@ fn shared_between(
     let digest = codec::encode(&entry.body)
         .map(|bytes| Hash32(Sha256::digest(bytes).into()))
         .unwrap_or(Hash32::ZERO);
-    Some((contract, entry.body.kind(), digest))
+    Some((contract, kind, digest))
 }
 
 /// Keeps the first document of each kind per contract.
 fn insert(
     documents: &mut Documents,
     index: u64,
-    (contract, kind, digest): (Hash32, &'static str, Hash32),
+    (contract, kind, digest): (Hash32, DocumentKind, Hash32),
 ) {
     documents
         .entry(contract)
@@ -175,8 +231,8 @@ fn insert(
 
 /// Records a peer document of a contract this node has no record of. Counted, not kept: what a
 /// peer sends must not grow the auditor's memory beyond its own ledger.
-fn peer_only(report: &mut AuditReport, contract: Hash32, kind: &'static str, index: u64) {
-    if kind == "contract" {
+fn peer_only(report: &mut AuditReport, contract: Hash32, kind: DocumentKind, index: u64) {
+    if kind == DocumentKind::Contract {
         report.shared_contracts += 1;
     }
     add_discrepancy(
@@ -184,7 +240,7 @@ fn peer_only(report: &mut AuditReport, contract: Hash32, kind: &'static str, ind
         Discrepancy {
             contract_id: ContractId(contract).to_string(),
             kind,
-            issue: "missing_here",
+            issue: DiscrepancyIssue::MissingHere,
             ours: None,
             theirs: Some(index),
         },
@@ -301,7 +357,7 @@ impl Auditor<'_> {
             checkpoint.root_matches && checkpoint.witness != Observation::Equivocation
         });
         if !checkpoint_ok || report.chain_problems > 0 || report.discrepancies > 0 {
-            report.verdict = "disagree";
+            report.verdict = AuditVerdict::Disagree;
         }
         Ok(report)
     }
@@ -390,16 +446,16 @@ fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
     let empty = BTreeMap::new();
     for (contract, mine) in ours {
         let other = theirs.get(contract).unwrap_or(&empty);
-        for kind in ["contract", "receipt", "settlement"] {
-            let issue = match (mine.get(kind), other.get(kind)) {
+        for kind in DocumentKind::ALL {
+            let issue = match (mine.get(&kind), other.get(&kind)) {
                 (None, None) => continue,
                 (Some((_, a)), Some((_, b))) if a == b => {
                     report.agreements += 1;
                     continue;
                 }
-                (Some(_), Some(_)) => "differs",
-                (Some(_), None) => "missing_on_peer",
-                (None, Some(_)) => "missing_here",
+                (Some(_), Some(_)) => DiscrepancyIssue::Differs,
+                (Some(_), None) => DiscrepancyIssue::MissingOnPeer,
+                (None, Some(_)) => DiscrepancyIssue::MissingHere,
             };
             add_discrepancy(
                 report,
@@ -407,8 +463,8 @@ fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
                     contract_id: ContractId(*contract).to_string(),
                     kind,
                     issue,
-                    ours: mine.get(kind).map(|(index, _)| *index),
-                    theirs: other.get(kind).map(|(index, _)| *index),
+                    ours: mine.get(&kind).map(|(index, _)| *index),
+                    theirs: other.get(&kind).map(|(index, _)| *index),
                 },
             );
         }
@@ -418,19 +474,26 @@ fn compare(report: &mut AuditReport, ours: &Documents, theirs: &Documents) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use DocumentKind::{Contract, Receipt, Settlement};
 
     fn report() -> AuditReport {
         AuditReport::new(suanli_protocol::Keypair::generate().expect("key").node_id())
     }
 
     /// contract, kind, issue, ours, theirs
-    type Row = (String, &'static str, &'static str, Option<u64>, Option<u64>);
+    type Row = (
+        String,
+        DocumentKind,
+        DiscrepancyIssue,
+        Option<u64>,
+        Option<u64>,
+    );
 
     fn hash(byte: u8) -> Hash32 {
         Hash32([byte; 32])
     }
 
-    fn documents(items: &[(u8, &'static str, u64, u8)]) -> Documents {
+    fn documents(items: &[(u8, DocumentKind, u64, u8)]) -> Documents {
         let mut documents = Documents::new();
         for &(contract, kind, index, digest) in items {
             documents
@@ -444,23 +507,23 @@ mod tests {
     #[test]
     fn every_kind_of_disagreement_names_its_contract_and_entries() {
         let ours = documents(&[
-            (1, "contract", 0, 10),
-            (1, "receipt", 1, 11),
-            (1, "settlement", 2, 12),
-            (2, "contract", 3, 20),
-            (2, "settlement", 4, 21),
-            (3, "contract", 5, 30),
+            (1, Contract, 0, 10),
+            (1, Receipt, 1, 11),
+            (1, Settlement, 2, 12),
+            (2, Contract, 3, 20),
+            (2, Settlement, 4, 21),
+            (3, Contract, 5, 30),
         ]);
         let theirs = documents(&[
-            (1, "contract", 7, 10),
-            (1, "receipt", 8, 11),
-            (1, "settlement", 9, 12),
-            (2, "contract", 10, 20),
-            (2, "settlement", 11, 99),
+            (1, Contract, 7, 10),
+            (1, Receipt, 8, 11),
+            (1, Settlement, 9, 12),
+            (2, Contract, 10, 20),
+            (2, Settlement, 11, 99),
         ]);
         let mut report = report();
         compare(&mut report, &ours, &theirs);
-        peer_only(&mut report, hash(4), "contract", 12);
+        peer_only(&mut report, hash(4), Contract, 12);
         assert_eq!(report.shared_contracts, 4);
         assert_eq!(report.agreements, 4);
         assert_eq!(report.discrepancies, 3);
@@ -482,22 +545,22 @@ mod tests {
             vec![
                 (
                     ContractId(hash(2)).to_string(),
-                    "settlement",
-                    "differs",
+                    Settlement,
+                    DiscrepancyIssue::Differs,
                     Some(4),
                     Some(11)
                 ),
                 (
                     ContractId(hash(3)).to_string(),
-                    "contract",
-                    "missing_on_peer",
+                    Contract,
+                    DiscrepancyIssue::MissingOnPeer,
                     Some(5),
                     None
                 ),
                 (
                     ContractId(hash(4)).to_string(),
-                    "contract",
-                    "missing_here",
+                    Contract,
+                    DiscrepancyIssue::MissingHere,
                     None,
                     Some(12)
                 ),
@@ -507,7 +570,7 @@ mod tests {
 
     #[test]
     fn identical_sides_agree() {
-        let side = documents(&[(1, "contract", 0, 10), (1, "settlement", 1, 11)]);
+        let side = documents(&[(1, Contract, 0, 10), (1, Settlement, 1, 11)]);
         let mut report = report();
         compare(&mut report, &side, &side);
         assert_eq!((report.agreements, report.discrepancies), (2, 0));

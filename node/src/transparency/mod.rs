@@ -40,7 +40,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub use audit::{AuditError, AuditReport, AuditedCheckpoint, ChainProblem, Discrepancy};
+pub use audit::{
+    AuditError, AuditReport, AuditVerdict, AuditedCheckpoint, ChainProblem, Discrepancy,
+    DiscrepancyIssue, DocumentKind,
+};
 pub use checkpoints::{CheckpointError, check_published};
 pub use witness::{EquivocationRecord, MAX_WITNESSED, Observation, Witnessed};
 
@@ -49,6 +52,7 @@ use crate::data_dir::DataDir;
 use crate::ledger::LedgerHandle;
 use crate::mesh::MeshView;
 use crate::network::{LedgerEvent, NetworkHandle};
+use crate::storage::Storage;
 
 /// Checkpoints waiting to be witnessed; more are dropped (each node publishes again soon).
 const WITNESS_QUEUE: usize = 256;
@@ -60,6 +64,8 @@ const WITNESS_CONCURRENCY: usize = 16;
 pub struct TransparencyParts {
     pub keypair: Keypair,
     pub ledger: LedgerHandle,
+    /// Where witnessed checkpoints and equivocation proofs are kept.
+    pub storage: Storage,
     pub network: NetworkHandle,
     pub mesh: MeshView,
     pub data_dir: DataDir,
@@ -94,8 +100,12 @@ impl Transparency {
     /// into `tasks`.
     pub fn start(parts: TransparencyParts, tasks: &mut JoinSet<()>) -> Transparency {
         let (latest_sender, latest) = watch::channel(parts.published);
-        let witness =
-            witness::WitnessBook::load(&parts.ledger, parts.mesh.clone(), parts.network.clone());
+        let witness = witness::WitnessBook::load(
+            &parts.storage,
+            parts.ledger.owner(),
+            parts.mesh.clone(),
+            parts.network.clone(),
+        );
         let inner = Arc::new(Inner {
             ledger: parts.ledger.clone(),
             network: parts.network.clone(),

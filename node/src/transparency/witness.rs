@@ -2,7 +2,7 @@
 //! proven consistent with the one held, and the equivocation proofs found on the way.
 //!
 //! State (one owner, [`WitnessBook`]): two maps behind mutexes, each persisted in a record tree of
-//! the node's database (`witnessed`: node id → note; `equivocations`: node id → proof as JSON),
+//! the node's [`Storage`] (`witnessed`: node id → note; `equivocations`: node id → proof as JSON),
 //! so a restart neither forgets a checkpoint (which would let a node fork history unnoticed) nor
 //! an equivocation. Both are bounded ([`MAX_WITNESSED`]); checkpoints only come from nodes in the
 //! capacity view, from audits, or from the nodes this node trades with.
@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use suanli_protocol::checkpoint::{
     Equivocation, PrefixProof, SignedCheckpoint, WitnessError, witness,
 };
@@ -18,9 +18,9 @@ use suanli_protocol::wire::{GossipMessage, LedgerRequest, LedgerResponse};
 use suanli_protocol::{Hash32, NodeId};
 use tracing::{debug, info, warn};
 
-use crate::ledger::{LedgerHandle, RecordTree};
 use crate::mesh::MeshView;
 use crate::network::NetworkHandle;
+use crate::storage::{RecordTree, Storage};
 
 /// How long a witness waits for a node's consistency proof.
 const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -29,7 +29,7 @@ const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const MAX_WITNESSED: usize = 16_384;
 
 /// What witnessing a checkpoint came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Observation {
     /// The first checkpoint seen from this node: held (trust on first use).
@@ -51,7 +51,7 @@ pub enum Observation {
 }
 
 /// A held checkpoint, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Witnessed {
     pub node_id: String,
     pub size: u64,
@@ -60,7 +60,7 @@ pub struct Witnessed {
 }
 
 /// A stored equivocation proof, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EquivocationRecord {
     pub node_id: String,
     pub proof: Equivocation,
@@ -84,9 +84,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl WitnessBook {
     /// Loads what an earlier run witnessed; distrusts the equivocators again. Blocking (reads
     /// two small record trees).
-    pub fn load(ledger: &LedgerHandle, mesh: MeshView, network: NetworkHandle) -> WitnessBook {
-        let held_tree = ledger.records("witnessed");
-        let equivocation_tree = ledger.records("equivocations");
+    pub fn load(
+        storage: &Storage,
+        me: NodeId,
+        mesh: MeshView,
+        network: NetworkHandle,
+    ) -> WitnessBook {
+        let held_tree = storage.records("witnessed");
+        let equivocation_tree = storage.records("equivocations");
         let mut held = HashMap::new();
         for (key, value) in read_all(&held_tree) {
             let note = String::from_utf8_lossy(&value);
@@ -116,7 +121,7 @@ impl WitnessBook {
             "witness state loaded"
         );
         WitnessBook {
-            me: ledger.owner(),
+            me,
             held: Mutex::new(held),
             equivocations: Mutex::new(equivocations),
             held_tree,

@@ -138,6 +138,21 @@ fn a_silent_peer_leaves_the_peer_lists_and_returns_when_the_cut_heals() {
         "drop the silent peer",
         |api, peers| !peers.contains(&silent) && peers.contains(&ids[2 - index_of(api)]),
     );
+    // A job pinned to the silent node, submitted during the cut: it cannot be placed now, and
+    // is retried with that provider until the cut heals.
+    let hello = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/jobs/hello.wat"
+    ))
+    .expect("hello.wat");
+    let submitted: Value = http
+        .post(format!("{}/v1/jobs", apis[0]))
+        .json(&serde_json::json!({ "module_wat": hello, "placement": { "provider": silent } }))
+        .send()
+        .expect("submit")
+        .json()
+        .expect("json");
+    let pinned = submitted["job_id"].as_str().expect("job id").to_owned();
     // The cut lasts a few more re-dial intervals, so re-dials into the stopped node are under
     // way (their handshakes hang) when it heals.
     std::thread::sleep(Duration::from_secs(2));
@@ -158,6 +173,25 @@ fn a_silent_peer_leaves_the_peer_lists_and_returns_when_the_cut_heals() {
         "reconnect the healed peer",
         |api, peers| peers.is_superset(&others(index_of(api))),
     );
+
+    // The pinned job ran on its provider once the cut healed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job: Value = http
+            .get(format!("{}/v1/jobs/{pinned}?wait_ms=1000", apis[0]))
+            .send()
+            .and_then(|response| response.json())
+            .unwrap_or(Value::Null);
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed")) {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pinned job never ended: {job}"
+        );
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["provider"], silent.as_str(), "{job}");
 
     for node in &mut nodes {
         assert!(node.terminate().success(), "clean exit on SIGTERM");

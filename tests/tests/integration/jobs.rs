@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use suanli_node::market::{JobState, SubmitError};
+use suanli_node::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, SubmitError};
 use suanli_protocol::ledger::EntryBody;
 use suanli_protocol::{ContractId, NodeId};
 use suanli_tests::{TestNode, wait_until, wat_job, with_timeout};
@@ -29,21 +29,19 @@ async fn mesh_of(n: usize) -> Vec<TestNode> {
     nodes
 }
 
-fn node_by_id<'a>(nodes: &'a [TestNode], id: &str) -> &'a TestNode {
+fn node_by_id<'a>(nodes: &'a [TestNode], id: &NodeId) -> &'a TestNode {
     nodes
         .iter()
-        .find(|node| node.handle.node_id.to_string() == id)
+        .find(|node| node.handle.node_id == *id)
         .expect("a node of the mesh")
 }
 
 /// The dual-signed contract with this id in a node's ledger, verified.
-fn contract_in(node: &TestNode, contract_id: &str) -> suanli_protocol::Contract {
+fn contract_in(node: &TestNode, contract_id: &ContractId) -> suanli_protocol::Contract {
     node.ledger_entries()
         .into_iter()
         .find_map(|entry| match entry.body {
-            EntryBody::Contract(contract)
-                if ContractId(contract.digest()).to_string() == contract_id =>
-            {
+            EntryBody::Contract(contract) if ContractId(contract.digest()) == *contract_id => {
                 Some(contract.verify().expect("both signatures verify"))
             }
             _ => None,
@@ -61,21 +59,22 @@ async fn a_remote_job_runs_on_another_node_and_lands_in_both_ledgers() {
         let job_id = a.submit(job).await;
         let record = a.wait_job(&job_id, JOB).await;
         assert_eq!(record.state, JobState::Succeeded, "{record:?}");
-        let provider_id = record.provider.clone().expect("provider");
-        assert_ne!(provider_id, a.handle.node_id.to_string(), "ran remotely");
-        let output_hash = record.output_hash.clone().expect("output");
+        let provider_id = record.provider.expect("provider");
+        assert_ne!(provider_id, a.handle.node_id, "ran remotely");
+        let output_hash = record.output_hash.expect("output");
         let output = a
             .handle
             .market
             .jobs()
-            .blob(&output_hash.parse().expect("hash"))
+            .blobs()
+            .get(&output_hash)
             .expect("blob store")
             .expect("output stored");
         assert_eq!(output, b"hello from suanli\n");
         assert!(record.usage.expect("usage").fuel > 0);
         let cost = record.cost.expect("cost");
 
-        let contract_id = record.contract_id.clone().expect("contract");
+        let contract_id = record.contract_id.expect("contract");
         let provider = node_by_id(&nodes, &provider_id);
         // The provider appends the settlement when the requester's answer reaches it.
         wait_until("the provider recorded the settlement", JOB, || {
@@ -88,7 +87,7 @@ async fn a_remote_job_runs_on_another_node_and_lands_in_both_ledgers() {
         for node in [a, provider] {
             let contract = contract_in(node, &contract_id);
             assert_eq!(contract.requester, a.handle.node_id);
-            assert_eq!(contract.provider.to_string(), provider_id);
+            assert_eq!(contract.provider, provider_id);
             // Receipt and settlement are on both sides too.
             let kinds: Vec<&str> = node
                 .ledger_entries()
@@ -127,19 +126,19 @@ async fn failures_come_back_with_their_reason() {
         let nodes = mesh_of(2).await;
         let a = &nodes[0];
         let cases = [
-            ("fuel_exhausted", {
+            (JobErrorCode::FuelExhausted, {
                 let mut job = wat_job(SPIN);
-                job.limits.fuel = 100_000;
+                job.limits.fuel = 10_000_000;
                 job
             }),
-            ("trap", wat_job(TRAP)),
-            ("timeout", {
+            (JobErrorCode::Trap, wat_job(TRAP)),
+            (JobErrorCode::Timeout, {
                 let mut job = wat_job(SPIN);
                 job.limits.fuel = 9_000_000_000;
                 job.limits.wall_time_ms = 300;
                 job
             }),
-            ("nonzero_exit", wat_job(EXIT3)),
+            (JobErrorCode::NonzeroExit, wat_job(EXIT3)),
         ];
         let mut submitted = Vec::new();
         for (reason, mut job) in cases {
@@ -148,12 +147,20 @@ async fn failures_come_back_with_their_reason() {
         }
         for (reason, job_id) in submitted {
             let record = a.wait_job(&job_id, JOB).await;
-            assert_eq!(record.state, JobState::Failed, "{reason}: {record:?}");
+            assert_eq!(record.state, JobState::Failed, "{reason:?}: {record:?}");
             let error = record.error.expect("error");
             assert_eq!(error.code, reason, "{error:?}");
             // Even failed runs are settled: the provider did the work.
-            assert!(record.cost.is_some(), "{reason} was settled");
+            assert!(record.cost.is_some(), "{reason:?} was settled");
         }
+        // A budget that cannot even pay for compiling the module is refused at once.
+        let mut starved = wat_job(SPIN);
+        starved.limits.fuel = 1_000;
+        let refused = a.handle.market.submit(starved).await;
+        assert!(
+            matches!(&refused, Err(SubmitError::Invalid(message)) if message.contains("compiling")),
+            "{refused:?}"
+        );
         // An invalid module is refused before any negotiation.
         let refused = a.handle.market.submit(wat_job("(module (func $oops")).await;
         assert!(
@@ -207,8 +214,8 @@ async fn two_hundred_concurrent_jobs_settle_exactly_once() {
                 let record = nodes[*owner].job(job_id);
                 (
                     nodes[*owner].handle.node_id,
-                    record.provider.expect("provider").parse().expect("id"),
-                    record.contract_id.expect("contract").parse().expect("id"),
+                    record.provider.expect("provider"),
+                    record.contract_id.expect("contract"),
                 )
             })
             .collect();
@@ -232,7 +239,7 @@ async fn two_hundred_concurrent_jobs_settle_exactly_once() {
         let self_run = jobs
             .iter()
             .filter(|(owner, job_id)| {
-                nodes[*owner].job(job_id).provider == Some(nodes[*owner].handle.node_id.to_string())
+                nodes[*owner].job(job_id).provider == Some(nodes[*owner].handle.node_id)
             })
             .count() as u32;
         assert_eq!(total, 2 * 200 - self_run);
@@ -278,20 +285,20 @@ async fn a_job_whose_provider_dies_completes_on_another() {
         let first = a.job(&job_id).provider.expect("provider");
         let index = nodes
             .iter()
-            .position(|node| node.handle.node_id.to_string() == first)
+            .position(|node| node.handle.node_id == first)
             .expect("provider in the mesh");
         nodes.remove(index).stop().await;
         let a = &nodes[0];
         let record = a.wait_job(&job_id, Duration::from_secs(100)).await;
         assert_eq!(record.state, JobState::Succeeded, "{record:?}");
-        let second = record.provider.clone().expect("provider");
+        let second = record.provider.expect("provider");
         assert_ne!(second, first, "finished elsewhere");
         let lost = record
             .attempts
             .iter()
             .find(|attempt| attempt.provider == first)
             .expect("the failed attempt is recorded");
-        assert_eq!(lost.outcome, "lost", "{lost:?}");
+        assert_eq!(lost.outcome, AttemptOutcome::Lost, "{lost:?}");
         // The requester's ledger records the failure of the first contract.
         let failures = a
             .ledger_entries()
@@ -303,6 +310,72 @@ async fn a_job_whose_provider_dies_completes_on_another() {
         for node in nodes {
             node.stop().await;
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_beyond_its_credit_line_is_declined_with_the_reason() {
+    with_timeout(async {
+        // The provider gives every requester 10,800 µcr of credit; a hello job may cost up to
+        // 10,100 µcr (its fuel budget at the default prices), so once it owes a few hundred the
+        // next job no longer fits.
+        const LIMIT: u64 = 10_800;
+        let mut config = suanli_tests::test_config(&[]);
+        config.provider.credit_limit = LIMIT;
+        let provider = TestNode::start_with(tempfile::tempdir().expect("dir"), config).await;
+        let mut config = suanli_tests::test_config(&[provider.tcp_addr()]);
+        config.jobs.placement_timeout_secs = 2;
+        let requester = TestNode::start_with(tempfile::tempdir().expect("dir"), config).await;
+        wait_until("the nodes see each other", JOB, || {
+            requester.mesh_size() == 2 && provider.mesh_size() == 2
+        })
+        .await;
+        let provider_id = provider.handle.node_id;
+        let requester_id = requester.handle.node_id;
+        let mut refused = None;
+        for _ in 0..50 {
+            let mut job = wat_job(HELLO);
+            job.placement.provider = Some(provider_id);
+            let max_cost = 100 + job.limits.fuel * 10 / 1_000_000;
+            let owed_before = provider.handle.ledger.balance_with(requester_id);
+            let record = requester.wait_job(&requester.submit(job).await, JOB).await;
+            if record.state == JobState::Succeeded {
+                assert!(owed_before + i128::from(max_cost) <= i128::from(LIMIT));
+                continue;
+            }
+            refused = Some((record, owed_before, max_cost));
+            break;
+        }
+        let (record, owed, max_cost) = refused.expect("the credit line ran out");
+        assert_eq!(
+            record.error.as_ref().map(|error| error.code),
+            Some(JobErrorCode::NoProvider),
+            "{record:?}"
+        );
+        let declined = record
+            .attempts
+            .iter()
+            .find(|attempt| attempt.reason == Some(AttemptReason::CreditLimit))
+            .expect("a credit_limit decline in the attempts");
+        assert_eq!(declined.outcome, AttemptOutcome::Declined);
+        assert!(declined.message.contains("credit line"), "{declined:?}");
+        assert!(owed > 0 && owed + i128::from(max_cost) > i128::from(LIMIT));
+        // A requester with a line of its own is not refused.
+        let mut more = suanli_tests::test_config(&[]);
+        more.provider.credit_limit = LIMIT;
+        more.provider
+            .credit_limits
+            .insert(requester_id.to_string(), 10 * LIMIT);
+        let dir = provider.stop().await;
+        let provider = TestNode::start_with(dir, more).await;
+        wait_until("the provider is back", JOB, || requester.mesh_size() == 2).await;
+        let mut job = wat_job(HELLO);
+        job.placement.provider = Some(provider_id);
+        let record = requester.wait_job(&requester.submit(job).await, JOB).await;
+        assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+        requester.stop().await;
+        provider.stop().await;
     })
     .await;
 }

@@ -1,8 +1,10 @@
 //! suanli's cross-crate integration tests, built into one test binary.
 
+mod crash;
 mod faults;
 mod jobs;
 mod mesh;
 mod process;
 mod protocol;
+mod storage;
 mod transparency;

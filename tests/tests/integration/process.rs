@@ -1,6 +1,6 @@
 //! The real `suanli` binary: `suanli run` processes on loopback, driven through the CLI and HTTP.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -214,7 +214,7 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
         "submit",
         &format!("{JOBS}/spin.wat"),
         "--fuel",
-        "1000",
+        "10000000",
         "--wait",
         "--api",
         &api,
@@ -335,15 +335,34 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
     let body: Value = bad_module.json().expect("json");
     assert_eq!(body["error"]["code"], "invalid_module");
     assert_eq!(post("{not json".into()).status(), 400);
-    let huge = format!(r#"{{"module_wat": "{}"}}"#, "x".repeat(30 * 1024 * 1024));
-    let too_large = post(huge);
-    assert_eq!(too_large.status(), 413);
-    let body: Value = too_large.json().expect("json");
+    let (status, body) = announce_huge_body(&api, 30 * 1024 * 1024);
+    assert_eq!(status, 413, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["error"]["code"], "too_large");
-    // A fresh connection: the server may close the one whose oversized body it refused unread.
+    // A fresh connection: the server closes the one whose oversized body it refused unread.
     let unknown =
         reqwest::blocking::get(format!("{api}/v1/jobs/{}", "0".repeat(64))).expect("http");
     assert_eq!(unknown.status(), 404);
+    // A compile bomb (200,000 empty functions) is refused before it is compiled.
+    let bomb = format!(
+        r#"{{"module_wat": "(module (func (export \"_start\")) {})"}}"#,
+        "(func)".repeat(200_000)
+    );
+    let too_complex = reqwest::blocking::Client::new()
+        .post(format!("{api}/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(bomb)
+        .send()
+        .expect("http");
+    assert_eq!(too_complex.status(), 400);
+    let body: Value = too_complex.json().expect("json");
+    assert_eq!(body["error"]["code"], "module_too_complex");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("functions")),
+        "{body}"
+    );
 
     // Offline: a stopped node's ledger verifies from its data dir alone.
     let data_dir = mesh.dirs[1].path().to_owned();
@@ -365,6 +384,54 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
     ]);
     let shown: Value = serde_json::from_slice(&shown.stdout).expect("json");
     assert!(shown["entries"].as_array().is_some_and(|e| !e.is_empty()));
+}
+
+/// POSTs to `/v1/jobs` a request that announces a `length`-byte body but sends only its head,
+/// and returns the status and body of the answer: the server refuses it from the announced
+/// length alone (body bytes it would not read could turn its close into a reset, which can
+/// discard the answer before it is read).
+fn announce_huge_body(api: &str, length: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = api.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "POST /v1/jobs HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+    .expect("write the head");
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    // Up to the end of the first answer: its head, then content-length bytes.
+    let (head, body) = loop {
+        let read = stream.read(&mut buffer).expect("read the answer");
+        assert!(read > 0, "closed before answering: {answer:?}");
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .expect("a content-length");
+        if body.len() >= length {
+            break (head.to_owned(), body.to_owned());
+        }
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
+    (status, body)
 }
 
 /// Every entry of a node's ledger through `suanli ledger show --json`.
@@ -505,6 +572,179 @@ fn bench_floor_quick_prints_well_formed_json_lines() {
         assert!(figure["value"].is_number(), "{line}");
     }
     // The run's temporary directory is gone.
+    let left: Vec<_> = std::fs::read_dir(base.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `suanli run` processes whose data dir is under `dir`: the node processes a bench run started
+/// there, each as its pid and command line.
+fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = path_str(dir);
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .filter(|(_, cmdline)| cmdline.contains(" run --data-dir ") && cmdline.contains(needle))
+        .collect()
+}
+
+/// Sends `kill -SIGNAL pid`; whether it was delivered.
+fn send_signal(name: &str, pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Runs `suanli ARGS…` with stdout and stderr in files of `logs`, stopping it after `limit`.
+/// Returns its exit status and stdout; `signal` (e.g. "INT") is sent to it once `when` holds.
+/// `base` is the run's `--dir`: a run that overruns gets SIGTERM (it then stops its node
+/// processes itself), SIGKILL a while later, and any node process still under `base` gets
+/// SIGKILL, before the test fails (and its temporary directories are removed).
+fn bench_process(
+    args: &[&str],
+    base: &Path,
+    logs: &Path,
+    limit: Duration,
+    mut signal: Option<(&str, &dyn Fn() -> bool)>,
+) -> (std::process::ExitStatus, String, String) {
+    let stdout = logs.join("stdout");
+    let stderr = logs.join("stderr");
+    let mut child = std::process::Command::new(suanli_tests::process::suanli_binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn suanli bench");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for suanli bench") {
+            break status;
+        }
+        if let Some((name, when)) = signal
+            && when()
+        {
+            assert!(send_signal(name, child.id()), "kill -{name} {}", child.id());
+            signal = None;
+        }
+        if Instant::now() > deadline {
+            send_signal("TERM", child.id());
+            let grace = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().is_ok_and(|status| status.is_none()) && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            for (pid, _) in processes_under(base) {
+                send_signal("KILL", pid);
+            }
+            panic!(
+                "suanli bench still running after {limit:?}: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&stdout).expect("stdout"),
+        std::fs::read_to_string(&stderr).expect("stderr"),
+    )
+}
+
+/// `suanli bench crash --quick --json` kills and restarts real node processes, prints one
+/// well-formed figure per line, and leaves neither a temporary directory nor a process behind;
+/// interrupted with Ctrl-C once its node processes run, it stops them and removes
+/// its directory too. Smoke test only: no timing is checked, ever.
+#[test]
+fn bench_crash_quick_prints_well_formed_json_lines_and_leaves_nothing_behind() {
+    let logs = TempDir::new().expect("temp dir");
+    let base = TempDir::new().expect("temp dir");
+    let (status, stdout, stderr) = bench_process(
+        &[
+            "bench",
+            "crash",
+            "--quick",
+            "--json",
+            "--dir",
+            path_str(base.path()),
+        ],
+        base.path(),
+        logs.path(),
+        Duration::from_secs(300),
+        None,
+    );
+    assert!(status.success(), "suanli bench crash failed: {stderr}");
+    let mut figures = BTreeMap::new();
+    for line in stdout.lines() {
+        let figure: Value = serde_json::from_str(line).expect("one JSON object per line");
+        let keys: BTreeSet<&str> = figure
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "scenario",
+                "metric",
+                "value",
+                "unit",
+                "floor",
+                "floor_metric",
+                "ratio"
+            ]),
+            "{line}"
+        );
+        assert_eq!(figure["scenario"], "crash", "{line}");
+        let value = figure["value"].as_f64().expect("a number");
+        figures.insert(
+            figure["metric"].as_str().expect("a metric").to_owned(),
+            value,
+        );
+    }
+    // The counts the quick storm is made of (counts, not timings).
+    assert_eq!(
+        figures.get("jobs streamed in the storm"),
+        Some(&100.0),
+        "{stdout}"
+    );
+    let kills = figures
+        .get("kills of the requester")
+        .copied()
+        .unwrap_or(0.0)
+        + figures.get("kills of the provider").copied().unwrap_or(0.0);
+    assert_eq!(kills, 5.0, "{stdout}");
+    assert!(
+        figures.contains_key("recovery after a restart p50"),
+        "{stdout}"
+    );
+    assert!(
+        figures.contains_key("settled jobs/s during the storm"),
+        "{stdout}"
+    );
+    assert!(processes_under(base.path()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(base.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // Ctrl-C once its node processes run.
+    let started = || !processes_under(base.path()).is_empty();
+    let (status, _, stderr) = bench_process(
+        &["bench", "crash", "--quick", "--dir", path_str(base.path())],
+        base.path(),
+        logs.path(),
+        Duration::from_secs(300),
+        Some(("INT", &started)),
+    );
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(processes_under(base.path()), Vec::new());
     let left: Vec<_> = std::fs::read_dir(base.path()).expect("read dir").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use suanli_node::ledger::range_offline;
 use suanli_node::ledger::testing::rewrite_entry_offline;
 use suanli_node::network::checkpoint_topic;
-use suanli_node::transparency::Observation;
+use suanli_node::transparency::{AuditVerdict, DiscrepancyIssue, DocumentKind, Observation};
 use suanli_node::{Node, NodeError};
 use suanli_protocol::checkpoint::{Checkpoint, Equivocation, SignedCheckpoint};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry};
@@ -132,7 +132,7 @@ async fn audits_agree_then_catch_a_rewritten_ledger_and_its_equivocation() {
             .audit(provider_id)
             .await
             .expect("audit runs");
-        assert_eq!(report.verdict, "agree", "{report:#?}");
+        assert_eq!(report.verdict, AuditVerdict::Agree, "{report:#?}");
         assert_eq!(report.shared_contracts, JOBS as u64);
         assert_eq!(report.agreements, 3 * JOBS as u64);
         assert_eq!(report.discrepancies, 0);
@@ -201,7 +201,7 @@ async fn audits_agree_then_catch_a_rewritten_ledger_and_its_equivocation() {
             .audit(provider_id)
             .await
             .expect("audit runs");
-        assert_eq!(report.verdict, "disagree");
+        assert_eq!(report.verdict, AuditVerdict::Disagree);
         let contract = contract_id.to_string();
         assert!(
             report
@@ -214,11 +214,11 @@ async fn audits_agree_then_catch_a_rewritten_ledger_and_its_equivocation() {
         let differing: Vec<_> = report
             .discrepancy_list
             .iter()
-            .filter(|item| item.issue == "differs")
+            .filter(|item| item.issue == DiscrepancyIssue::Differs)
             .collect();
         assert_eq!(differing.len(), 1, "{report:#?}");
         assert_eq!(differing[0].contract_id, contract);
-        assert_eq!(differing[0].kind, "settlement");
+        assert_eq!(differing[0].kind, DocumentKind::Settlement);
         assert_eq!(differing[0].theirs, Some(seq));
         let witness = &report.checkpoint.as_ref().expect("checkpoint").witness;
         assert_eq!(*witness, Observation::Equivocation);
@@ -387,6 +387,83 @@ async fn ledger_sync_and_checkpoint_gossip_refuse_bad_input() {
 
         honest.stop().await;
         victim.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_that_finds_documents_missing_has_them_exchanged() {
+    with_timeout(async {
+        let requester = TestNode::start(&[]).await;
+        let provider = TestNode::start(&[requester.tcp_addr()]).await;
+        wait_until("both nodes see each other", Duration::from_secs(30), || {
+            requester.mesh_size() == 2 && provider.mesh_size() == 2
+        })
+        .await;
+        let key = |node: &TestNode| {
+            suanli_node::data_dir::DataDir::new(node.dir.path())
+                .load_key()
+                .expect("node key")
+        };
+        // A contract both signed, settled in the requester's ledger, while the provider's holds
+        // it only up to the receipt: what a node that lost a settlement (or a bug) leaves.
+        let deal = suanli_node::fixtures::Deal::new(7, &key(&requester), &key(&provider), 1_000)
+            .expect("documents");
+        let [contract, receipt, settlement] = deal.bodies();
+        requester
+            .handle
+            .ledger
+            .append_all(vec![contract.clone(), receipt.clone(), settlement])
+            .await
+            .expect("requester's entries");
+        provider
+            .handle
+            .ledger
+            .append_all(vec![contract, receipt])
+            .await
+            .expect("provider's entries");
+        let provider_id = provider.handle.node_id;
+        let api = format!("http://{}", requester.handle.api_addr);
+        let audit = || async {
+            reqwest::get(format!("{api}/v1/ledger/audit?peer={provider_id}"))
+                .await
+                .expect("GET audit")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        };
+        let report = audit().await;
+        assert_eq!(report["discrepancies"], 1, "{report}");
+        assert_eq!(report["discrepancy_list"][0]["issue"], "missing_on_peer");
+        assert_eq!(report["repairs_requested"], 1, "{report}");
+        // The requester sent the provider what it holds; the provider recorded the settlement.
+        let id = ContractId(deal.contract.digest());
+        wait_until(
+            "the provider holds the settlement",
+            Duration::from_secs(30),
+            || {
+                provider
+                    .handle
+                    .ledger
+                    .contract_docs(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|docs| docs.settlement.is_some())
+            },
+        )
+        .await;
+        let report = audit().await;
+        assert_eq!(report["verdict"], "agree", "{report}");
+        assert_eq!(report["discrepancies"], 0, "{report}");
+        assert_eq!(
+            provider
+                .handle
+                .ledger
+                .balance_with(requester.handle.node_id),
+            -requester.handle.ledger.balance_with(provider_id)
+        );
+        requester.stop().await;
+        provider.stop().await;
     })
     .await;
 }

@@ -1,7 +1,15 @@
-use super::*;
+//! The checks each party makes of the other's documents (moved here with the contract state
+//! machine they used to live in).
+
 use crate::advert::tests::NOW;
+use crate::engine::checks::*;
 use crate::fixtures::*;
-use crate::negotiation::{Decline, DeclineCode};
+use crate::hash::Hash32;
+use crate::money::Credits;
+use crate::negotiation::{
+    AttemptFailure, ContractId, Decline, DeclineCode, FailureRecord, Outcome, Receipt, Settlement,
+};
+use crate::signed::{CoSigned, Signed, VerifyError};
 
 fn decline() -> Signed<Decline> {
     Signed::sign(
@@ -19,129 +27,14 @@ fn decline() -> Signed<Decline> {
     .unwrap()
 }
 
-/// Drives a fresh contract into `state` through valid events.
-fn lifecycle_in(state: ContractState) -> ContractLifecycle {
-    use ContractState as S;
-    let mut lifecycle = ContractLifecycle::propose(proposal()).unwrap();
-    let (contract, receipt, settlement, decline) = (
-        cosigned_contract(),
-        signed_receipt(),
-        cosigned_settlement(),
-        decline(),
-    );
-    let path: Vec<ContractEvent<'_>> = match state {
-        S::Proposed => vec![],
-        S::Signed => vec![ContractEvent::Countersigned(&contract)],
-        S::Running => vec![
-            ContractEvent::Countersigned(&contract),
-            ContractEvent::Started,
-        ],
-        S::Delivered => vec![
-            ContractEvent::Countersigned(&contract),
-            ContractEvent::Started,
-            ContractEvent::Delivered(&receipt),
-        ],
-        S::Settled => vec![
-            ContractEvent::Countersigned(&contract),
-            ContractEvent::Started,
-            ContractEvent::Delivered(&receipt),
-            ContractEvent::Settled(&settlement),
-        ],
-        S::Declined => vec![ContractEvent::Declined(&decline)],
-        S::Expired => vec![ContractEvent::Expire { now_ms: u64::MAX }],
-        S::Failed => vec![
-            ContractEvent::Countersigned(&contract),
-            ContractEvent::Failed,
-        ],
-        S::Cancelled => vec![ContractEvent::Cancelled],
-    };
-    for event in path {
-        lifecycle.apply(event).unwrap();
-    }
-    assert_eq!(lifecycle.state(), state);
-    lifecycle
-}
-
-#[test]
-fn transition_table() {
-    use ContractState as S;
-    let (contract, receipt, settlement, decline) = (
-        cosigned_contract(),
-        signed_receipt(),
-        cosigned_settlement(),
-        decline(),
-    );
-    let events = [
-        ContractEvent::Countersigned(&contract),
-        ContractEvent::Declined(&decline),
-        ContractEvent::Started,
-        ContractEvent::Delivered(&receipt),
-        ContractEvent::Settled(&settlement),
-        ContractEvent::Failed,
-        ContractEvent::Cancelled,
-        ContractEvent::Expire { now_ms: u64::MAX },
-    ];
-    // (state, event) -> next state, for every allowed pair; everything else must be refused.
-    let allowed = |state: S, event: &str| -> Option<S> {
-        match (state, event) {
-            (S::Proposed, "countersigned") => Some(S::Signed),
-            (S::Proposed, "declined") => Some(S::Declined),
-            (S::Signed, "started") => Some(S::Running),
-            (S::Signed | S::Running, "delivered") => Some(S::Delivered),
-            (S::Delivered, "settled") => Some(S::Settled),
-            (S::Signed | S::Running, "failed") => Some(S::Failed),
-            (S::Proposed | S::Signed | S::Running, "cancelled") => Some(S::Cancelled),
-            (S::Proposed | S::Signed | S::Running, "expire") => Some(S::Expired),
-            _ => None,
-        }
-    };
-    let mut checked = 0;
-    for state in ContractState::ALL {
-        for event in events {
-            let mut lifecycle = lifecycle_in(state);
-            let result = lifecycle.apply(event);
-            match allowed(state, event.name()) {
-                Some(next) => {
-                    assert_eq!(result, Ok(next), "{state} + {}", event.name());
-                    assert_eq!(lifecycle.state(), next);
-                }
-                None => {
-                    assert_eq!(
-                        result,
-                        Err(LifecycleError::InvalidTransition {
-                            state,
-                            event: event.name()
-                        }),
-                        "{state} + {} must be refused",
-                        event.name()
-                    );
-                    assert_eq!(lifecycle.state(), state, "a refused event changes nothing");
-                }
-            }
-            checked += 1;
-        }
-        assert_eq!(
-            state.is_terminal(),
-            events.iter().all(|e| allowed(state, e.name()).is_none())
-        );
-    }
-    assert_eq!(checked, 72);
-}
-
-#[test]
-fn expiry_needs_the_deadline_to_pass() {
-    let mut lifecycle = lifecycle_in(ContractState::Running);
-    let deadline = contract().deadline_ms;
-    assert_eq!(
-        lifecycle.apply(ContractEvent::Expire { now_ms: deadline }),
-        Err(LifecycleError::NotExpired)
-    );
-    assert_eq!(
-        lifecycle.apply(ContractEvent::Expire {
-            now_ms: deadline + 1
-        }),
-        Ok(ContractState::Expired)
-    );
+fn check_decline_of_this_contract(decline: &Signed<Decline>) -> Result<Decline, CheckError> {
+    check_decline(
+        decline,
+        provider().node_id(),
+        requester().node_id(),
+        contract().job_id,
+        Some(contract_id()),
+    )
 }
 
 #[test]
@@ -151,12 +44,14 @@ fn countersignature_must_cover_the_same_contract() {
     let other = CoSigned::countersign(Signed::sign(&other, &requester()).unwrap(), &provider())
         .unwrap()
         .0;
-    let mut lifecycle = lifecycle_in(ContractState::Proposed);
     assert!(matches!(
-        lifecycle.apply(ContractEvent::Countersigned(&other)),
-        Err(LifecycleError::Mismatch { field: "bytes", .. })
+        check_countersigned(&proposal(), &other),
+        Err(CheckError::Mismatch { field: "bytes", .. })
     ));
-    assert_eq!(lifecycle.state(), ContractState::Proposed);
+    assert_eq!(
+        check_countersigned(&proposal(), &cosigned_contract()),
+        Ok(contract())
+    );
 }
 
 #[test]
@@ -174,10 +69,9 @@ fn decline_from_someone_else_is_refused() {
         &stranger(),
     )
     .unwrap();
-    let mut lifecycle = lifecycle_in(ContractState::Proposed);
     assert!(matches!(
-        lifecycle.apply(ContractEvent::Declined(&forged)),
-        Err(LifecycleError::Mismatch {
+        check_decline_of_this_contract(&forged),
+        Err(CheckError::Mismatch {
             field: "provider",
             ..
         })
@@ -202,52 +96,44 @@ fn decline_must_name_this_contract() {
             &provider(),
         )
         .unwrap();
-        let mut lifecycle = lifecycle_in(ContractState::Proposed);
         assert_eq!(
-            lifecycle.apply(ContractEvent::Declined(&replayed)),
-            Err(LifecycleError::Mismatch {
+            check_decline_of_this_contract(&replayed),
+            Err(CheckError::Mismatch {
                 document: "decline",
                 field: "contract_id",
             })
         );
-        assert_eq!(lifecycle.state(), ContractState::Proposed);
     }
-    assert_eq!(
-        lifecycle_in(ContractState::Proposed).apply(ContractEvent::Declined(&decline())),
-        Ok(ContractState::Declined)
-    );
+    assert!(check_decline_of_this_contract(&decline()).is_ok());
 }
 
-fn deliver(
-    receipt: Receipt,
-    key: &crate::identity::Keypair,
-) -> Result<ContractState, LifecycleError> {
+fn deliver(receipt: Receipt, key: &crate::identity::Keypair) -> Result<(), CheckError> {
     let signed = Signed::sign(&receipt, key).unwrap();
-    lifecycle_in(ContractState::Running).apply(ContractEvent::Delivered(&signed))
+    check_receipt(&contract(), contract_id(), &signed).map(drop)
 }
 
-type ReceiptCase = (fn(&mut Receipt), LifecycleError);
+type ReceiptCase = (fn(&mut Receipt), CheckError);
 
 #[test]
 fn receipts_that_break_the_contract_are_refused() {
     let cases: Vec<ReceiptCase> = vec![
         (
             |r| r.contract_id = ContractId(Hash32::of(b"other")),
-            LifecycleError::Mismatch {
+            CheckError::Mismatch {
                 document: "receipt",
                 field: "contract_id",
             },
         ),
         (
             |r| r.job_id = crate::job::JobId(Hash32::of(b"other")),
-            LifecycleError::Mismatch {
+            CheckError::Mismatch {
                 document: "receipt",
                 field: "job_id",
             },
         ),
         (
             |r| r.requester = stranger().node_id(),
-            LifecycleError::Mismatch {
+            CheckError::Mismatch {
                 document: "receipt",
                 field: "requester",
             },
@@ -257,33 +143,33 @@ fn receipts_that_break_the_contract_are_refused() {
                 r.usage.fuel = contract().limits.fuel + 1;
                 r.cost = price().cost(&r.usage).unwrap();
             },
-            LifecycleError::UsageBeyondLimits("fuel"),
+            CheckError::UsageBeyondLimits("fuel"),
         ),
         (
             |r| r.usage.memory_bytes = contract().limits.memory_bytes + 1,
-            LifecycleError::UsageBeyondLimits("memory_bytes"),
+            CheckError::UsageBeyondLimits("memory_bytes"),
         ),
         (
             |r| r.usage.output_bytes = contract().limits.output_bytes + 1,
-            LifecycleError::UsageBeyondLimits("output_bytes"),
+            CheckError::UsageBeyondLimits("output_bytes"),
         ),
         (
             |r| {
                 r.usage.wall_time_ms =
                     contract().limits.wall_time_ms + crate::negotiation::WALL_TIME_GRACE_MS + 1
             },
-            LifecycleError::UsageBeyondLimits("wall_time_ms"),
+            CheckError::UsageBeyondLimits("wall_time_ms"),
         ),
         (
             |r| r.usage.output_bytes = 4,
-            LifecycleError::Mismatch {
+            CheckError::Mismatch {
                 document: "receipt",
                 field: "output_len",
             },
         ),
         (
             |r| r.cost = Credits(r.cost.0 + 1),
-            LifecycleError::WrongCost {
+            CheckError::WrongCost {
                 claimed: Credits(106),
                 expected: Credits(105),
             },
@@ -294,10 +180,7 @@ fn receipts_that_break_the_contract_are_refused() {
         mutate(&mut receipt);
         assert_eq!(deliver(receipt, &provider()), Err(expected));
     }
-    assert_eq!(
-        deliver(receipt(), &provider()),
-        Ok(ContractState::Delivered)
-    );
+    assert_eq!(deliver(receipt(), &provider()), Ok(()));
 }
 
 #[test]
@@ -305,7 +188,7 @@ fn wall_time_within_the_grace_is_accepted() {
     let mut receipt = receipt();
     receipt.usage.wall_time_ms =
         contract().limits.wall_time_ms + crate::negotiation::WALL_TIME_GRACE_MS;
-    assert_eq!(deliver(receipt, &provider()), Ok(ContractState::Delivered));
+    assert_eq!(deliver(receipt, &provider()), Ok(()));
 }
 
 #[test]
@@ -315,25 +198,22 @@ fn cost_above_max_cost_is_reported_as_such() {
     let mut low = contract();
     low.max_cost = Credits(104);
     let proposal = Signed::sign(&low, &requester()).unwrap();
-    let cosigned = CoSigned::countersign(proposal.clone(), &provider())
-        .unwrap()
-        .0;
-    let mut lifecycle = ContractLifecycle::signed(&cosigned).unwrap();
+    let cosigned = CoSigned::countersign(proposal, &provider()).unwrap().0;
+    let id = ContractId(cosigned.digest());
     let receipt = Receipt {
-        contract_id: lifecycle.id(),
+        contract_id: id,
         ..receipt()
     };
     assert_eq!(receipt.cost, Credits(105));
     assert_eq!(price().cost(&receipt.usage), Ok(Credits(105)));
     let signed = Signed::sign(&receipt, &provider()).unwrap();
     assert_eq!(
-        lifecycle.apply(ContractEvent::Delivered(&signed)),
-        Err(LifecycleError::CostAboveMax {
+        check_receipt(&low, id, &signed),
+        Err(CheckError::CostAboveMax {
             cost: Credits(105),
             max: Credits(104),
         })
     );
-    assert_eq!(lifecycle.state(), ContractState::Signed);
 }
 
 #[test]
@@ -354,10 +234,9 @@ fn receipt_signed_by_the_requester_is_refused() {
         .unwrap();
         crate::codec::decode(&encoded, 8192).unwrap()
     };
-    let mut lifecycle = lifecycle_in(ContractState::Running);
     assert!(matches!(
-        lifecycle.apply(ContractEvent::Delivered(&signed)),
-        Err(LifecycleError::Verify(VerifyError::WrongSigner { .. }))
+        check_receipt(&contract(), contract_id(), &signed),
+        Err(CheckError::Verify(VerifyError::WrongSigner { .. }))
     ));
 }
 
@@ -382,15 +261,13 @@ fn settlements_must_match_the_receipt() {
         )
         .unwrap()
         .0;
-        let mut lifecycle = lifecycle_in(ContractState::Delivered);
         assert_eq!(
-            lifecycle.apply(ContractEvent::Settled(&cosigned)),
-            Err(LifecycleError::Mismatch {
+            check_settlement(&contract(), contract_id(), &signed_receipt(), &cosigned),
+            Err(CheckError::Mismatch {
                 document: "settlement",
                 field
             })
         );
-        assert_eq!(lifecycle.state(), ContractState::Delivered);
     }
 }
 
@@ -404,7 +281,7 @@ fn failed_runs_are_settled_too() {
     receipt.usage.fuel = contract().limits.fuel;
     receipt.usage.output_bytes = 0;
     receipt.cost = price().cost(&receipt.usage).unwrap();
-    assert_eq!(deliver(receipt, &provider()), Ok(ContractState::Delivered));
+    assert_eq!(deliver(receipt, &provider()), Ok(()));
 }
 
 #[test]
@@ -421,7 +298,7 @@ fn failure_claims_are_checked_against_the_limits() {
     fuel.cost = price().cost(&fuel.usage).unwrap();
     assert_eq!(
         deliver(fuel, &provider()),
-        Err(LifecycleError::Mismatch {
+        Err(CheckError::Mismatch {
             document: "receipt",
             field: "fuel"
         })
@@ -436,11 +313,112 @@ fn failure_claims_are_checked_against_the_limits() {
     timeout.cost = price().cost(&timeout.usage).unwrap();
     assert_eq!(
         deliver(timeout.clone(), &provider()),
-        Err(LifecycleError::Mismatch {
+        Err(CheckError::Mismatch {
             document: "receipt",
             field: "wall_time_ms"
         })
     );
     timeout.usage.wall_time_ms = contract().limits.wall_time_ms;
-    assert_eq!(deliver(timeout, &provider()), Ok(ContractState::Delivered));
+    assert_eq!(deliver(timeout, &provider()), Ok(()));
+}
+
+#[test]
+fn the_fixture_settlement_settles_the_fixture_receipt() {
+    assert_eq!(
+        check_settlement(
+            &contract(),
+            contract_id(),
+            &signed_receipt(),
+            &cosigned_settlement()
+        ),
+        Ok(settlement())
+    );
+}
+
+#[test]
+fn delivered_output_must_be_the_receipts() {
+    let delivery = |output: &[u8]| crate::wire::Delivery {
+        receipt: signed_receipt(),
+        settlement: cosigned_settlement().first().clone(),
+        output: output.to_vec(),
+    };
+    assert!(check_delivery(&contract(), contract_id(), &delivery(b"hello")).is_ok());
+    assert_eq!(
+        check_delivery(&contract(), contract_id(), &delivery(b"hellO")),
+        Err(CheckError::Mismatch {
+            document: "output",
+            field: "hash"
+        })
+    );
+}
+
+#[test]
+fn misbehaviour_kinds_follow_the_error() {
+    use crate::negotiation::MisbehaviourKind as K;
+    let cases = [
+        (CheckError::UsageBeyondLimits("fuel"), K::UsageBeyondLimits),
+        (
+            CheckError::WrongCost {
+                claimed: Credits(1),
+                expected: Credits(2),
+            },
+            K::WrongCost,
+        ),
+        (
+            CheckError::Mismatch {
+                document: "receipt",
+                field: "job_id",
+            },
+            K::ContractMismatch,
+        ),
+        (
+            CheckError::Verify(VerifyError::BadSignature {
+                kind: "receipt",
+                signer: provider().node_id(),
+            }),
+            K::BadSignature,
+        ),
+    ];
+    for (error, kind) in cases {
+        assert_eq!(error.misbehaviour(), kind, "{error}");
+    }
+}
+
+#[test]
+fn a_failure_record_must_be_the_recorders_about_this_contract_and_job() {
+    let record = FailureRecord {
+        contract_id: contract_id(),
+        job_id: contract().job_id,
+        recorder: provider().node_id(),
+        counterparty: requester().node_id(),
+        failure: AttemptFailure::DeadlineMissed,
+        message: "late".into(),
+        recorded_at_ms: 1,
+    };
+    let check = |record: &FailureRecord, key: &crate::identity::Keypair| {
+        let signed = Signed::sign(record, key).unwrap();
+        check_failure(&signed, contract_id(), &contract(), provider().node_id())
+    };
+    assert!(check(&record, &provider()).is_ok());
+    let other_job = FailureRecord {
+        job_id: crate::JobId(Hash32::of(b"another job")),
+        ..record.clone()
+    };
+    assert!(check(&other_job, &provider()).is_err());
+    let wrong_party = FailureRecord {
+        counterparty: stranger().node_id(),
+        ..record.clone()
+    };
+    assert!(check(&wrong_party, &provider()).is_err());
+    let other_contract = FailureRecord {
+        contract_id: ContractId(Hash32::of(b"another contract")),
+        ..record.clone()
+    };
+    assert!(check(&other_contract, &provider()).is_err());
+    let by_requester = FailureRecord {
+        recorder: requester().node_id(),
+        counterparty: provider().node_id(),
+        ..record
+    };
+    assert!(check(&by_requester, &requester()).is_err());
 }

@@ -1,0 +1,1116 @@
+//! The HTTP API's request and answer types: one Rust type per JSON shape, serialized by the axum
+//! handlers and deserialized by every client (the `suanli` CLI, tests, anyone linking
+//! `suanli-node`), so the two sides cannot drift apart.
+//!
+//! | route | request | answer |
+//! |---|---|---|
+//! | `GET /healthz` | | [`HealthView`] |
+//! | `GET /v1/node` | | [`NodeView`] |
+//! | `GET /v1/peers` | | `Vec<`[`PeerInfo`]`>` |
+//! | `GET /v1/mesh` | | `Vec<`[`MeshNodeView`]`>` |
+//! | `POST /v1/jobs` | [`SubmitRequest`] | `202` [`SubmitResponse`] |
+//! | `GET /v1/jobs` | [`JobListQuery`] | [`JobPage`] |
+//! | `GET /v1/jobs/{id}` | [`JobQuery`] | [`JobView`] |
+//! | `GET /v1/jobs/{id}/output` | | raw bytes |
+//! | `GET /v1/ledger` | [`LedgerQuery`] | [`EntriesPage`], or [`RawEntriesPage`] with `fields=raw` |
+//! | `GET /v1/ledger/verify` | | [`VerifyReport`] |
+//! | `GET /v1/ledger/entry/{index}` | [`EntryQuery`] | [`EntryView`], or raw bytes with `raw=1` |
+//! | `GET /v1/ledger/proof/inclusion` | [`InclusionQuery`] | [`InclusionProof`] |
+//! | `GET /v1/ledger/proof/consistency` | [`ConsistencyQuery`] | [`ConsistencyProof`] |
+//! | `GET /v1/ledger/checkpoint` | | a C2SP signed note (text) |
+//! | `GET /v1/ledger/witnessed` | | `Vec<`[`Witnessed`]`>` |
+//! | `GET /v1/ledger/equivocations` | | `Vec<`[`EquivocationRecord`]`>` |
+//! | `GET /v1/ledger/audit` | [`AuditQuery`] | [`AuditReport`] |
+//! | `GET /v1/balances` | | `Vec<`[`Balance`]`>` |
+//! | every error | | [`ErrorBody`] |
+//!
+//! A view is separate from what the node stores: [`JobView`] is built from the market's
+//! [`JobRecord`], so the stored record can change without changing the API (the conversion is
+//! where a change must be decided). Ids and hashes are typed and travel as their text form.
+//! Where a module's own struct already is the answer's shape (the ledger's [`VerifyReport`], the
+//! transparency reports, the network's [`PeerInfo`], protocol proofs), it is re-exported here
+//! rather than copied: one type per shape.
+//!
+//! Enums only the API defines end in an `Unknown` variant (serde `other`), so an older client
+//! still reads the answers of a newer node.
+//!
+//! This module holds data and pure conversions only: it never reads node state or does I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use suanli_protocol::{
+    ContractId, ExecutorKind, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources,
+};
+
+pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
+use crate::market::{Attempt, JobError, JobLimits, JobRecord, JobUsage};
+pub use crate::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, MarketStats};
+pub use crate::network::{GossipStats, PeerInfo};
+pub use crate::transparency::{
+    AuditReport, AuditVerdict, AuditedCheckpoint, ChainProblem, Discrepancy, DiscrepancyIssue,
+    DocumentKind, EquivocationRecord, Observation, Witnessed,
+};
+pub use suanli_protocol::checkpoint::Equivocation;
+pub use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ApiErrorCode,
+    /// For people; clients branch on `code`.
+    pub message: String,
+}
+
+/// What went wrong, machine-readable; each code has one HTTP status (docs/api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// 404: no such route or object.
+    NotFound,
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 400: the module does not compile.
+    InvalidModule,
+    /// 400: the module is beyond a complexity cap of the protocol.
+    ModuleTooComplex,
+    /// 413: the body, module or stdin is too large.
+    TooLarge,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 500: the node failed to read or write its storage.
+    Internal,
+    /// 502: a peer the request needed did not answer, or answered out of protocol.
+    PeerFailed,
+    /// 503: too much work in flight; try again later.
+    Busy,
+    /// 503: the node is shutting down.
+    Unavailable,
+    /// 503: a durability barrier failed; no new work until the node is restarted.
+    StorageFailed,
+    /// 507: the disk is (nearly) full; no new work until space is freed.
+    InsufficientStorage,
+    /// A code this client does not know (a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node and the mesh
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub status: HealthStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The node runs and serves its API.
+    Ok,
+}
+
+/// `GET /v1/node`: this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    #[serde(with = "crate::serde_text::display")]
+    pub node_id: NodeId,
+    pub version: String,
+    /// Multiaddrs.
+    pub listen_addrs: Vec<String>,
+    pub region: String,
+    pub capacity: ResourcesView,
+    pub executors: Vec<ExecutorName>,
+    pub prices: PricesView,
+    pub uptime_ms: u64,
+    /// Received adverts by verdict.
+    pub gossip: GossipStats,
+    pub storage: StorageView,
+    /// Jobs in flight, contracts being driven, notifications to counterparties pending.
+    pub market: MarketStats,
+}
+
+/// An amount of compute resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesView {
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpus: Vec<GpuView>,
+}
+
+impl From<&Resources> for ResourcesView {
+    fn from(resources: &Resources) -> Self {
+        ResourcesView {
+            cpu_cores: resources.cpu_cores,
+            memory_bytes: resources.memory_bytes,
+            gpus: resources.gpus.iter().map(GpuView::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuView {
+    pub model: String,
+    pub memory_bytes: u64,
+    pub count: u32,
+}
+
+impl From<&Gpu> for GpuView {
+    fn from(gpu: &Gpu) -> Self {
+        GpuView {
+            model: gpu.model.clone(),
+            memory_bytes: gpu.memory_bytes,
+            count: gpu.count,
+        }
+    }
+}
+
+/// A node's prices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricesView {
+    /// Micro-credits per job.
+    pub base: u64,
+    /// Micro-credits per million fuel.
+    pub per_million_fuel: u64,
+}
+
+impl From<PriceTerms> for PricesView {
+    fn from(prices: PriceTerms) -> Self {
+        PricesView {
+            base: prices.base.micro(),
+            per_million_fuel: prices.per_million_fuel.micro(),
+        }
+    }
+}
+
+/// A sandbox a node runs jobs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorName {
+    Wasm,
+    /// An executor this client does not know (a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl From<ExecutorKind> for ExecutorName {
+    fn from(kind: ExecutorKind) -> Self {
+        match kind {
+            ExecutorKind::Wasm => ExecutorName::Wasm,
+        }
+    }
+}
+
+/// The node's database: whether it takes new work, and its free space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageView {
+    pub state: StorageState,
+    /// New work (jobs, contracts) is taken: `state` is `healthy`.
+    pub accepting: bool,
+    /// Free bytes on the database's filesystem now, when they can be measured.
+    pub available_bytes: Option<u64>,
+    /// The reserve kept free (`storage.min_free_bytes`).
+    pub min_free_bytes: u64,
+    /// Free bytes needed to accept work again after the disk was full.
+    pub resume_free_bytes: u64,
+    /// Why the storage failed (`state` = `failed`).
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageState {
+    Healthy,
+    /// Free space fell below the reserve: no new work until it is back above the resume mark.
+    DiskFull,
+    /// A durability barrier failed: no new work until the node is restarted.
+    Failed,
+    /// A state this client does not know (a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+/// One node of `GET /v1/mesh`: its newest valid advert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshNodeView {
+    #[serde(with = "crate::serde_text::display")]
+    pub node_id: NodeId,
+    /// Milliseconds since the advert was issued (by the sender's clock).
+    pub age_ms: u64,
+    /// Milliseconds until the advert expires.
+    pub expires_in_ms: u64,
+    pub seq: u64,
+    pub region: String,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    pub gpus: Vec<GpuView>,
+    pub free: ResourcesView,
+    pub executors: Vec<ExecutorName>,
+    pub prices: PricesView,
+    /// Share of capacity in use, 0.0–1.0.
+    pub load: f64,
+    pub listen_addrs: Vec<String>,
+    pub version: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+/// `POST /v1/jobs`: a job. Exactly one of `module_base64` and `module_wat`; everything else is
+/// optional (the defaults are in docs/api.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_wat: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// Micro-credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<u64>,
+    #[serde(default)]
+    pub placement: PlacementRequest,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Run only on this node (a node id; checked by the handler, which names the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Never run on the node the job was submitted to.
+    #[serde(default)]
+    pub remote_only: bool,
+    /// Run only on nodes advertising this region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// The `202` answer to `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    #[serde(with = "crate::serde_text::display")]
+    pub job_id: JobId,
+}
+
+/// `GET /v1/jobs/{id}?wait_ms=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobQuery {
+    /// Long-poll: answer as soon as the job is final, or after this many milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// `GET /v1/jobs?after=&limit=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobListQuery {
+    /// A job id: list the jobs submitted after it (a page's `next`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/jobs`: one page of jobs, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// The `after` of the following page; `null` on the last one.
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub next: Option<JobId>,
+}
+
+/// `GET /v1/jobs/{id}`: everything the node knows about one job it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    #[serde(with = "crate::serde_text::display")]
+    pub job_id: JobId,
+    pub state: JobState,
+    #[serde(with = "crate::serde_text::display")]
+    pub module_hash: Hash32,
+    #[serde(with = "crate::serde_text::display")]
+    pub stdin_hash: Hash32,
+    /// SHA-256 of the job spec's canonical bytes.
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub spec_hash: Option<Hash32>,
+    /// The submitter's nonce, part of the job id (decimal text: it is 128 bits).
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub nonce: Option<u128>,
+    pub args: Vec<String>,
+    pub limits: LimitsView,
+    /// Micro-credits.
+    pub max_price: u64,
+    /// The provider of the job's contract, once it has one.
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub provider: Option<NodeId>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    pub exit_code: Option<i32>,
+    pub usage: Option<UsageView>,
+    /// Micro-credits paid.
+    pub cost: Option<u64>,
+    /// SHA-256 of the output (`GET /v1/jobs/{id}/output`).
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub output_hash: Option<Hash32>,
+    pub error: Option<JobErrorView>,
+    /// Every try at placing the job, oldest first (the newest 64 are kept).
+    pub attempts: Vec<AttemptView>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(record: &JobRecord) -> Self {
+        JobView {
+            job_id: record.job_id,
+            state: record.state,
+            module_hash: record.module_hash,
+            stdin_hash: record.stdin_hash,
+            spec_hash: record.spec_hash,
+            nonce: record.nonce,
+            args: record.args.clone(),
+            limits: LimitsView::from(record.limits),
+            max_price: record.max_price,
+            provider: record.provider,
+            contract_id: record.contract_id,
+            exit_code: record.exit_code,
+            usage: record.usage.map(UsageView::from),
+            cost: record.cost,
+            output_hash: record.output_hash,
+            error: record.error.as_ref().map(JobErrorView::from),
+            attempts: record.attempts.iter().map(AttemptView::from).collect(),
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+        }
+    }
+}
+
+impl From<JobRecord> for JobView {
+    fn from(record: JobRecord) -> Self {
+        JobView::from(&record)
+    }
+}
+
+/// A job's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
+}
+
+impl From<JobLimits> for LimitsView {
+    fn from(limits: JobLimits) -> Self {
+        LimitsView {
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+            timeout_ms: limits.timeout_ms,
+            max_output_bytes: limits.max_output_bytes,
+        }
+    }
+}
+
+/// What a run used, as its provider's signed receipt metered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageView {
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub memory_bytes: u64,
+    pub output_bytes: u64,
+}
+
+impl From<JobUsage> for UsageView {
+    fn from(usage: JobUsage) -> Self {
+        UsageView {
+            fuel: usage.fuel,
+            wall_ms: usage.wall_ms,
+            memory_bytes: usage.memory_bytes,
+            output_bytes: usage.output_bytes,
+        }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobErrorView {
+    pub code: JobErrorCode,
+    pub message: String,
+}
+
+impl From<&JobError> for JobErrorView {
+    fn from(error: &JobError) -> Self {
+        JobErrorView {
+            code: error.code,
+            message: error.message.clone(),
+        }
+    }
+}
+
+/// One try at placing a job with one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptView {
+    #[serde(with = "crate::serde_text::display")]
+    pub provider: NodeId,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    pub outcome: AttemptOutcome,
+    /// The provider's decline code, or how the run ended.
+    pub reason: Option<AttemptReason>,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(attempt: &Attempt) -> Self {
+        AttemptView {
+            provider: attempt.provider,
+            contract_id: attempt.contract_id,
+            outcome: attempt.outcome,
+            reason: attempt.reason,
+            message: attempt.message.clone(),
+            at_ms: attempt.at_ms,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+/// `GET /v1/ledger?from=&limit=&fields=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<EntryFields>,
+}
+
+/// What `GET /v1/ledger` shows of each entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryFields {
+    /// Every field: [`EntryView`].
+    #[default]
+    All,
+    /// Only `index` and `raw_base64` ([`RawEntry`]): what exports and verifiers need, without
+    /// the node decoding the documents.
+    Raw,
+}
+
+/// `GET /v1/ledger`: a range of entries, and the ledger's durable size and head now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerPage<E> {
+    pub size: u64,
+    /// The hash of the last durable entry (64 zeros for an empty ledger).
+    #[serde(with = "crate::serde_text::display")]
+    pub head: Hash32,
+    pub entries: Vec<E>,
+}
+
+/// `GET /v1/ledger` (`fields=all`).
+pub type EntriesPage = LedgerPage<EntryView>;
+/// `GET /v1/ledger?fields=raw`.
+pub type RawEntriesPage = LedgerPage<RawEntry>;
+
+/// One entry of `GET /v1/ledger?fields=raw`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawEntry {
+    pub index: u64,
+    /// The exact stored bytes, standard base64.
+    pub raw_base64: String,
+}
+
+/// One ledger entry: the facts a reader wants, plus the exact stored bytes. Documents are
+/// decoded without re-verifying them (that is `GET /v1/ledger/verify`); fields a kind of entry
+/// does not have are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub index: u64,
+    pub timestamp_ms: u64,
+    pub kind: EntryKind,
+    /// The entry's RFC 6962 leaf hash: what the next entry links to and the Merkle tree holds.
+    #[serde(with = "crate::serde_text::display")]
+    pub hash: Hash32,
+    /// The previous entry's hash; empty for an undecodable entry.
+    pub prev_hash: String,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub job_id: Option<JobId>,
+    /// The hash of the job spec (contracts).
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub job_hash: Option<Hash32>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub requester: Option<NodeId>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub provider: Option<NodeId>,
+    /// Micro-credits: a contract's maximum; what a receipt or settlement charged.
+    pub cost: Option<u64>,
+    /// How a run, a failure or a misbehaviour is described (text for people).
+    pub outcome: Option<String>,
+    /// Metered usage (receipts).
+    pub fuel: Option<u64>,
+    pub wall_time_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub detail: Option<String>,
+    /// The exact stored bytes, base64: what `hash` covers.
+    pub raw_base64: String,
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Contract,
+    Receipt,
+    Settlement,
+    Failure,
+    Misbehaviour,
+    /// The stored bytes do not decode as an entry (shown, never hidden).
+    Undecodable,
+    /// A kind this client does not know (a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl EntryKind {
+    /// The wire name (CSV exports and tables).
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Contract => "contract",
+            EntryKind::Receipt => "receipt",
+            EntryKind::Settlement => "settlement",
+            EntryKind::Failure => "failure",
+            EntryKind::Misbehaviour => "misbehaviour",
+            EntryKind::Undecodable => "undecodable",
+            EntryKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// `GET /v1/ledger/entry/{index}?raw=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryQuery {
+    /// `1` or `true`: the exact stored bytes instead of JSON (`0`, `false`: JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+/// `GET /v1/ledger/proof/inclusion?index=&size=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    pub index: u64,
+    /// Tree size; the durable head's when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// `GET /v1/ledger/proof/consistency?from=&to=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    pub from: u64,
+    /// The larger size; the durable head's when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
+/// `GET /v1/ledger/audit?peer=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// The peer's node id (checked by the handler, which names the field).
+    pub peer: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+    use suanli_protocol::checkpoint::PrefixProof;
+    use suanli_protocol::merkle::MerkleTree;
+
+    use super::*;
+    use crate::fixtures::{provider, requester};
+
+    /// Serializes `value`, reads it back, and requires the same value and the same JSON.
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) -> Value {
+        let json = serde_json::to_value(value).expect("serialize");
+        let text = serde_json::to_string(value).expect("serialize");
+        let back: T = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(&back, value, "{text}");
+        assert_eq!(serde_json::to_value(&back).expect("serialize"), json);
+        json
+    }
+
+    fn hash(byte: u8) -> Hash32 {
+        Hash32([byte; 32])
+    }
+
+    fn job_record() -> JobRecord {
+        JobRecord {
+            job_id: JobId(hash(1)),
+            state: JobState::Failed,
+            module_hash: hash(2),
+            stdin_hash: hash(3),
+            spec_hash: Some(hash(4)),
+            nonce: Some(u128::MAX - 7),
+            args: vec!["--n".into(), "10".into()],
+            limits: JobLimits {
+                fuel: 1_000_000,
+                memory_bytes: 64 << 20,
+                timeout_ms: 10_000,
+                max_output_bytes: 1 << 20,
+            },
+            max_price: 100_000_000,
+            provider: Some(provider().node_id()),
+            contract_id: Some(ContractId(hash(5))),
+            exit_code: Some(3),
+            usage: Some(JobUsage {
+                fuel: 3012,
+                wall_ms: 1,
+                memory_bytes: 65536,
+                output_bytes: 18,
+            }),
+            cost: Some(101),
+            output_hash: Some(hash(6)),
+            error: Some(JobError::new(
+                JobErrorCode::NonzeroExit,
+                "the job exited with code 3",
+            )),
+            attempts: vec![
+                Attempt {
+                    provider: requester().node_id(),
+                    contract_id: None,
+                    outcome: AttemptOutcome::Declined,
+                    reason: Some(AttemptReason::Busy),
+                    message: "all 2 slots are taken".into(),
+                    at_ms: 1_795_866_911_308,
+                },
+                Attempt {
+                    provider: provider().node_id(),
+                    contract_id: Some(ContractId(hash(5))),
+                    outcome: AttemptOutcome::Succeeded,
+                    reason: Some(AttemptReason::NonzeroExit),
+                    message: "exited with code 3".into(),
+                    at_ms: 1_795_866_911_342,
+                },
+            ],
+            created_at_ms: 1_795_866_911_301,
+            updated_at_ms: 1_795_866_911_342,
+        }
+    }
+
+    #[test]
+    fn the_job_view_shows_the_stored_record_field_for_field() {
+        // The API's job answer was the stored record itself: the view must keep every name and
+        // value, so a change to the record's serialization shows up here first.
+        let record = job_record();
+        let view = JobView::from(&record);
+        assert_eq!(
+            serde_json::to_value(&view).unwrap(),
+            serde_json::to_value(&record).unwrap()
+        );
+        let json = round_trip(&view);
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["error"]["code"], "nonzero_exit");
+        assert_eq!(json["attempts"][0]["outcome"], "declined");
+        assert_eq!(json["attempts"][0]["reason"], "busy");
+        assert_eq!(json["provider"], provider().node_id().to_string());
+        assert_eq!(json["nonce"], (u128::MAX - 7).to_string());
+
+        let empty = JobRecord {
+            spec_hash: None,
+            nonce: None,
+            provider: None,
+            contract_id: None,
+            exit_code: None,
+            usage: None,
+            cost: None,
+            output_hash: None,
+            error: None,
+            attempts: Vec::new(),
+            state: JobState::Queued,
+            ..record
+        };
+        let view = JobView::from(empty.clone());
+        assert_eq!(
+            serde_json::to_value(&view).unwrap(),
+            serde_json::to_value(&empty).unwrap()
+        );
+        round_trip(&view);
+    }
+
+    #[test]
+    fn job_answers_round_trip() {
+        let page = JobPage {
+            jobs: vec![JobView::from(job_record())],
+            next: Some(JobId(hash(1))),
+        };
+        // `next` is a job id's text, to be passed back as `after`.
+        assert_eq!(round_trip(&page)["next"], JobId(hash(1)).to_string());
+        assert_eq!(
+            round_trip(&JobPage {
+                jobs: Vec::new(),
+                next: None
+            })["next"],
+            Value::Null
+        );
+        round_trip(&SubmitResponse {
+            job_id: JobId(hash(9)),
+        });
+        round_trip(&JobQuery {
+            wait_ms: Some(20_000),
+        });
+        round_trip(&JobListQuery {
+            after: Some(JobId(hash(1)).to_string()),
+            limit: Some(50),
+        });
+        round_trip(&JobListQuery::default());
+    }
+
+    #[test]
+    fn submit_requests_round_trip_and_leave_absent_fields_out() {
+        let full = SubmitRequest {
+            module_base64: None,
+            module_wat: Some("(module)".into()),
+            args: vec!["a".into()],
+            env: BTreeMap::from([("MODE".to_owned(), "fast".to_owned())]),
+            stdin_base64: Some("aGVsbG8=".into()),
+            limits: LimitsRequest {
+                fuel: Some(1),
+                memory_bytes: Some(2),
+                timeout_ms: Some(3),
+                max_output_bytes: Some(4),
+            },
+            max_price: Some(5),
+            placement: PlacementRequest {
+                provider: Some(provider().node_id().to_string()),
+                remote_only: true,
+                region: Some("eu-west".into()),
+            },
+        };
+        round_trip(&full);
+        let minimal = SubmitRequest {
+            module_base64: Some("AGFzbQ==".into()),
+            ..SubmitRequest::default()
+        };
+        assert_eq!(
+            round_trip(&minimal),
+            json!({"module_base64": "AGFzbQ==", "args": [], "env": {}, "limits": {},
+                   "placement": {"remote_only": false}})
+        );
+        // What a hand-written client sends: only the module.
+        let sent: SubmitRequest = serde_json::from_str(r#"{"module_wat": "(module)"}"#).unwrap();
+        assert_eq!(sent.module_wat.as_deref(), Some("(module)"));
+        assert!(serde_json::from_str::<SubmitRequest>(r#"{"modul_wat": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn node_and_mesh_answers_round_trip() {
+        let resources = ResourcesView {
+            cpu_cores: 64,
+            memory_bytes: 256 << 30,
+            gpus: vec![GpuView {
+                model: "H100".into(),
+                memory_bytes: 80 << 30,
+                count: 8,
+            }],
+        };
+        let prices = PricesView {
+            base: 100,
+            per_million_fuel: 10,
+        };
+        let node = NodeView {
+            node_id: provider().node_id(),
+            version: "0.1.0".into(),
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/7071".into()],
+            region: "eu-west".into(),
+            capacity: resources.clone(),
+            executors: vec![ExecutorName::Wasm],
+            prices,
+            uptime_ms: 3012,
+            gossip: GossipStats {
+                accepted: 12,
+                ignored: 3,
+                rejected: 1,
+            },
+            storage: StorageView {
+                state: StorageState::Failed,
+                accepting: false,
+                available_bytes: Some(45_113_290_752),
+                min_free_bytes: 256 << 20,
+                resume_free_bytes: 320 << 20,
+                reason: Some("fsync failed".into()),
+            },
+            market: MarketStats {
+                jobs_in_flight: 1,
+                contracts_driven: 2,
+                notifications_pending: 3,
+            },
+        };
+        let json = round_trip(&node);
+        assert_eq!(json["executors"], json!(["wasm"]));
+        assert_eq!(json["storage"]["state"], "failed");
+        let mesh = MeshNodeView {
+            node_id: requester().node_id(),
+            age_ms: 412,
+            expires_in_ms: 29_588,
+            seq: 1_795_866_911_308,
+            region: "eu-west".into(),
+            cpu_cores: 64,
+            memory_bytes: 256 << 30,
+            gpus: resources.gpus.clone(),
+            free: resources,
+            executors: vec![ExecutorName::Wasm],
+            prices,
+            load: 0.25,
+            listen_addrs: vec!["/ip4/203.0.113.7/tcp/7071".into()],
+            version: "0.1.0".into(),
+        };
+        round_trip(&vec![mesh]);
+        round_trip(&vec![PeerInfo {
+            node_id: provider().node_id().to_string(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/7102".into()],
+            agent_version: Some("suanli/0.1.0".into()),
+            connections: 1,
+        }]);
+        assert_eq!(
+            round_trip(&HealthView {
+                status: HealthStatus::Ok
+            }),
+            json!({"status": "ok"})
+        );
+    }
+
+    #[test]
+    fn errors_round_trip_and_unknown_codes_still_read() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: ApiErrorCode::InsufficientStorage,
+                message: "the node's disk is full".into(),
+            },
+        };
+        assert_eq!(
+            round_trip(&body),
+            json!({"error": {"code": "insufficient_storage", "message": "the node's disk is full"}})
+        );
+        let newer: ErrorBody =
+            serde_json::from_str(r#"{"error": {"code": "teapot", "message": "m"}}"#).unwrap();
+        assert_eq!(newer.error.code, ApiErrorCode::Unknown);
+        let newer: Vec<ExecutorName> = serde_json::from_str(r#"["wasm", "gpu"]"#).unwrap();
+        assert_eq!(newer, [ExecutorName::Wasm, ExecutorName::Unknown]);
+    }
+
+    fn entry_view(kind: EntryKind) -> EntryView {
+        EntryView {
+            index: 7,
+            timestamp_ms: 1_795_866_911_330,
+            kind,
+            hash: hash(7),
+            prev_hash: hash(6).to_string(),
+            contract_id: Some(ContractId(hash(5))),
+            job_id: Some(JobId(hash(1))),
+            job_hash: Some(hash(4)),
+            requester: Some(requester().node_id()),
+            provider: Some(provider().node_id()),
+            cost: Some(10_100),
+            outcome: Some("succeeded (exit 0)".into()),
+            fuel: Some(3012),
+            wall_time_ms: Some(1),
+            memory_bytes: Some(65536),
+            output_bytes: Some(18),
+            detail: Some("max cost 10100, fuel limit 1000000000".into()),
+            raw_base64: "AAEC".into(),
+        }
+    }
+
+    #[test]
+    fn ledger_answers_round_trip() {
+        for kind in [
+            EntryKind::Contract,
+            EntryKind::Receipt,
+            EntryKind::Settlement,
+            EntryKind::Failure,
+            EntryKind::Misbehaviour,
+            EntryKind::Undecodable,
+            EntryKind::Unknown,
+        ] {
+            assert_eq!(round_trip(&kind), json!(kind.name()));
+        }
+        round_trip(&EntriesPage {
+            size: 42,
+            head: hash(7),
+            entries: vec![entry_view(EntryKind::Receipt)],
+        });
+        round_trip(&RawEntriesPage {
+            size: 42,
+            head: Hash32::ZERO,
+            entries: vec![RawEntry {
+                index: 0,
+                raw_base64: "AAEC".into(),
+            }],
+        });
+        let undecodable = EntryView {
+            prev_hash: String::new(),
+            contract_id: None,
+            job_id: None,
+            job_hash: None,
+            requester: None,
+            provider: None,
+            cost: None,
+            outcome: None,
+            fuel: None,
+            wall_time_ms: None,
+            memory_bytes: None,
+            output_bytes: None,
+            detail: None,
+            ..entry_view(EntryKind::Undecodable)
+        };
+        round_trip(&undecodable);
+        round_trip(&LedgerQuery {
+            from: Some(1),
+            limit: Some(5),
+            fields: Some(EntryFields::Raw),
+        });
+        round_trip(&EntryQuery {
+            raw: Some("1".into()),
+        });
+        round_trip(&InclusionQuery {
+            index: 3,
+            size: Some(7),
+        });
+        round_trip(&ConsistencyQuery { from: 3, to: None });
+
+        let tree = MerkleTree::from_leaf_hashes((0..7u8).map(hash));
+        round_trip(&InclusionProof::from_tree(&tree, 3, 7).unwrap());
+        round_trip(&ConsistencyProof::from_tree(&tree, 3, 7).unwrap());
+        round_trip(&VerifyReport {
+            ok: false,
+            entries: 17,
+            head: hash(16).to_string(),
+            error: Some(VerifyFailure {
+                index: 17,
+                message: "previous-hash link broken".into(),
+            }),
+        });
+        round_trip(&vec![Balance {
+            node_id: provider().node_id().to_string(),
+            net_micro: -20_200,
+            settlements: 2,
+        }]);
+    }
+
+    #[test]
+    fn transparency_answers_round_trip() {
+        round_trip(&vec![Witnessed {
+            node_id: provider().node_id().to_string(),
+            size: 342,
+            root: hash(3).to_string(),
+            note: "the note".into(),
+        }]);
+        round_trip(&vec![EquivocationRecord {
+            node_id: provider().node_id().to_string(),
+            proof: Equivocation {
+                first: "note one".into(),
+                second: "note two".into(),
+                fork: Some(PrefixProof {
+                    prefix_root: hash(1),
+                    proof: vec![hash(2), hash(3)],
+                }),
+            },
+        }]);
+        for witness in [
+            Observation::First,
+            Observation::Extended { from: 300 },
+            Observation::Unchanged,
+            Observation::Stale { held: 9 },
+            Observation::Unproven {
+                reason: "no answer".into(),
+            },
+            Observation::Equivocation,
+            Observation::Refused {
+                reason: "no room".into(),
+            },
+        ] {
+            round_trip(&witness);
+        }
+        let report = AuditReport {
+            peer: provider().node_id().to_string(),
+            verdict: AuditVerdict::Disagree,
+            checkpoint: Some(AuditedCheckpoint {
+                size: 304,
+                root: hash(3).to_string(),
+                note: "the note".into(),
+                witness: Observation::Extended { from: 300 },
+                root_matches: true,
+            }),
+            entries: 307,
+            chain_problems: 1,
+            chain_problem_list: vec![ChainProblem {
+                index: 41,
+                contract_id: Some(ContractId(hash(5)).to_string()),
+                error: "document: bad signature".into(),
+            }],
+            shared_contracts: 100,
+            agreements: 299,
+            discrepancies: 1,
+            discrepancy_list: vec![Discrepancy {
+                contract_id: ContractId(hash(5)).to_string(),
+                kind: DocumentKind::Settlement,
+                issue: DiscrepancyIssue::MissingOnPeer,
+                ours: Some(40),
+                theirs: None,
+            }],
+            repairs_requested: 1,
+        };
+        let json = round_trip(&report);
+        assert_eq!(json["verdict"], "disagree");
+        assert_eq!(
+            json["checkpoint"]["witness"],
+            json!({"outcome": "extended", "from": 300})
+        );
+        assert_eq!(json["discrepancy_list"][0]["kind"], "settlement");
+        assert_eq!(json["discrepancy_list"][0]["issue"], "missing_on_peer");
+        round_trip(&AuditQuery {
+            peer: provider().node_id().to_string(),
+        });
+    }
+}
