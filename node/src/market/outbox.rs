@@ -38,11 +38,12 @@ const PER_SWEEP: u32 = 256;
 /// The durable notes and the worker's wake-up call.
 #[derive(Debug, Clone)]
 pub(super) struct Outbox {
-    /// Contract id → when the note was written (ms, big-endian).
+    /// Contract id → the run of the node that wrote the note.
     notes: RecordTree,
     wake: Arc<Notify>,
-    /// When this process opened the outbox: a note written before it has no append in flight.
-    opened_ms: u64,
+    /// This run of the node (when it opened the outbox, and its pid): a note another run
+    /// wrote has no append in flight.
+    run: [u8; 12],
 }
 
 /// What a notification came to.
@@ -59,21 +60,20 @@ impl Outbox {
         Outbox {
             notes: storage.records("outbox"),
             wake: Arc::new(Notify::new()),
-            opened_ms: now_ms(),
+            run: this_run(),
         }
     }
 
     /// Notes that the counterparty of `id` must be told (durable with the next barrier).
     pub(super) fn note(&self, id: ContractId) -> Result<(), StorageError> {
-        self.notes.insert(id.0.as_bytes(), &now_ms().to_be_bytes())
+        self.notes.insert(id.0.as_bytes(), &self.run)
     }
 
     /// Whether the note of `id` was written by an earlier run of the node (so the append it
     /// was written with is not in flight any more: it became durable, or never will).
     fn noted_by_an_earlier_run(&self, id: ContractId) -> bool {
         match self.notes.get(id.0.as_bytes()) {
-            Ok(Some(written)) => <[u8; 8]>::try_from(written.as_slice())
-                .map_or(true, |written| u64::from_be_bytes(written) < self.opened_ms),
+            Ok(Some(written)) => written != self.run,
             Ok(None) => true,
             Err(_) => false,
         }
@@ -122,6 +122,14 @@ impl Outbox {
     pub(super) fn len(&self) -> usize {
         self.notes.len().unwrap_or(0)
     }
+}
+
+/// What tells this run of the node from every other: its start time and pid.
+fn this_run() -> [u8; 12] {
+    let mut run = [0; 12];
+    run[..8].copy_from_slice(&now_ms().to_be_bytes());
+    run[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    run
 }
 
 impl Market {
