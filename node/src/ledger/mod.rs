@@ -436,9 +436,9 @@ impl LedgerHandle {
     }
 
     /// What `peer` owes this node by the settlements in the ledger (negative: what this node
-    /// owes it); 0 when the index cannot be read.
-    pub fn balance_with(&self, peer: NodeId) -> i128 {
-        self.shared.balance_with(peer).unwrap_or(0)
+    /// owes it).
+    pub fn balance_with(&self, peer: NodeId) -> Result<i128, LedgerError> {
+        self.shared.balance_with(peer)
     }
 
     /// Size, head hash and timestamp of the last durable entry.

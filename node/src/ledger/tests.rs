@@ -1562,7 +1562,7 @@ async fn the_index_finds_contracts_jobs_open_ones_and_balances() {
         let job = settled.contract.decode_unverified().unwrap().job_id;
         assert_eq!(ledger.handle.contracts_of_job(job).unwrap(), [id(&settled)]);
         assert_eq!(
-            ledger.handle.balance_with(requester().node_id()),
+            ledger.handle.balance_with(requester().node_id()).unwrap(),
             i128::from(settled.cost())
         );
         assert!(

@@ -51,20 +51,27 @@ struct Open {
     occupies: bool,
 }
 
+/// A proposal being handled, from taking its offer's reservation until it is answered (by then
+/// its driver has reported its contract, if it made one): it still holds a place and counts
+/// against its requester's credit line.
+#[derive(Debug, Clone, Copy)]
+struct Proposing {
+    requester: NodeId,
+    max_cost: Credits,
+}
+
 #[derive(Default)]
 struct State {
     reservations: HashMap<Hash32, Reservation>,
     open: HashMap<ContractId, Open>,
-    /// Proposals between taking their reservation and their driver's first report.
-    proposing: u32,
+    /// By offer digest.
+    proposing: HashMap<Hash32, Proposing>,
 }
 
 impl State {
     fn in_use(&self) -> u32 {
         let occupied = self.open.values().filter(|open| open.occupies).count();
-        u32::try_from(self.reservations.len() + occupied)
-            .unwrap_or(u32::MAX)
-            .saturating_add(self.proposing)
+        u32::try_from(self.reservations.len() + occupied + self.proposing.len()).unwrap_or(u32::MAX)
     }
 
     fn reservations_of(&self, requester: NodeId) -> usize {
@@ -81,12 +88,17 @@ impl State {
             .values()
             .filter(|reservation| reservation.quote.requester == requester)
             .map(|reservation| u128::from(reservation.max_cost.micro()));
+        let proposals = self
+            .proposing
+            .values()
+            .filter(|proposing| proposing.requester == requester)
+            .map(|proposing| u128::from(proposing.max_cost.micro()));
         let contracts = self
             .open
             .values()
             .filter(|open| open.requester == requester)
             .map(|open| u128::from(open.max_cost.micro()));
-        offers.chain(contracts).sum()
+        offers.chain(proposals).chain(contracts).sum()
     }
 
     fn purge(&mut self, now: u64) {
@@ -315,7 +327,16 @@ impl Market {
         let owed = if peer == self.inner.node_id {
             0
         } else {
-            self.inner.ledger.balance_with(peer).max(0).unsigned_abs()
+            match self.inner.ledger.balance_with(peer) {
+                Ok(balance) => balance.max(0).unsigned_abs(),
+                // Credit is not extended on a balance that cannot be read.
+                Err(error) => {
+                    return decline(
+                        DeclineCode::Busy,
+                        &format!("this node cannot read what you owe it: {error}"),
+                    );
+                }
+            }
         };
         let now = now_ms();
         let mut state = provider.state();
@@ -407,11 +428,21 @@ impl Market {
             let taken = offered_to_peer
                 .then(|| state.reservations.remove(&offer_digest))
                 .flatten();
-            if taken.is_some() {
-                state.proposing += 1;
+            if let Some(reservation) = &taken {
+                state.proposing.insert(
+                    offer_digest,
+                    Proposing {
+                        requester: peer,
+                        max_cost: reservation.max_cost,
+                    },
+                );
             }
             taken
         };
+        let _proposing = reservation.as_ref().map(|_| ProposingGuard {
+            provider,
+            offer: offer_digest,
+        });
         let Some(reservation) = reservation else {
             let job_id = proposal
                 .decode_unverified()
@@ -440,7 +471,7 @@ impl Market {
                 },
             )
         };
-        let response = match machine.and_then(|machine| Some((machine.contract_id()?, machine))) {
+        match machine.and_then(|machine| Some((machine.contract_id()?, machine))) {
             Some((id, machine)) => match self.inner.registry.register(Route::provider(id)) {
                 Some(inbox) => {
                     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -462,14 +493,47 @@ impl Market {
                 .answer_refused(peer, effects)
                 .await
                 .unwrap_or_else(|| wire_error(ErrorCode::Internal, "no answer")),
-        };
-        let mut state = provider.state();
-        state.proposing = state.proposing.saturating_sub(1);
-        provider.publish_load(&state);
-        response
+        }
+    }
+}
+
+/// Ends a [`Proposing`] however its handling ends (answered, or dropped at a stop).
+struct ProposingGuard<'a> {
+    provider: &'a ProviderSide,
+    offer: Hash32,
+}
+
+impl Drop for ProposingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.provider.state();
+        state.proposing.remove(&self.offer);
+        self.provider.publish_load(&state);
     }
 }
 
 fn wire_error(code: ErrorCode, message: &str) -> MarketResponse {
     MarketResponse::Error(WireError::new(code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn a_proposal_being_recorded_holds_a_place_and_counts_against_its_requester() {
+        let requester = fixtures::requester().node_id();
+        let other = fixtures::provider().node_id();
+        let mut state = State::default();
+        state.proposing.insert(
+            Hash32::of(b"offer"),
+            Proposing {
+                requester,
+                max_cost: Credits(500),
+            },
+        );
+        assert_eq!(state.outstanding(requester), 500);
+        assert_eq!(state.outstanding(other), 0);
+        assert_eq!(state.in_use(), 1);
+    }
 }

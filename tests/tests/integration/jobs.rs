@@ -338,10 +338,20 @@ async fn a_requester_beyond_its_credit_line_is_declined_with_the_reason() {
             let mut job = wat_job(HELLO);
             job.placement.provider = Some(provider_id);
             let max_cost = 100 + job.limits.fuel * 10 / 1_000_000;
-            let owed_before = provider.handle.ledger.balance_with(requester_id);
+            let owed_before = provider.handle.ledger.balance_with(requester_id).unwrap();
             let record = requester.wait_job(&requester.submit(job).await, JOB).await;
             if record.state == JobState::Succeeded {
                 assert!(owed_before + i128::from(max_cost) <= i128::from(LIMIT));
+                // The provider records its settlement just after the requester: until then the
+                // contract still counts, at its max cost, against the line.
+                wait_until("the provider settled", JOB, || {
+                    provider
+                        .handle
+                        .ledger
+                        .open_contracts()
+                        .is_ok_and(|open| open.is_empty())
+                })
+                .await;
                 continue;
             }
             refused = Some((record, owed_before, max_cost));

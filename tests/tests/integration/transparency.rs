@@ -459,8 +459,9 @@ async fn an_audit_that_finds_documents_missing_has_them_exchanged() {
             provider
                 .handle
                 .ledger
-                .balance_with(requester.handle.node_id),
-            -requester.handle.ledger.balance_with(provider_id)
+                .balance_with(requester.handle.node_id)
+                .unwrap(),
+            -requester.handle.ledger.balance_with(provider_id).unwrap()
         );
         requester.stop().await;
         provider.stop().await;
