@@ -35,6 +35,9 @@ use crate::wire::{Delivery, ErrorCode, ExecuteRequest, MarketRequest, MarketResp
 /// Longest wait between two deliveries to a requester that does not answer.
 const MAX_DELIVERY_BACKOFF_MS: u64 = 30_000;
 const FIRST_DELIVERY_BACKOFF_MS: u64 = 200;
+/// How long after countersigning a provider waits for `Execute` before asking the requester
+/// about the contract. An honest requester sends it milliseconds after recording the contract.
+const EXECUTE_WAIT_MS: u64 = 3_000;
 
 /// The provider's rules for proposals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +114,11 @@ enum Pending {
     },
 }
 
-/// After a restart without a receipt, the requester must hear that the run was lost (it then
-/// sends `Execute` again): this node tells it until it answers.
+/// The requester must hear of this contract: after a restart without a receipt, that the run
+/// was lost (it then sends `Execute` again); and when no `Execute` came within
+/// [`EXECUTE_WAIT_MS`] of the proposal, that the contract exists (a requester that crashed
+/// before recording it adopts it and both end it, freeing its place long before its deadline).
+/// This node tells it until it answers.
 #[derive(Debug, Clone, Copy)]
 struct LostRun {
     /// When to tell it again (`None`: a request is in flight).
@@ -200,7 +206,10 @@ impl Provider {
                 held: Some(held.clone()),
             },
             pending: None,
-            lost_run: None,
+            lost_run: (from != ctx.me()).then_some(LostRun {
+                retry_at: Some(ctx.now_ms.saturating_add(EXECUTE_WAIT_MS)),
+                backoff_ms: FIRST_DELIVERY_BACKOFF_MS,
+            }),
         };
         let mut out = Vec::new();
         machine.commit(
