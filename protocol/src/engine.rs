@@ -346,9 +346,20 @@ impl Role {
     }
 }
 
-/// The message recorded when this node ends a contract the way the counterparty did.
-fn mirrored(counterparty: &str, record: &FailureRecord) -> String {
-    truncate(&format!("ended by the {counterparty}: {}", record.message))
+/// How this node records a contract's end that it learned from its `counterparty` (named
+/// "requester" or "provider" in the message): the counterparty's own failure, mirrored, or as
+/// never started when the counterparty asked about a contract this node never recorded.
+fn mirrored_failure(counterparty: &str, learned: &Learned) -> (AttemptFailure, String) {
+    match &learned.their_failure {
+        Some(record) => (
+            record.failure,
+            truncate(&format!("ended by the {counterparty}: {}", record.message)),
+        ),
+        None => (
+            AttemptFailure::NotStarted,
+            format!("this node never recorded the contract; the {counterparty} asked about it"),
+        ),
+    }
 }
 
 /// The entries for what was learned from the counterparty: receipt, then settlement.

@@ -18,7 +18,7 @@
 use super::checks::{self, CheckError};
 use super::{
     APPEND_RETRY_MS, Append, Context, Effect, Held, Learned, Outbound, RequestKind, Role, RunOrder,
-    RunReport, Status, adopt, busy, learned_entries, mirrored, reconciled, sign_decline,
+    RunReport, Status, adopt, busy, learned_entries, mirrored_failure, reconciled, sign_decline,
     sign_failure, wire_error,
 };
 use crate::hash::Hash32;
@@ -854,13 +854,7 @@ impl Provider {
                 out,
             );
         }
-        let (failure, message) = match &learned.their_failure {
-            Some(record) => (record.failure, mirrored("requester", record)),
-            None => (
-                AttemptFailure::NotStarted,
-                "this node never recorded the contract; the requester asked about it".to_owned(),
-            ),
-        };
+        let (failure, message) = mirrored_failure("requester", learned);
         self.fail(ctx, held, failure, &message, entries, false, respond, out);
     }
 

@@ -19,8 +19,8 @@
 use super::checks::{self, CheckError};
 use super::{
     APPEND_RETRY_MS, Append, AttemptEnd, Context, Effect, Held, Learned, Outbound, RequestKind,
-    Role, Status, adopt, busy, learned_entries, mirrored, reconciled, sign_evidence, sign_failure,
-    truncate, wire_error,
+    Role, Status, adopt, busy, learned_entries, mirrored_failure, reconciled, sign_evidence,
+    sign_failure, truncate, wire_error,
 };
 use crate::codec;
 use crate::identity::NodeId;
@@ -1040,13 +1040,7 @@ impl Requester {
         }
         entries.extend(learned_entries(learned));
         let held = held.with_learned(learned);
-        let (failure, message) = match &learned.their_failure {
-            Some(record) => (record.failure, mirrored("provider", record)),
-            None => (
-                AttemptFailure::NotStarted,
-                "this node never recorded the contract; the provider asked about it".to_owned(),
-            ),
-        };
+        let (failure, message) = mirrored_failure("provider", learned);
         self.fail(ctx, held, failure, &message, entries, false, respond, out);
     }
 
