@@ -9,6 +9,7 @@
 
 use std::process::Command;
 use std::time::Duration;
+use suanli_protocol::tokens::ModelInfo;
 
 use suanli_protocol::{CapacityAdvert, ExecutorKind, Gpu, NodeId, PriceTerms, Resources};
 use tokio::sync::watch;
@@ -180,6 +181,8 @@ pub struct Capacity {
     pub total: Resources,
     pub executors: Vec<ExecutorKind>,
     pub prices: PriceTerms,
+    /// The models served (set once they are loaded).
+    pub models: Vec<ModelInfo>,
 }
 
 impl Capacity {
@@ -215,6 +218,7 @@ impl Capacity {
             },
             executors: config.executors.clone(),
             prices: config.prices,
+            models: Vec::new(),
         }
     }
 
@@ -247,6 +251,7 @@ impl Capacity {
             prices: self.prices,
             load_permille: load.load_permille(),
             software_version: env!("CARGO_PKG_VERSION").into(),
+            models: self.models.clone(),
         }
     }
 }

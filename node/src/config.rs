@@ -34,6 +34,97 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The node's database on disk.
     pub storage: StorageConfig,
+    /// AI tokens: the models this node serves, and standing contracts for those it uses.
+    pub tokens: TokensConfig,
+}
+
+/// A model this node serves (`[[tokens.models]]`, or `suanli run --model NAME=SOURCE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name requests use.
+    pub name: String,
+    /// A GGUF file, or the base URL of an OpenAI-compatible server (`http://host:port/v1`).
+    pub source: String,
+    /// Micro-credits per million prompt tokens.
+    #[serde(default = "default_prompt_price")]
+    pub price_per_million_prompt: u64,
+    /// Micro-credits per million completion tokens.
+    #[serde(default = "default_completion_price")]
+    pub price_per_million_completion: u64,
+}
+
+fn default_prompt_price() -> u64 {
+    100_000
+}
+
+fn default_completion_price() -> u64 {
+    200_000
+}
+
+impl ModelConfig {
+    /// Parses `NAME=SOURCE` (the `--model` flag), at the default prices.
+    pub fn parse_flag(flag: &str) -> Result<ModelConfig, ConfigError> {
+        let (name, source) = flag
+            .split_once('=')
+            .filter(|(name, source)| !name.is_empty() && !source.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "--model",
+                    format!("{flag:?} is not NAME=PATH.gguf or NAME=http://host:port/v1"),
+                )
+            })?;
+        Ok(ModelConfig {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            price_per_million_prompt: default_prompt_price(),
+            price_per_million_completion: default_completion_price(),
+        })
+    }
+
+    /// Whether the source is an upstream server rather than a file.
+    pub fn is_upstream(&self) -> bool {
+        self.source.starts_with("http://") || self.source.starts_with("https://")
+    }
+}
+
+/// AI tokens (`[tokens]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Models this node serves.
+    pub models: Vec<ModelConfig>,
+    /// Provider: requests generated at once, over all models (default: cores offered − 1, at
+    /// least 1): one thread each.
+    pub streams: Option<u32>,
+    /// Provider: standing contracts open at once.
+    pub max_contracts: u32,
+    /// Provider: the largest token budget and the longest time one standing contract may have.
+    pub max_budget_tokens: u64,
+    pub max_contract_secs: u64,
+    /// Requester: the token budget and the time of each standing contract this node signs.
+    pub contract_budget_tokens: u64,
+    pub contract_secs: u64,
+    /// Requester: the most this node pays per million tokens (prompt or completion).
+    pub max_price_per_million: u64,
+    /// Requester: `max_tokens` of a request that gives none.
+    pub default_max_tokens: u32,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            models: Vec::new(),
+            streams: None,
+            max_contracts: 256,
+            max_budget_tokens: 10_000_000,
+            max_contract_secs: 3600,
+            contract_budget_tokens: 1_000_000,
+            contract_secs: 600,
+            max_price_per_million: 10_000_000,
+            default_max_tokens: 512,
+        }
+    }
 }
 
 /// The node's database on disk (`<data dir>/db`).
@@ -336,6 +427,7 @@ pub struct CheckedConfig {
     pub jobs: JobsConfig,
     pub ledger: LedgerConfig,
     pub storage: StorageConfig,
+    pub tokens: TokensConfig,
 }
 
 impl Config {
@@ -451,6 +543,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.check_tokens()?;
         let capacity = &self.capacity;
         if capacity.region.len() > suanli_protocol::job::MAX_REGION_BYTES {
             return Err(invalid("capacity.region", "at most 64 bytes"));
@@ -481,16 +574,82 @@ impl Config {
             api_listen,
             capacity: capacity.clone(),
             executors,
-            prices: PriceTerms {
-                base: Credits(capacity.price_base),
-                per_million_fuel: Credits(capacity.price_per_million_fuel),
-            },
+            prices: PriceTerms::fuel(
+                Credits(capacity.price_base),
+                Credits(capacity.price_per_million_fuel),
+            ),
             provider: self.provider.clone(),
             executor: self.executor.clone(),
             jobs: self.jobs.clone(),
             ledger: self.ledger.clone(),
             storage: self.storage.clone(),
+            tokens: self.tokens.clone(),
         })
+    }
+
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        let tokens = &self.tokens;
+        let mut names = std::collections::BTreeSet::new();
+        if tokens.models.len() > suanli_protocol::tokens::MAX_MODELS {
+            return Err(invalid(
+                "tokens.models",
+                format!("at most {} models", suanli_protocol::tokens::MAX_MODELS),
+            ));
+        }
+        for model in &tokens.models {
+            let name_ok = !model.name.is_empty()
+                && model.name.len() <= suanli_protocol::tokens::MAX_MODEL_NAME_BYTES
+                && model
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+            if !name_ok {
+                return Err(invalid(
+                    "tokens.models",
+                    format!(
+                        "model name {:?}: 1 to 64 letters, digits or -_.:/",
+                        model.name
+                    ),
+                ));
+            }
+            if !names.insert(model.name.as_str()) {
+                return Err(invalid(
+                    "tokens.models",
+                    format!("model {:?} is given twice", model.name),
+                ));
+            }
+        }
+        if tokens.streams == Some(0) || tokens.max_contracts == 0 {
+            return Err(invalid(
+                "tokens.streams / tokens.max_contracts",
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("tokens.max_budget_tokens", tokens.max_budget_tokens),
+            (
+                "tokens.contract_budget_tokens",
+                tokens.contract_budget_tokens,
+            ),
+            (
+                "tokens.default_max_tokens",
+                u64::from(tokens.default_max_tokens),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let max_secs = suanli_protocol::job::MAX_WALL_TIME_MS / 1000;
+        for (key, secs) in [
+            ("tokens.max_contract_secs", tokens.max_contract_secs),
+            ("tokens.contract_secs", tokens.contract_secs),
+        ] {
+            if !(10..=max_secs).contains(&secs) {
+                return Err(invalid(key, format!("must be 10..={max_secs} seconds")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -579,6 +738,29 @@ provider_lost_after_secs = 5
 checkpoint_every_entries = 256
 # ...or after this many seconds, whichever comes first (only when entries were added).
 checkpoint_interval_secs = 5
+
+[tokens]
+# Requests generated at once over all models, one thread each (default: cores offered - 1, at least 1).
+# streams = 1
+# Standing contracts this node serves at once, and the largest budget and longest time of one.
+max_contracts = 256
+max_budget_tokens = 10000000
+max_contract_secs = 3600
+# Standing contracts this node signs to use others' models: tokens and seconds each runs for, and
+# the most it pays per million tokens.
+contract_budget_tokens = 1000000
+contract_secs = 600
+max_price_per_million = 10000000
+# max_tokens of a request that gives none.
+default_max_tokens = 512
+# Models this node serves to the mesh: a GGUF file run by the built-in engine, or an
+# OpenAI-compatible server the data center runs already (vLLM, SGLang, llama.cpp, Ollama).
+# `suanli run --model NAME=SOURCE` adds one at the default prices. Prices in micro-credits.
+# [[tokens.models]]
+# name = "smollm2-135m"
+# source = "/var/lib/suanli/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # or "http://10.0.0.5:8000/v1"
+# price_per_million_prompt = 100000
+# price_per_million_completion = 200000
 
 [storage]
 # Bytes kept free on the filesystem of <data dir>/db (256 MiB). Below this the node refuses new

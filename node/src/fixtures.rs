@@ -61,10 +61,7 @@ impl Deal {
             wall_time_ms: 5_000,
             output_bytes: 1 << 20,
         };
-        let price = PriceTerms {
-            base: Credits(100),
-            per_million_fuel: Credits(1_000),
-        };
+        let price = PriceTerms::fuel(Credits(100), Credits(1_000));
         let job_id = JobId(Hash32::of(&nonce.to_be_bytes()));
         let contract = Contract {
             job_id,
@@ -89,6 +86,8 @@ impl Deal {
             wall_time_ms: 12,
             memory_bytes: 1 << 20,
             output_bytes: 5,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         };
         let cost = price.cost(&usage).map_err(document_error)?;
         let receipt = Signed::sign(

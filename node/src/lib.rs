@@ -28,12 +28,15 @@ pub mod data_dir;
 pub mod executor;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod inference;
 pub mod ledger;
 pub mod market;
 pub mod mesh;
 pub mod network;
+pub mod openai;
 mod serde_text;
 pub mod storage;
+pub mod tokens;
 pub mod transparency;
 
 use std::net::SocketAddr;
@@ -54,10 +57,15 @@ use crate::market::{Market, MarketParts};
 use crate::mesh::MeshView;
 use crate::network::{NetworkHandle, NetworkParts, StartError};
 use crate::storage::{Storage, StorageError};
+use crate::tokens::{Router, RouterParts, Serving};
 use crate::transparency::{CheckpointError, Transparency, TransparencyParts};
+use suanli_protocol::ExecutorKind;
 
 /// How long a stopping node lets HTTP requests in flight finish (a long-poll ends at once).
 const API_DRAIN: Duration = Duration::from_secs(2);
+/// How long a stopping node waits for the providers of its idle standing contracts to hear that
+/// they are closed.
+const CLOSE_AT_STOP: Duration = Duration::from_secs(2);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,8 @@ pub enum NodeError {
     Checkpoint(#[from] CheckpointError),
     #[error("executor: {0}")]
     Executor(#[from] ExecutorError),
+    #[error(transparent)]
+    Model(#[from] tokens::ModelError),
     #[error("API on {addr}: {source}")]
     Api {
         addr: SocketAddr,
@@ -94,6 +104,8 @@ pub struct NodeHandle {
     /// The node's database: record trees, blobs, and its health (full disk, failed).
     pub storage: Storage,
     pub transparency: Transparency,
+    /// Routes model requests to the mesh (the OpenAI endpoints).
+    pub tokens: Router,
     data_dir: DataDir,
     cancel: CancellationToken,
     ledger_cancel: CancellationToken,
@@ -113,9 +125,16 @@ impl Node {
         let keypair = data_dir.load_or_init()?;
         let node_id = keypair.node_id();
         let mut capacity = Capacity::from_config(&config, &Detected::probe());
+        // Models load first: one that cannot is a start-up error, before anything listens.
+        let offered = tokens::load_models(&config.tokens.models).await?;
+        if !offered.is_empty() {
+            capacity.executors.push(ExecutorKind::Llm);
+            capacity.models = offered.iter().map(tokens::Offered::info).collect();
+        }
         if !config.provider.accept_jobs {
             // Advertise no executor, so nobody ranks this node for jobs it would decline.
             capacity.executors.clear();
+            capacity.models.clear();
         }
         let mesh = MeshView::default();
         let cancel = CancellationToken::new();
@@ -161,7 +180,8 @@ impl Node {
         let ledger_config = config.ledger.clone();
         let provider_config = config.provider.clone();
         let jobs_config = config.jobs.clone();
-        let (prices, executors) = (config.prices, config.executors.clone());
+        let (prices, executors) = (config.prices, capacity.executors.clone());
+        let tokens_config = config.tokens.clone();
         let (network, network_task, listen_addrs) = network::start(NetworkParts {
             config,
             keypair: keypair.clone(),
@@ -194,13 +214,31 @@ impl Node {
             },
             &mut tasks,
         );
+        let streams = tokens_config
+            .streams
+            .unwrap_or(capacity.total.cpu_cores.saturating_sub(1))
+            .max(1);
+        let serving = Serving::new(
+            keypair.clone(),
+            ledger.clone(),
+            offered,
+            tokens_config.clone(),
+            streams,
+            cancel.clone(),
+        );
+        tasks.spawn(tokens::accept_streams(
+            network.clone(),
+            serving.clone(),
+            cancel.clone(),
+        ));
         let market = Market::start(MarketParts {
-            keypair,
+            keypair: keypair.clone(),
             network: network.clone(),
             mesh: mesh.clone(),
             ledger: ledger.clone(),
             storage: storage.clone(),
             executor,
+            serving: serving.clone(),
             provider: provider_config,
             jobs: jobs_config,
             default_slots: capacity.total.cpu_cores,
@@ -210,6 +248,16 @@ impl Node {
             cancel: cancel.clone(),
         });
         tasks.spawn(market.clone().serve(events));
+        let token_router = Router::start(RouterParts {
+            keypair: keypair.clone(),
+            network: network.clone(),
+            mesh: mesh.clone(),
+            ledger: ledger.clone(),
+            market: market.clone(),
+            serving,
+            config: tokens_config,
+            cancel: cancel.clone(),
+        });
 
         let listener = tokio::net::TcpListener::bind(api_listen)
             .await
@@ -231,6 +279,7 @@ impl Node {
             ledger: ledger.clone(),
             storage: storage.clone(),
             transparency: transparency.clone(),
+            tokens: token_router.clone(),
         });
         let api_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -269,6 +318,7 @@ impl Node {
             ledger,
             storage,
             transparency,
+            tokens: token_router,
             data_dir,
             cancel,
             ledger_cancel,
@@ -293,8 +343,11 @@ impl NodeHandle {
 
     /// Stops every task and waits for them (the network saves its peers on the way out).
     pub async fn shutdown(mut self) {
+        // Idle standing contracts are closed first, so their providers deliver and they settle.
+        self.tokens.close_all(CLOSE_AT_STOP).await;
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.tokens.stopped().await;
         // Appends in flight finish before the ledger writer stops.
         self.ledger_cancel.cancel();
         if let Some(task) = self.ledger_task.take() {

@@ -1,12 +1,30 @@
 //! The `suanli` binary: parses the command line, sets up logging, runs the command.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use clap::Parser;
 use suanli_node::cli::{Cli, SilentExit, execute};
 
+/// candle reads how many threads one generation uses from the environment, once per process.
+/// One per stream is what keeps streams from queueing for a shared pool on a busy machine
+/// (docs/benchmarks.md); an operator's own setting is kept.
+const ENGINE_THREADS: &str = "CANDLE_NUM_THREADS";
+
 fn main() -> ExitCode {
+    if std::env::var_os(ENGINE_THREADS).is_none() {
+        // The environment of this process cannot be changed safely once threads may exist, so
+        // the process replaces itself with the same command and the setting (exec returns only
+        // on failure).
+        if let Ok(exe) = std::env::current_exe() {
+            let error = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env(ENGINE_THREADS, "1")
+                .exec();
+            return fail(&format!("cannot set {ENGINE_THREADS}: {error}"));
+        }
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

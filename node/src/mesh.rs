@@ -164,6 +164,7 @@ mod tests {
             prices: PriceTerms::default(),
             load_permille: 0,
             software_version: String::new(),
+            models: Vec::new(),
         }
     }
 

@@ -41,10 +41,7 @@ fn limits() -> Limits {
 }
 
 fn price() -> PriceTerms {
-    PriceTerms {
-        base: Credits(100),
-        per_million_fuel: Credits(1_000),
-    }
+    PriceTerms::fuel(Credits(100), Credits(1_000))
 }
 
 fn contract(nonce: u64) -> Contract {
@@ -75,6 +72,8 @@ fn deal(nonce: u64) -> [EntryBody; 3] {
         wall_time_ms: 12,
         memory_bytes: 1 << 20,
         output_bytes: 5,
+        prompt_tokens: 0,
+        completion_tokens: 0,
     };
     let cost = price().cost(&usage).expect("cost");
     let receipt = Signed::sign(
@@ -162,6 +161,7 @@ fn advert(key: &Keypair) -> CapacityAdvert {
         prices: price(),
         load_permille: 250,
         software_version: "suanli/0.1.0".into(),
+        models: Vec::new(),
     }
 }
 

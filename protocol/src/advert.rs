@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::NodeId;
 use crate::money::PriceTerms;
 use crate::signed::{BoundsError, Document};
+use crate::tokens::ModelInfo;
 
 /// Caps and bounds of an advert.
 pub const MAX_ADVERT_BYTES: usize = 16 * 1024;
@@ -33,12 +34,15 @@ pub const MAX_LOAD_PERMILLE: u16 = 1_000;
 pub enum ExecutorKind {
     /// WebAssembly modules with WASI preview 1, run by wasmtime.
     Wasm,
+    /// Model inference sessions (standing contracts, [`crate::tokens`]).
+    Llm,
 }
 
 impl ExecutorKind {
     pub fn name(self) -> &'static str {
         match self {
             ExecutorKind::Wasm => "wasm",
+            ExecutorKind::Llm => "llm",
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct CapacityAdvert {
     /// Share of capacity in use, permille (0–1000).
     pub load_permille: u16,
     pub software_version: String,
+    /// The models this node serves (executor `llm`), at most [`crate::tokens::MAX_MODELS`].
+    pub models: Vec<ModelInfo>,
 }
 
 impl Document for CapacityAdvert {
@@ -110,6 +116,10 @@ impl Document for CapacityAdvert {
             }
         }
         BoundsError::check("executors", self.executors.len(), MAX_EXECUTORS)?;
+        BoundsError::check("models", self.models.len(), crate::tokens::MAX_MODELS)?;
+        for model in &self.models {
+            model.check_bounds()?;
+        }
         BoundsError::check(
             "software_version",
             self.software_version.len(),
@@ -199,12 +209,10 @@ pub(crate) mod tests {
                 gpus: vec![],
             },
             executors: vec![ExecutorKind::Wasm],
-            prices: PriceTerms {
-                base: Credits(100),
-                per_million_fuel: Credits(5),
-            },
+            prices: PriceTerms::fuel(Credits(100), Credits(5)),
             load_permille: 500,
             software_version: "0.1.0".into(),
+            models: Vec::new(),
         }
     }
 

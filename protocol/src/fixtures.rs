@@ -23,10 +23,7 @@ pub fn stranger() -> Keypair {
 }
 
 pub fn price() -> PriceTerms {
-    PriceTerms {
-        base: Credits(100),
-        per_million_fuel: Credits(10),
-    }
+    PriceTerms::fuel(Credits(100), Credits(10))
 }
 
 pub const JOB_NONCE: u128 = 7;
@@ -88,6 +85,8 @@ pub fn receipt() -> Receipt {
         wall_time_ms: 12,
         memory_bytes: 1 << 20,
         output_bytes: 5,
+        prompt_tokens: 0,
+        completion_tokens: 0,
     };
     Receipt {
         contract_id: contract_id(),

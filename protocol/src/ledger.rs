@@ -32,6 +32,7 @@ use crate::hash::Hash32;
 use crate::identity::NodeId;
 use crate::negotiation::{Contract, Evidence, FailureRecord, Receipt, Settlement};
 use crate::signed::{CoSigned, SignatureBatch, Signed, VerifyError};
+use crate::tokens::UsageReceipt;
 
 /// Cap on one encoded entry (evidence is the largest body).
 pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
@@ -63,6 +64,8 @@ pub enum EntryBody {
     Failure(Signed<FailureRecord>),
     /// The ledger owner's record of a peer's misbehaviour.
     Misbehaviour(Signed<Evidence>),
+    /// One request's usage under a standing contract, signed by both parties.
+    Usage(CoSigned<UsageReceipt>),
 }
 
 impl EntryBody {
@@ -73,6 +76,7 @@ impl EntryBody {
             EntryBody::Settlement(_) => "settlement",
             EntryBody::Failure(_) => "failure",
             EntryBody::Misbehaviour(_) => "misbehaviour",
+            EntryBody::Usage(_) => "usage",
         }
     }
 
@@ -94,6 +98,10 @@ impl EntryBody {
             }
             EntryBody::Failure(failure) => [failure.verify()?.recorder; 2],
             EntryBody::Misbehaviour(evidence) => [evidence.verify()?.reporter; 2],
+            EntryBody::Usage(usage) => {
+                let usage = usage.verify()?;
+                [usage.requester, usage.provider]
+            }
         };
         if parties.contains(&owner) {
             Ok(())
@@ -126,6 +134,10 @@ impl EntryBody {
             }
             EntryBody::Failure(failure) => [failure.verify_deferred(batch)?.recorder; 2],
             EntryBody::Misbehaviour(evidence) => [evidence.verify_deferred(batch)?.reporter; 2],
+            EntryBody::Usage(usage) => {
+                let usage = usage.verify_deferred(batch)?;
+                [usage.requester, usage.provider]
+            }
         };
         if parties.contains(&owner) {
             Ok(())

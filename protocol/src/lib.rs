@@ -17,6 +17,8 @@
 //! - [`negotiation`] — quote requests, offers, declines, contracts, receipts, settlements.
 //! - [`engine`] — the contract engine: the requester's and the provider's pure state machines,
 //!   the checks of every document, reconciliation.
+//! - [`tokens`] — model requests, per-request usage receipts, the `/suanli/tokens/1` frames and
+//!   model adverts: what a standing contract (a model session) adds to a contract.
 //! - [`wire`] — request/response enums of `/suanli/market/1` and `/suanli/ledger/1` and gossip
 //!   payloads, each with its size cap.
 //! - [`ledger`] — ledger entries, entry hashing and chain verification.
@@ -40,6 +42,7 @@ pub mod money;
 pub mod negotiation;
 pub mod signed;
 pub mod tiles;
+pub mod tokens;
 pub mod wire;
 
 #[cfg(test)]

@@ -47,11 +47,14 @@ impl fmt::Debug for Credits {
         write!(f, "Credits({self})")
     }
 }
-
-/// How a provider prices a job: a flat fee plus a rate per million units of fuel.
+/// How a provider prices a job: a flat fee plus rates per million units of fuel and, for model
+/// requests, per million prompt and completion tokens.
 ///
-/// Fuel is wasmtime's deterministic instruction budget, so both parties compute the same cost
-/// from the same metered usage: `cost = base + ceil(fuel × per_million_fuel / 1,000,000)`.
+/// Fuel (wasmtime's deterministic instruction budget) and token counts are metered identically by
+/// both parties, so both compute the same cost from the same usage:
+/// `cost = base + ceil((fuel × per_million_fuel + prompt × per_million_prompt + completion ×
+/// per_million_completion) / 1,000,000)`. For a standing contract (a model session) the "fuel"
+/// of its limits and usage is its tokens, prompt and completion together.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, Debug)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PriceTerms {
@@ -59,33 +62,75 @@ pub struct PriceTerms {
     pub base: Credits,
     /// Charged per 1,000,000 units of fuel consumed (rounded up).
     pub per_million_fuel: Credits,
+    /// Charged per 1,000,000 prompt tokens.
+    pub per_million_prompt: Credits,
+    /// Charged per 1,000,000 completion tokens.
+    pub per_million_completion: Credits,
 }
 
 impl PriceTerms {
-    /// The cost of a run that consumed `fuel`.
+    /// Terms for WebAssembly jobs: a base and a fuel rate.
+    pub const fn fuel(base: Credits, per_million_fuel: Credits) -> PriceTerms {
+        PriceTerms {
+            base,
+            per_million_fuel,
+            per_million_prompt: Credits::ZERO,
+            per_million_completion: Credits::ZERO,
+        }
+    }
+
+    /// The cost of a run that consumed `fuel` (and no tokens).
     pub fn cost_of_fuel(&self, fuel: u64) -> Result<Credits, Overflow> {
-        let metered = u128::from(fuel)
-            .checked_mul(u128::from(self.per_million_fuel.0))
-            .ok_or(Overflow)?
-            .div_ceil(1_000_000);
-        let metered = u64::try_from(metered).map_err(|_| Overflow)?;
-        self.base.checked_add(Credits(metered))
+        self.base
+            .checked_add(metered(&[(fuel, self.per_million_fuel)])?)
+    }
+
+    /// The cost of `prompt` and `completion` tokens at these prices, without the base.
+    pub fn cost_of_tokens(&self, prompt: u64, completion: u64) -> Result<Credits, Overflow> {
+        metered(&[
+            (prompt, self.per_million_prompt),
+            (completion, self.per_million_completion),
+        ])
     }
 
     /// The cost of a run with this usage.
     pub fn cost(&self, usage: &Usage) -> Result<Credits, Overflow> {
-        self.cost_of_fuel(usage.fuel)
+        self.base.checked_add(metered(&[
+            (usage.fuel, self.per_million_fuel),
+            (usage.prompt_tokens, self.per_million_prompt),
+            (usage.completion_tokens, self.per_million_completion),
+        ])?)
     }
 
-    /// The most a job within `limits` can cost.
+    /// The most a job within `limits` can cost (for a model session, whose tokens are its fuel,
+    /// every token at the dearer of the two token rates).
     pub fn max_cost(&self, limits: &Limits) -> Result<Credits, Overflow> {
-        self.cost_of_fuel(limits.fuel)
+        let per_token = self.per_million_prompt.max(self.per_million_completion);
+        let rate = self.per_million_fuel.checked_add(per_token)?;
+        self.base.checked_add(metered(&[(limits.fuel, rate)])?)
     }
 
     /// Whether these terms are no dearer than `other` for every possible usage.
     pub fn within(&self, other: &PriceTerms) -> bool {
-        self.base <= other.base && self.per_million_fuel <= other.per_million_fuel
+        self.base <= other.base
+            && self.per_million_fuel <= other.per_million_fuel
+            && self.per_million_prompt <= other.per_million_prompt
+            && self.per_million_completion <= other.per_million_completion
     }
+}
+
+/// `ceil(Σ units × rate / 1,000,000)`, checked.
+fn metered(terms: &[(u64, Credits)]) -> Result<Credits, Overflow> {
+    let mut sum: u128 = 0;
+    for (units, rate) in terms {
+        let product = u128::from(*units)
+            .checked_mul(u128::from(rate.0))
+            .ok_or(Overflow)?;
+        sum = sum.checked_add(product).ok_or(Overflow)?;
+    }
+    u64::try_from(sum.div_ceil(1_000_000))
+        .map(Credits)
+        .map_err(|_| Overflow)
 }
 
 #[cfg(test)]
@@ -95,18 +140,12 @@ mod tests {
 
     #[test]
     fn cost_rounds_up_and_checks_overflow() {
-        let terms = PriceTerms {
-            base: Credits(10),
-            per_million_fuel: Credits(3),
-        };
+        let terms = PriceTerms::fuel(Credits(10), Credits(3));
         assert_eq!(terms.cost_of_fuel(0), Ok(Credits(10)));
         assert_eq!(terms.cost_of_fuel(1), Ok(Credits(11)));
         assert_eq!(terms.cost_of_fuel(1_000_000), Ok(Credits(13)));
         assert_eq!(terms.cost_of_fuel(1_000_001), Ok(Credits(14)));
-        let dear = PriceTerms {
-            base: Credits(u64::MAX),
-            per_million_fuel: Credits(u64::MAX),
-        };
+        let dear = PriceTerms::fuel(Credits(u64::MAX), Credits(u64::MAX));
         assert_eq!(dear.cost_of_fuel(u64::MAX), Err(Overflow));
         assert_eq!(Credits(u64::MAX).checked_add(Credits(1)), Err(Overflow));
         assert_eq!(Credits(0).checked_sub(Credits(1)), Err(Overflow));

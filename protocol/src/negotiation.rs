@@ -417,6 +417,10 @@ pub struct Usage {
     pub wall_time_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes: u64,
+    /// Tokens of a model session (zero for a WebAssembly run): prompt and completion, summed
+    /// over its usage receipts. Their sum is the session's `fuel`.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// The provider's signed account of a run.

@@ -264,6 +264,8 @@ pub enum ErrorCode {
     TooLarge,
     Unavailable,
     Internal,
+    /// A model request's prompt and `max_tokens` do not fit the model's context.
+    ContextLength,
 }
 
 /// An error answer: a code and a message of at most [`MAX_MESSAGE_BYTES`].

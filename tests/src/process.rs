@@ -57,6 +57,8 @@ impl NodeProcess {
 
     /// Starts `suanli run --data-dir DIR ARGS…` (the caller names listen and API addresses).
     pub fn spawn_exact(data_dir: &Path, args: &[String]) -> NodeProcess {
+        // A node killed with SIGKILL leaves its run.json: readiness is the new one.
+        let _ = std::fs::remove_file(data_dir.join("run.json"));
         let mut command = Command::new(suanli_binary());
         command
             .arg("run")

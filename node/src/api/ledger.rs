@@ -65,6 +65,8 @@ impl From<&StoredEntry> for EntryView {
             wall_time_ms: None,
             memory_bytes: None,
             output_bytes: None,
+            prompt_tokens: None,
+            completion_tokens: None,
             detail: None,
             raw_base64: BASE64.encode(&entry.raw),
         };
@@ -102,6 +104,10 @@ impl From<&StoredEntry> for EntryView {
                     view.wall_time_ms = Some(receipt.usage.wall_time_ms);
                     view.memory_bytes = Some(receipt.usage.memory_bytes);
                     view.output_bytes = Some(receipt.usage.output_bytes);
+                    if receipt.usage.prompt_tokens + receipt.usage.completion_tokens > 0 {
+                        view.prompt_tokens = Some(receipt.usage.prompt_tokens);
+                        view.completion_tokens = Some(receipt.usage.completion_tokens);
+                    }
                     view.outcome = Some(match &receipt.outcome {
                         Outcome::Succeeded { exit_code, .. } => {
                             format!("succeeded (exit {exit_code})")
@@ -130,6 +136,23 @@ impl From<&StoredEntry> for EntryView {
                         failure.counterparty, failure.message
                     ));
                 }
+            }
+            EntryBody::Usage(usage) => {
+                view.kind = EntryKind::Usage;
+                let Ok(usage) = usage.decode_unverified() else {
+                    return view;
+                };
+                view.contract_id = Some(usage.contract_id);
+                view.requester = Some(usage.requester);
+                view.provider = Some(usage.provider);
+                view.cost = Some(usage.cost.micro());
+                view.outcome = Some(usage.finish.name().to_owned());
+                view.prompt_tokens = Some(u64::from(usage.prompt_tokens));
+                view.completion_tokens = Some(u64::from(usage.completion_tokens));
+                view.detail = Some(format!(
+                    "request {}: {} prompt + {} completion tokens, model {}",
+                    usage.seq, usage.prompt_tokens, usage.completion_tokens, usage.model_sha256
+                ));
             }
             EntryBody::Misbehaviour(evidence) => {
                 view.kind = EntryKind::Misbehaviour;

@@ -25,6 +25,12 @@
 //! | `GET /v1/ledger/equivocations` | equivocation proofs held |
 //! | `GET /v1/ledger/audit?peer=` | audit of a peer's ledger against this one |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
+//! | `GET /v1/models` | models the mesh offers (OpenAI's shape, with a `suanli` object) |
+//! | `POST /v1/chat/completions` | an OpenAI chat completion, streamed (SSE) or not, routed to the mesh |
+//! | `POST /v1/completions` | an OpenAI text completion, likewise |
+//!
+//! The three OpenAI routes answer errors in OpenAI's shape (`{"error":{"message","type","param",
+//! "code"}}`, [`openai`]).
 //!
 //! Handlers only read shared state or ask the network task and the market; they never block them,
 //! and never hand out a stored record as an answer.
@@ -32,6 +38,7 @@
 mod error;
 mod jobs;
 pub mod ledger;
+pub mod openai;
 mod transparency;
 pub mod types;
 
@@ -45,8 +52,8 @@ use suanli_protocol::{CapacityAdvert, NodeId};
 
 pub use error::ApiError;
 use types::{
-    ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, NodeView, PeerInfo, PricesView,
-    ResourcesView, StorageState, StorageView,
+    ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, ModelView, NodeView, PeerInfo,
+    PricesView, ResourcesView, StorageState, StorageView,
 };
 
 use crate::capacity::Capacity;
@@ -73,6 +80,7 @@ pub struct ApiState {
     pub ledger: LedgerHandle,
     pub storage: Storage,
     pub transparency: Transparency,
+    pub tokens: crate::tokens::Router,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -85,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::status))
         .route("/v1/jobs/{id}/output", get(jobs::output))
         .merge(ledger::routes())
+        .merge(openai::routes())
         .route("/v1/ledger/checkpoint", get(transparency::checkpoint))
         .route("/v1/ledger/witnessed", get(transparency::witnessed))
         .route("/v1/ledger/equivocations", get(transparency::equivocations))
@@ -210,6 +219,7 @@ fn mesh_node_view(entry: &MeshEntry, now_ms: u64) -> MeshNodeView {
         load: f64::from(advert.load_permille) / 1000.0,
         listen_addrs: advert.listen_addrs.clone(),
         version: advert.software_version.clone(),
+        models: advert.models.iter().map(ModelView::from).collect(),
     }
 }
 

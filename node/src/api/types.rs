@@ -197,6 +197,7 @@ impl From<PriceTerms> for PricesView {
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorName {
     Wasm,
+    Llm,
     /// An executor this client does not know (a newer node).
     #[serde(other)]
     Unknown,
@@ -206,6 +207,7 @@ impl From<ExecutorKind> for ExecutorName {
     fn from(kind: ExecutorKind) -> Self {
         match kind {
             ExecutorKind::Wasm => ExecutorName::Wasm,
+            ExecutorKind::Llm => ExecutorName::Llm,
         }
     }
 }
@@ -260,6 +262,42 @@ pub struct MeshNodeView {
     pub load: f64,
     pub listen_addrs: Vec<String>,
     pub version: String,
+    /// The models the node serves (absent from older nodes' views).
+    #[serde(default)]
+    pub models: Vec<ModelView>,
+}
+
+/// A model as a node advertises it (`GET /v1/mesh`, and the `suanli` object of `GET /v1/models`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelView {
+    pub name: String,
+    pub family: String,
+    /// Tokens of prompt and completion one request may use.
+    pub context: u32,
+    pub quantisation: String,
+    /// SHA-256 of the model file (an upstream server's models have none: `null`).
+    pub sha256: Option<String>,
+    /// Measured decode speed of one stream.
+    pub decode_tokens_per_s: u32,
+    /// Micro-credits per million prompt tokens.
+    pub price_per_million_prompt: u64,
+    /// Micro-credits per million completion tokens.
+    pub price_per_million_completion: u64,
+}
+
+impl From<&suanli_protocol::tokens::ModelInfo> for ModelView {
+    fn from(info: &suanli_protocol::tokens::ModelInfo) -> Self {
+        ModelView {
+            name: info.name.clone(),
+            family: info.family.clone(),
+            context: info.context,
+            quantisation: info.quantisation.clone(),
+            sha256: (info.sha256 != Hash32::ZERO).then(|| info.sha256.to_hex()),
+            decode_tokens_per_s: info.decode_tokens_per_s,
+            price_per_million_prompt: info.per_million_prompt.micro(),
+            price_per_million_completion: info.per_million_completion.micro(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,6 +486,11 @@ pub struct UsageView {
     pub wall_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes: u64,
+    /// Tokens of a standing contract (0 for a WebAssembly job).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
 }
 
 impl From<JobUsage> for UsageView {
@@ -457,6 +500,8 @@ impl From<JobUsage> for UsageView {
             wall_ms: usage.wall_ms,
             memory_bytes: usage.memory_bytes,
             output_bytes: usage.output_bytes,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
         }
     }
 }
@@ -586,6 +631,11 @@ pub struct EntryView {
     pub wall_time_ms: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub output_bytes: Option<u64>,
+    /// Tokens (usage receipts, and the receipts of standing contracts).
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
     pub detail: Option<String>,
     /// The exact stored bytes, base64: what `hash` covers.
     pub raw_base64: String,
@@ -600,6 +650,8 @@ pub enum EntryKind {
     Settlement,
     Failure,
     Misbehaviour,
+    /// One request's usage receipt under a standing contract.
+    Usage,
     /// The stored bytes do not decode as an entry (shown, never hidden).
     Undecodable,
     /// A kind this client does not know (a newer node).
@@ -616,6 +668,7 @@ impl EntryKind {
             EntryKind::Settlement => "settlement",
             EntryKind::Failure => "failure",
             EntryKind::Misbehaviour => "misbehaviour",
+            EntryKind::Usage => "usage",
             EntryKind::Undecodable => "undecodable",
             EntryKind::Unknown => "unknown",
         }
@@ -708,6 +761,8 @@ mod tests {
                 wall_ms: 1,
                 memory_bytes: 65536,
                 output_bytes: 18,
+                prompt_tokens: 0,
+                completion_tokens: 0,
             }),
             cost: Some(101),
             output_hash: Some(hash(6)),
@@ -904,8 +959,19 @@ mod tests {
             load: 0.25,
             listen_addrs: vec!["/ip4/203.0.113.7/tcp/7071".into()],
             version: "0.1.0".into(),
+            models: vec![ModelView {
+                name: "smollm2-135m".into(),
+                family: "llama".into(),
+                context: 4096,
+                quantisation: "Q8_0".into(),
+                sha256: Some(hash(9).to_hex()),
+                decode_tokens_per_s: 30,
+                price_per_million_prompt: 100_000,
+                price_per_million_completion: 200_000,
+            }],
         };
-        round_trip(&vec![mesh]);
+        let json = round_trip(&vec![mesh]);
+        assert_eq!(json[0]["models"][0]["context"], json!(4096));
         round_trip(&vec![PeerInfo {
             node_id: provider().node_id().to_string(),
             addrs: vec!["/ip4/127.0.0.1/tcp/7102".into()],
@@ -957,6 +1023,8 @@ mod tests {
             wall_time_ms: Some(1),
             memory_bytes: Some(65536),
             output_bytes: Some(18),
+            prompt_tokens: None,
+            completion_tokens: None,
             detail: Some("max cost 10100, fuel limit 1000000000".into()),
             raw_base64: "AAEC".into(),
         }
@@ -1001,6 +1069,8 @@ mod tests {
             wall_time_ms: None,
             memory_bytes: None,
             output_bytes: None,
+            prompt_tokens: None,
+            completion_tokens: None,
             detail: None,
             ..entry_view(EntryKind::Undecodable)
         };

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Scenarios: [`floor`] (primitives: signatures, fsync, wasmtime, a libp2p round trip),
-//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`crash`]. A
+//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`llm`], [`crash`]. A
 //! figure's `ratio` is always `value / floor`: above 1 for times means slower than the floor,
 //! below 1 for rates means short of it.
 //!
@@ -28,6 +28,7 @@ pub mod floor;
 pub mod gossip;
 pub mod job_latency;
 pub mod ledger;
+pub mod llm;
 pub mod negotiation;
 pub mod nodes;
 pub mod throughput;
@@ -110,17 +111,19 @@ pub enum Scenario {
     Gossip,
     Ledger,
     Negotiation,
+    Llm,
     Crash,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Floor,
         Scenario::JobLatency,
         Scenario::Throughput,
         Scenario::Gossip,
         Scenario::Ledger,
         Scenario::Negotiation,
+        Scenario::Llm,
         Scenario::Crash,
     ];
 
@@ -132,6 +135,7 @@ impl Scenario {
             Scenario::Gossip => "gossip",
             Scenario::Ledger => "ledger",
             Scenario::Negotiation => "negotiation",
+            Scenario::Llm => "llm",
             Scenario::Crash => "crash",
         }
     }
@@ -147,7 +151,7 @@ impl fmt::Display for Scenario {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "unknown scenario {0:?} (known: floor, job-latency, throughput, gossip, ledger, negotiation, \
-     crash)"
+     llm, crash)"
 )]
 pub struct UnknownScenario(String);
 
@@ -173,6 +177,8 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Seeds the `crash` scenario's kill points, victims, pauses and job mix.
     pub seed: u64,
+    /// The GGUF model of the `llm` scenario (default: where `scripts/fetch-model.sh` puts it).
+    pub model: Option<PathBuf>,
 }
 
 impl Options {
@@ -302,6 +308,7 @@ pub async fn run(
             Scenario::Gossip => gossip::run(&mut context).await,
             Scenario::Ledger => ledger::run(&mut context).await,
             Scenario::Negotiation => negotiation::run(&mut context).await,
+            Scenario::Llm => llm::run(&mut context).await,
             Scenario::Crash => crash::run(&mut context).await,
         };
         match figures {

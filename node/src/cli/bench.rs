@@ -15,7 +15,7 @@ use crate::bench::{self, Figure, Options, Scenario};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all): floor, job-latency, throughput, gossip, ledger,
-    /// negotiation, crash.
+    /// negotiation, llm, crash.
     #[arg(value_name = "SCENARIO")]
     pub scenarios: Vec<String>,
     /// Small sample counts: finishes in well under a minute on 2 cores.
@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// names its seed).
     #[arg(long, value_name = "N", default_value_t = 7)]
     pub seed: u64,
+    /// GGUF model of the llm scenario [default: where scripts/fetch-model.sh puts it].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
 }
 
 pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         gossip_nodes,
         dir: args.dir,
         seed: args.seed,
+        model: args.model,
     };
     let json = args.json;
     let mut printed = Ok(());

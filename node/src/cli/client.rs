@@ -108,10 +108,41 @@ impl ApiClient {
             .map_err(|error| anyhow!("{url}: not the JSON answer expected ({error})"))
     }
 
-    fn error_answer(url: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
-        match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(answer) => anyhow!("{url}: {status}: {}", answer.error.message),
-            Err(_) => anyhow!("{url}: {status}: no message"),
+    /// POSTs `body` as JSON to `path` and returns the response as it streams (an error answer
+    /// becomes a one-line error).
+    pub async fn post_stream<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(Self::error_answer(&url, status, &body));
+        }
+        Ok(response)
+    }
+
+    /// The message of an error answer: suanli's shape, or OpenAI's (the `/v1/chat/…` routes).
+    pub fn error_answer(url: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+        if let Ok(answer) = serde_json::from_slice::<ErrorBody>(body) {
+            return anyhow!("{url}: {status}: {}", answer.error.message);
+        }
+        let openai = serde_json::from_slice::<serde_json::Value>(body).ok();
+        match openai
+            .as_ref()
+            .and_then(|value| value["error"]["message"].as_str())
+        {
+            Some(message) => anyhow!("{url}: {status}: {message}"),
+            None => anyhow!("{url}: {status}: no message"),
         }
     }
 }

@@ -82,8 +82,8 @@ struct ExportRow<'a> {
 }
 
 const CSV_HEADER: &str = "ledger,index,timestamp_ms,kind,contract_id,requester,provider,job_id,\
-                          job_hash,fuel,wall_time_ms,memory_bytes,output_bytes,cost,outcome,\
-                          detail,hash,prev_hash";
+                          job_hash,fuel,wall_time_ms,memory_bytes,output_bytes,prompt_tokens,\
+                          completion_tokens,cost,outcome,detail,hash,prev_hash";
 
 /// Where the entries come from.
 enum Entries {
@@ -295,6 +295,8 @@ fn write_csv_row(writer: &mut impl Write, row: &ExportRow<'_>) -> std::io::Resul
         number(entry.wall_time_ms),
         number(entry.memory_bytes),
         number(entry.output_bytes),
+        number(entry.prompt_tokens),
+        number(entry.completion_tokens),
         number(entry.cost),
         text(entry.outcome.as_ref()),
         text(entry.detail.as_ref()),

@@ -13,6 +13,7 @@ mod jobs;
 mod ledger;
 mod output;
 mod proof;
+mod tokens;
 mod transparency;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ pub enum Command {
     Peers(ClientArgs),
     /// List every node in the running node's capacity view of the mesh.
     Mesh(ClientArgs),
+    /// List the models the mesh offers (any node answers for all of them).
+    Models(ClientArgs),
+    /// Chat with a model of the mesh through the node's OpenAI-compatible API.
+    Chat(tokens::ChatArgs),
     /// Submit and follow jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
@@ -105,6 +110,11 @@ pub struct RunArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Serve a model to the mesh: NAME=PATH.gguf (the built-in engine) or
+    /// NAME=http://host:port/v1 (an OpenAI-compatible server); repeatable. Replaces a configured
+    /// model of the same name.
+    #[arg(long, value_name = "NAME=SOURCE")]
+    pub model: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +158,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => jobs::execute(command).await,
         Command::Ledger(command) => ledger::execute(command).await,
         Command::Balances(args) => ledger::balances(args).await,
+        Command::Models(args) => tokens::models(args).await,
+        Command::Chat(args) => tokens::chat(args).await,
         Command::Bench(args) => bench::execute(args).await,
         Command::BenchGossipFloor => bench::gossip_floor_child().await,
     }
@@ -171,6 +183,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config.api.listen = api;
     }
     config.network.mdns |= args.mdns;
+    for flag in &args.model {
+        let model = crate::config::ModelConfig::parse_flag(flag)?;
+        config.tokens.models.retain(|m| m.name != model.name);
+        config.tokens.models.push(model);
+    }
     let checked = config.validate()?;
     let node = Node::start(data_dir, checked).await.context("start node")?;
     output::line(&format!(

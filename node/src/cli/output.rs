@@ -141,6 +141,15 @@ pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {
                 format!("{:.0}%", node.load * 100.0),
                 format!("{}+{}/Mf", node.prices.base, node.prices.per_million_fuel),
                 format!("{:.1}s", node.age_ms as f64 / 1000.0),
+                if node.models.is_empty() {
+                    "-".into()
+                } else {
+                    node.models
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
             ]
         })
         .collect();
@@ -154,6 +163,7 @@ pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {
             "LOAD",
             "PRICE µcr",
             "AGE",
+            "MODELS",
         ],
         &rows,
     )

@@ -174,6 +174,8 @@ pub(super) fn run(
         wall_time_ms,
         memory_bytes,
         output_bytes: stdout.len() as u64,
+        prompt_tokens: 0,
+        completion_tokens: 0,
     };
     // Too much output wins over whatever followed: a guest whose writes start failing usually
     // exits or traps because of it, and that is not the cause the requester needs to see.

@@ -17,6 +17,7 @@
 //! | `o` ‖ contract id | present while the contract is open (a contract, no settlement, no failure) |
 //! | `j` ‖ job id ‖ contract id | the contracts of each job |
 //! | `b` ‖ peer id | net micro-credits the peer owes this node (i128) and settlements counted (u64) |
+//! | `u` ‖ contract id ‖ request seq (u32, big-endian) | the seq of that request's usage receipt (the first one recorded) |
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,7 @@ const CONTRACT: u8 = b'c';
 const OPEN: u8 = b'o';
 const JOB: u8 = b'j';
 const BALANCE: u8 = b'b';
+const USAGE: u8 = b'u';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = vec![prefix];
@@ -116,6 +118,7 @@ pub(super) struct Changes {
     contracts: BTreeMap<ContractId, Seqs>,
     jobs: Vec<(JobId, ContractId)>,
     balances: BTreeMap<NodeId, (i128, u64)>,
+    usage: BTreeMap<(ContractId, u32), u64>,
     size: u64,
 }
 
@@ -203,6 +206,17 @@ impl Index {
                 Ok(record) => (record.contract_id, |seqs| &mut seqs.failure),
                 Err(_) => return Ok(()),
             },
+            EntryBody::Usage(usage) => {
+                if let Ok(usage) = usage.decode_unverified() {
+                    let slot = (usage.contract_id, usage.seq);
+                    if !changes.usage.contains_key(&slot)
+                        && self.usage_seq(&usage.contract_id, usage.seq)?.is_none()
+                    {
+                        changes.usage.insert(slot, seq);
+                    }
+                }
+                return Ok(());
+            }
             EntryBody::Misbehaviour(_) => return Ok(()),
         };
         let mut seqs = self.current(changes, &id)?;
@@ -242,8 +256,42 @@ impl Index {
                 &encode_balance(*net, *settlements),
             );
         }
+        for ((id, request), seq) in &changes.usage {
+            batch.insert(
+                &key(USAGE, &[id.0.as_bytes(), &request.to_be_bytes()]),
+                &seq.to_be_bytes(),
+            );
+        }
         batch.insert(SIZE_KEY, &changes.size.to_be_bytes());
         batch
+    }
+
+    /// The entry holding the usage receipt of request `request` of contract `id`.
+    pub(super) fn usage_seq(
+        &self,
+        id: &ContractId,
+        request: u32,
+    ) -> Result<Option<u64>, LedgerError> {
+        Ok(self
+            .tree
+            .get(&key(USAGE, &[id.0.as_bytes(), &request.to_be_bytes()]))?
+            .and_then(|bytes| Some(u64::from_be_bytes(bytes.as_slice().try_into().ok()?))))
+    }
+
+    /// The entries holding contract `id`'s usage receipts, in request order.
+    pub(super) fn usage_seqs(&self, id: &ContractId) -> Result<Vec<u64>, LedgerError> {
+        let prefix = key(USAGE, &[id.0.as_bytes()]);
+        let mut seqs = Vec::new();
+        for item in self.tree.scan(prefix.clone()..) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if let Ok(bytes) = <[u8; 8]>::try_from(&value[..]) {
+                seqs.push(u64::from_be_bytes(bytes));
+            }
+        }
+        Ok(seqs)
     }
 
     /// Indexes `entries` (raw, in order from the indexed size) and writes them at once: the
@@ -264,7 +312,7 @@ impl Index {
             self.add(&mut changes, seq, &entry.body)?;
             count += 1;
             // Bounded memory for a long catch-up: write every few thousand entries.
-            if changes.contracts.len() >= 4096 {
+            if changes.contracts.len() + changes.usage.len() >= 4096 {
                 let next = changes.size;
                 self.tree.apply_batch(self.batch(changes))?;
                 changes = self.changes(next);

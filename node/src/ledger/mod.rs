@@ -94,7 +94,8 @@ use serde::Serialize;
 use suanli_protocol::checkpoint::PrefixProof;
 use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError};
 use suanli_protocol::merkle::{ConsistencyProof, InclusionProof, ProveError};
-use suanli_protocol::{ContractDocs, ContractId, EncodeError, Hash32, JobId, NodeId};
+use suanli_protocol::tokens::UsageReceipt;
+use suanli_protocol::{CoSigned, ContractDocs, ContractId, EncodeError, Hash32, JobId, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -416,6 +417,14 @@ impl LedgerHandle {
     /// this node's own failure record), from the index. Blocking read, short.
     pub fn contract_docs(&self, id: ContractId) -> Result<Option<ContractDocs>, LedgerError> {
         self.shared.contract_docs(&self.head(), &id)
+    }
+
+    /// The usage receipts of standing contract `id`, in request order, from the index.
+    pub fn usage_receipts(
+        &self,
+        id: ContractId,
+    ) -> Result<Vec<CoSigned<UsageReceipt>>, LedgerError> {
+        self.shared.usage_receipts(&self.head(), &id)
     }
 
     /// The documents of every open contract (signed, neither settled nor failed here).

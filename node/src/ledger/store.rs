@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use suanli_protocol::checkpoint::PrefixProof;
-use suanli_protocol::ledger::{ChainHead, ChainVerifier, LedgerEntry, entry_hash};
+use suanli_protocol::ledger::{ChainHead, ChainVerifier, EntryBody, LedgerEntry, entry_hash};
 use suanli_protocol::merkle::{
     ConsistencyProof, EMPTY_ROOT, InclusionProof, MerkleTree, ProveError,
 };
 use suanli_protocol::negotiation::ContractId;
 use suanli_protocol::signed::SignatureBatch;
-use suanli_protocol::{ContractDocs, Hash32, JobId, Keypair, NodeId};
+use suanli_protocol::tokens::UsageReceipt;
+use suanli_protocol::{CoSigned, ContractDocs, Hash32, JobId, Keypair, NodeId};
 use tracing::{info, warn};
 
 /// Entries whose signatures [`Shared::verify`] checks in one batch (~200 signatures).
@@ -414,6 +415,29 @@ impl Shared {
             return Ok(None);
         };
         docs_at(&seqs, |seq| self.raw_entry(head, seq))
+    }
+
+    /// The usage receipts this ledger holds of contract `id` (a standing contract), in request
+    /// order, up to `head`.
+    pub(super) fn usage_receipts(
+        &self,
+        head: &ChainHead,
+        id: &ContractId,
+    ) -> Result<Vec<CoSigned<UsageReceipt>>, LedgerError> {
+        let mut receipts = Vec::new();
+        for seq in self.index.usage_seqs(id)? {
+            let Some(raw) = self.raw_entry(head, seq)? else {
+                continue;
+            };
+            let entry = LedgerEntry::decode(&raw).map_err(|error| LedgerError::Damaged {
+                path: std::path::PathBuf::new(),
+                detail: format!("entry {seq} cannot be decoded: {error}"),
+            })?;
+            if let EntryBody::Usage(usage) = entry.body {
+                receipts.push(usage);
+            }
+        }
+        Ok(receipts)
     }
 
     pub(super) fn open_contracts(&self) -> Result<Vec<ContractId>, LedgerError> {

@@ -36,7 +36,7 @@ use suanli_protocol::engine::{
     Append, AttemptEnd, Context, Effect, Held, Outbound, RequestKind, RunOrder, RunReport,
 };
 use suanli_protocol::wire::{ErrorCode, ExecuteRequest, MarketRequest, MarketResponse, WireError};
-use suanli_protocol::{Contract, ContractId, NodeId};
+use suanli_protocol::{Contract, ContractId, ExecutorKind, NodeId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -542,7 +542,10 @@ impl Driver {
         let mut watch = tokio::time::interval(WATCH_EVERY);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.market.inner.provider.occupy(id.id, &self.machine);
+            self.market
+                .inner
+                .provider
+                .occupy(id.id, &self.machine, &self.market.inner.serving);
             if self.machine.held().is_some()
                 && let Some(on_signed) = on_signed.take()
             {
@@ -783,6 +786,18 @@ impl Driver {
         let cancel = self.market.inner.cancel.child_token();
         let market = self.market.clone();
         let stop = cancel.clone();
+        if order.spec.executor == ExecutorKind::Llm {
+            // A model session: it runs until it is closed or its budget or time runs out.
+            let future = async move {
+                market
+                    .inner
+                    .serving
+                    .run_session(order.contract_id, &order.spec, order.limits, stop)
+                    .await
+            };
+            self.run = Some((cancel, Box::pin(future)));
+            return;
+        }
         let future = async move {
             let provider = &market.inner.provider;
             let permit = tokio::select! {

@@ -307,6 +307,11 @@ pub struct JobUsage {
     pub wall_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes: u64,
+    /// Tokens of a model session (absent from older records).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
 }
 
 impl From<Usage> for JobUsage {
@@ -316,6 +321,8 @@ impl From<Usage> for JobUsage {
             wall_ms: usage.wall_time_ms,
             memory_bytes: usage.memory_bytes,
             output_bytes: usage.output_bytes,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
         }
     }
 }

@@ -63,6 +63,7 @@ use crate::ledger::LedgerHandle;
 use crate::mesh::MeshView;
 use crate::network::{NetworkEvent, NetworkHandle, RequestError};
 use crate::storage::{Health, Storage};
+use crate::tokens::Serving;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Inbound market requests handled at once.
@@ -108,6 +109,19 @@ pub enum SubmitError {
     CompilerBusy(String),
 }
 
+/// Hears of a job's first contract signed by both parties: its provider and id.
+pub(crate) type SignedHook = tokio::sync::oneshot::Sender<(NodeId, ContractId)>;
+
+/// A standing contract signed by both parties ([`Market::open_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedSession {
+    pub contract_id: ContractId,
+    pub price: suanli_protocol::PriceTerms,
+    pub model_sha256: Hash32,
+    /// When its time is up (its creation plus its time limit).
+    pub expires_at_ms: u64,
+}
+
 /// Counters of the market, for the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MarketStats {
@@ -128,6 +142,8 @@ struct Inner {
     ledger: LedgerHandle,
     storage: Storage,
     executor: Executor,
+    /// The models this node serves and the standing contracts running on them.
+    serving: Serving,
     jobs: JobBook,
     jobs_config: JobsConfig,
     provider: ProviderSide,
@@ -173,6 +189,7 @@ pub struct MarketParts {
     pub ledger: LedgerHandle,
     pub storage: Storage,
     pub executor: Executor,
+    pub serving: Serving,
     pub provider: ProviderConfig,
     pub jobs: JobsConfig,
     /// Slots when `provider.slots` is unset: the cores offered.
@@ -206,6 +223,7 @@ impl Market {
                 ledger: parts.ledger,
                 storage: parts.storage,
                 executor: parts.executor,
+                serving: parts.serving,
                 jobs_config: parts.jobs,
                 provider,
                 registry: Registry::default(),
@@ -307,7 +325,11 @@ impl Market {
         let blobs = self.inner.jobs.blobs();
         let spec_bytes = blobs.get(&record.spec_hash?).ok()??;
         let spec = JobSpec::decode(&spec_bytes).ok()?;
-        let module = blobs.get(&record.module_hash).ok()??;
+        // A model session sends no module: its provider holds the model.
+        let module = match spec.executor {
+            ExecutorKind::Llm => Vec::new(),
+            ExecutorKind::Wasm => blobs.get(&record.module_hash).ok()??,
+        };
         let stdin = blobs.get(&record.stdin_hash).ok()??;
         let terms = JobTerms {
             job_id: record.job_id,
@@ -328,6 +350,7 @@ impl Market {
                 module: Arc::new(module),
                 stdin: Arc::new(stdin),
             }),
+            signed: None,
         })
     }
 
@@ -406,6 +429,16 @@ impl Market {
     /// Validates a submission, stores it durably and starts placing it. Returns the job id as
     /// soon as the record is durable, long before the job runs.
     pub async fn submit(&self, submission: Submission) -> Result<JobId, SubmitError> {
+        self.in_flight(self.admit(submission)).await
+    }
+
+    /// Runs `submitting` as a new job's admission: refused while the node stops or its storage
+    /// takes no work, or with [`MAX_JOBS_IN_FLIGHT`] jobs placed already; the job counts as in
+    /// flight from here (its task ends that), unless `submitting` fails.
+    async fn in_flight(
+        &self,
+        submitting: impl std::future::Future<Output = Result<JobId, SubmitError>>,
+    ) -> Result<JobId, SubmitError> {
         let inner = &self.inner;
         if inner.cancel.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
@@ -414,12 +447,11 @@ impl Market {
         if !health.is_accepting() {
             return Err(SubmitError::NotAccepting(health));
         }
-        let admitted = inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        if admitted >= MAX_JOBS_IN_FLIGHT {
+        if inner.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_JOBS_IN_FLIGHT {
             inner.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Busy);
         }
-        let result = self.admit(submission).await;
+        let result = submitting.await;
         if result.is_err() {
             inner.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
@@ -468,6 +500,19 @@ impl Market {
             placement: submission.placement,
             replicas: 1,
         };
+        self.store_job(spec, module, Arc::new(submission.stdin), None)
+            .await
+    }
+
+    /// Stores a job durably and starts placing it; `signed` hears of its first signed contract.
+    async fn store_job(
+        &self,
+        spec: JobSpec,
+        module: Arc<Vec<u8>>,
+        stdin: Arc<Vec<u8>>,
+        signed: Option<SignedHook>,
+    ) -> Result<JobId, SubmitError> {
+        let inner = &self.inner;
         spec.validate()
             .map_err(|error| SubmitError::Invalid(error.to_string()))?;
         let spec_bytes = spec
@@ -480,7 +525,7 @@ impl Market {
         let blobs = inner.jobs.blobs();
         let stored = blobs
             .put(&module)
-            .and_then(|_| blobs.put(&submission.stdin))
+            .and_then(|_| blobs.put(&stdin))
             .and_then(|_| blobs.put(&spec_bytes));
         let spec_hash = stored.map_err(|error| SubmitError::Store(error.into()))?;
         let record = JobRecord {
@@ -519,11 +564,158 @@ impl Market {
             payload: Arc::new(Payload {
                 spec: spec_bytes,
                 module,
-                stdin: Arc::new(submission.stdin),
+                stdin,
             }),
+            signed,
         };
         inner.tasks.spawn(task.run());
         Ok(job_id)
+    }
+
+    /// Negotiates a standing contract for `model` with `provider` (a model session: one job whose
+    /// run is the session, RFC 006) and waits up to `wait` for it to be signed by both. The job
+    /// goes on placing in the background when the wait is over; its contract then waits unused
+    /// until its time is up.
+    pub async fn open_session(
+        &self,
+        model: &suanli_protocol::tokens::ModelInfo,
+        provider: NodeId,
+        budget_tokens: u64,
+        secs: u64,
+        max_price: Credits,
+        wait: Duration,
+    ) -> Result<SignedSession, String> {
+        let inner = &self.inner;
+        let placement = Placement {
+            region: None,
+            provider: Some(provider),
+            exclude_self: false,
+        };
+        let spec =
+            suanli_protocol::tokens::session_spec(model, budget_tokens, secs, max_price, placement);
+        let (signed_tx, signed_rx) = tokio::sync::oneshot::channel();
+        // A session sends no module (its provider holds the model) and no stdin.
+        let stored = self.store_job(
+            spec,
+            Arc::new(Vec::new()),
+            Arc::new(Vec::new()),
+            Some(signed_tx),
+        );
+        let job_id = self
+            .in_flight(stored)
+            .await
+            .map_err(|error| error.to_string())?;
+        let signed = tokio::select! {
+            signed = signed_rx => signed.ok(),
+            () = tokio::time::sleep(wait) => None,
+            () = inner.cancel.cancelled() => None,
+        };
+        let Some((_, contract_id)) = signed else {
+            // Why it ended, when it did.
+            let reason = inner
+                .jobs
+                .get(&job_id)
+                .ok()
+                .flatten()
+                .and_then(|record| record.error.map(|error| error.message))
+                .unwrap_or_else(|| "no contract was signed in time".into());
+            return Err(reason);
+        };
+        let contract = inner
+            .ledger
+            .contract_docs(contract_id)
+            .map_err(|error| error.to_string())?
+            .ok_or("the contract is not in the ledger")?
+            .contract
+            .decode_unverified()
+            .map_err(|error| error.to_string())?;
+        Ok(SignedSession {
+            contract_id,
+            price: contract.price,
+            model_sha256: contract.module_hash,
+            expires_at_ms: contract
+                .created_at_ms
+                .saturating_add(contract.limits.wall_time_ms),
+        })
+    }
+
+    /// The open standing contracts this node holds as requester, with their providers.
+    pub fn open_sessions(&self) -> Vec<(ContractId, NodeId)> {
+        let inner = &self.inner;
+        let Ok(open) = inner.ledger.open_contracts() else {
+            return Vec::new();
+        };
+        open.into_iter()
+            .filter_map(|docs| {
+                let id = docs.contract_id();
+                let contract = docs.contract.decode_unverified().ok()?;
+                (contract.requester == inner.node_id && self.is_session_job(&contract.job_id))
+                    .then_some((id, contract.provider))
+            })
+            .collect()
+    }
+
+    /// Whether job `job_id`, submitted here, is a model session.
+    fn is_session_job(&self, job_id: &JobId) -> bool {
+        let blobs = self.inner.jobs.blobs();
+        self.inner
+            .jobs
+            .get(job_id)
+            .ok()
+            .flatten()
+            .and_then(|record| record.spec_hash)
+            .and_then(|hash| blobs.get(&hash).ok().flatten())
+            .and_then(|bytes| JobSpec::decode(&bytes).ok())
+            .is_some_and(|spec| spec.executor == ExecutorKind::Llm)
+    }
+
+    /// The claims of a model session's receipt that only this node's usage receipts can check:
+    /// its output lists usage receipts this node countersigned, each once, and its token totals
+    /// are theirs. (The provider may leave out receipts it lacks; it cannot add any.)
+    fn check_session_delivery(
+        &self,
+        receipt: &suanli_protocol::Receipt,
+        output: &[u8],
+    ) -> Result<(), String> {
+        if receipt.requester != self.inner.node_id || !self.is_session_job(&receipt.job_id) {
+            return Ok(());
+        }
+        let mine: std::collections::HashMap<Hash32, suanli_protocol::tokens::UsageReceipt> = self
+            .inner
+            .ledger
+            .usage_receipts(receipt.contract_id)
+            .map_err(|error| format!("cannot read this node's usage receipts: {error}"))?
+            .into_iter()
+            .filter_map(|r| Some((r.digest(), r.decode_unverified().ok()?)))
+            .collect();
+        if !output.len().is_multiple_of(32) {
+            return Err("a session's output is a list of receipt digests".into());
+        }
+        let (mut prompt, mut completion) = (0u64, 0u64);
+        let mut seen = HashSet::new();
+        for digest in output.chunks_exact(32) {
+            let digest = Hash32(<[u8; 32]>::try_from(digest).map_err(|_| "digest")?);
+            let usage = mine
+                .get(&digest)
+                .ok_or_else(|| format!("receipt {digest} was never countersigned here"))?;
+            if !seen.insert(digest) {
+                return Err(format!("receipt {digest} is listed twice"));
+            }
+            prompt += u64::from(usage.prompt_tokens);
+            completion += u64::from(usage.completion_tokens);
+        }
+        if receipt.usage.prompt_tokens != prompt || receipt.usage.completion_tokens != completion {
+            return Err(format!(
+                "the receipt bills {} + {} tokens; its listed requests used {prompt} + {completion}",
+                receipt.usage.prompt_tokens, receipt.usage.completion_tokens
+            ));
+        }
+        Ok(())
+    }
+
+    /// A peer sent something that does not check (token streams).
+    pub async fn penalize_peer(&self, peer: NodeId, reason: String) {
+        self.penalize(peer, reason).await;
     }
 
     /// Serves inbound market requests from the network until cancelled, at most
@@ -575,6 +767,13 @@ impl Market {
             }
             MarketRequest::Deliver(delivery) => match delivery.receipt.decode_unverified() {
                 Ok(receipt) => {
+                    if let Err(message) = self.check_session_delivery(&receipt, &delivery.output) {
+                        self.penalize(peer, format!("delivery: {message}")).await;
+                        return MarketResponse::Error(WireError::new(
+                            ErrorCode::BadRequest,
+                            message,
+                        ));
+                    }
                     let route = Route::requester(receipt.contract_id);
                     self.ask_contract(route, peer, MarketRequest::Deliver(delivery))
                         .await
@@ -643,6 +842,7 @@ fn entry_contract(entry: &EntryBody) -> Option<ContractId> {
             settlement.decode_unverified().ok().map(|s| s.contract_id)
         }
         EntryBody::Failure(failure) => failure.decode_unverified().ok().map(|f| f.contract_id),
+        EntryBody::Usage(usage) => usage.decode_unverified().ok().map(|u| u.contract_id),
         EntryBody::Misbehaviour(_) => None,
     }
 }

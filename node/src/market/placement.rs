@@ -32,6 +32,8 @@ pub(super) struct JobTask {
     pub(super) record: JobRecord,
     pub(super) terms: JobTerms,
     pub(super) payload: Arc<Payload>,
+    /// Hears of the first contract signed (a model session waits for it).
+    pub(super) signed: Option<super::SignedHook>,
 }
 
 impl JobTask {
@@ -291,9 +293,16 @@ impl JobTask {
                     (Machine::Requester(Box::new(machine)), effects, None),
                     Some(self.payload.clone()),
                 );
+                let mut signed = self.signed.take();
                 let end = driver
-                    .run_attempt(&mut |id| self.running(provider, id))
+                    .run_attempt(&mut |id| {
+                        self.running(provider, id);
+                        if let Some(signed) = signed.take() {
+                            let _ = signed.send((provider, id));
+                        }
+                    })
                     .await;
+                self.signed = self.signed.take().or(signed);
                 let Some(end) = end else {
                     return false;
                 };

@@ -29,6 +29,7 @@ use super::contracts::{Driver, Machine, Route};
 use crate::capacity::Load;
 use crate::clock::now_ms;
 use crate::config::ProviderConfig;
+use crate::tokens::Serving;
 
 /// Most offers one requester may hold at once: a peer cannot take all places by quoting.
 const MAX_RESERVATIONS_PER_REQUESTER: usize = 16;
@@ -203,7 +204,7 @@ impl ProviderSide {
 
     /// Records what a contract's driver reports of it: whether it holds a place, and what it
     /// can still cost its requester (for the credit line).
-    pub(super) fn occupy(&self, id: ContractId, machine: &Machine) {
+    pub(super) fn occupy(&self, id: ContractId, machine: &Machine, serving: &Serving) {
         let Machine::Provider(provider) = machine else {
             return;
         };
@@ -220,7 +221,9 @@ impl ProviderSide {
                 Open {
                     requester: contract.requester,
                     max_cost: contract.max_cost,
-                    occupies: provider.occupies_slot(),
+                    // A model session holds no run slot.
+                    occupies: provider.occupies_slot()
+                        && !serving.serves_sha(&contract.module_hash),
                 },
             );
         }
@@ -317,10 +320,20 @@ impl Market {
         if let Some(reason) = self.inner.storage_refusal() {
             return decline(DeclineCode::NoCapacity, &reason);
         }
-        if let Some((code, message)) = provider.refusal(&spec) {
-            return decline(code, &message);
-        }
-        let Ok(max_cost) = provider.prices.max_cost(&spec.limits) else {
+        // A model session is priced by its model and holds no run slot (the generation streams
+        // are its own limit); a WebAssembly job by the node's prices and slots.
+        let session = spec.executor == ExecutorKind::Llm;
+        let terms = match session {
+            true if provider.executors.contains(&ExecutorKind::Llm) => {
+                self.inner.serving.terms(&spec)
+            }
+            _ => provider.refusal(&spec).map_or(Ok(provider.prices), Err),
+        };
+        let price = match terms {
+            Ok(price) => price,
+            Err((code, message)) => return decline(code, &message),
+        };
+        let Ok(max_cost) = price.max_cost(&spec.limits) else {
             return decline(DeclineCode::LimitsExceeded, "cost overflows");
         };
         // What the requester owes this node already (its settlements), before taking the lock.
@@ -369,7 +382,7 @@ impl Market {
                 &format!("at most {MAX_RESERVATIONS_PER_REQUESTER} open offers per requester"),
             );
         }
-        if state.in_use() >= provider.capacity {
+        if !session && state.in_use() >= provider.capacity {
             return decline(
                 DeclineCode::Busy,
                 &format!(
@@ -383,7 +396,7 @@ impl Market {
             provider: self.inner.node_id,
             requester: peer,
             job_id: quote.job_id,
-            price: provider.prices,
+            price,
             max_cost,
             valid_until_ms: now + provider.offer_validity_ms,
             reservation: provider.reservation_counter.fetch_add(1, Ordering::Relaxed),

@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub market: request_response::Behaviour<FrameCodec>,
     pub ledger: request_response::Behaviour<FrameCodec>,
+    /// Raw substreams: `/suanli/tokens/1` (see [`super::tokens`]).
+    pub streams: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -198,6 +200,7 @@ pub fn build_swarm(
                 gossipsub,
                 market,
                 ledger,
+                streams: libp2p_stream::Behaviour::new(),
                 mdns: mdns.into(),
             })
         })

@@ -632,8 +632,14 @@ impl EventLoop {
         }
     }
 
+    /// A handle on the swarm's raw substreams (token streaming).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().streams.new_control()
+    }
+
     fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
+            BehaviourEvent::Streams(()) => {}
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -40,6 +40,7 @@ mod event_loop;
 pub mod floor;
 mod frame_codec;
 mod peers;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,10 +210,17 @@ impl GossipCounters {
 }
 
 /// A cloneable handle on the network task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     counters: Arc<GossipCounters>,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkHandle").finish_non_exhaustive()
+    }
 }
 
 impl NetworkHandle {
@@ -386,6 +394,12 @@ pub async fn start(
     let counters = Arc::new(GossipCounters::default());
     let mut event_loop = event_loop::EventLoop::new(parts, inbox, counters.clone())?;
     let listen_addrs = event_loop.listen().await?;
+    let streams = event_loop.stream_control();
     let task = tokio::spawn(event_loop.run());
-    Ok((NetworkHandle { commands, counters }, task, listen_addrs))
+    let handle = NetworkHandle {
+        commands,
+        counters,
+        streams,
+    };
+    Ok((handle, task, listen_addrs))
 }

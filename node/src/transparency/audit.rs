@@ -195,7 +195,9 @@ fn shared_document(body: &EntryBody) -> Option<(Hash32, DocumentKind, NodeId, No
                 decoded.provider,
             ))
         }
-        EntryBody::Failure(_) | EntryBody::Misbehaviour(_) => None,
+        // Usage receipts are not compared yet (a contract holds many; the settlement's receipt
+        // carries their digests, and it is compared).
+        EntryBody::Failure(_) | EntryBody::Misbehaviour(_) | EntryBody::Usage(_) => None,
     }
 }
 

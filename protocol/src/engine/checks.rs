@@ -126,6 +126,11 @@ pub fn check_receipt(
     if usage.output_bytes > limits.output_bytes {
         return Err(CheckError::UsageBeyondLimits("output_bytes"));
     }
+    // A model session's fuel is its tokens (a WebAssembly run has none).
+    let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+    if tokens > 0 && usage.fuel != tokens {
+        return Err(CheckError::UsageBeyondLimits("tokens"));
+    }
     // Wall time is enforced coarsely (epoch interruption), hence the grace.
     if usage.wall_time_ms > limits.wall_time_ms.saturating_add(WALL_TIME_GRACE_MS) {
         return Err(CheckError::UsageBeyondLimits("wall_time_ms"));

@@ -21,6 +21,7 @@ use super::{
     RunReport, Status, adopt, busy, learned_entries, mirrored_failure, reconciled, sign_decline,
     sign_failure, wire_error,
 };
+use crate::advert::ExecutorKind;
 use crate::hash::Hash32;
 use crate::identity::NodeId;
 use crate::job::{JobSpec, job_hash_from_bytes};
@@ -960,7 +961,8 @@ fn decline_answer(
 }
 
 /// The checks of an `Execute` against contract `id`: it names it, sizes, the spec bytes hash to
-/// the contract's job hash and make a valid spec, the module and stdin are the contract's.
+/// the contract's job hash and make a valid spec, the module and stdin are the contract's (a
+/// model session sends no module).
 fn check_execute(
     id: ContractId,
     contract: &Contract,
@@ -982,9 +984,13 @@ fn check_execute(
         .map_err(|error| (ErrorCode::BadRequest, format!("spec: {error}")))?;
     spec.validate()
         .map_err(|error| (ErrorCode::BadRequest, format!("spec: {error}")))?;
-    if Hash32::of(&execute.module) != contract.module_hash
-        || Hash32::of(&execute.stdin) != contract.stdin_hash
-    {
+    // A model session's "module" is the model file, which the provider holds already (its hash
+    // is the contract's `module_hash`): nothing is sent.
+    let module_ok = match spec.executor {
+        ExecutorKind::Llm => execute.module.is_empty(),
+        ExecutorKind::Wasm => Hash32::of(&execute.module) == contract.module_hash,
+    };
+    if !module_ok || Hash32::of(&execute.stdin) != contract.stdin_hash {
         return Err((
             ErrorCode::BadRequest,
             "module or stdin does not match the contract's hashes".into(),

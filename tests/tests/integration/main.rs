@@ -7,4 +7,5 @@ mod mesh;
 mod process;
 mod protocol;
 mod storage;
+mod tokens;
 mod transparency;

@@ -97,6 +97,7 @@ fn advert_of(key: &Keypair, seq: u64) -> CapacityAdvert {
         prices: PriceTerms::default(),
         load_permille: 0,
         software_version: "evil".into(),
+        models: Vec::new(),
     }
 }
 

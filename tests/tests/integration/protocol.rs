@@ -53,10 +53,7 @@ fn a_contract_through_wire_messages() {
         nonce: 42,
         deadline_grace_ms: 30_000,
     };
-    let price = PriceTerms {
-        base: Credits(10),
-        per_million_fuel: Credits(20),
-    };
+    let price = PriceTerms::fuel(Credits(10), Credits(20));
     let (requester_ctx, provider_ctx) = (
         Context {
             keypair: &requester_key,
@@ -177,6 +174,8 @@ fn a_contract_through_wire_messages() {
                         wall_time_ms: 3,
                         memory_bytes: 65_536,
                         output_bytes: output.len() as u64,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
                     },
                     output,
                 };

@@ -434,6 +434,8 @@ impl Sim {
                         wall_time_ms: 12,
                         memory_bytes: 1 << 20,
                         output_bytes: 5,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
                     },
                     output: b"hello".to_vec(),
                 };
@@ -1407,6 +1409,7 @@ fn entry_contract(entry: &EntryBody) -> Option<ContractId> {
             settlement.decode_unverified().ok().map(|s| s.contract_id)
         }
         EntryBody::Failure(failure) => failure.decode_unverified().ok().map(|f| f.contract_id),
+        EntryBody::Usage(usage) => usage.decode_unverified().ok().map(|u| u.contract_id),
         EntryBody::Misbehaviour(_) => None,
     }
 }

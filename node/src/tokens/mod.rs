@@ -1,0 +1,113 @@
+//! AI tokens: the models a node serves to the mesh ([`serve`]), and every node as an
+//! OpenAI-compatible endpoint that routes requests to them ([`route`]), each request metered in a
+//! usage receipt both parties sign, under standing contracts (docs/rfcs/006-tokens.md).
+//!
+//! ```text
+//!  HTTP /v1/chat/completions ─▶ Router ─ standing contract? ─no─▶ Market::open_session (one
+//!                                  │                               negotiation, RFC 005)
+//!                                  └─ /suanli/tokens/1 stream ─▶ Serving (provider) ─▶ candle
+//!                                       Generate, Text…, Done(receipt), Countersigned     or upstream
+//! ```
+
+pub mod route;
+pub mod serve;
+
+use std::path::Path;
+
+use suanli_protocol::Credits;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use route::{Completed, Generating, MeshModel, RouteError, Router, RouterParts};
+pub use serve::{Offered, Serving};
+
+use crate::config::ModelConfig;
+use crate::inference::{self, InferenceError};
+use crate::network::NetworkHandle;
+
+/// Loads every configured model (a file, or an upstream server); the first that fails is the
+/// node's start-up error.
+pub async fn load_models(models: &[ModelConfig]) -> Result<Vec<Offered>, ModelError> {
+    let mut offered = Vec::with_capacity(models.len());
+    for config in models {
+        let started = std::time::Instant::now();
+        let model = if config.is_upstream() {
+            inference::upstream::connect(&config.name, &config.source).await
+        } else {
+            let (name, path) = (config.name.clone(), config.source.clone());
+            tokio::task::spawn_blocking(move || inference::candle::load(&name, Path::new(&path)))
+                .await
+                .map_err(|error| InferenceError::Failed(error.to_string()))
+                .and_then(|loaded| loaded)
+        }
+        .map_err(|source| ModelError {
+            name: config.name.clone(),
+            from: config.source.clone(),
+            error: source,
+        })?;
+        info!(
+            model = %model.name,
+            family = %model.family,
+            context = model.context,
+            quantisation = %model.quantisation,
+            sha256 = %model.sha256,
+            decode_tokens_per_s = model.decode_tokens_per_s,
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        offered.push(Offered {
+            model,
+            per_million_prompt: Credits(config.price_per_million_prompt),
+            per_million_completion: Credits(config.price_per_million_completion),
+        });
+    }
+    Ok(offered)
+}
+
+/// A model that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("model {name} from {from}: {error}")]
+pub struct ModelError {
+    pub name: String,
+    pub from: String,
+    pub error: InferenceError,
+}
+
+/// Inbound token streams served at once; more are closed at once (the requester fails over).
+pub const MAX_INBOUND_STREAMS: usize = 256;
+
+/// Accepts inbound token streams and serves each on its own task until `cancel`, at most
+/// [`MAX_INBOUND_STREAMS`] at once.
+pub async fn accept_streams(network: NetworkHandle, serving: Serving, cancel: CancellationToken) {
+    let mut incoming = match network.accept_token_streams() {
+        Ok(incoming) => incoming,
+        Err(error) => {
+            tracing::error!(%error, "cannot accept token streams");
+            return;
+        }
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_STREAMS));
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => break,
+            stream = incoming.next() => stream,
+        };
+        let Some(stream) = stream else { break };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %stream.peer(), "too many token streams; one refused");
+            continue;
+        };
+        let serving = serving.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = serving.serve_stream(stream) => {}
+                () = cancel.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
