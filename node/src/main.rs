@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use suanli_node::cli::{Cli, SilentExit, execute};
 
-/// candle reads how many threads one generation uses from the environment, once per process.
-/// One per stream is what keeps streams from queueing for a shared pool on a busy machine
-/// (docs/benchmarks.md); an operator's own setting is kept.
-const ENGINE_THREADS: &str = "CANDLE_NUM_THREADS";
+/// candle sizes its thread pools from this variable, once per process. One thread per stream is
+/// what keeps streams from queueing for a shared pool on a busy machine (docs/benchmarks.md);
+/// an operator's own setting is kept.
+const ENGINE_THREADS: &str = "RAYON_NUM_THREADS";
 
 fn main() -> ExitCode {
     if std::env::var_os(ENGINE_THREADS).is_none() {

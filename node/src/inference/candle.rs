@@ -48,7 +48,9 @@
 //! and its spinning workers fight every other busy thread: on two busy cores one stream fell from
 //! about 35 to 4 tokens/s. **The node's process must therefore run with `RAYON_NUM_THREADS=1`**:
 //! each stream then computes on its own thread, and N streams use N cores. This module cannot set
-//! it (changing the environment of a running, threaded process is unsound).
+//! it (changing the environment of a running, threaded process is unsound); the `suanli` binary
+//! re-executes itself with it (`node/src/main.rs`), and the workspace's `.cargo/config.toml` sets
+//! it for tests.
 //!
 //! **Determinism.** Greedy decoding (temperature 0) is an argmax over logits computed the same
 //! way every time, so the same request on the same machine and build gives the same text; with a

@@ -43,7 +43,8 @@ use crate::network::tokens::{FrameReader, TokenStream};
 
 /// Providers one request tries before it fails.
 const CANDIDATES_PER_REQUEST: usize = 3;
-/// A contract is not used for new requests this long before its time is up.
+/// A contract is not used for new requests this long before its time is up (or a quarter of
+/// its time, for a short one).
 const EXPIRY_MARGIN_MS: u64 = 30_000;
 /// How long a request waits for a new standing contract to be signed.
 const NEGOTIATION_WAIT: Duration = Duration::from_secs(15);
@@ -99,13 +100,14 @@ struct Standing {
     model_sha256: Hash32,
     price: PriceTerms,
     budget: u64,
-    expires_at_ms: u64,
     next_seq: u32,
     /// Tokens of its countersigned receipts.
     used: u64,
     /// Tokens reserved by requests in flight (prompt bound + max_tokens each).
     reserved: u64,
     in_flight: u32,
+    /// No new request after this (its time minus a margin).
+    usable_until_ms: u64,
     /// Takes new requests.
     usable: bool,
     closing: bool,
@@ -400,6 +402,7 @@ impl Router {
         if let Some(lease) = self.take_lease(provider, &info.name, need) {
             return Ok(lease);
         }
+        self.retire(provider, &info.name, need);
         let config = &self.inner.config;
         let budget = config.contract_budget_tokens.max(need);
         let max_price = Credits(
@@ -424,14 +427,17 @@ impl Router {
             )
             .await
             .map_err(Attempt::Next)?;
+        let secs_ms = config.contract_secs.saturating_mul(1000);
         let standing = Standing {
+            usable_until_ms: signed
+                .expires_at_ms
+                .saturating_sub(EXPIRY_MARGIN_MS.min(secs_ms / 4)),
             contract_id: signed.contract_id,
             provider,
             model: info.name.clone(),
             model_sha256: signed.model_sha256,
             price: signed.price,
             budget,
-            expires_at_ms: signed.expires_at_ms,
             next_seq: 1,
             used: 0,
             reserved: 0,
@@ -445,6 +451,31 @@ impl Router {
             .ok_or_else(|| Attempt::Next("the new contract cannot hold the request".into()))
     }
 
+    /// Closes (once idle) the contracts with `provider` for `model` that cannot take a request
+    /// needing `need` tokens any more (spent, or their time nearly up): a new one replaces them.
+    fn retire(&self, provider: NodeId, model: &str, need: u64) {
+        let now = now_ms();
+        let closing: Vec<ContractId> = {
+            let mut pool = self.pool();
+            pool.contracts
+                .values_mut()
+                .filter(|s| s.usable && s.provider == provider && s.model == model)
+                .filter(|s| {
+                    now >= s.usable_until_ms || s.budget.saturating_sub(s.used + s.reserved) < need
+                })
+                .filter_map(|s| {
+                    s.usable = false;
+                    let close = s.in_flight == 0 && !s.closing;
+                    s.closing |= close;
+                    close.then_some(s.contract_id)
+                })
+                .collect()
+        };
+        for id in closing {
+            self.spawn_close(id, provider);
+        }
+    }
+
     fn take_lease(&self, provider: NodeId, model: &str, need: u64) -> Option<Lease> {
         let now = now_ms();
         let mut pool = self.pool();
@@ -453,7 +484,7 @@ impl Router {
                 && s.provider == provider
                 && s.model == model
                 && s.in_flight < super::serve::MAX_STREAMS_PER_SESSION as u32
-                && now + EXPIRY_MARGIN_MS < s.expires_at_ms
+                && now < s.usable_until_ms
                 && s.budget.saturating_sub(s.used + s.reserved) >= need
         })?;
         let seq = standing.next_seq;
@@ -487,7 +518,7 @@ impl Router {
                 Err(_) => standing.usable = false,
             }
             let left = standing.budget.saturating_sub(standing.used);
-            if left < 64 || now_ms() + EXPIRY_MARGIN_MS >= standing.expires_at_ms {
+            if left < 64 || now_ms() >= standing.usable_until_ms {
                 standing.usable = false;
             }
             let close = !standing.usable && standing.in_flight == 0 && !standing.closing;

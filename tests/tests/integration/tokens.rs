@@ -517,3 +517,47 @@ fn a_model_that_cannot_load_stops_the_node_at_start() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("--model"));
     }
 }
+
+/// A standing contract whose budget is spent, or whose time is up, settles without anyone
+/// stopping; the next request gets a new one.
+#[test]
+fn standing_contracts_end_when_spent_or_when_their_time_is_up() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let b = start(dirs[1].path(), &serve_model_args());
+    // Contracts of 150 tokens standing 10 s: a short request fits twice.
+    let config = dirs[0].path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        "[tokens]\ncontract_budget_tokens = 150\ncontract_secs = 10\n",
+    )
+    .unwrap();
+    let mut args = bootstrap(&b);
+    args.extend(["--config".into(), config.display().to_string()]);
+    let a = start(dirs[0].path(), &args);
+    wait_model(&a.api, MODEL);
+    let settled = |ledger: &[Value]| of_kind(ledger, "settlement").len();
+    for _ in 0..3 {
+        let (status, answer) = chat(&a.api, "Hi", 8);
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The third request did not fit the first contract: it was closed and settled at once.
+    wait_ledgers(
+        "the spent contract settles on both sides",
+        Duration::from_secs(30),
+        [&a.api, &b.api],
+        |a, b| of_kind(a, "contract").len() == 2 && settled(a) >= 1 && settled(b) >= 1,
+    );
+    // The second one's time runs out: it settles too, and the next request opens a third.
+    wait_ledgers(
+        "the expired contract settles on both sides",
+        Duration::from_secs(60),
+        [&a.api, &b.api],
+        |a, b| settled(a) == 2 && settled(b) == 2,
+    );
+    let (status, answer) = chat(&a.api, "Hi", 8);
+    assert_eq!(status, 200, "{answer}");
+    let ledger = entries(&a.api);
+    assert_eq!(of_kind(&ledger, "contract").len(), 3);
+    assert_eq!(of_kind(&ledger, "usage").len(), 4);
+    drop((a, b));
+}
