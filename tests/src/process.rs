@@ -38,6 +38,21 @@ pub fn suanli(args: &[&str]) -> Output {
         .expect("run suanli")
 }
 
+/// The TCP address with the node id (`…/tcp/PORT/p2p/ID`) of a node's `run.json`: what other
+/// nodes bootstrap from.
+pub fn p2p_addr(info: &Value) -> String {
+    let tcp = info["listen_addrs"]
+        .as_array()
+        .and_then(|addrs| {
+            addrs
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|a| a.contains("/tcp/"))
+        })
+        .expect("tcp address");
+    format!("{tcp}/p2p/{}", info["node_id"].as_str().expect("node id"))
+}
+
 /// A `suanli run` process, stopped with SIGTERM (or killed) when dropped.
 #[derive(Debug)]
 pub struct NodeProcess {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use suanli_tests::process::NodeProcess;
+use suanli_tests::process::{NodeProcess, p2p_addr};
 use tempfile::TempDir;
 
 /// Short liveness settings: a silent connection is closed after 1 + 2 = 3 s without an answer,
@@ -81,17 +81,7 @@ fn a_silent_peer_leaves_the_peer_lists_and_returns_when_the_cut_heals() {
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let mut first = spawn(dirs[0].path(), &[]);
     let info = first.wait_ready(Duration::from_secs(30));
-    let tcp = info["listen_addrs"]
-        .as_array()
-        .and_then(|addrs| {
-            addrs
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|a| a.contains("/tcp/"))
-        })
-        .expect("tcp address")
-        .to_owned();
-    let bootstrap = format!("{tcp}/p2p/{}", info["node_id"].as_str().expect("id"));
+    let bootstrap = p2p_addr(&info);
     let mut nodes = vec![first];
     for dir in &dirs[1..] {
         nodes.push(spawn(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use suanli_tests::process::{NodeProcess, suanli};
+use suanli_tests::process::{NodeProcess, p2p_addr, suanli};
 use tempfile::TempDir;
 
 const JOBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs");
@@ -40,18 +40,7 @@ impl ProcessMesh {
             .collect();
         let mut first = NodeProcess::spawn(dirs[0].path(), &[]);
         let info = first.wait_ready(Duration::from_secs(30));
-        let id = info["node_id"].as_str().expect("id").to_owned();
-        let tcp = info["listen_addrs"]
-            .as_array()
-            .and_then(|addrs| {
-                addrs
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .find(|a| a.contains("/tcp/"))
-            })
-            .expect("tcp address")
-            .to_owned();
-        let bootstrap = format!("{tcp}/p2p/{id}");
+        let bootstrap = p2p_addr(&info);
         let mut nodes = vec![first];
         for dir in &dirs[1..] {
             nodes.push(NodeProcess::spawn(

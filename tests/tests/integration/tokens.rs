@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use suanli_tests::models::{model_path, openai_client_script, python};
-use suanli_tests::process::{NodeProcess, suanli};
+use suanli_tests::process::{NodeProcess, p2p_addr, suanli};
 use tempfile::TempDir;
 
 const MODEL: &str = "smollm2";
@@ -52,22 +52,11 @@ fn start(dir: &Path, extra: &[String]) -> Running {
     let mut process = NodeProcess::spawn(dir, extra);
     // Loading the model (hashing it, re-quantising it, measuring it) takes a few seconds.
     let info = process.wait_ready(Duration::from_secs(120));
-    let id = info["node_id"].as_str().expect("id").to_owned();
-    let tcp = info["listen_addrs"]
-        .as_array()
-        .and_then(|addrs| {
-            addrs
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|a| a.contains("/tcp/"))
-        })
-        .expect("tcp address")
-        .to_owned();
     Running {
         process,
         api: format!("http://{}", info["api"].as_str().expect("api")),
-        p2p: format!("{tcp}/p2p/{id}"),
-        id,
+        p2p: p2p_addr(&info),
+        id: info["node_id"].as_str().expect("id").to_owned(),
     }
 }
 
