@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 use suanli_protocol::tokens::ModelInfo;
 
-use suanli_protocol::{CapacityAdvert, ExecutorKind, Gpu, NodeId, PriceTerms, Resources};
+use suanli_protocol::{
+    CapacityAdvert, ClusterInfo, ExecutorKind, Gpu, NodeId, PriceTerms, Resources,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +43,13 @@ impl Detected {
 }
 
 fn total_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    proc_kib_field("/proc/meminfo", "MemTotal:")
+}
+
+/// A `KEY: N kB` field of a `/proc` file (`/proc/meminfo`, `/proc/self/status`), in bytes.
+pub(crate) fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|line| line.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
 }
@@ -138,6 +145,16 @@ impl Load {
     }
 }
 
+/// What an advert shows that changes while the node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Now {
+    /// Unix ms.
+    pub at_ms: u64,
+    pub load: Load,
+    /// The cluster this node fronts, as last read.
+    pub cluster: Option<ClusterInfo>,
+}
+
 /// The load adverts show: the market's, or [full](Load::full) while `health` refuses work.
 pub fn advertised_load(market: Load, health: &Health) -> Load {
     if health.is_accepting() {
@@ -222,16 +239,21 @@ impl Capacity {
         }
     }
 
-    /// An advert of this capacity under `load`: busy slots take their share of cores and memory.
+    /// An advert of this capacity as it is `now`: busy slots take their share of cores and
+    /// memory.
     pub fn advert(
         &self,
         node: NodeId,
         seq: u64,
-        now_ms: u64,
         ttl: Duration,
         listen_addrs: Vec<String>,
-        load: Load,
+        now: Now,
     ) -> CapacityAdvert {
+        let Now {
+            at_ms: now_ms,
+            load,
+            cluster,
+        } = now;
         let free = Resources {
             cpu_cores: u32::try_from(load.free_share(u64::from(self.total.cpu_cores)))
                 .unwrap_or(self.total.cpu_cores),
@@ -252,6 +274,7 @@ impl Capacity {
             load_permille: load.load_permille(),
             software_version: env!("CARGO_PKG_VERSION").into(),
             models: self.models.clone(),
+            cluster,
         }
     }
 }

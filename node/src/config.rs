@@ -36,6 +36,67 @@ pub struct Config {
     pub storage: StorageConfig,
     /// AI tokens: the models this node serves, and standing contracts for those it uses.
     pub tokens: TokensConfig,
+    /// A Slurm cluster this node fronts (executor `slurm`), through slurmrestd.
+    pub slurm: SlurmConfig,
+}
+
+/// A Slurm cluster behind this node (`[slurm]`): unset `endpoint` means none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// slurmrestd's base URL, e.g. `http://slurm-head:6820`.
+    pub endpoint: Option<String>,
+    /// The cluster user mesh jobs run as (`X-SLURM-USER-NAME`).
+    pub user: String,
+    /// Credentials, exactly one: a token (`scontrol token`), a file holding one, or the
+    /// cluster's JWT key file, from which the node mints short-lived tokens itself.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub jwt_key_file: Option<PathBuf>,
+    /// Where mesh jobs go, and the account they are charged to.
+    pub partition: String,
+    pub account: Option<String>,
+    /// The most CPUs one mesh job holds at once (one per running task; the rest of a job
+    /// array waits in the queue).
+    pub max_cpus: u32,
+    /// The most tasks one job may have.
+    pub max_tasks: u32,
+    /// A directory every compute node sees at the same path (shared storage); default:
+    /// `<data dir>/slurm`, which is enough for a cluster on this machine.
+    pub work_dir: Option<PathBuf>,
+    /// The `suanli` binary as the compute nodes see it; default: this one.
+    pub exec_path: Option<PathBuf>,
+    /// Seconds between readings of the cluster's capacity (for adverts).
+    pub refresh_secs: u64,
+    /// Milliseconds between polls of a running job's state.
+    pub poll_interval_ms: u64,
+    /// Micro-credits per CPU-second the cluster's accounting reports.
+    pub price_per_cpu_second: u64,
+    /// Node ids whose plain batch scripts (executor `batch`) this cluster runs as they are,
+    /// outside the sandbox. Empty: none (and `batch` is not offered).
+    pub batch_requesters: Vec<String>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            endpoint: None,
+            user: "suanli".into(),
+            token: None,
+            token_file: None,
+            jwt_key_file: None,
+            partition: String::new(),
+            account: None,
+            max_cpus: 64,
+            max_tasks: suanli_protocol::job::MAX_TASKS,
+            work_dir: None,
+            exec_path: None,
+            refresh_secs: 10,
+            poll_interval_ms: 500,
+            price_per_cpu_second: 0,
+            batch_requesters: Vec::new(),
+        }
+    }
 }
 
 /// A model this node serves (`[[tokens.models]]`, or `suanli run --model NAME=SOURCE`).
@@ -428,6 +489,8 @@ pub struct CheckedConfig {
     pub ledger: LedgerConfig,
     pub storage: StorageConfig,
     pub tokens: TokensConfig,
+    /// The cluster this node fronts, checked (`None`: none).
+    pub slurm: Option<SlurmConfig>,
 }
 
 impl Config {
@@ -544,21 +607,29 @@ impl Config {
             ));
         }
         self.check_tokens()?;
+        let slurm = self.check_slurm()?;
         let capacity = &self.capacity;
         if capacity.region.len() > suanli_protocol::job::MAX_REGION_BYTES {
             return Err(invalid("capacity.region", "at most 64 bytes"));
         }
-        let executors = capacity
+        let mut executors = capacity
             .executors
             .iter()
             .map(|name| match name.as_str() {
                 "wasm" => Ok(ExecutorKind::Wasm),
                 other => Err(invalid(
                     "capacity.executors",
-                    format!("unknown executor {other:?} (known: wasm)"),
+                    format!("unknown executor {other:?} (known: wasm; slurm comes with [slurm])"),
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(slurm) = &slurm {
+            executors.push(ExecutorKind::Slurm);
+            if !slurm.batch_requesters.is_empty() {
+                executors.push(ExecutorKind::Batch);
+            }
+        }
+        let per_cpu_second = Credits(slurm.as_ref().map_or(0, |slurm| slurm.price_per_cpu_second));
         Ok(CheckedConfig {
             listen,
             bootstrap,
@@ -574,17 +645,74 @@ impl Config {
             api_listen,
             capacity: capacity.clone(),
             executors,
-            prices: PriceTerms::fuel(
-                Credits(capacity.price_base),
-                Credits(capacity.price_per_million_fuel),
-            ),
+            prices: PriceTerms {
+                per_cpu_second,
+                ..PriceTerms::fuel(
+                    Credits(capacity.price_base),
+                    Credits(capacity.price_per_million_fuel),
+                )
+            },
             provider: self.provider.clone(),
             executor: self.executor.clone(),
             jobs: self.jobs.clone(),
             ledger: self.ledger.clone(),
             storage: self.storage.clone(),
             tokens: self.tokens.clone(),
+            slurm,
         })
+    }
+
+    fn check_slurm(&self) -> Result<Option<SlurmConfig>, ConfigError> {
+        let slurm = &self.slurm;
+        let Some(endpoint) = &slurm.endpoint else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(endpoint)
+            .map_err(|error| invalid("slurm.endpoint", format!("{endpoint:?}: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(
+                "slurm.endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let credentials = [
+            slurm.token.is_some(),
+            slurm.token_file.is_some(),
+            slurm.jwt_key_file.is_some(),
+        ];
+        if credentials.iter().filter(|given| **given).count() != 1 {
+            return Err(invalid(
+                "slurm.token / slurm.token_file / slurm.jwt_key_file",
+                "give exactly one",
+            ));
+        }
+        if slurm.user.is_empty() || slurm.partition.is_empty() {
+            return Err(invalid("slurm.user / slurm.partition", "must be given"));
+        }
+        if slurm.max_cpus == 0 || slurm.refresh_secs == 0 || slurm.poll_interval_ms < 50 {
+            return Err(invalid(
+                "slurm.max_cpus / slurm.refresh_secs / slurm.poll_interval_ms",
+                "max_cpus and refresh_secs at least 1, poll_interval_ms at least 50",
+            ));
+        }
+        let max_tasks = suanli_protocol::job::MAX_TASKS;
+        if !(1..=max_tasks).contains(&slurm.max_tasks) {
+            return Err(invalid(
+                "slurm.max_tasks",
+                format!("must be 1..={max_tasks}"),
+            ));
+        }
+        if let Some(bad) = slurm
+            .batch_requesters
+            .iter()
+            .find(|id| id.parse::<suanli_protocol::NodeId>().is_err())
+        {
+            return Err(invalid(
+                "slurm.batch_requesters",
+                format!("{bad:?} is not a node id"),
+            ));
+        }
+        Ok(Some(slurm.clone()))
     }
 
     fn check_tokens(&self) -> Result<(), ConfigError> {
@@ -761,6 +889,31 @@ default_max_tokens = 512
 # source = "/var/lib/suanli/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # or "http://10.0.0.5:8000/v1"
 # price_per_million_prompt = 100000
 # price_per_million_completion = 200000
+
+[slurm]
+# A Slurm cluster this node fronts: mesh jobs of executor "slurm" run on its compute nodes as
+# `suanli exec` (the same sandbox and limits), a job of many tasks as one job array, metered by
+# the cluster's accounting. Needs slurmrestd with JWT auth and slurmdbd. See docs/operations.md.
+# endpoint = "http://slurm-head:6820"
+user = "suanli"
+# Exactly one of: token = "...", token_file = "/etc/suanli/slurm.token",
+# jwt_key_file = "/etc/slurm/jwt_hs256.key" (tokens are then minted by the node).
+# partition = "mesh"
+# account = "mesh"
+# The most CPUs one mesh job holds at once (one per running task), and tasks per job.
+max_cpus = 64
+max_tasks = 1000
+# Shared by every compute node at the same path (default: <data dir>/slurm).
+# work_dir = "/shared/suanli"
+# The suanli binary as compute nodes see it (default: this one).
+# exec_path = "/usr/local/bin/suanli"
+refresh_secs = 10
+poll_interval_ms = 500
+# Micro-credits per CPU-second of the cluster's accounting (on top of the fuel price).
+price_per_cpu_second = 0
+# Node ids whose plain batch scripts (executor "batch") run on the cluster as they are, outside
+# the sandbox: only peers you trust with your account. Empty: "batch" is not offered.
+batch_requesters = []
 
 [storage]
 # Bytes kept free on the filesystem of <data dir>/db (256 MiB). Below this the node refuses new

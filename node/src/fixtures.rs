@@ -60,6 +60,7 @@ impl Deal {
             memory_bytes: 64 << 20,
             wall_time_ms: 5_000,
             output_bytes: 1 << 20,
+            tasks: 1,
         };
         let price = PriceTerms::fuel(Credits(100), Credits(1_000));
         let job_id = JobId(Hash32::of(&nonce.to_be_bytes()));
@@ -88,6 +89,7 @@ impl Deal {
             output_bytes: 5,
             prompt_tokens: 0,
             completion_tokens: 0,
+            cluster: None,
         };
         let cost = price.cost(&usage).map_err(document_error)?;
         let receipt = Signed::sign(

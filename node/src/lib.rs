@@ -28,6 +28,7 @@ pub mod data_dir;
 pub mod executor;
 #[doc(hidden)]
 pub mod fixtures;
+mod http;
 pub mod inference;
 pub mod ledger;
 pub mod market;
@@ -35,6 +36,7 @@ pub mod mesh;
 pub mod network;
 pub mod openai;
 mod serde_text;
+pub mod slurm;
 pub mod storage;
 pub mod tokens;
 pub mod transparency;
@@ -84,6 +86,8 @@ pub enum NodeError {
     Executor(#[from] ExecutorError),
     #[error(transparent)]
     Model(#[from] tokens::ModelError),
+    #[error(transparent)]
+    Cluster(#[from] slurm::ClusterError),
     #[error("API on {addr}: {source}")]
     Api {
         addr: SocketAddr,
@@ -132,9 +136,18 @@ impl Node {
             capacity.models = offered.iter().map(tokens::Offered::info).collect();
         }
         if !config.provider.accept_jobs {
-            // Advertise no executor, so nobody ranks this node for jobs it would decline.
+            // Advertise no executor (nor cluster), so nobody ranks this node for jobs it would
+            // decline.
             capacity.executors.clear();
             capacity.models.clear();
+        }
+        // So does the cluster: a node configured to front one that it cannot reach does not start.
+        let cluster = match &config.slurm {
+            Some(slurm) => Some(slurm::Cluster::connect(slurm.clone(), data_dir.root()).await?),
+            None => None,
+        };
+        if cluster.is_none() {
+            capacity.executors.retain(|kind| !kind.on_cluster());
         }
         let mesh = MeshView::default();
         let cancel = CancellationToken::new();
@@ -174,6 +187,13 @@ impl Node {
             advertised_load,
             cancel.clone(),
         ));
+        let cluster_info = match &cluster {
+            Some(cluster) if config.provider.accept_jobs => {
+                tasks.spawn(cluster.clone().refresh_loop(cancel.clone()));
+                cluster.info()
+            }
+            _ => tokio::sync::watch::channel(None).1,
+        };
         let (events_sender, events) = tokio::sync::mpsc::channel(network::EVENT_QUEUE);
         let (ledger_events_sender, ledger_events) =
             tokio::sync::mpsc::channel(network::EVENT_QUEUE);
@@ -191,6 +211,7 @@ impl Node {
             events: events_sender,
             ledger_events: ledger_events_sender,
             load,
+            cluster: cluster_info,
             cancel: cancel.clone(),
         })
         .await?;
@@ -238,6 +259,7 @@ impl Node {
             ledger: ledger.clone(),
             storage: storage.clone(),
             executor,
+            cluster,
             serving: serving.clone(),
             provider: provider_config,
             jobs: jobs_config,

@@ -165,6 +165,7 @@ mod tests {
             load_permille: 0,
             software_version: String::new(),
             models: Vec::new(),
+            cluster: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn limits() -> Limits {
         memory_bytes: 64 << 20,
         wall_time_ms: 5_000,
         output_bytes: 1 << 20,
+        tasks: 1,
     }
 }
 
@@ -74,6 +75,7 @@ fn deal(nonce: u64) -> [EntryBody; 3] {
         output_bytes: 5,
         prompt_tokens: 0,
         completion_tokens: 0,
+        cluster: None,
     };
     let cost = price().cost(&usage).expect("cost");
     let receipt = Signed::sign(
@@ -162,6 +164,7 @@ fn advert(key: &Keypair) -> CapacityAdvert {
         load_permille: 250,
         software_version: "suanli/0.1.0".into(),
         models: Vec::new(),
+        cluster: None,
     }
 }
 

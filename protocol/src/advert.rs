@@ -27,6 +27,10 @@ pub const MAX_TTL_MS: u64 = 10 * 60 * 1_000;
 pub const MAX_CLOCK_SKEW_MS: u64 = 30_000;
 /// Load is given in permille of capacity in use.
 pub const MAX_LOAD_PERMILLE: u16 = 1_000;
+/// Caps of a [`ClusterInfo`].
+pub const MAX_PARTITIONS: usize = 16;
+pub const MAX_PARTITION_BYTES: usize = 64;
+pub const MAX_SCHEDULER_BYTES: usize = 64;
 
 /// A sandbox a node can run jobs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -36,6 +40,14 @@ pub enum ExecutorKind {
     Wasm,
     /// Model inference sessions (standing contracts, [`crate::tokens`]).
     Llm,
+    /// WebAssembly jobs run on the provider's cluster through its scheduler (Slurm): each task
+    /// is `suanli exec` on a compute node, under the same sandbox and limits as `wasm`, and a
+    /// job of many tasks is one job array ([`ClusterInfo`], [`crate::negotiation::ClusterUsage`]).
+    Slurm,
+    /// A plain batch script (the "module" is its text) run by the provider's Slurm cluster as
+    /// it is, outside any sandbox: providers offer it only to the node ids they list. No fuel is
+    /// metered; the cluster's accounting is the whole usage.
+    Batch,
 }
 
 impl ExecutorKind {
@@ -43,7 +55,14 @@ impl ExecutorKind {
         match self {
             ExecutorKind::Wasm => "wasm",
             ExecutorKind::Llm => "llm",
+            ExecutorKind::Slurm => "slurm",
+            ExecutorKind::Batch => "batch",
         }
+    }
+
+    /// Whether jobs of this kind run on a cluster through its scheduler.
+    pub fn on_cluster(self) -> bool {
+        matches!(self, ExecutorKind::Slurm | ExecutorKind::Batch)
     }
 }
 
@@ -93,8 +112,29 @@ pub struct CapacityAdvert {
     pub software_version: String,
     /// The models this node serves (executor `llm`), at most [`crate::tokens::MAX_MODELS`].
     pub models: Vec<ModelInfo>,
+    /// The cluster this node fronts (executor `slurm`), as its scheduler last reported it.
+    pub cluster: Option<ClusterInfo>,
 }
 
+/// A cluster behind a node: what its scheduler reports, and the share the mesh may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ClusterInfo {
+    /// The scheduler and its version, e.g. `slurm 22.05.8`.
+    pub scheduler: String,
+    /// Compute nodes that can take jobs (not down, drained or failed).
+    pub nodes: u32,
+    /// The whole cluster's resources, and what is idle now.
+    pub total: Resources,
+    pub free: Resources,
+    /// The most one mesh job may use at once: CPUs (one per task), memory and GPUs.
+    pub mesh_limit: Resources,
+    /// The partitions mesh jobs go to.
+    pub partitions: Vec<String>,
+    /// Jobs waiting in the scheduler's queue, and running.
+    pub pending_jobs: u32,
+    pub running_jobs: u32,
+}
 impl Document for CapacityAdvert {
     const KIND: &'static str = "advert";
     const MAX_BYTES: usize = MAX_ADVERT_BYTES;
@@ -116,6 +156,9 @@ impl Document for CapacityAdvert {
             }
         }
         BoundsError::check("executors", self.executors.len(), MAX_EXECUTORS)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check_bounds()?;
+        }
         BoundsError::check("models", self.models.len(), crate::tokens::MAX_MODELS)?;
         for model in &self.models {
             model.check_bounds()?;
@@ -145,6 +188,23 @@ pub enum AdvertError {
     Load(u16),
 }
 
+impl ClusterInfo {
+    fn check_bounds(&self) -> Result<(), BoundsError> {
+        BoundsError::check("scheduler", self.scheduler.len(), MAX_SCHEDULER_BYTES)?;
+        BoundsError::check("partitions", self.partitions.len(), MAX_PARTITIONS)?;
+        for partition in &self.partitions {
+            BoundsError::check("partitions", partition.len(), MAX_PARTITION_BYTES)?;
+        }
+        for resources in [&self.total, &self.free, &self.mesh_limit] {
+            BoundsError::check("gpus", resources.gpus.len(), MAX_GPU_KINDS)?;
+            for gpu in &resources.gpus {
+                BoundsError::check("gpus", gpu.model.len(), MAX_GPU_MODEL_BYTES)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CapacityAdvert {
     /// When this advert stops being valid (Unix ms).
     pub fn expires_at_ms(&self) -> u64 {
@@ -164,9 +224,16 @@ impl CapacityAdvert {
         if self.expires_at_ms() <= now_ms {
             return Err(AdvertError::Expired(now_ms - self.expires_at_ms()));
         }
-        if self.free.cpu_cores > self.total.cpu_cores
-            || self.free.memory_bytes > self.total.memory_bytes
-            || self.free.gpu_count() > self.total.gpu_count()
+        let within = |free: &Resources, total: &Resources| {
+            free.cpu_cores <= total.cpu_cores
+                && free.memory_bytes <= total.memory_bytes
+                && free.gpu_count() <= total.gpu_count()
+        };
+        if !within(&self.free, &self.total)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| !within(&cluster.free, &cluster.total))
         {
             return Err(AdvertError::FreeExceedsTotal);
         }
@@ -213,6 +280,7 @@ pub(crate) mod tests {
             load_permille: 500,
             software_version: "0.1.0".into(),
             models: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -247,7 +315,15 @@ pub(crate) mod tests {
             |a| a.load_permille = 1_001,
             |a| a.software_version = "v".repeat(65),
             |a| a.executors = vec![ExecutorKind::Wasm; MAX_EXECUTORS + 1],
+            |a| {
+                let mut cluster = sample_cluster();
+                cluster.free.cpu_cores = cluster.total.cpu_cores + 1;
+                a.cluster = Some(cluster);
+            },
         ];
+        let mut fronting = good.clone();
+        fronting.cluster = Some(sample_cluster());
+        assert_eq!(fronting.validate(NOW), Ok(()));
         for mutate in cases {
             let mut advert = good.clone();
             mutate(&mut advert);
@@ -256,6 +332,24 @@ pub(crate) mod tests {
         let signed = Signed::sign(&good, &key).unwrap();
         assert!(signed.bytes().len() < MAX_ADVERT_BYTES);
         assert_eq!(signed.verify().unwrap(), good);
+    }
+
+    pub(crate) fn sample_cluster() -> ClusterInfo {
+        let resources = |cpu_cores, gib: u64| Resources {
+            cpu_cores,
+            memory_bytes: gib << 30,
+            gpus: Vec::new(),
+        };
+        ClusterInfo {
+            scheduler: "slurm 22.05.8".into(),
+            nodes: 2,
+            total: resources(4, 4),
+            free: resources(3, 3),
+            mesh_limit: resources(2, 2),
+            partitions: vec!["mesh".into()],
+            pending_jobs: 1,
+            running_jobs: 1,
+        }
     }
 
     #[test]
@@ -300,6 +394,22 @@ pub(crate) mod tests {
                 "executors",
             ),
             (|a| a.software_version = "v".repeat(65), "software_version"),
+            (
+                |a| {
+                    let mut cluster = sample_cluster();
+                    cluster.partitions = vec![String::new(); MAX_PARTITIONS + 1];
+                    a.cluster = Some(cluster);
+                },
+                "partitions",
+            ),
+            (
+                |a| {
+                    let mut cluster = sample_cluster();
+                    cluster.scheduler = "s".repeat(MAX_SCHEDULER_BYTES + 1);
+                    a.cluster = Some(cluster);
+                },
+                "scheduler",
+            ),
         ];
         for (mutate, field) in cases {
             let mut advert = sample_advert(key.node_id());

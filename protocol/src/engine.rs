@@ -218,6 +218,8 @@ pub enum AttemptEnd {
     },
     /// This node could not record the contract: its ledger refused the append.
     LedgerFailed { message: String },
+    /// The submitter cancelled the job before any contract.
+    Cancelled { contract_id: Option<ContractId> },
 }
 
 impl AttemptEnd {
@@ -229,7 +231,8 @@ impl AttemptEnd {
             AttemptEnd::Declined { contract_id, .. }
             | AttemptEnd::Rejected { contract_id, .. }
             | AttemptEnd::Unreachable { contract_id, .. }
-            | AttemptEnd::Refused { contract_id, .. } => *contract_id,
+            | AttemptEnd::Refused { contract_id, .. }
+            | AttemptEnd::Cancelled { contract_id } => *contract_id,
             AttemptEnd::LedgerFailed { .. } => None,
         }
     }

@@ -87,6 +87,7 @@ pub fn receipt() -> Receipt {
         output_bytes: 5,
         prompt_tokens: 0,
         completion_tokens: 0,
+        cluster: None,
     };
     Receipt {
         contract_id: contract_id(),

@@ -125,7 +125,12 @@ pub const MAX_REPLICAS: u8 = 8;
 /// Cap on a region label.
 pub const MAX_REGION_BYTES: usize = 64;
 
+/// The most tasks one job may have (a job array on a cluster, executor `slurm`).
+pub const MAX_TASKS: u32 = 1_000;
+
 /// Resource limits of one run. The provider enforces them; the receipt's usage must stay within.
+/// A run of many tasks (executor `slurm`) gives every task these limits, except output, whose
+/// bound is for all tasks' output together; fuel and CPU time add up over the tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Limits {
@@ -135,8 +140,10 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Wall-clock limit, milliseconds.
     pub wall_time_ms: u64,
-    /// Maximum stdout, bytes.
+    /// Maximum stdout, bytes (of all tasks together).
     pub output_bytes: u64,
+    /// Tasks run in parallel, each with index `0..tasks` (1 for every executor but `slurm`).
+    pub tasks: u32,
 }
 
 impl Limits {
@@ -146,6 +153,20 @@ impl Limits {
             && self.memory_bytes <= other.memory_bytes
             && self.wall_time_ms <= other.wall_time_ms
             && self.output_bytes <= other.output_bytes
+            && self.tasks <= other.tasks
+    }
+
+    /// The fuel all tasks together may use.
+    pub fn total_fuel(&self) -> u64 {
+        self.fuel.saturating_mul(u64::from(self.tasks))
+    }
+
+    /// The most CPU time, milliseconds, all tasks together can be billed: one CPU per task for
+    /// its time limit and the grace ([`crate::negotiation::WALL_TIME_GRACE_MS`]).
+    pub fn max_cpu_ms(&self) -> u64 {
+        self.wall_time_ms
+            .saturating_add(crate::negotiation::WALL_TIME_GRACE_MS)
+            .saturating_mul(u64::from(self.tasks))
     }
 }
 
@@ -201,6 +222,11 @@ pub enum SpecError {
         value: u64,
         max: u64,
     },
+    #[error(
+        "tasks must be between 1 and {MAX_TASKS}, and 1 unless the executor runs on a cluster \
+         (slurm, batch); got {0}"
+    )]
+    Tasks(u32),
     #[error("replicas must be between 1 and {MAX_REPLICAS}, got {0}")]
     Replicas(u8),
     #[error("region label longer than {MAX_REGION_BYTES} bytes")]
@@ -250,6 +276,13 @@ impl JobSpec {
             if value == 0 || value > max {
                 return Err(SpecError::Limit { name, value, max });
             }
+        }
+        let tasks_allowed = match self.executor {
+            ExecutorKind::Slurm | ExecutorKind::Batch => MAX_TASKS,
+            ExecutorKind::Wasm | ExecutorKind::Llm => 1,
+        };
+        if !(1..=tasks_allowed).contains(&self.limits.tasks) {
+            return Err(SpecError::Tasks(self.limits.tasks));
         }
         if self.replicas == 0 || self.replicas > MAX_REPLICAS {
             return Err(SpecError::Replicas(self.replicas));
@@ -308,6 +341,7 @@ pub(crate) mod tests {
                 memory_bytes: 64 << 20,
                 wall_time_ms: 5_000,
                 output_bytes: 1 << 20,
+                tasks: 1,
             },
             max_price: Credits(1_000),
             placement: Placement::default(),
@@ -357,6 +391,21 @@ pub(crate) mod tests {
                 "output_bytes",
             ),
             (|s| s.replicas = 0, "replicas"),
+            (|s| s.limits.tasks = 2, "tasks"),
+            (
+                |s| {
+                    s.executor = ExecutorKind::Slurm;
+                    s.limits.tasks = MAX_TASKS + 1;
+                },
+                "tasks",
+            ),
+            (
+                |s| {
+                    s.executor = ExecutorKind::Slurm;
+                    s.limits.tasks = 0;
+                },
+                "tasks",
+            ),
             (|s| s.placement.region = Some("r".repeat(65)), "region"),
         ];
         for (mutate, expected) in cases {
@@ -417,14 +466,14 @@ pub(crate) mod tests {
     fn known_answers() {
         // docs/protocol.md section 14.3.
         let spec = sample_spec();
-        assert_eq!(spec.encode().unwrap().len(), 109);
+        assert_eq!(spec.encode().unwrap().len(), 110);
         assert_eq!(
             spec.hash().unwrap().to_hex(),
-            "8da5e95a86219b06657147dcce08cb97321f17195bd6590a1dc1a546596ddfa3"
+            "5892f6d4cae8df070a872f0b86952564431e8f06f6ef0c9e3d2b8de671178676"
         );
         assert_eq!(
             spec.job_id(1).unwrap().0.to_hex(),
-            "fdf61ee60123a70d8716ef5e648be2bfb3e7b8701523581aa99ad149f5fc0e8c"
+            "b22093ddaefbfa79dd46d77df1b907123bdb76d92af31640a2b6f42a6151f2b9"
         );
     }
 

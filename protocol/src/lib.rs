@@ -48,7 +48,7 @@ pub mod wire;
 #[cfg(test)]
 mod fixtures;
 
-pub use advert::{CapacityAdvert, ExecutorKind, Gpu, Resources};
+pub use advert::{CapacityAdvert, ClusterInfo, ExecutorKind, Gpu, Resources};
 pub use codec::{DecodeError, EncodeError, PROTOCOL_VERSION};
 pub use hash::Hash32;
 pub use identity::{Keypair, NodeId};

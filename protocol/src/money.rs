@@ -66,6 +66,9 @@ pub struct PriceTerms {
     pub per_million_prompt: Credits,
     /// Charged per 1,000,000 completion tokens.
     pub per_million_completion: Credits,
+    /// Charged per CPU-second a cluster's accounting reports (executor `slurm`; metered per
+    /// millisecond).
+    pub per_cpu_second: Credits,
 }
 
 impl PriceTerms {
@@ -76,6 +79,7 @@ impl PriceTerms {
             per_million_fuel,
             per_million_prompt: Credits::ZERO,
             per_million_completion: Credits::ZERO,
+            per_cpu_second: Credits::ZERO,
         }
     }
 
@@ -95,19 +99,36 @@ impl PriceTerms {
 
     /// The cost of a run with this usage.
     pub fn cost(&self, usage: &Usage) -> Result<Credits, Overflow> {
+        let cpu_ms = usage.cluster.map_or(0, |cluster| cluster.cpu_ms);
+        let per_cpu_ms = self.per_cpu_ms()?;
         self.base.checked_add(metered(&[
             (usage.fuel, self.per_million_fuel),
             (usage.prompt_tokens, self.per_million_prompt),
             (usage.completion_tokens, self.per_million_completion),
+            (cpu_ms, per_cpu_ms),
         ])?)
     }
 
-    /// The most a job within `limits` can cost (for a model session, whose tokens are its fuel,
-    /// every token at the dearer of the two token rates).
+    /// The most a job within `limits` can cost: all its fuel (for a model session, whose tokens
+    /// are its fuel, every token at the dearer of the two token rates) and, priced per
+    /// CPU-second, one CPU per task for its whole time limit.
     pub fn max_cost(&self, limits: &Limits) -> Result<Credits, Overflow> {
         let per_token = self.per_million_prompt.max(self.per_million_completion);
         let rate = self.per_million_fuel.checked_add(per_token)?;
-        self.base.checked_add(metered(&[(limits.fuel, rate)])?)
+        let per_cpu_ms = self.per_cpu_ms()?;
+        self.base.checked_add(metered(&[
+            (limits.total_fuel(), rate),
+            (limits.max_cpu_ms(), per_cpu_ms),
+        ])?)
+    }
+
+    /// `per_cpu_second` as a rate per million CPU-milliseconds.
+    fn per_cpu_ms(&self) -> Result<Credits, Overflow> {
+        self.per_cpu_second
+            .0
+            .checked_mul(1_000)
+            .map(Credits)
+            .ok_or(Overflow)
     }
 
     /// Whether these terms are no dearer than `other` for every possible usage.
@@ -116,6 +137,7 @@ impl PriceTerms {
             && self.per_million_fuel <= other.per_million_fuel
             && self.per_million_prompt <= other.per_million_prompt
             && self.per_million_completion <= other.per_million_completion
+            && self.per_cpu_second <= other.per_cpu_second
     }
 }
 
@@ -150,6 +172,41 @@ mod tests {
         assert_eq!(Credits(u64::MAX).checked_add(Credits(1)), Err(Overflow));
         assert_eq!(Credits(0).checked_sub(Credits(1)), Err(Overflow));
         assert_eq!(Credits(1_500_000).to_string(), "1.500000");
+    }
+
+    #[test]
+    fn cpu_seconds_are_metered_per_millisecond_and_bounded_by_tasks() {
+        use crate::job::Limits;
+        use crate::negotiation::{ClusterUsage, Usage};
+        let terms = PriceTerms {
+            per_cpu_second: Credits(2_000),
+            ..PriceTerms::fuel(Credits(10), Credits(0))
+        };
+        let usage = |cpu_ms| Usage {
+            cluster: Some(ClusterUsage {
+                cpu_ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(terms.cost(&usage(0)), Ok(Credits(10)));
+        assert_eq!(terms.cost(&usage(1)), Ok(Credits(12)));
+        assert_eq!(terms.cost(&usage(1_500)), Ok(Credits(3_010)));
+        let limits = Limits {
+            fuel: 1,
+            memory_bytes: 1,
+            wall_time_ms: 1_000,
+            output_bytes: 1,
+            tasks: 20,
+        };
+        // 20 tasks × (1 s + 1 s grace) of one CPU at 2,000 per CPU-second, and 20 fuel at 0.
+        assert_eq!(limits.max_cpu_ms(), 40_000);
+        assert_eq!(terms.max_cost(&limits), Ok(Credits(80_010)));
+        let dear = PriceTerms {
+            per_cpu_second: Credits(u64::MAX),
+            ..PriceTerms::default()
+        };
+        assert_eq!(dear.cost(&usage(1)), Err(Overflow));
     }
 
     proptest! {

@@ -421,6 +421,26 @@ pub struct Usage {
     /// over its usage receipts. Their sum is the session's `fuel`.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// What the cluster's scheduler accounted for a run on a cluster (executor `slurm`).
+    pub cluster: Option<ClusterUsage>,
+}
+
+/// A run on a cluster as its scheduler's accounting reports it. Fuel stays the deterministic
+/// measure; these are what the cluster spent, and `cpu_ms` may be priced
+/// ([`PriceTerms::per_cpu_second`](crate::money::PriceTerms)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ClusterUsage {
+    /// The scheduler's job id (of the job array, for many tasks).
+    pub job_id: u64,
+    /// From the first task's start to the last task's end, milliseconds.
+    pub elapsed_ms: u64,
+    /// CPUs allocated, over all tasks.
+    pub cpus: u32,
+    /// CPU time used (user + system), over all tasks, milliseconds.
+    pub cpu_ms: u64,
+    /// The largest resident memory of any task, bytes.
+    pub peak_memory_bytes: u64,
 }
 
 /// The provider's signed account of a run.

@@ -389,6 +389,7 @@ pub fn session_spec(
             memory_bytes: 1,
             wall_time_ms: secs.saturating_mul(1000),
             output_bytes: session_output_bytes(budget_tokens),
+            tasks: 1,
         },
         max_price,
         placement,
@@ -527,6 +528,7 @@ mod tests {
             per_million_fuel: Credits::ZERO,
             per_million_prompt: Credits(100_000),
             per_million_completion: Credits(200_000),
+            per_cpu_second: Credits::ZERO,
         };
         // 37 × 0.1 + 11 × 0.2 = 5.9 µcr, rounded up.
         assert_eq!(terms.cost_of_tokens(37, 11), Ok(Credits(6)));

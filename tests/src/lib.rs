@@ -4,6 +4,7 @@
 pub mod adversary;
 pub mod models;
 pub mod process;
+pub mod slurm;
 
 use std::future::Future;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub fn test_config(bootstrap: &[Multiaddr]) -> Config {
 /// A submission of WAT text with roomy default limits.
 pub fn wat_job(wat: &str) -> Submission {
     Submission {
+        executor: suanli_protocol::ExecutorKind::Wasm,
         module: wat.as_bytes().to_vec(),
         args: Vec::new(),
         env: Default::default(),
@@ -76,6 +78,7 @@ pub fn wat_job(wat: &str) -> Submission {
             memory_bytes: 16 << 20,
             wall_time_ms: 10_000,
             output_bytes: 1 << 20,
+            tasks: 1,
         },
         max_price: Credits(1_000_000_000),
         placement: Placement::default(),

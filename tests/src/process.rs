@@ -127,6 +127,37 @@ impl NodeProcess {
     }
 }
 
+/// A ready `suanli run` process with what clients and other nodes need of it.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub process: NodeProcess,
+    /// `http://HOST:PORT` of its API.
+    pub api: String,
+    pub id: String,
+    /// Its TCP address with its id, to bootstrap from.
+    pub p2p: String,
+}
+
+impl RunningNode {
+    /// Spawns `suanli run` in `dir` with `extra` arguments ([`NodeProcess::spawn`]) and waits
+    /// up to `ready_within` for it to be ready.
+    pub fn start(dir: &Path, extra: &[String], ready_within: Duration) -> RunningNode {
+        let mut process = NodeProcess::spawn(dir, extra);
+        let info = process.wait_ready(ready_within);
+        RunningNode {
+            process,
+            api: format!("http://{}", info["api"].as_str().expect("api")),
+            p2p: p2p_addr(&info),
+            id: info["node_id"].as_str().expect("id").to_owned(),
+        }
+    }
+
+    /// `--bootstrap` arguments for another node to join through this one.
+    pub fn bootstrap_args(&self) -> Vec<String> {
+        vec!["--bootstrap".into(), self.p2p.clone()]
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

@@ -23,6 +23,9 @@ pub enum ApiError {
     ModuleTooComplex(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The request conflicts with the object's state (cancelling a job that has ended).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
     #[error("{0}")]
@@ -52,6 +55,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, ApiErrorCode::ModuleTooComplex)
             }
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::TooLarge),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ApiErrorCode::Conflict),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Busy),
             ApiError::PeerFailed(_) => (StatusCode::BAD_GATEWAY, ApiErrorCode::PeerFailed),

@@ -8,11 +8,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use suanli_protocol::{Credits, JobId, Limits, NodeId, Placement};
+use suanli_protocol::{Credits, ExecutorKind, JobId, Limits, NodeId, Placement};
 
-use super::types::{JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse};
+use super::types::{
+    ExecutorName, JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse,
+};
 use super::{ApiError, ApiJson, ApiQuery, ApiState};
-use crate::market::{JobRecord, JobStoreError, Submission, SubmitError};
+use crate::market::{CancelError, JobRecord, JobStoreError, Submission, SubmitError};
 
 /// Defaults for limits a submission leaves out.
 pub const DEFAULT_FUEL: u64 = 1_000_000_000;
@@ -70,8 +72,20 @@ fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
             .limits
             .max_output_bytes
             .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+        tasks: request.limits.tasks.unwrap_or(1),
+    };
+    let executor = match request.executor {
+        None | Some(ExecutorName::Wasm) => ExecutorKind::Wasm,
+        Some(ExecutorName::Slurm) => ExecutorKind::Slurm,
+        Some(ExecutorName::Batch) => ExecutorKind::Batch,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "executor: {other:?} runs no submitted module (wasm, slurm or batch)"
+            )));
+        }
     };
     Ok(Submission {
+        executor,
         module,
         args: request.args,
         env: request.env,
@@ -144,6 +158,29 @@ pub async fn status(
     waited
         .map(|record| axum::Json(JobView::from(record)))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels the job; `202` with the job as it was, `409` when it has
+/// ended already.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let job_id = parse_job_id(&id)?;
+    state
+        .market
+        .cancel_job(&job_id)
+        .await
+        .map_err(|error| match error {
+            CancelError::NotFound => ApiError::NotFound(format!("no job {id}")),
+            CancelError::Final(_) => ApiError::Conflict(format!("job {id}: {error}")),
+            CancelError::Store(JobStoreError::Storage(error)) => ApiError::from(error),
+            CancelError::Store(error) => ApiError::Internal(error.to_string()),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(JobView::from(record(&state, &id)?)),
+    ))
 }
 
 pub async fn output(

@@ -67,6 +67,7 @@ impl From<&StoredEntry> for EntryView {
             output_bytes: None,
             prompt_tokens: None,
             completion_tokens: None,
+            cluster: None,
             detail: None,
             raw_base64: BASE64.encode(&entry.raw),
         };
@@ -104,6 +105,7 @@ impl From<&StoredEntry> for EntryView {
                     view.wall_time_ms = Some(receipt.usage.wall_time_ms);
                     view.memory_bytes = Some(receipt.usage.memory_bytes);
                     view.output_bytes = Some(receipt.usage.output_bytes);
+                    view.cluster = receipt.usage.cluster;
                     if receipt.usage.prompt_tokens + receipt.usage.completion_tokens > 0 {
                         view.prompt_tokens = Some(receipt.usage.prompt_tokens);
                         view.completion_tokens = Some(receipt.usage.completion_tokens);

@@ -52,8 +52,8 @@ use suanli_protocol::{CapacityAdvert, NodeId};
 
 pub use error::ApiError;
 use types::{
-    ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, ModelView, NodeView, PeerInfo,
-    PricesView, ResourcesView, StorageState, StorageView,
+    ClusterView, ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, ModelView,
+    NodeView, PeerInfo, PricesView, ResourcesView, StorageState, StorageView,
 };
 
 use crate::capacity::Capacity;
@@ -90,7 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/mesh", get(mesh))
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
-        .route("/v1/jobs/{id}", get(jobs::status))
+        .route("/v1/jobs/{id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
         .merge(ledger::routes())
         .merge(openai::routes())
@@ -220,6 +220,7 @@ fn mesh_node_view(entry: &MeshEntry, now_ms: u64) -> MeshNodeView {
         listen_addrs: advert.listen_addrs.clone(),
         version: advert.software_version.clone(),
         models: advert.models.iter().map(ModelView::from).collect(),
+        cluster: advert.cluster.as_ref().map(ClusterView::from),
     }
 }
 

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use suanli_protocol::{
-    ContractId, ExecutorKind, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources,
+    ClusterInfo, ContractId, ExecutorKind, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources,
 };
 
 pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
@@ -84,6 +84,8 @@ pub enum ApiErrorCode {
     ModuleTooComplex,
     /// 413: the body, module or stdin is too large.
     TooLarge,
+    /// 409: the request conflicts with the object's state (the job has ended).
+    Conflict,
     /// 405: the route exists, the method does not.
     MethodNotAllowed,
     /// 500: the node failed to read or write its storage.
@@ -181,6 +183,9 @@ pub struct PricesView {
     pub base: u64,
     /// Micro-credits per million fuel.
     pub per_million_fuel: u64,
+    /// Micro-credits per CPU-second of a cluster's accounting (executor `slurm`).
+    #[serde(default)]
+    pub per_cpu_second: u64,
 }
 
 impl From<PriceTerms> for PricesView {
@@ -188,6 +193,7 @@ impl From<PriceTerms> for PricesView {
         PricesView {
             base: prices.base.micro(),
             per_million_fuel: prices.per_million_fuel.micro(),
+            per_cpu_second: prices.per_cpu_second.micro(),
         }
     }
 }
@@ -198,6 +204,8 @@ impl From<PriceTerms> for PricesView {
 pub enum ExecutorName {
     Wasm,
     Llm,
+    Slurm,
+    Batch,
     /// An executor this client does not know (a newer node).
     #[serde(other)]
     Unknown,
@@ -208,6 +216,8 @@ impl From<ExecutorKind> for ExecutorName {
         match kind {
             ExecutorKind::Wasm => ExecutorName::Wasm,
             ExecutorKind::Llm => ExecutorName::Llm,
+            ExecutorKind::Slurm => ExecutorName::Slurm,
+            ExecutorKind::Batch => ExecutorName::Batch,
         }
     }
 }
@@ -265,6 +275,39 @@ pub struct MeshNodeView {
     /// The models the node serves (absent from older nodes' views).
     #[serde(default)]
     pub models: Vec<ModelView>,
+    /// The cluster the node fronts (executor `slurm`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// A cluster behind a node, as its scheduler last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// E.g. `slurm 22.05.8`.
+    pub scheduler: String,
+    pub nodes: u32,
+    pub total: ResourcesView,
+    pub free: ResourcesView,
+    /// The most one mesh job holds at once.
+    pub mesh_limit: ResourcesView,
+    pub partitions: Vec<String>,
+    pub pending_jobs: u32,
+    pub running_jobs: u32,
+}
+
+impl From<&ClusterInfo> for ClusterView {
+    fn from(info: &ClusterInfo) -> Self {
+        ClusterView {
+            scheduler: info.scheduler.clone(),
+            nodes: info.nodes,
+            total: ResourcesView::from(&info.total),
+            free: ResourcesView::from(&info.free),
+            mesh_limit: ResourcesView::from(&info.mesh_limit),
+            partitions: info.partitions.clone(),
+            pending_jobs: info.pending_jobs,
+            running_jobs: info.running_jobs,
+        }
+    }
 }
 
 /// A model as a node advertises it (`GET /v1/mesh`, and the `suanli` object of `GET /v1/models`).
@@ -325,6 +368,11 @@ pub struct SubmitRequest {
     pub max_price: Option<u64>,
     #[serde(default)]
     pub placement: PlacementRequest,
+    /// `wasm` (the default), `slurm` (on a provider's cluster, through its scheduler, in the
+    /// same sandbox) or `batch` (the module is a batch script, run on a provider's cluster as
+    /// it is, by providers that list this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorName>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +386,9 @@ pub struct LimitsRequest {
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output_bytes: Option<u64>,
+    /// Tasks, each with its index (executor `slurm`: one job array); default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +517,12 @@ pub struct LimitsView {
     pub memory_bytes: u64,
     pub timeout_ms: u64,
     pub max_output_bytes: u64,
+    #[serde(default = "one")]
+    pub tasks: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl From<JobLimits> for LimitsView {
@@ -475,6 +532,7 @@ impl From<JobLimits> for LimitsView {
             memory_bytes: limits.memory_bytes,
             timeout_ms: limits.timeout_ms,
             max_output_bytes: limits.max_output_bytes,
+            tasks: limits.tasks,
         }
     }
 }
@@ -491,6 +549,10 @@ pub struct UsageView {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// What the provider's cluster accounted, for a job run there (executor `slurm`): the
+    /// Slurm job id, elapsed time, CPUs allocated, CPU time used and peak memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<suanli_protocol::negotiation::ClusterUsage>,
 }
 
 impl From<JobUsage> for UsageView {
@@ -502,6 +564,7 @@ impl From<JobUsage> for UsageView {
             output_bytes: usage.output_bytes,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
+            cluster: usage.cluster,
         }
     }
 }
@@ -636,6 +699,9 @@ pub struct EntryView {
     pub prompt_tokens: Option<u64>,
     #[serde(default)]
     pub completion_tokens: Option<u64>,
+    /// What a cluster's scheduler accounted (receipts of runs on a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<suanli_protocol::negotiation::ClusterUsage>,
     pub detail: Option<String>,
     /// The exact stored bytes, base64: what `hash` covers.
     pub raw_base64: String,
@@ -751,6 +817,7 @@ mod tests {
                 memory_bytes: 64 << 20,
                 timeout_ms: 10_000,
                 max_output_bytes: 1 << 20,
+                tasks: 1,
             },
             max_price: 100_000_000,
             provider: Some(provider().node_id()),
@@ -763,6 +830,7 @@ mod tests {
                 output_bytes: 18,
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                cluster: None,
             }),
             cost: Some(101),
             output_hash: Some(hash(6)),
@@ -874,6 +942,7 @@ mod tests {
                 memory_bytes: Some(2),
                 timeout_ms: Some(3),
                 max_output_bytes: Some(4),
+                tasks: None,
             },
             max_price: Some(5),
             placement: PlacementRequest {
@@ -881,6 +950,7 @@ mod tests {
                 remote_only: true,
                 region: Some("eu-west".into()),
             },
+            executor: Some(ExecutorName::Slurm),
         };
         round_trip(&full);
         let minimal = SubmitRequest {
@@ -912,6 +982,7 @@ mod tests {
         let prices = PricesView {
             base: 100,
             per_million_fuel: 10,
+            per_cpu_second: 0,
         };
         let node = NodeView {
             node_id: provider().node_id(),
@@ -969,6 +1040,7 @@ mod tests {
                 price_per_million_prompt: 100_000,
                 price_per_million_completion: 200_000,
             }],
+            cluster: None,
         };
         let json = round_trip(&vec![mesh]);
         assert_eq!(json[0]["models"][0]["context"], json!(4096));
@@ -1027,6 +1099,7 @@ mod tests {
             completion_tokens: None,
             detail: Some("max cost 10100, fuel limit 1000000000".into()),
             raw_base64: "AAEC".into(),
+            cluster: None,
         }
     }
 

@@ -307,6 +307,7 @@ pub async fn wasm_runs(count: usize) -> Result<Samples, BenchError> {
             memory_bytes: 64 << 20,
             wall_time_ms: 10_000,
             output_bytes: 1 << 20,
+            tasks: 1,
         },
         cancel: Default::default(),
     };

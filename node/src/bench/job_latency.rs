@@ -78,18 +78,21 @@ async fn measure(api: &str, jobs: usize) -> Result<Samples, BenchError> {
     Ok(Samples::new(samples))
 }
 
-/// Submits `body` to `api` and long-polls until the job is final; returns its record.
-pub async fn run_job(http: &reqwest::Client, api: &str, body: &Value) -> Result<Value, BenchError> {
+/// Sends `request` and reads its JSON answer.
+pub async fn json_answer(request: reqwest::RequestBuilder) -> Result<Value, BenchError> {
     let fail = |error: reqwest::Error| BenchError::scenario("jobs", error);
-    let answer: Value = http
-        .post(format!("{api}/v1/jobs"))
-        .json(body)
+    request
         .send()
         .await
         .map_err(fail)?
         .json()
         .await
-        .map_err(fail)?;
+        .map_err(fail)
+}
+
+/// Submits `body` to `api` and long-polls until the job is final; returns its record.
+pub async fn run_job(http: &reqwest::Client, api: &str, body: &Value) -> Result<Value, BenchError> {
+    let answer = json_answer(http.post(format!("{api}/v1/jobs")).json(body)).await?;
     let Some(id) = answer["job_id"].as_str() else {
         return Err(BenchError::scenario(
             "jobs",
@@ -97,14 +100,7 @@ pub async fn run_job(http: &reqwest::Client, api: &str, body: &Value) -> Result<
         ));
     };
     loop {
-        let job: Value = http
-            .get(format!("{api}/v1/jobs/{id}?wait_ms=30000"))
-            .send()
-            .await
-            .map_err(fail)?
-            .json()
-            .await
-            .map_err(fail)?;
+        let job = json_answer(http.get(format!("{api}/v1/jobs/{id}?wait_ms=30000"))).await?;
         if matches!(job["state"].as_str(), Some("succeeded" | "failed")) {
             return Ok(job);
         }

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! Scenarios: [`floor`] (primitives: signatures, fsync, wasmtime, a libp2p round trip),
-//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`llm`], [`crash`]. A
+//! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`llm`],
+//! [`slurm`](mod@slurm) (needs a Slurm cluster, named in the environment; a full run skips it
+//! without one), [`crash`]. A
 //! figure's `ratio` is always `value / floor`: above 1 for times means slower than the floor,
 //! below 1 for rates means short of it.
 //!
@@ -31,6 +33,7 @@ pub mod ledger;
 pub mod llm;
 pub mod negotiation;
 pub mod nodes;
+pub mod slurm;
 pub mod throughput;
 
 use std::fmt;
@@ -112,11 +115,12 @@ pub enum Scenario {
     Ledger,
     Negotiation,
     Llm,
+    Slurm,
     Crash,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Floor,
         Scenario::JobLatency,
         Scenario::Throughput,
@@ -124,6 +128,7 @@ impl Scenario {
         Scenario::Ledger,
         Scenario::Negotiation,
         Scenario::Llm,
+        Scenario::Slurm,
         Scenario::Crash,
     ];
 
@@ -136,6 +141,7 @@ impl Scenario {
             Scenario::Ledger => "ledger",
             Scenario::Negotiation => "negotiation",
             Scenario::Llm => "llm",
+            Scenario::Slurm => "slurm",
             Scenario::Crash => "crash",
         }
     }
@@ -151,7 +157,7 @@ impl fmt::Display for Scenario {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "unknown scenario {0:?} (known: floor, job-latency, throughput, gossip, ledger, negotiation, \
-     llm, crash)"
+     llm, slurm, crash)"
 )]
 pub struct UnknownScenario(String);
 
@@ -288,7 +294,12 @@ pub async fn run(
     mut each: impl FnMut(&[Figure]),
 ) -> Result<Vec<Figure>, BenchError> {
     let mut chosen: Vec<Scenario> = if scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+        let mut all = Scenario::ALL.to_vec();
+        if !slurm::configured() {
+            info!("no Slurm cluster in the environment (SUANLI_SLURMRESTD): skipping slurm");
+            all.retain(|scenario| *scenario != Scenario::Slurm);
+        }
+        all
     } else {
         scenarios.to_vec()
     };
@@ -309,6 +320,7 @@ pub async fn run(
             Scenario::Ledger => ledger::run(&mut context).await,
             Scenario::Negotiation => negotiation::run(&mut context).await,
             Scenario::Llm => llm::run(&mut context).await,
+            Scenario::Slurm => slurm::run(&mut context).await,
             Scenario::Crash => crash::run(&mut context).await,
         };
         match figures {

@@ -80,6 +80,7 @@ async fn measure(a: &BenchNode, provider: NodeId, count: usize) -> Result<Sample
             memory_bytes: 16 << 20,
             wall_time_ms: 5_000,
             output_bytes: 1 << 10,
+            tasks: 1,
         },
         max_price: Credits(1_000_000_000),
         placement: Placement::default(),

@@ -59,6 +59,14 @@ impl ApiClient {
             Some(body) => self.http.post(&url).json(body),
             None => self.http.get(&url),
         };
+        self.send_request(url, request).await
+    }
+
+    async fn send_request(
+        &self,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(String, StatusCode, Vec<u8>)> {
         let response = request
             .send()
             .await
@@ -74,6 +82,14 @@ impl ApiClient {
     /// GETs `path` and returns its answer as `T`, or a one-line error (API errors included).
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let (url, status, body) = self.send::<()>(path, None).await?;
+        Self::json_answer(&url, status, &body)
+    }
+
+    /// DELETEs `path` and returns its answer as `T`.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.delete(&url);
+        let (url, status, body) = self.send_request(url, request).await?;
         Self::json_answer(&url, status, &body)
     }
 

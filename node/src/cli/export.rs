@@ -83,7 +83,9 @@ struct ExportRow<'a> {
 
 const CSV_HEADER: &str = "ledger,index,timestamp_ms,kind,contract_id,requester,provider,job_id,\
                           job_hash,fuel,wall_time_ms,memory_bytes,output_bytes,prompt_tokens,\
-                          completion_tokens,cost,outcome,detail,hash,prev_hash";
+                          completion_tokens,cluster_job_id,cluster_elapsed_ms,cluster_cpus,\
+                          cluster_cpu_ms,cluster_peak_memory_bytes,cost,outcome,detail,hash,\
+                          prev_hash";
 
 /// Where the entries come from.
 enum Entries {
@@ -297,6 +299,11 @@ fn write_csv_row(writer: &mut impl Write, row: &ExportRow<'_>) -> std::io::Resul
         number(entry.output_bytes),
         number(entry.prompt_tokens),
         number(entry.completion_tokens),
+        number(entry.cluster.map(|cluster| cluster.job_id)),
+        number(entry.cluster.map(|cluster| cluster.elapsed_ms)),
+        number(entry.cluster.map(|cluster| u64::from(cluster.cpus))),
+        number(entry.cluster.map(|cluster| cluster.cpu_ms)),
+        number(entry.cluster.map(|cluster| cluster.peak_memory_bytes)),
         number(entry.cost),
         text(entry.outcome.as_ref()),
         text(entry.detail.as_ref()),
@@ -969,6 +976,7 @@ mod tests {
             prices: PricesView {
                 base: 100,
                 per_million_fuel: 10,
+                per_cpu_second: 0,
             },
             uptime_ms: 0,
             gossip: GossipStats {

@@ -13,8 +13,8 @@ use super::client::ApiClient;
 use super::output::{self, label, or_dash};
 use super::{ClientArgs, SilentExit};
 use crate::api::types::{
-    AttemptView, JobErrorView, JobPage, JobState, JobView, LimitsRequest, PlacementRequest,
-    SubmitRequest, SubmitResponse, UsageView,
+    AttemptView, ExecutorName, JobErrorView, JobPage, JobState, JobView, LimitsRequest,
+    PlacementRequest, SubmitRequest, SubmitResponse, UsageView,
 };
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +23,13 @@ pub enum JobCommand {
     Submit(Box<SubmitArgs>),
     /// Show a job's state, provider, contract, usage, cost and attempts.
     Status {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job: it is not placed any more, and a contract it has ends as cancelled on
+    /// both sides (the provider stops the run; on a cluster, the Slurm job is cancelled).
+    Cancel {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -74,6 +81,16 @@ pub struct SubmitArgs {
     /// The most to pay, micro-credits.
     #[arg(long, value_name = "N")]
     pub max_price: Option<u64>,
+    /// Where it runs: `wasm` (a provider's own sandbox), `slurm` (a provider's Slurm cluster,
+    /// as `suanli exec` on a compute node) or `batch` (FILE is a batch script, run on a
+    /// provider's cluster as it is, by providers that list this node). Default: `slurm` with
+    /// --tasks, else `wasm`.
+    #[arg(long, value_parser = ["wasm", "slurm", "batch"])]
+    pub executor: Option<String>,
+    /// Run N tasks (one Slurm job array); task i sees SUANLI_TASK=i and `{task}` in its
+    /// arguments replaced by i.
+    #[arg(long, value_name = "N")]
+    pub tasks: Option<u32>,
     /// Run only on this node.
     #[arg(long, value_name = "NODE_ID")]
     pub provider: Option<String>,
@@ -93,6 +110,20 @@ pub struct SubmitArgs {
 pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::Submit(args) => submit(*args).await,
+        JobCommand::Cancel { id, client } => {
+            let job: JobView = ApiClient::new(&client.api)?
+                .delete_json(&format!("/v1/jobs/{id}"))
+                .await?;
+            if client.json {
+                output::json(&job)
+            } else {
+                output::line(&format!(
+                    "cancelling job {} ({})",
+                    job.job_id,
+                    label(&job.state)
+                ))
+            }
+        }
         JobCommand::Status { id, client } => {
             let job: JobView = ApiClient::new(&client.api)?
                 .get_json(&format!("/v1/jobs/{id}"))
@@ -185,6 +216,13 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
         memory_bytes: args.memory,
         timeout_ms,
         max_output_bytes: args.max_output,
+        tasks: args.tasks,
+    };
+    request.executor = match (args.executor.as_deref(), args.tasks) {
+        (Some("batch"), _) => Some(ExecutorName::Batch),
+        (Some("slurm"), _) | (None, Some(2..)) => Some(ExecutorName::Slurm),
+        (Some("wasm"), Some(2..)) => bail!("--tasks above 1 needs --executor slurm"),
+        _ => None,
     };
     request.max_price = args.max_price;
     request.placement = PlacementRequest {
@@ -292,6 +330,19 @@ fn print_status(job: &JobView) -> anyhow::Result<()> {
         ("cost µcr", or_dash(job.cost)),
         ("fuel", or_dash(job.usage.map(|usage| usage.fuel))),
         ("wall ms", or_dash(job.usage.map(|usage| usage.wall_ms))),
+        (
+            "cluster",
+            or_dash(job.usage.and_then(|usage| usage.cluster).map(|cluster| {
+                format!(
+                    "Slurm job {}: {} CPUs, {:.3} CPU-s, {:.1} s elapsed, peak {} MiB",
+                    cluster.job_id,
+                    cluster.cpus,
+                    cluster.cpu_ms as f64 / 1000.0,
+                    cluster.elapsed_ms as f64 / 1000.0,
+                    cluster.peak_memory_bytes >> 20
+                )
+            })),
+        ),
         ("error", or_dash(error.map(|error| label(&error.code)))),
         ("message", or_dash(error.map(|error| &error.message))),
     ] {

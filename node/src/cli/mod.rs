@@ -77,6 +77,15 @@ pub enum Command {
     /// as JSON on stdin, answer as JSON on stdout).
     #[command(hide = true)]
     BenchGossipFloor,
+    /// Run one task of a mesh job on a cluster's compute node (what a Slurm batch script of a
+    /// node fronting the cluster runs): reads DIR/job.bin, writes DIR/task-N.out.
+    #[command(hide = true)]
+    Exec {
+        dir: PathBuf,
+        /// The task (default: $SLURM_ARRAY_TASK_ID, else 0).
+        #[arg(long)]
+        task: Option<u32>,
+    },
 }
 
 /// Ends the command with this exit code; its reason was already printed.
@@ -162,6 +171,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => tokens::chat(args).await,
         Command::Bench(args) => bench::execute(args).await,
         Command::BenchGossipFloor => bench::gossip_floor_child().await,
+        Command::Exec { dir, task } => {
+            // Its own runtime: the executor's blocking calls, one job, nothing else.
+            tokio::task::spawn_blocking(move || crate::slurm::exec::run(&dir, task))
+                .await?
+                .map_err(anyhow::Error::msg)
+        }
     }
 }
 

@@ -150,6 +150,19 @@ pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {
                         .collect::<Vec<_>>()
                         .join(",")
                 },
+                node.cluster.as_ref().map_or_else(
+                    || "-".into(),
+                    |cluster| {
+                        format!(
+                            "{}: {} nodes, {}/{} cores free, {} queued",
+                            cluster.scheduler,
+                            cluster.nodes,
+                            cluster.free.cpu_cores,
+                            cluster.total.cpu_cores,
+                            cluster.pending_jobs
+                        )
+                    },
+                ),
             ]
         })
         .collect();
@@ -164,6 +177,7 @@ pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {
             "PRICE µcr",
             "AGE",
             "MODELS",
+            "CLUSTER",
         ],
         &rows,
     )

@@ -176,6 +176,7 @@ pub(super) fn run(
         output_bytes: stdout.len() as u64,
         prompt_tokens: 0,
         completion_tokens: 0,
+        cluster: None,
     };
     // Too much output wins over whatever followed: a guest whose writes start failing usually
     // exits or traps because of it, and that is not the cause the requester needs to see.

@@ -48,6 +48,7 @@ fn limits() -> Limits {
         memory_bytes: 16 * MIB,
         wall_time_ms: 10_000,
         output_bytes: 2 * MIB,
+        tasks: 1,
     }
 }
 

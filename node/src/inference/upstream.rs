@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Backend, Generation, InferenceError, STREAM_BUFFER, ServedModel};
+use crate::http::{error_chain, read_limited};
 use crate::openai::{
     ChatCompletionRequest, CompletionPrompt, CompletionRequest, MessageContent, Options,
     RequestMessage, Stop, StreamOptions, Usage,
@@ -429,19 +430,6 @@ fn split_pieces(mut text: &str) -> Vec<&str> {
     pieces
 }
 
-/// A reqwest error with its causes (reqwest's own message alone is often just "error sending
-/// request").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 /// At most [`MAX_MESSAGE_BYTES`] of an upstream's message.
 fn truncate(mut message: String) -> String {
     if message.len() > MAX_MESSAGE_BYTES {
@@ -450,18 +438,6 @@ fn truncate(mut message: String) -> String {
         message.push('…');
     }
     message
-}
-
-/// Reads at most `limit` bytes of a body.
-async fn read_limited(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("the answer exceeds {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// The error of a non-2xx answer: a 400 or 422 is the request's fault (`BadRequest`, with the

@@ -335,6 +335,8 @@ enum Input {
     AppendFailed(String),
     Tick,
     PeerLost,
+    /// The submitter cancelled the job (requester only).
+    Cancel,
 }
 
 impl Machine {
@@ -348,6 +350,7 @@ impl Machine {
                     Input::AppendFailed(message) => requester::Input::AppendFailed(message),
                     Input::Tick => requester::Input::Tick,
                     Input::PeerLost => requester::Input::PeerLost,
+                    Input::Cancel => requester::Input::Cancel,
                     Input::RunFinished(_) => return Vec::new(),
                 };
                 machine.handle(ctx, input)
@@ -360,7 +363,7 @@ impl Machine {
                     Input::AppendFailed(message) => provider::Input::AppendFailed(message),
                     Input::Tick => provider::Input::Tick,
                     Input::RunFinished(report) => provider::Input::RunFinished(report),
-                    Input::PeerLost => return Vec::new(),
+                    Input::PeerLost | Input::Cancel => return Vec::new(),
                 };
                 machine.handle(ctx, input)
             }
@@ -433,6 +436,8 @@ pub(super) struct Driver {
     run: Option<(CancellationToken, Running)>,
     lost_since: Option<Instant>,
     end: Option<AttemptEnd>,
+    /// Cancelled when the submitter cancels the job (a requester's attempt); `None` once told.
+    job_cancel: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -466,7 +471,15 @@ impl Driver {
             run: None,
             lost_since: None,
             end: None,
+            job_cancel: None,
         }
+    }
+
+    /// Tells the machine (a requester's) when `cancel` is cancelled: the submitter cancelled
+    /// the job.
+    pub(super) fn cancelled_by(mut self, cancel: CancellationToken) -> Driver {
+        self.job_cancel = Some(cancel);
+        self
     }
 
     /// Runs a requester's attempt to its end (registering once the contract has an id), and
@@ -505,9 +518,15 @@ impl Driver {
     /// Waits for the next event of a machine that has no contract id yet.
     async fn wait_unregistered(&mut self) -> bool {
         let cancel = self.market.inner.cancel.clone();
+        let job_cancel = self.job_cancel.clone();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => false,
+            () = cancelled_or_never(job_cancel) => {
+                self.job_cancel = None;
+                self.step(Input::Cancel, None).await;
+                true
+            }
             Some((to, answer)) = self.sends.next(), if !self.sends.is_empty() => {
                 self.step(Input::Answer { to, answer }, None).await;
                 true
@@ -557,6 +576,7 @@ impl Driver {
             {
                 break;
             }
+            let job_cancel = self.job_cancel.clone();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -568,6 +588,10 @@ impl Driver {
                 mail = inbox.recv() => {
                     let Some(mail) = mail else { break };
                     self.on_mail(mail).await;
+                }
+                () = cancelled_or_never(job_cancel) => {
+                    self.job_cancel = None;
+                    self.step(Input::Cancel, None).await;
                 }
                 Some((to, answer)) = self.sends.next(), if !self.sends.is_empty() => {
                     self.step(Input::Answer { to, answer }, None).await;
@@ -798,6 +822,27 @@ impl Driver {
             self.run = Some((cancel, Box::pin(future)));
             return;
         }
+        if order.spec.executor.on_cluster() {
+            // On the cluster: the Slurm job is cancelled when this run is stopped, and keeps
+            // running when the node stops (the next start re-attaches to it).
+            let future = async move {
+                let Some(cluster) = market.inner.cluster.clone() else {
+                    return cancelled_report();
+                };
+                cluster
+                    .run(
+                        order.contract_id,
+                        &order.spec,
+                        order.module,
+                        order.stdin,
+                        stop,
+                        market.inner.cancel.clone(),
+                    )
+                    .await
+            };
+            self.run = Some((cancel, Box::pin(future)));
+            return;
+        }
         let future = async move {
             let provider = &market.inner.provider;
             let permit = tokio::select! {
@@ -847,6 +892,14 @@ fn cancelled_report() -> RunReport {
         },
         usage: Default::default(),
         output: Vec::new(),
+    }
+}
+
+/// Until `cancel` is cancelled; forever without one.
+async fn cancelled_or_never(cancel: Option<CancellationToken>) {
+    match cancel {
+        Some(cancel) => cancel.cancelled_owned().await,
+        None => std::future::pending().await,
     }
 }
 

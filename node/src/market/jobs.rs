@@ -278,6 +278,11 @@ impl Attempt {
             AttemptEnd::Rejected { message, .. } => {
                 (AttemptOutcome::Rejected, None, message.clone())
             }
+            AttemptEnd::Cancelled { .. } => (
+                AttemptOutcome::Cancelled,
+                None,
+                "cancelled by the submitter".to_owned(),
+            ),
             AttemptEnd::Unreachable { message, .. } => {
                 (AttemptOutcome::Unreachable, None, message.clone())
             }
@@ -312,6 +317,9 @@ pub struct JobUsage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// What a cluster's scheduler accounted (executor `slurm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<suanli_protocol::negotiation::ClusterUsage>,
 }
 
 impl From<Usage> for JobUsage {
@@ -323,6 +331,7 @@ impl From<Usage> for JobUsage {
             output_bytes: usage.output_bytes,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
+            cluster: usage.cluster,
         }
     }
 }
@@ -334,6 +343,13 @@ pub struct JobLimits {
     pub memory_bytes: u64,
     pub timeout_ms: u64,
     pub max_output_bytes: u64,
+    /// Tasks (absent from older records: 1).
+    #[serde(default = "one")]
+    pub tasks: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl From<Limits> for JobLimits {
@@ -343,6 +359,7 @@ impl From<Limits> for JobLimits {
             memory_bytes: limits.memory_bytes,
             timeout_ms: limits.wall_time_ms,
             max_output_bytes: limits.output_bytes,
+            tasks: limits.tasks,
         }
     }
 }
@@ -445,6 +462,8 @@ pub enum JobStoreError {
 #[derive(Debug, Clone)]
 pub struct JobBook {
     jobs: RecordTree,
+    /// Jobs their submitter cancelled (a marker each; the job's task owns its record).
+    cancels: RecordTree,
     index: RecordTree,
     outputs: RecordTree,
     blobs: Blobs,
@@ -461,6 +480,7 @@ impl JobBook {
     pub fn new(storage: &Storage) -> JobBook {
         JobBook {
             jobs: storage.records("jobs"),
+            cancels: storage.records("job_cancels"),
             index: storage.records("jobs_by_time"),
             outputs: storage.records("contract_outputs"),
             blobs: storage.blobs(),
@@ -488,6 +508,17 @@ impl JobBook {
     pub async fn save_durably(&self, record: &JobRecord) -> Result<(), JobStoreError> {
         self.save(record)?;
         Ok(self.storage.sync().await?)
+    }
+
+    /// Records, durably, that the submitter cancelled the job.
+    pub async fn request_cancel(&self, job_id: &JobId) -> Result<(), JobStoreError> {
+        self.cancels.insert(job_id.0.as_bytes(), &[])?;
+        Ok(self.storage.sync().await?)
+    }
+
+    /// Whether the submitter cancelled the job.
+    pub fn cancel_requested(&self, job_id: &JobId) -> bool {
+        matches!(self.cancels.get(job_id.0.as_bytes()), Ok(Some(_)))
     }
 
     pub fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, JobStoreError> {

@@ -29,9 +29,9 @@ mod placement;
 mod provider;
 mod ranking;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use suanli_protocol::engine::requester::{JobTerms, Requester};
@@ -77,6 +77,8 @@ const FINISHED_QUEUE: usize = 1024;
 /// A job as a developer submits it.
 #[derive(Debug, Clone)]
 pub struct Submission {
+    /// `Wasm`, or `Slurm` (on a provider's cluster).
+    pub executor: ExecutorKind,
     pub module: Vec<u8>,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -84,6 +86,17 @@ pub struct Submission {
     pub limits: Limits,
     pub max_price: Credits,
     pub placement: Placement,
+}
+
+/// Why a job could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such job")]
+    NotFound,
+    #[error("the job has ended already ({0:?})")]
+    Final(JobState),
+    #[error("storage: {0}")]
+    Store(#[from] JobStoreError),
 }
 
 /// Why a submission was refused before any negotiation.
@@ -142,9 +155,12 @@ struct Inner {
     ledger: LedgerHandle,
     storage: Storage,
     executor: Executor,
+    cluster: Option<crate::slurm::Cluster>,
     /// The models this node serves and the standing contracts running on them.
     serving: Serving,
     jobs: JobBook,
+    /// Cancelled when the submitter cancels the job, by job, while its task runs.
+    job_cancels: Mutex<HashMap<JobId, CancellationToken>>,
     jobs_config: JobsConfig,
     provider: ProviderSide,
     registry: Registry,
@@ -189,6 +205,8 @@ pub struct MarketParts {
     pub ledger: LedgerHandle,
     pub storage: Storage,
     pub executor: Executor,
+    /// The cluster this node fronts (executor `slurm`), if any.
+    pub cluster: Option<crate::slurm::Cluster>,
     pub serving: Serving,
     pub provider: ProviderConfig,
     pub jobs: JobsConfig,
@@ -210,6 +228,7 @@ impl Market {
             parts.default_slots,
             parts.prices,
             parts.executors,
+            parts.cluster.as_ref(),
             parts.load,
         );
         let market = Market {
@@ -219,10 +238,12 @@ impl Market {
                 network: parts.network,
                 mesh: parts.mesh,
                 jobs: JobBook::new(&parts.storage),
+                job_cancels: Mutex::new(HashMap::new()),
                 outbox: Outbox::new(&parts.storage),
                 ledger: parts.ledger,
                 storage: parts.storage,
                 executor: parts.executor,
+                cluster: parts.cluster,
                 serving: parts.serving,
                 jobs_config: parts.jobs,
                 provider,
@@ -328,7 +349,9 @@ impl Market {
         // A model session sends no module: its provider holds the model.
         let module = match spec.executor {
             ExecutorKind::Llm => Vec::new(),
-            ExecutorKind::Wasm => blobs.get(&record.module_hash).ok()??,
+            ExecutorKind::Wasm | ExecutorKind::Slurm | ExecutorKind::Batch => {
+                blobs.get(&record.module_hash).ok()??
+            }
         };
         let stdin = blobs.get(&record.stdin_hash).ok()??;
         let terms = JobTerms {
@@ -343,6 +366,7 @@ impl Market {
         };
         Some(JobTask {
             market: self.clone(),
+            cancel: self.job_cancel_token(record.job_id),
             record,
             terms,
             payload: Arc::new(Payload {
@@ -352,6 +376,53 @@ impl Market {
             }),
             signed: None,
         })
+    }
+
+    /// The token a job's task hears of its cancellation by, registered for
+    /// [`Market::cancel_job`]; already cancelled if the submitter cancelled it before.
+    fn job_cancel_token(&self, job_id: JobId) -> CancellationToken {
+        let token = CancellationToken::new();
+        if self.inner.jobs.cancel_requested(&job_id) {
+            token.cancel();
+        }
+        self.inner
+            .job_cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id, token.clone());
+        token
+    }
+
+    /// Forgets a job's cancellation token (its task has ended).
+    pub(super) fn job_task_ended(&self, job_id: &JobId) {
+        self.inner
+            .job_cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_id);
+    }
+
+    /// Cancels a job its submitter no longer wants: recorded durably first (a restart does not
+    /// run it again), then its task stops placing it, and a contract it has is failed as
+    /// `cancelled` on both sides (the provider stops the run). A contract that settled first
+    /// still ends the job with its result.
+    pub async fn cancel_job(&self, job_id: &JobId) -> Result<JobState, CancelError> {
+        let record = self.inner.jobs.get(job_id)?.ok_or(CancelError::NotFound)?;
+        if record.state.is_final() {
+            return Err(CancelError::Final(record.state));
+        }
+        self.inner.jobs.request_cancel(job_id).await?;
+        if let Some(token) = self
+            .inner
+            .job_cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+        {
+            token.cancel();
+        }
+        info!(%job_id, "job cancelled by its submitter");
+        Ok(record.state)
     }
 
     fn close_unresumable(&self, mut record: JobRecord) {
@@ -459,7 +530,6 @@ impl Market {
     }
 
     async fn admit(&self, submission: Submission) -> Result<JobId, SubmitError> {
-        let inner = &self.inner;
         if submission.stdin.len() > suanli_protocol::job::MAX_STDIN_BYTES {
             return Err(SubmitError::Invalid(format!(
                 "stdin of {} bytes exceeds {} bytes",
@@ -467,30 +537,15 @@ impl Market {
                 suanli_protocol::job::MAX_STDIN_BYTES
             )));
         }
-        // Compiling is CPU work: on the executor's bounded compile pool.
         let module = Arc::new(submission.module);
-        inner
-            .executor
-            .prepare(module.clone())
-            .await
-            .map_err(|error| match error {
-                ExecutorError::ModuleTooComplex(message) => SubmitError::ModuleTooComplex(message),
-                ExecutorError::Busy(_) => SubmitError::CompilerBusy(error.to_string()),
-                other => SubmitError::InvalidModule(other.to_string()),
-            })?;
-        // Every run is charged for compiling the module: a budget that does not cover it could
-        // only ever end fuel-exhausted, paid for nothing.
-        let compile_fuel = suanli_protocol::job::compile_fuel(module.len());
-        if submission.limits.fuel <= compile_fuel {
-            return Err(SubmitError::Invalid(format!(
-                "a fuel budget of {} does not cover compiling this {}-byte module ({compile_fuel} \
-                 fuel): raise limits.fuel",
-                submission.limits.fuel,
-                module.len()
-            )));
+        if submission.executor == ExecutorKind::Batch {
+            // A batch script: a cluster's shell runs it; nothing is compiled or metered here.
+            crate::slurm::check_script(&module).map_err(SubmitError::InvalidModule)?;
+        } else {
+            self.check_module(&module, submission.limits.fuel).await?;
         }
         let spec = JobSpec {
-            executor: ExecutorKind::Wasm,
+            executor: submission.executor,
             module_hash: Hash32::of(&module),
             args: submission.args,
             env: submission.env,
@@ -502,6 +557,31 @@ impl Market {
         };
         self.store_job(spec, module, Arc::new(submission.stdin), None)
             .await
+    }
+
+    /// Whether `module` may run as a WebAssembly job with a fuel budget of `fuel`: it compiles
+    /// (on the executor's bounded compile pool) and the budget covers its compile charge.
+    async fn check_module(&self, module: &Arc<Vec<u8>>, fuel: u64) -> Result<(), SubmitError> {
+        self.inner
+            .executor
+            .prepare(module.clone())
+            .await
+            .map_err(|error| match error {
+                ExecutorError::ModuleTooComplex(message) => SubmitError::ModuleTooComplex(message),
+                ExecutorError::Busy(_) => SubmitError::CompilerBusy(error.to_string()),
+                other => SubmitError::InvalidModule(other.to_string()),
+            })?;
+        // Every run is charged for compiling the module: a budget that does not cover it could
+        // only ever end fuel-exhausted, paid for nothing.
+        let compile_fuel = suanli_protocol::job::compile_fuel(module.len());
+        if fuel <= compile_fuel {
+            return Err(SubmitError::Invalid(format!(
+                "a fuel budget of {fuel} does not cover compiling this {}-byte module \
+                 ({compile_fuel} fuel): raise limits.fuel",
+                module.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Stores a job durably and starts placing it; `signed` hears of its first signed contract.
@@ -554,6 +634,7 @@ impl Market {
         inner.storage.sync().await.map_err(JobStoreError::from)?;
         let task = JobTask {
             market: self.clone(),
+            cancel: self.job_cancel_token(job_id),
             record,
             terms: JobTerms {
                 job_id,

@@ -29,6 +29,8 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// One job being placed.
 pub(super) struct JobTask {
     pub(super) market: Market,
+    /// Cancelled when the submitter cancels the job.
+    pub(super) cancel: tokio_util::sync::CancellationToken,
     pub(super) record: JobRecord,
     pub(super) terms: JobTerms,
     pub(super) payload: Arc<Payload>,
@@ -79,6 +81,7 @@ impl JobTask {
         if !self.resume().await {
             self.place().await;
         }
+        self.market.job_task_ended(&self.record.job_id);
         self.market
             .inner
             .in_flight
@@ -131,7 +134,8 @@ impl JobTask {
                 self.market.clone(),
                 (Machine::Requester(Box::new(machine)), effects, None),
                 Some(self.payload.clone()),
-            );
+            )
+            .cancelled_by(self.cancel.clone());
             let Some(end) = driver.run_attempt(&mut |_| {}).await else {
                 return false;
             };
@@ -259,6 +263,14 @@ impl JobTask {
             if inner.cancel.is_cancelled() {
                 return false;
             }
+            if self.cancel.is_cancelled() {
+                self.fail(JobError::new(
+                    JobErrorCode::Cancelled,
+                    "cancelled by the submitter",
+                ))
+                .await;
+                return true;
+            }
             if now_ms() > placement_deadline {
                 let message = self.summary_of_attempts();
                 self.fail(JobError::new(JobErrorCode::NoProvider, message))
@@ -292,7 +304,8 @@ impl JobTask {
                     self.market.clone(),
                     (Machine::Requester(Box::new(machine)), effects, None),
                     Some(self.payload.clone()),
-                );
+                )
+                .cancelled_by(self.cancel.clone());
                 let mut signed = self.signed.take();
                 let end = driver
                     .run_attempt(&mut |id| {
@@ -308,6 +321,9 @@ impl JobTask {
                 };
                 if self.attempt_ended(provider, end.clone()).await {
                     return true;
+                }
+                if self.cancel.is_cancelled() {
+                    break;
                 }
                 if let AttemptEnd::LedgerFailed { message } = &end {
                     // This node cannot record contracts now (a full disk): wait, then go on.
@@ -327,6 +343,7 @@ impl JobTask {
             }
             tokio::select! {
                 _ = inner.cancel.cancelled() => return false,
+                _ = self.cancel.cancelled() => {}
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -116,6 +116,8 @@ pub(super) struct ProviderSide {
     offer_validity_ms: u64,
     prices: PriceTerms,
     executors: Vec<ExecutorKind>,
+    /// Whose batch scripts the cluster runs (executor `batch`).
+    batch_requesters: Vec<NodeId>,
     credit_limit: Credits,
     credit_limits: HashMap<NodeId, Credits>,
     state: Mutex<State>,
@@ -139,8 +141,10 @@ impl ProviderSide {
         default_slots: u32,
         prices: PriceTerms,
         executors: Vec<ExecutorKind>,
+        cluster: Option<&crate::slurm::Cluster>,
         load: watch::Sender<Load>,
     ) -> ProviderSide {
+        let max_tasks = cluster.map_or(1, crate::slurm::Cluster::max_tasks);
         let slots = config.slots.unwrap_or(default_slots).max(1);
         let capacity = slots.saturating_add(config.queue);
         load.send_replace(Load {
@@ -157,10 +161,13 @@ impl ProviderSide {
                 memory_bytes: config.max_memory_bytes,
                 wall_time_ms: config.max_wall_time_ms,
                 output_bytes: config.max_output_bytes,
+                tasks: max_tasks,
             },
             offer_validity_ms: config.offer_validity_secs.saturating_mul(1000),
             prices,
             executors,
+            batch_requesters: cluster
+                .map_or_else(Vec::new, crate::slurm::Cluster::batch_requesters),
             credit_limit: Credits(config.credit_limit),
             credit_limits: config
                 .credit_limits
@@ -239,7 +246,7 @@ impl ProviderSide {
     }
 
     /// Why this provider would not take a job, if it would not.
-    fn refusal(&self, spec: &JobSpec) -> Option<(DeclineCode, String)> {
+    fn refusal(&self, spec: &JobSpec, requester: NodeId) -> Option<(DeclineCode, String)> {
         if !self.accept_jobs {
             return Some((DeclineCode::Other, "this node does not accept jobs".into()));
         }
@@ -247,6 +254,12 @@ impl ProviderSide {
             return Some((
                 DeclineCode::ExecutorUnsupported,
                 format!("executor {} is not offered", spec.executor.name()),
+            ));
+        }
+        if spec.executor == ExecutorKind::Batch && !self.batch_requesters.contains(&requester) {
+            return Some((
+                DeclineCode::ExecutorUnsupported,
+                "this provider runs batch scripts only for the node ids it lists".into(),
             ));
         }
         let (limits, max) = (&spec.limits, &self.max_limits);
@@ -327,7 +340,9 @@ impl Market {
             true if provider.executors.contains(&ExecutorKind::Llm) => {
                 self.inner.serving.terms(&spec)
             }
-            _ => provider.refusal(&spec).map_or(Ok(provider.prices), Err),
+            _ => provider
+                .refusal(&spec, quote.requester)
+                .map_or(Ok(provider.prices), Err),
         };
         let price = match terms {
             Ok(price) => price,

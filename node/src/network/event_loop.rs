@@ -200,6 +200,8 @@ impl EventLoop {
         let cancel = self.parts.cancel.clone();
         let mut load = self.parts.load.clone();
         let mut load_open = true;
+        let mut cluster = self.parts.cluster.clone();
+        let mut cluster_open = true;
         loop {
             // Not `biased`: under load both commands and swarm events are always ready, and a
             // fixed order would starve one of them. Cancellation is still noticed within a turn.
@@ -210,6 +212,10 @@ impl EventLoop {
                     // market is gone: keep advertising the last load.
                     load_open = changed.is_ok();
                     self.publish_pending |= load_open;
+                }
+                changed = cluster.changed(), if cluster_open => {
+                    cluster_open = changed.is_ok();
+                    self.publish_pending |= cluster_open;
                 }
                 command = self.inbox.recv() => {
                     let Some(command) = command else { break };
@@ -846,10 +852,13 @@ impl EventLoop {
         let advert = self.parts.capacity.advert(
             self.node_id,
             self.advert_seq,
-            now,
             self.parts.config.advert_ttl,
             listen_addrs,
-            *self.parts.load.borrow(),
+            crate::capacity::Now {
+                at_ms: now,
+                load: *self.parts.load.borrow(),
+                cluster: self.parts.cluster.borrow().clone(),
+            },
         );
         let bytes = match Signed::sign(&advert, &self.parts.keypair)
             .map_err(|error| error.to_string())

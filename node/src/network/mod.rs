@@ -382,6 +382,8 @@ pub struct NetworkParts {
     pub ledger_events: mpsc::Sender<LedgerEvent>,
     /// The provider's load, for adverts; a change triggers a re-publication.
     pub load: tokio::sync::watch::Receiver<crate::capacity::Load>,
+    /// The cluster this node fronts, for adverts; a change triggers a re-publication.
+    pub cluster: tokio::sync::watch::Receiver<Option<suanli_protocol::ClusterInfo>>,
     pub cancel: CancellationToken,
 }
 

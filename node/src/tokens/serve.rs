@@ -86,6 +86,7 @@ impl Offered {
             per_million_fuel: Credits::ZERO,
             per_million_prompt: self.per_million_prompt,
             per_million_completion: self.per_million_completion,
+            per_cpu_second: Credits::ZERO,
         }
     }
 }
@@ -314,6 +315,7 @@ impl Serving {
             output_bytes: output.len() as u64,
             prompt_tokens: state.prompt,
             completion_tokens: state.completion,
+            cluster: None,
         };
         info!(contract = %id, requests = receipts.len(), prompt_tokens = state.prompt, completion_tokens = state.completion, "session ended");
         RunReport {

@@ -117,8 +117,15 @@ pub fn check_receipt(
         receipt.requester == contract.requester,
     )?;
     let (usage, limits) = (&receipt.usage, &contract.limits);
-    if usage.fuel > limits.fuel {
+    if usage.fuel > limits.total_fuel() {
         return Err(CheckError::UsageBeyondLimits("fuel"));
+    }
+    // The scheduler's CPU time, which may be priced: one CPU per task for its time limit.
+    if usage
+        .cluster
+        .is_some_and(|cluster| cluster.cpu_ms > limits.max_cpu_ms())
+    {
+        return Err(CheckError::UsageBeyondLimits("cpu_ms"));
     }
     if usage.memory_bytes > limits.memory_bytes {
         return Err(CheckError::UsageBeyondLimits("memory_bytes"));
@@ -140,12 +147,12 @@ pub fn check_receipt(
             require("receipt", "output_len", *output_len == usage.output_bytes)?;
         }
         // Claims that can be checked against the contract: a run that ran out of fuel used all
-        // of it, and one that timed out ran for its whole time limit. Without these a provider
+        // of it (one task of many, at least), and one that timed out ran for its whole time limit. Without these a provider
         // could bill a job's maximum without running it.
         Outcome::Failed {
             reason: FailureReason::FuelExhausted,
             ..
-        } => require("receipt", "fuel", usage.fuel == limits.fuel)?,
+        } => require("receipt", "fuel", usage.fuel >= limits.fuel)?,
         Outcome::Failed {
             reason: FailureReason::Timeout,
             ..

@@ -988,7 +988,9 @@ fn check_execute(
     // is the contract's `module_hash`): nothing is sent.
     let module_ok = match spec.executor {
         ExecutorKind::Llm => execute.module.is_empty(),
-        ExecutorKind::Wasm => Hash32::of(&execute.module) == contract.module_hash,
+        ExecutorKind::Wasm | ExecutorKind::Slurm | ExecutorKind::Batch => {
+            Hash32::of(&execute.module) == contract.module_hash
+        }
     };
     if !module_ok || Hash32::of(&execute.stdin) != contract.stdin_hash {
         return Err((

@@ -69,6 +69,10 @@ pub enum Input {
     Tick,
     /// The provider has been unreachable for the driver's grace period.
     PeerLost,
+    /// The submitter cancelled the job: a contract is failed as `Cancelled` (the provider is
+    /// told, and stops the run); an attempt without one ends. A proposal in flight is waited for
+    /// and its contract, once recorded, failed the same way.
+    Cancel,
 }
 
 // States are moved a few times per attempt; boxing their documents would buy nothing.
@@ -133,6 +137,8 @@ pub struct Requester {
     pending: Option<Pending>,
     /// `Finished` was emitted (or is not wanted: rebuilt to answer about an ended contract).
     finished: bool,
+    /// The submitter cancelled the job.
+    cancelled: bool,
 }
 
 impl Requester {
@@ -150,6 +156,7 @@ impl Requester {
             state: State::Quoting,
             pending: None,
             finished: false,
+            cancelled: false,
         };
         let quote = QuoteRequest::new(ctx.me(), &job.spec, job.nonce, ctx.now_ms);
         machine.job = Some(job);
@@ -260,6 +267,7 @@ impl Requester {
             state: State::Ended { held: Some(held) },
             pending: None,
             finished: false,
+            cancelled: false,
         }
     }
 
@@ -319,7 +327,8 @@ impl Requester {
     pub fn handle(&mut self, ctx: &Context<'_>, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {
-            Input::Durable => self.on_durable(&mut out),
+            Input::Durable => self.on_durable(ctx, &mut out),
+            Input::Cancel => self.on_cancel(ctx, &mut out),
             Input::AppendFailed(message) => self.on_append_failed(ctx, &message, &mut out),
             input if self.pending.is_some() => self.while_pending(ctx, input, &mut out),
             Input::Answer { to, answer } => self.on_answer(ctx, to, answer, &mut out),
@@ -357,7 +366,33 @@ impl Requester {
         }
     }
 
-    fn on_durable(&mut self, out: &mut Vec<Effect>) {
+    fn on_cancel(&mut self, ctx: &Context<'_>, out: &mut Vec<Effect>) {
+        self.cancelled = true;
+        if self.pending.is_some() {
+            // Once the append is durable (a contract: failed then).
+            return;
+        }
+        match &self.state {
+            State::Quoting => self.end(AttemptEnd::Cancelled { contract_id: None }, out),
+            State::Starting { held, .. } | State::Running { held } => {
+                let held = held.clone();
+                self.fail(
+                    ctx,
+                    held,
+                    AttemptFailure::Cancelled,
+                    "cancelled by the submitter",
+                    Vec::new(),
+                    true,
+                    false,
+                    out,
+                );
+            }
+            // The answer to the proposal decides: a contract is failed once recorded.
+            State::Proposing { .. } | State::Ended { .. } => {}
+        }
+    }
+
+    fn on_durable(&mut self, ctx: &Context<'_>, out: &mut Vec<Effect>) {
         let Some(pending) = self.pending.take() else {
             out.push(Effect::Fault(
                 "durable reported with no append in flight".into(),
@@ -372,7 +407,11 @@ impl Requester {
                     retry_at: None,
                     backoff_ms: FIRST_EXECUTE_BACKOFF_MS,
                 };
-                out.push(Effect::Send(Outbound::Execute(id)));
+                if self.cancelled {
+                    self.on_cancel(ctx, out);
+                } else {
+                    out.push(Effect::Send(Outbound::Execute(id)));
+                }
             }
             Pending::Settle {
                 held,

@@ -350,11 +350,43 @@ fn quote_request_known_answer() {
         crate::wire::WireMessage::to_bytes(&crate::wire::MarketRequest::Quote(quote)).unwrap();
     let spec = sample_spec().encode().unwrap();
     let expected = format!(
-        "0100{}{}6d{}01fd00505c18a3010000",
+        "0100{}{}6e{}01fd00505c18a3010000",
         hex::encode(key2.node_id().as_bytes()),
-        "fdf61ee60123a70d8716ef5e648be2bfb3e7b8701523581aa99ad149f5fc0e8c",
+        "b22093ddaefbfa79dd46d77df1b907123bdb76d92af31640a2b6f42a6151f2b9",
         hex::encode(&spec),
     );
     assert_eq!(hex::encode(&framed), expected);
-    assert_eq!(framed.len(), 2 + 32 + 32 + 1 + 109 + 1 + 9);
+    assert_eq!(framed.len(), 2 + 32 + 32 + 1 + 110 + 1 + 9);
+}
+
+#[test]
+fn signed_offer_known_answer() {
+    // docs/protocol.md section 14.4: key 1 offers key 2 the job of 14.3 (nonce 1).
+    let key = |hex_secret: &str| {
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(hex_secret, &mut secret).unwrap();
+        crate::identity::Keypair::from_secret_bytes(secret)
+    };
+    let key1 = key("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+    let key2 = key("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb");
+    let offer = Offer {
+        provider: key1.node_id(),
+        requester: key2.node_id(),
+        job_id: sample_spec().job_id(1).unwrap(),
+        price: crate::money::PriceTerms::fuel(Credits(100), Credits(5)),
+        max_cost: Credits(105),
+        valid_until_ms: NOW,
+        reservation: 7,
+    };
+    let signed = Signed::sign(&offer, &key1).unwrap();
+    let encoded = hex::encode(crate::codec::encode(&signed).unwrap());
+    assert_eq!(encoded.len() / 2, 210);
+    assert!(encoded.ends_with(
+        "409b6d4545e1d9e110c57bb2ba692bb285750bcf1c4e7c9e2f27daf545e2b215883b262e3c6d04465225cb3839b2\
+         bae6cf2dbf4e09d1f4ecb20dc3f4a5bd741e08"
+    ));
+    assert_eq!(
+        signed.digest().to_hex(),
+        "e5864e795cda961b376bd89f4dc73cb56cd213d7a7c83f6b76fd1a608e41f5dd"
+    );
 }

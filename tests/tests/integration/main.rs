@@ -6,6 +6,7 @@ mod jobs;
 mod mesh;
 mod process;
 mod protocol;
+mod slurm;
 mod storage;
 mod tokens;
 mod transparency;

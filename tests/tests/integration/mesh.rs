@@ -98,6 +98,7 @@ fn advert_of(key: &Keypair, seq: u64) -> CapacityAdvert {
         load_permille: 0,
         software_version: "evil".into(),
         models: Vec::new(),
+        cluster: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn a_contract_through_wire_messages() {
             memory_bytes: 1 << 20,
             wall_time_ms: 1_000,
             output_bytes: 1 << 10,
+            tasks: 1,
         },
         max_price: Credits(1_000),
         placement: Placement::default(),
@@ -176,6 +177,7 @@ fn a_contract_through_wire_messages() {
                         output_bytes: output.len() as u64,
                         prompt_tokens: 0,
                         completion_tokens: 0,
+                        cluster: None,
                     },
                     output,
                 };

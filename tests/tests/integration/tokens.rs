@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use suanli_tests::models::{model_path, openai_client_script, python};
-use suanli_tests::process::{NodeProcess, p2p_addr, suanli};
+use suanli_tests::process::{RunningNode, suanli};
 use tempfile::TempDir;
 
 const MODEL: &str = "smollm2";
@@ -40,24 +40,11 @@ fn post(api: &str, path: &str, body: &Value) -> (u16, Value) {
     (status, response.json().unwrap_or(Value::Null))
 }
 
-/// A node process with its API and id.
-struct Running {
-    process: NodeProcess,
-    api: String,
-    id: String,
-    p2p: String,
-}
+type Running = RunningNode;
 
 fn start(dir: &Path, extra: &[String]) -> Running {
-    let mut process = NodeProcess::spawn(dir, extra);
     // Loading the model (hashing it, re-quantising it, measuring it) takes a few seconds.
-    let info = process.wait_ready(Duration::from_secs(120));
-    Running {
-        process,
-        api: format!("http://{}", info["api"].as_str().expect("api")),
-        p2p: p2p_addr(&info),
-        id: info["node_id"].as_str().expect("id").to_owned(),
-    }
+    RunningNode::start(dir, extra, Duration::from_secs(120))
 }
 
 fn serve_model_args() -> Vec<String> {
@@ -68,7 +55,7 @@ fn serve_model_args() -> Vec<String> {
 }
 
 fn bootstrap(to: &Running) -> Vec<String> {
-    vec!["--bootstrap".into(), to.p2p.clone()]
+    to.bootstrap_args()
 }
 
 /// Waits until `api` lists `model` in `/v1/models`.

@@ -146,6 +146,15 @@ fn receipts_that_break_the_contract_are_refused() {
             CheckError::UsageBeyondLimits("fuel"),
         ),
         (
+            |r| {
+                r.usage.cluster = Some(crate::negotiation::ClusterUsage {
+                    cpu_ms: contract().limits.max_cpu_ms() + 1,
+                    ..Default::default()
+                });
+            },
+            CheckError::UsageBeyondLimits("cpu_ms"),
+        ),
+        (
             |r| r.usage.memory_bytes = contract().limits.memory_bytes + 1,
             CheckError::UsageBeyondLimits("memory_bytes"),
         ),

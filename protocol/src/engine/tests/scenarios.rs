@@ -40,6 +40,7 @@ fn every_contract_ends_the_same_way_on_both_sides_through_a_storm() {
     }
     // The storm must reach the paths it is meant to test, or passing proves little.
     assert!(total.settled > 0 && total.failed > 0, "{total:?}");
+    assert!(total.cancelled > 0, "{total:?}");
     assert!(total.resumed > 0 && total.adopted > 0, "{total:?}");
     assert!(
         total.failed_appends > 0 && total.failed_with_receipt > 0,

@@ -77,6 +77,8 @@ pub(super) struct Faults {
     pub disk_full: u64,
     /// A node crashes at any delivered message.
     pub crash_anywhere: u64,
+    /// The submitter cancels the job at any delivered message (every live attempt hears it).
+    pub cancel: u64,
     /// Largest extra delay of a message, ms (reordering).
     pub jitter_ms: u64,
 }
@@ -88,6 +90,7 @@ impl Faults {
         crash_after_append: 0,
         disk_full: 0,
         crash_anywhere: 0,
+        cancel: 0,
         jitter_ms: 5,
     };
 
@@ -97,6 +100,7 @@ impl Faults {
         crash_after_append: 40,
         disk_full: 40,
         crash_anywhere: 10,
+        cancel: 10,
         jitter_ms: 400,
     };
 }
@@ -113,6 +117,8 @@ pub(super) struct Stats {
     pub failed_with_receipt: u64,
     pub settled: u64,
     pub failed: u64,
+    /// Contracts failed as cancelled by the submitter.
+    pub cancelled: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -125,6 +131,7 @@ impl std::ops::AddAssign for Stats {
         self.failed_with_receipt += other.failed_with_receipt;
         self.settled += other.settled;
         self.failed += other.failed;
+        self.cancelled += other.cancelled;
     }
 }
 
@@ -160,13 +167,37 @@ enum Body {
 #[allow(clippy::large_enum_variant)] // a test's event queue
 #[derive(Debug, Clone)]
 enum Event {
-    Message { from: usize, to: usize, body: Body },
-    RunDone { contract_id: ContractId, epoch: u64 },
-    Wake { node: usize, key: Key, epoch: u64 },
-    Restart { node: usize },
-    Outbox { node: usize, epoch: u64 },
-    Watch { epoch: u64 },
-    NewAttempt { epoch: u64 },
+    Message {
+        from: usize,
+        to: usize,
+        body: Body,
+    },
+    RunDone {
+        contract_id: ContractId,
+        epoch: u64,
+    },
+    Wake {
+        node: usize,
+        key: Key,
+        epoch: u64,
+    },
+    Restart {
+        node: usize,
+    },
+    Outbox {
+        node: usize,
+        epoch: u64,
+    },
+    Watch {
+        epoch: u64,
+    },
+    NewAttempt {
+        epoch: u64,
+    },
+    /// The submitter cancels the job: every live attempt of the requester hears it.
+    Cancel {
+        epoch: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -418,6 +449,19 @@ impl Sim {
     fn step(&mut self, event: Event) {
         match event {
             Event::Message { from, to, body } => self.on_message(from, to, body),
+            Event::Cancel { epoch } => {
+                if !self.nodes[REQUESTER].up || self.nodes[REQUESTER].epoch != epoch {
+                    return;
+                }
+                let attempts: Vec<u64> = self.nodes[REQUESTER].attempts.keys().copied().collect();
+                for attempt in attempts {
+                    if self.nodes[REQUESTER].epoch != epoch {
+                        return;
+                    }
+                    self.log(format!("R cancels the job ({attempt})"));
+                    self.feed(REQUESTER, Key::Attempt(attempt), Input::Cancel, None);
+                }
+            }
             Event::RunDone { contract_id, epoch } => {
                 let node = &mut self.nodes[PROVIDER];
                 if node.epoch != epoch || node.runs.remove(&contract_id).is_none() {
@@ -436,6 +480,7 @@ impl Sim {
                         output_bytes: 5,
                         prompt_tokens: 0,
                         completion_tokens: 0,
+                        cluster: None,
                     },
                     output: b"hello".to_vec(),
                 };
@@ -656,6 +701,10 @@ impl Sim {
                 );
             }
             return;
+        }
+        if self.rng.chance(self.faults.cancel) {
+            let epoch = self.nodes[REQUESTER].epoch;
+            self.at(self.now, Event::Cancel { epoch });
         }
         if self.rng.chance(self.faults.crash_anywhere) {
             if let Body::Request { reply, .. } = body {
@@ -1320,6 +1369,12 @@ impl Sim {
                 if docs.receipt.is_some() {
                     self.stats.failed_with_receipt += 1;
                 }
+                let cancelled = docs.failure.as_ref().is_some_and(|failure| {
+                    failure.decode_unverified().is_ok_and(|record| {
+                        record.failure == crate::negotiation::AttemptFailure::Cancelled
+                    })
+                });
+                self.stats.cancelled += u64::from(cancelled);
             }
         }
         // A settlement reported to the job is in the ledger (the job's view never runs ahead
@@ -1376,6 +1431,7 @@ enum Input {
     AppendFailed(String),
     Tick,
     PeerLost,
+    Cancel,
 }
 
 impl Input {
@@ -1387,6 +1443,7 @@ impl Input {
             Input::AppendFailed(message) => requester::Input::AppendFailed(message),
             Input::Tick => requester::Input::Tick,
             Input::PeerLost => requester::Input::PeerLost,
+            Input::Cancel => requester::Input::Cancel,
         }
     }
 
@@ -1396,7 +1453,7 @@ impl Input {
             Input::Inbound { from, request } => provider::Input::Inbound { from, request },
             Input::Durable => provider::Input::Durable,
             Input::AppendFailed(message) => provider::Input::AppendFailed(message),
-            Input::Tick | Input::PeerLost => provider::Input::Tick,
+            Input::Tick | Input::PeerLost | Input::Cancel => provider::Input::Tick,
         }
     }
 }
