@@ -7,6 +7,7 @@
 //! A request runs on a task of its own: a client that disconnects stops generation at the next
 //! token, and the tokens generated until then are still receipted and billed.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
@@ -248,70 +249,38 @@ enum Ended {
     Later(tokio::sync::oneshot::Receiver<Result<Completed, RouteError>>),
 }
 
-/// The SSE answer: events written by a task as the text comes; when the client goes away the
-/// body is dropped, the task's sends fail, and dropping its text receiver stops generation.
+/// The SSE answer: events made as the body is read, from the text as it comes. When the client
+/// goes away the body is dropped, and with it the text receiver, which stops generation. No task
+/// is spawned: the HTTP connection drives the stream.
 fn stream_response(
     shape: Shape,
     model: String,
     include_usage: bool,
     first: Option<String>,
-    mut text: mpsc::Receiver<String>,
+    text: mpsc::Receiver<String>,
     ended: Ended,
 ) -> Response {
-    let (events_tx, events) = mpsc::channel::<String>(crate::inference::STREAM_BUFFER);
-    tokio::spawn(async move {
-        let id = shape.id();
-        let created = now_ms() / 1000;
-        let chat = ChatChunks::new(&id, created, &model, include_usage);
-        let plain = TextChunks::new(&id, created, &model, include_usage);
-        let piece_event = |piece: &str| match shape {
-            Shape::Chat => sse_event(&chat.content(piece)),
-            Shape::Text => sse_event(&plain.text(piece)),
-        };
-        if shape == Shape::Chat && events_tx.send(sse_event(&chat.role())).await.is_err() {
-            return;
-        }
-        if let Some(first) = first
-            && events_tx.send(piece_event(&first)).await.is_err()
-        {
-            return;
-        }
-        while let Some(piece) = text.recv().await {
-            if events_tx.send(piece_event(&piece)).await.is_err() {
-                return;
-            }
-        }
-        let result = match ended {
-            Ended::Now(completed) => Ok(completed),
-            Ended::Later(done) => done
-                .await
-                .unwrap_or_else(|_| Err(RouteError::Failed("the request's task ended".into()))),
-        };
-        let events: Vec<String> = match result {
-            Ok(completed) => {
-                let finish: Finish = completed.finish;
-                let usage = Usage::new(completed.prompt_tokens, completed.completion_tokens);
-                let mut events = vec![match shape {
-                    Shape::Chat => sse_event(&with_provenance(&chat.finish(finish), &completed)),
-                    Shape::Text => sse_event(&with_provenance(&plain.finish(finish), &completed)),
-                }];
-                let usage_event = match shape {
-                    Shape::Chat => chat.usage(usage).map(|chunk| sse_event(&chunk)),
-                    Shape::Text => plain.usage(usage).map(|chunk| sse_event(&chunk)),
-                };
-                events.extend(usage_event);
-                events
-            }
-            Err(error) => vec![error_event(&route_error(error, shape, &model))],
-        };
-        for event in events.into_iter().chain([SSE_DONE.to_owned()]) {
-            if events_tx.send(event).await.is_err() {
-                return;
-            }
-        }
-    });
+    let id = shape.id();
+    let created = now_ms() / 1000;
+    let mut events = SseEvents {
+        chat: ChatChunks::new(&id, created, &model, include_usage),
+        plain: TextChunks::new(&id, created, &model, include_usage),
+        shape,
+        model,
+        text,
+        ended: Some(ended),
+        queue: VecDeque::new(),
+    };
+    if shape == Shape::Chat {
+        let role = sse_event(&events.chat.role());
+        events.queue.push_back(role);
+    }
+    if let Some(first) = first {
+        let event = events.piece(&first);
+        events.queue.push_back(event);
+    }
     let body = futures::stream::unfold(events, |mut events| async move {
-        let event = events.recv().await?;
+        let event = events.next().await?;
         Some((
             Ok::<_, std::convert::Infallible>(Bytes::from(event)),
             events,
@@ -326,4 +295,67 @@ fn stream_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The events of one streamed answer, in order: those queued (the role, the first piece), the
+/// text as it comes, then the finish (with its `suanli` provenance), the usage if asked for, or an
+/// error event, and `[DONE]`.
+struct SseEvents {
+    shape: Shape,
+    model: String,
+    chat: ChatChunks,
+    plain: TextChunks,
+    text: mpsc::Receiver<String>,
+    ended: Option<Ended>,
+    queue: VecDeque<String>,
+}
+
+impl SseEvents {
+    fn piece(&self, piece: &str) -> String {
+        match self.shape {
+            Shape::Chat => sse_event(&self.chat.content(piece)),
+            Shape::Text => sse_event(&self.plain.text(piece)),
+        }
+    }
+
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if let Some(piece) = self.text.recv().await {
+                return Some(self.piece(&piece));
+            }
+            let result = match self.ended.take()? {
+                Ended::Now(completed) => Ok(completed),
+                Ended::Later(done) => done
+                    .await
+                    .unwrap_or_else(|_| Err(RouteError::Failed("the request's task ended".into()))),
+            };
+            let ending = self.ending(result);
+            self.queue.extend(ending);
+            self.queue.push_back(SSE_DONE.to_owned());
+        }
+    }
+
+    fn ending(&self, result: Result<Completed, RouteError>) -> Vec<String> {
+        let (shape, chat, plain) = (self.shape, &self.chat, &self.plain);
+        match result {
+            Ok(completed) => {
+                let finish: Finish = completed.finish;
+                let usage = Usage::new(completed.prompt_tokens, completed.completion_tokens);
+                let mut events = vec![match shape {
+                    Shape::Chat => sse_event(&with_provenance(&chat.finish(finish), &completed)),
+                    Shape::Text => sse_event(&with_provenance(&plain.finish(finish), &completed)),
+                }];
+                let usage_event = match shape {
+                    Shape::Chat => chat.usage(usage).map(|chunk| sse_event(&chunk)),
+                    Shape::Text => plain.usage(usage).map(|chunk| sse_event(&chunk)),
+                };
+                events.extend(usage_event);
+                events
+            }
+            Err(error) => vec![error_event(&route_error(error, shape, &self.model))],
+        }
+    }
 }
