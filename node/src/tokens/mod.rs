@@ -75,9 +75,52 @@ pub struct ModelError {
 
 /// Inbound token streams served at once; more are closed at once (the requester fails over).
 pub const MAX_INBOUND_STREAMS: usize = 256;
+/// Inbound token streams one peer may have open at once, so that one peer cannot take every
+/// place (nor the frame buffers of all of them: about 1 MiB each).
+pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 32;
+
+/// Open streams per peer, each counted until its [`PeerSlot`] is dropped.
+#[derive(Debug, Default)]
+struct PeerSlots {
+    open: std::sync::Mutex<std::collections::HashMap<suanli_protocol::NodeId, usize>>,
+}
+
+impl PeerSlots {
+    /// A place for one more stream of `peer`, unless it has [`MAX_INBOUND_STREAMS_PER_PEER`].
+    fn take(self: &std::sync::Arc<Self>, peer: suanli_protocol::NodeId) -> Option<PeerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(peer).or_default();
+        if *count >= MAX_INBOUND_STREAMS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One peer's place for one stream; given back when dropped.
+struct PeerSlot {
+    slots: std::sync::Arc<PeerSlots>,
+    peer: suanli_protocol::NodeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// Accepts inbound token streams and serves each on its own task until `cancel`, at most
-/// [`MAX_INBOUND_STREAMS`] at once.
+/// [`MAX_INBOUND_STREAMS`] at once and [`MAX_INBOUND_STREAMS_PER_PEER`] of one peer.
 pub async fn accept_streams(network: NetworkHandle, serving: Serving, cancel: CancellationToken) {
     let mut incoming = match network.accept_token_streams() {
         Ok(incoming) => incoming,
@@ -88,12 +131,17 @@ pub async fn accept_streams(network: NetworkHandle, serving: Serving, cancel: Ca
     };
     let tasks = tokio_util::task::TaskTracker::new();
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_STREAMS));
+    let peers = std::sync::Arc::new(PeerSlots::default());
     loop {
         let stream = tokio::select! {
             () = cancel.cancelled() => break,
             stream = incoming.next() => stream,
         };
         let Some(stream) = stream else { break };
+        let Some(slot) = peers.take(stream.peer()) else {
+            tracing::warn!(peer = %stream.peer(), "too many token streams from one peer; one refused");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(peer = %stream.peer(), "too many token streams; one refused");
             continue;
@@ -105,9 +153,32 @@ pub async fn accept_streams(network: NetworkHandle, serving: Serving, cancel: Ca
                 () = serving.serve_stream(stream) => {}
                 () = cancel.cancelled() => {}
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
     tasks.close();
     tasks.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_peer_cannot_take_more_than_its_share_of_streams() {
+        let slots = std::sync::Arc::new(PeerSlots::default());
+        let (one, other) = (
+            crate::fixtures::requester().node_id(),
+            crate::fixtures::provider().node_id(),
+        );
+        let mut held: Vec<PeerSlot> = (0..MAX_INBOUND_STREAMS_PER_PEER)
+            .map(|_| slots.take(one).expect("a place"))
+            .collect();
+        assert!(slots.take(one).is_none());
+        assert!(slots.take(other).is_some());
+        held.pop();
+        assert!(slots.take(one).is_some());
+        drop(held);
+        assert!(slots.open.lock().unwrap().is_empty());
+    }
 }
