@@ -23,7 +23,9 @@ use std::path::Path;
 use suanli_protocol::negotiation::WALL_TIME_GRACE_MS;
 use suanli_protocol::{FailureReason, Limits, Usage};
 
-use super::exec::{ExecJob, TASK_PLACEHOLDER, TASK_VAR, TASKS_VAR, write_bytes_atomic};
+use super::exec::{
+    ExecJob, TASK_PLACEHOLDER, TASK_VAR, TASKS_VAR, read_at_most, write_bytes_atomic,
+};
 use super::rest::Accounting;
 use super::{RunReport, cluster_usage, failure_report, success_report};
 
@@ -90,8 +92,9 @@ pub(super) struct ScriptTask {
 pub(super) fn read_tasks(dir: &Path, limits: &Limits) -> Vec<ScriptTask> {
     (0..limits.tasks)
         .map(|task| {
-            let exit_code = std::fs::read_to_string(dir.join(format!("exit-{task}")))
+            let exit_code = read_at_most(&dir.join(format!("exit-{task}")), 32)
                 .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
                 .and_then(|text| text.trim().parse().ok());
             let mut stdout = Vec::new();
             let read = std::fs::File::open(dir.join(format!("out-{task}"))).and_then(|file| {

@@ -80,8 +80,26 @@ pub fn read_task(dir: &Path, task: u32) -> Result<TaskOutcome, String> {
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path, limit: usize) -> Result<T, String> {
-    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let bytes = read_at_most(path, limit)?;
     codec::decode(&bytes, limit).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// A file's bytes, refused beyond `limit` (without reading more than one byte past it): the
+/// files of a job directory are written by the cluster's job user, not by this node.
+pub fn read_at_most(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let describe = |error: std::io::Error| format!("{}: {error}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut bytes)
+        })
+        .map_err(describe)?;
+    if bytes.len() > limit {
+        return Err(format!("{}: larger than {limit} bytes", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// Writes `value` to `path` atomically and durably: a temporary file, synced, renamed, and the
@@ -222,6 +240,12 @@ mod tests {
         assert_eq!(read_job(dir.path()).unwrap(), job);
         std::fs::write(dir.path().join(JOB_FILE), b"garbage").unwrap();
         assert!(read_job(dir.path()).unwrap_err().contains("job.bin"));
+        std::fs::write(task_file(dir.path(), 0), vec![0u8; MAX_OUTCOME_BYTES + 1]).unwrap();
+        assert!(
+            read_task(dir.path(), 0)
+                .unwrap_err()
+                .contains("larger than")
+        );
         assert!(read_task(dir.path(), 0).unwrap_err().contains("task-0.out"));
     }
 }
