@@ -298,9 +298,22 @@ impl Cluster {
                 .jobs()
                 .await
                 .map_err(|error| error.to_string())?;
-            if let Some(found) = jobs.iter().find(|record| record.name == name) {
-                // A task of an array names the array's id, which is the one to follow.
-                let id = found.array_job_id.unwrap_or(found.job_id);
+            // A task of an array names the array's id, which is the one to follow. A job that
+            // ended a few minutes ago is only in the accounting any more.
+            let listed = jobs
+                .iter()
+                .find(|record| record.name == name)
+                .map(|found| found.array_job_id.unwrap_or(found.job_id));
+            let found = match listed {
+                Some(id) => Some(id),
+                None => self
+                    .inner
+                    .client
+                    .accounted_job_named(&name)
+                    .await
+                    .map_err(|error| error.to_string())?,
+            };
+            if let Some(id) = found {
                 exec::write_bytes_atomic(&id_file, id.to_string().as_bytes())?;
                 info!(%contract_id, slurm_id = id, "found the contract's Slurm job by name");
                 return Ok(id);

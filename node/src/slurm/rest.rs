@@ -344,6 +344,19 @@ impl Client {
         Ok(accounting(&answer, tasks))
     }
 
+    /// The id of a job named `name` that the accounting recorded in the last 3 hours (the job
+    /// array's id for a task of one); `None` when there is none. For a job the controller has
+    /// forgotten already (a few minutes after it ended).
+    pub async fn accounted_job_named(&self, name: &str) -> Result<Option<u64>, RestError> {
+        let path = self.slurmdb(&format!("jobs?job_name={name}&submit_time=now-3hours"));
+        let (status, answer) = self.request(reqwest::Method::GET, &path, None).await?;
+        if nothing_found(&answer) {
+            return Ok(None);
+        }
+        check(status, &answer)?;
+        Ok(array(&answer, "jobs").first().map(accounted_job_id))
+    }
+
     async fn get(&self, path: &str) -> Result<Value, RestError> {
         let (status, answer) = self.request(reqwest::Method::GET, path, None).await?;
         check(status, &answer)?;
@@ -549,6 +562,25 @@ fn unknown_job(answer: &Value) -> bool {
             == Some(2017)
             || text(error, "error").is_some_and(|text| text.contains("Invalid job id"))
     })
+}
+
+/// The accounting's "Nothing found with query" (9003): an empty answer, not an error.
+fn nothing_found(answer: &Value) -> bool {
+    array(answer, "errors").iter().any(|error| {
+        error
+            .get("error_number")
+            .or_else(|| error.get("error_code"))
+            .and_then(Value::as_u64)
+            == Some(9003)
+    })
+}
+
+/// A job's id in the accounting, or its array's for a task of one.
+fn accounted_job_id(job: &Value) -> u64 {
+    match job.pointer("/array/job_id").and_then(number) {
+        Some(array) if array != 0 => array,
+        _ => field(job, "job_id"),
+    }
 }
 
 /// "Job/step already completing or completed" (2021) on a cancel.
@@ -864,6 +896,11 @@ mod tests {
         assert_eq!(single.cpus, 1);
         assert!(single.cpu_us > 0 && single.peak_memory_bytes > 0);
         assert!(single.end >= single.start && single.start > 0);
+        assert_eq!(accounted_job_id(&sample("dbjob.json")["jobs"][0]), 2);
+        // Every task of an array names the array, whichever record comes first.
+        for job in array(&sample("dbjob-array.json"), "jobs") {
+            assert_eq!(accounted_job_id(job), 3);
+        }
         let tasks = accounting(&sample("dbjob-array.json"), 4).expect("accounting");
         assert_eq!(tasks.cpus, 4);
         assert_eq!(accounting(&sample("dbjob-array.json"), 5), None);

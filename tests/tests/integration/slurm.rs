@@ -156,6 +156,29 @@ fn slurm_jobs_of(lab: &SlurmLab, contract: &str) -> Vec<String> {
     .collect()
 }
 
+/// What the cluster's accounting holds under the Slurm job name of each contract, through the
+/// node's own REST client.
+fn accounted_by_name(lab: &SlurmLab, contracts: &[&str]) -> Vec<Option<u64>> {
+    use suanli_node::slurm::rest::{Auth, Client};
+    let key = std::fs::read(lab.var("SUANLI_SLURM_JWT_KEY")).expect("jwt key");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = Client::connect(
+            lab.var("SUANLI_SLURMRESTD"),
+            lab.var("SUANLI_SLURM_USER"),
+            Auth::Key(key),
+        )
+        .await
+        .expect("slurmrestd");
+        let mut found = Vec::new();
+        for contract in contracts {
+            let name = format!("suanli-{contract}");
+            found.push(client.accounted_job_named(&name).await.expect("accounting"));
+        }
+        found
+    })
+}
+
 /// Waits until job `job_id` submitted to `api` has a contract whose Slurm job runs; the
 /// contract id.
 fn running_on_slurm(lab: &SlurmLab, api: &str, job_id: &str) -> String {
@@ -292,6 +315,14 @@ fn a_nodes_slurm_cluster_runs_mesh_jobs() {
             .all(|job| job["state"]["current"] == "COMPLETED"
                 && job["array"]["job_id"] == array_id)
     );
+
+    // A provider that crashed between submitting and recording a job's id finds it by name, in
+    // the accounting too once the controller has forgotten it: both jobs above are found there.
+    let single_contract = job["contract_id"].as_str().unwrap();
+    let array_contract = tasks["contract_id"].as_str().unwrap();
+    let accounted = accounted_by_name(&lab, &[single_contract, array_contract]);
+    assert_eq!(accounted, [Some(slurm_id), Some(array_id)]);
+    assert_eq!(accounted_by_name(&lab, &["0".repeat(64).as_str()]), [None]);
 
     // 3. Cancelling the job fails its contract on both sides and cancels the Slurm job.
     let long = module(dirs[0].path(), 6_000_000_000);
