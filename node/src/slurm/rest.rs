@@ -552,27 +552,34 @@ fn error_text(error: &Value) -> String {
     }
 }
 
-/// Slurm's "Invalid job id specified" (2017).
-fn unknown_job(answer: &Value) -> bool {
+/// Whether one of Slurm's errors in `answer` has the error number `number` (`error_number`, or
+/// `error_code` in some answers).
+fn has_error(answer: &Value, number: u64) -> bool {
     array(answer, "errors").iter().any(|error| {
         error
             .get("error_number")
             .or_else(|| error.get("error_code"))
             .and_then(Value::as_u64)
-            == Some(2017)
-            || text(error, "error").is_some_and(|text| text.contains("Invalid job id"))
+            == Some(number)
     })
+}
+
+/// Slurm's "Invalid job id specified" (2017).
+fn unknown_job(answer: &Value) -> bool {
+    has_error(answer, 2017)
+        || array(answer, "errors")
+            .iter()
+            .any(|error| text(error, "error").is_some_and(|text| text.contains("Invalid job id")))
 }
 
 /// The accounting's "Nothing found with query" (9003): an empty answer, not an error.
 fn nothing_found(answer: &Value) -> bool {
-    array(answer, "errors").iter().any(|error| {
-        error
-            .get("error_number")
-            .or_else(|| error.get("error_code"))
-            .and_then(Value::as_u64)
-            == Some(9003)
-    })
+    has_error(answer, 9003)
+}
+
+/// "Job/step already completing or completed" (2021) on a cancel.
+fn already_ended(answer: &Value) -> bool {
+    has_error(answer, 2021)
 }
 
 /// A job's id in the accounting, or its array's for a task of one.
@@ -581,17 +588,6 @@ fn accounted_job_id(job: &Value) -> u64 {
         Some(array) if array != 0 => array,
         _ => field(job, "job_id"),
     }
-}
-
-/// "Job/step already completing or completed" (2021) on a cancel.
-fn already_ended(answer: &Value) -> bool {
-    array(answer, "errors").iter().any(|error| {
-        error
-            .get("error_number")
-            .or_else(|| error.get("error_code"))
-            .and_then(Value::as_u64)
-            == Some(2021)
-    })
 }
 
 fn node_record(node: &Value) -> NodeRecord {
