@@ -39,6 +39,7 @@ mod behaviour;
 mod event_loop;
 pub mod floor;
 mod frame_codec;
+pub mod peer_manager;
 mod peers;
 pub mod tokens;
 
