@@ -340,11 +340,14 @@ pub struct NetworkConfig {
     pub advert_interval_secs: u64,
     /// Seconds an advert stays valid after it is issued.
     pub advert_ttl_secs: u64,
-    /// Most connections established at once, inbound and outbound together.
+    /// Most connections established at once, inbound and outbound together (a hard limit: one
+    /// more is refused). A few are kept for connections the node dials itself.
     pub max_connections: u32,
     /// Most connections to one peer.
     pub max_connections_per_peer: u32,
-    /// Outbound connections the node keeps dialling discovered peers for.
+    /// Peers the node keeps: below it, it dials discovered and remembered peers; above it, it
+    /// lets go of the least useful ones (never those in its gossip mesh, serving a request or
+    /// party to a running contract). Below `max_connections`.
     pub target_peers: u32,
     /// Seconds an idle connection stays open.
     pub idle_connection_timeout_secs: u64,
@@ -368,9 +371,9 @@ impl Default for NetworkConfig {
             mdns: false,
             advert_interval_secs: 10,
             advert_ttl_secs: 30,
-            max_connections: 256,
+            max_connections: 50,
             max_connections_per_peer: 2,
-            target_peers: 16,
+            target_peers: 25,
             idle_connection_timeout_secs: 300,
             ping_interval_secs: 5,
             ping_timeout_secs: 10,
@@ -544,6 +547,12 @@ impl Config {
         }
         if network.max_connections == 0 || network.max_connections_per_peer == 0 {
             return Err(invalid("network.max_connections", "must be at least 1"));
+        }
+        if network.target_peers == 0 || network.target_peers >= network.max_connections {
+            return Err(invalid(
+                "network.target_peers",
+                "must be at least 1 and below max_connections",
+            ));
         }
         for (key, secs) in [
             ("network.ping_interval_secs", network.ping_interval_secs),
@@ -795,11 +804,12 @@ mdns = false
 # Seconds between re-publications of this node's capacity advert, and how long one stays valid.
 advert_interval_secs = 10
 advert_ttl_secs = 30
-# Connection limits.
-max_connections = 256
+# Peers kept: below target_peers the node dials more, above it the least useful go
+# (never gossip-mesh peers, peers serving a request, or parties to a running contract).
+# max_connections is a hard limit on connections, inbound and outbound together.
+target_peers = 25
+max_connections = 50
 max_connections_per_peer = 2
-# Outbound connections to keep to discovered peers.
-target_peers = 16
 idle_connection_timeout_secs = 300
 # Every connection is pinged this often; one that answered no ping for
 # ping_interval_secs + ping_timeout_secs (15 s) is closed and its peer leaves `suanli peers`.

@@ -1,7 +1,9 @@
 //! The capacity view of the mesh: the newest valid advert of every node, until it expires.
 //!
 //! Written only by the network task (the one place adverts arrive and are validated); read by the
-//! API and the market. A cheap clone shares the same table.
+//! API and the market. A cheap clone shares the same table. Each entry keeps the advert as its
+//! author signed it, so that the view can be handed to a joining node page by page
+//! ([`MeshView::page`]), which verifies every advert itself.
 //!
 //! Nodes proven to have equivocated (signed two inconsistent ledger checkpoints) are
 //! [distrusted](MeshView::distrust) by the transparency module: their adverts are dropped and
@@ -10,15 +12,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use suanli_protocol::{CapacityAdvert, NodeId};
+use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
 /// Most nodes the table holds; beyond it, adverts of unknown nodes are dropped until some expire.
 pub const MAX_MESH_NODES: usize = 100_000;
 
-/// One node's entry: its advert and when this node received it (Unix ms).
+/// One node's entry: its advert (decoded, and as signed) and when this node received it (Unix
+/// ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshEntry {
     pub advert: CapacityAdvert,
+    pub signed: Arc<Signed<CapacityAdvert>>,
     pub received_at_ms: u64,
 }
 
@@ -63,8 +67,14 @@ impl MeshView {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Keeps `advert` (already verified and validated) if it is newer than the one held.
-    pub fn offer(&self, advert: CapacityAdvert, now_ms: u64) -> Offered {
+    /// Keeps `advert`, which `signed` holds and which the caller verified and validated, if it
+    /// is newer than the one held.
+    pub fn offer(
+        &self,
+        signed: Arc<Signed<CapacityAdvert>>,
+        advert: CapacityAdvert,
+        now_ms: u64,
+    ) -> Offered {
         if self.is_distrusted(&advert.node) {
             return Offered::Distrusted;
         }
@@ -80,6 +90,7 @@ impl MeshView {
             advert.node,
             MeshEntry {
                 advert,
+                signed,
                 received_at_ms: now_ms,
             },
         );
@@ -108,6 +119,34 @@ impl MeshView {
             .filter(|entry| entry.is_live(now_ms))
             .cloned()
             .collect()
+    }
+
+    /// The live adverts as signed, in node-id order, of the nodes after `after`, until their
+    /// bytes reach `budget`; and whether live adverts remain after the last one.
+    pub fn page(
+        &self,
+        after: Option<&NodeId>,
+        now_ms: u64,
+        budget: usize,
+    ) -> (Vec<Signed<CapacityAdvert>>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let table = self.read();
+        let start = after.map_or(Unbounded, Excluded);
+        let mut live = table
+            .range((start, Unbounded))
+            .map(|(_, entry)| entry)
+            .filter(|entry| entry.is_live(now_ms));
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for entry in live.by_ref() {
+            bytes += entry.signed.bytes().len();
+            page.push((*entry.signed).clone());
+            if bytes >= budget {
+                break;
+            }
+        }
+        let more = live.next().is_some();
+        (page, more)
     }
 
     /// How many live adverts the table holds at `now_ms` (no copying).
@@ -150,6 +189,12 @@ mod tests {
     use super::*;
     use suanli_protocol::{Keypair, PriceTerms, Resources};
 
+    fn offer(view: &MeshView, key: &Keypair, seq: u64, at_ms: u64) -> Offered {
+        let advert = advert(key, seq, at_ms);
+        let signed = Arc::new(Signed::sign(&advert, key).unwrap());
+        view.offer(signed, advert, at_ms)
+    }
+
     fn advert(key: &Keypair, seq: u64, issued_at_ms: u64) -> CapacityAdvert {
         CapacityAdvert {
             node: key.node_id(),
@@ -173,14 +218,45 @@ mod tests {
     fn newest_wins_and_expired_are_dropped() {
         let view = MeshView::default();
         let key = Keypair::from_secret_bytes([1; 32]);
-        assert_eq!(view.offer(advert(&key, 2, 1_000), 1_000), Offered::Stored);
-        assert_eq!(view.offer(advert(&key, 1, 1_500), 1_500), Offered::Stale);
-        assert_eq!(view.offer(advert(&key, 2, 1_500), 1_500), Offered::Stale);
+        assert_eq!(offer(&view, &key, 2, 1_000), Offered::Stored);
+        assert_eq!(offer(&view, &key, 1, 1_500), Offered::Stale);
+        assert_eq!(offer(&view, &key, 2, 1_500), Offered::Stale);
         assert_eq!(view.snapshot(1_999).len(), 1);
         assert_eq!(view.snapshot(2_000).len(), 0);
-        assert_eq!(view.offer(advert(&key, 3, 1_800), 1_800), Offered::Stored);
+        assert_eq!(offer(&view, &key, 3, 1_800), Offered::Stored);
         assert_eq!(view.prune(2_000), vec![]);
         assert_eq!(view.prune(2_800), vec![key.node_id()]);
         assert!(view.get(&key.node_id()).is_none());
+    }
+
+    #[test]
+    fn pages_cover_the_live_view_in_node_order() {
+        let view = MeshView::default();
+        let keys: Vec<Keypair> = (1..=7u8)
+            .map(|seed| Keypair::from_secret_bytes([seed; 32]))
+            .collect();
+        for key in &keys {
+            offer(&view, key, 1, 1_000);
+        }
+        let size = view.get(&keys[0].node_id()).unwrap().signed.bytes().len();
+        // Three adverts' bytes per page: 3 + 3 + 1.
+        let mut after = None;
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (page, more) = view.page(after.as_ref(), 1_500, 3 * size);
+            pages += 1;
+            seen.extend(page.iter().map(|signed| signed.signer()));
+            after = seen.last().copied();
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut expected: Vec<NodeId> = keys.iter().map(Keypair::node_id).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        // Expired adverts are not handed out.
+        assert_eq!(view.page(None, 2_000, usize::MAX), (Vec::new(), false));
     }
 }

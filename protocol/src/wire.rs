@@ -1,5 +1,6 @@
-//! Wire messages: the request and response enums of the market protocol (`/suanli/market/1`) and
-//! the ledger-sync protocol (`/suanli/ledger/1`), and the gossip payloads.
+//! Wire messages: the request and response enums of the market protocol (`/suanli/market/1`),
+//! the ledger-sync protocol (`/suanli/ledger/1`) and the view-sync protocol (`/suanli/view/1`),
+//! and the gossip payloads.
 //!
 //! Every message is framed by [`crate::codec::encode_framed`] (protocol version byte + bincode)
 //! and has a size cap, enforced both when encoding and before decoding.
@@ -23,6 +24,8 @@ use proptest::strategy::Strategy;
 pub const MARKET_PROTOCOL: &str = "/suanli/market/1";
 /// The libp2p protocol name of ledger sync.
 pub const LEDGER_PROTOCOL: &str = "/suanli/ledger/1";
+/// The libp2p protocol name of view sync (a joining node pulls the capacity view).
+pub const VIEW_PROTOCOL: &str = "/suanli/view/1";
 /// The gossipsub topic of capacity adverts.
 pub const ADVERT_TOPIC: &str = "suanli/adverts/1";
 /// The gossipsub topic of signed ledger checkpoints and equivocation proofs.
@@ -38,6 +41,11 @@ pub const MAX_GOSSIP_MESSAGE_BYTES: usize = MAX_ADVERT_BYTES + 1024;
 /// Cap on a checkpoint note carried in gossip or ledger-sync messages. suanli's own notes are
 /// about 250 bytes (one signature line); witnesses may add cosignature lines.
 pub const MAX_GOSSIPED_NOTE_BYTES: usize = 2048;
+/// Cap on a view-sync message (4 MiB): a page of signed adverts.
+pub const MAX_VIEW_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Advert bytes a view page is filled up to; the page stays under its cap with one more advert
+/// and the framing.
+pub const VIEW_PAGE_BUDGET: usize = MAX_VIEW_MESSAGE_BYTES - 2 * MAX_ADVERT_BYTES;
 /// Most entries one ledger range request may ask for.
 pub const MAX_LEDGER_RANGE: u32 = 1024;
 
@@ -68,6 +76,33 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         codec::decode_framed(bytes, Self::MAX_BYTES)
     }
+}
+
+/// `/suanli/view/1` request: the signed adverts held, in node-id order, of the nodes after
+/// `after` (from the first when `None`). A node that joins asks one peer for its view, page by
+/// page, instead of waiting up to an advert interval for every node's next publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ViewRequest {
+    pub after: Option<crate::NodeId>,
+}
+
+/// `/suanli/view/1` answer: live adverts as their authors signed them (each is verified by the
+/// receiver as if gossiped), in node-id order, filled up to [`VIEW_PAGE_BUDGET`] bytes; `more`
+/// when the view holds adverts after the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ViewPage {
+    pub adverts: Vec<Signed<CapacityAdvert>>,
+    pub more: bool,
+}
+
+impl WireMessage for ViewRequest {
+    const MAX_BYTES: usize = 1024;
+}
+
+impl WireMessage for ViewPage {
+    const MAX_BYTES: usize = MAX_VIEW_MESSAGE_BYTES;
 }
 
 /// Everything a provider needs to run a signed contract: the job spec's bytes exactly as quoted,
@@ -325,12 +360,19 @@ mod tests {
         fn gossip_round_trips(message in any::<GossipMessage>()) { round_trip(&message) }
 
         #[test]
+        fn view_messages_round_trip(request in any::<ViewRequest>(), page in any::<ViewPage>()) {
+            round_trip(&request);
+            round_trip(&page);
+        }
+
+        #[test]
         fn random_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             never_panics::<MarketRequest>(&bytes);
             never_panics::<MarketResponse>(&bytes);
             never_panics::<LedgerRequest>(&bytes);
             never_panics::<LedgerResponse>(&bytes);
             never_panics::<GossipMessage>(&bytes);
+            never_panics::<ViewPage>(&bytes);
             // And behind a valid version byte, so the payload decoders are reached.
             bytes.insert(0, codec::PROTOCOL_VERSION);
             never_panics::<MarketRequest>(&bytes);
@@ -338,6 +380,7 @@ mod tests {
             never_panics::<LedgerRequest>(&bytes);
             never_panics::<LedgerResponse>(&bytes);
             never_panics::<GossipMessage>(&bytes);
+            never_panics::<ViewPage>(&bytes);
         }
 
         #[test]

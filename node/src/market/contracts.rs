@@ -45,6 +45,7 @@ use tracing::{debug, error, info, warn};
 use super::Market;
 use crate::clock::now_ms;
 use crate::executor::JobInput;
+use crate::network::PeerHold;
 
 /// Requests one contract's driver holds before new ones are answered "busy".
 const MAILBOX: usize = 32;
@@ -438,6 +439,9 @@ pub(super) struct Driver {
     end: Option<AttemptEnd>,
     /// Cancelled when the submitter cancels the job (a requester's attempt); `None` once told.
     job_cancel: Option<CancellationToken>,
+    /// Keeps the counterparty connected while the contract runs: the peer manager never lets go
+    /// of it (the requester would take that for a lost provider).
+    _hold: PeerHold,
 }
 
 impl std::fmt::Debug for Driver {
@@ -461,7 +465,9 @@ impl Driver {
         payload: Option<Arc<Payload>>,
     ) -> Driver {
         let (machine, initial, initial_reply) = machine;
+        let hold = market.inner.network.hold(machine.counterparty());
         Driver {
+            _hold: hold,
             market,
             machine,
             initial,

@@ -11,7 +11,7 @@ use libp2p::{
 use sha2::{Digest, Sha256};
 use suanli_protocol::wire::{
     ADVERT_TOPIC, CHECKPOINT_TOPIC, LEDGER_PROTOCOL, MARKET_PROTOCOL, MAX_GOSSIP_MESSAGE_BYTES,
-    MAX_LEDGER_MESSAGE_BYTES, MAX_MARKET_MESSAGE_BYTES,
+    MAX_LEDGER_MESSAGE_BYTES, MAX_MARKET_MESSAGE_BYTES, MAX_VIEW_MESSAGE_BYTES, VIEW_PROTOCOL,
 };
 
 use super::frame_codec::FrameCodec;
@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub market: request_response::Behaviour<FrameCodec>,
     pub ledger: request_response::Behaviour<FrameCodec>,
+    /// View sync: a joining node pulls the capacity view from a peer.
+    pub view: request_response::Behaviour<FrameCodec>,
     /// Raw substreams: `/suanli/tokens/1` (see [`super::tokens`]).
     pub streams: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -56,11 +58,23 @@ pub fn checkpoint_topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(CHECKPOINT_TOPIC)
 }
 
+/// Peers in a topic's gossip mesh, and the fewest before gossipsub grafts more (its defaults).
+pub const MESH_N: usize = 6;
+pub const MESH_LOW: usize = 5;
+
 /// Gossipsub as every suanli node runs it: the application validates every message before it is
 /// forwarded (strict mode), message ids are SHA-256 of the payload (content-addressed, so the same
 /// advert from two paths is one message), and messages are capped at the gossip message size.
+///
+/// No flood publishing: a node's own messages go to its mesh peers (topped up with other
+/// subscribed peers while the mesh is short), not to every connected subscriber, so a
+/// publication costs the same at 25 peers as at 2 and the mesh, not the connection count,
+/// decides the load.
 pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
     gossipsub::ConfigBuilder::default()
+        .mesh_n(MESH_N)
+        .mesh_n_low(MESH_LOW)
+        .flood_publish(false)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .message_id_fn(|message: &gossipsub::Message| {
@@ -124,8 +138,12 @@ pub fn build_swarm(
     config: &CheckedConfig,
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let local_peer_id = keypair.public().to_peer_id();
+    // Some slots are kept for connections this node dials (requests to providers, token
+    // streams): a crowd of inbound peers cannot take them all.
+    let reserve = ((config.max_connections - config.target_peers) / 5).max(2);
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
+        .with_max_established_incoming(Some(config.max_connections.saturating_sub(reserve).max(1)))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
@@ -148,10 +166,14 @@ pub fn build_swarm(
             )?;
             let (params, thresholds) = peer_score();
             gossipsub.with_peer_score(params, thresholds)?;
+            // The event loop walks the DHT itself, only while the node is short of peers (every
+            // lookup connects to the peers it queries).
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_periodic_bootstrap_interval(None);
             let mut kad = kad::Behaviour::with_config(
                 local_peer_id,
                 kad::store::MemoryStore::new(local_peer_id),
-                kad::Config::new(KAD_PROTOCOL),
+                kad_config,
             );
             // Without this, kad stays a client until an external address is confirmed, and a
             // node that knows one bootstrap peer never learns of the others.
@@ -188,6 +210,16 @@ pub fn build_swarm(
                     .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(32),
             );
+            let view = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_VIEW_MESSAGE_BYTES),
+                [(
+                    StreamProtocol::new(VIEW_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(16),
+            );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 identify,
@@ -200,6 +232,7 @@ pub fn build_swarm(
                 gossipsub,
                 market,
                 ledger,
+                view,
                 streams: libp2p_stream::Behaviour::new(),
                 mdns: mdns.into(),
             })

@@ -18,17 +18,19 @@ use suanli_protocol::advert::{MAX_ADDR_BYTES, MAX_LISTEN_ADDRS};
 use suanli_protocol::checkpoint::SignedCheckpoint;
 use suanli_protocol::wire::{
     ErrorCode, GossipMessage, LedgerRequest, LedgerResponse, MAX_GOSSIPED_NOTE_BYTES,
-    MarketRequest, MarketResponse, WireError, WireMessage,
+    MarketRequest, MarketResponse, VIEW_PAGE_BUDGET, ViewPage, ViewRequest, WireError, WireMessage,
 };
 use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, advert_topic, build_swarm, checkpoint_topic,
+    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, MESH_LOW, MESH_N, advert_topic, build_swarm,
+    checkpoint_topic,
 };
+use super::peer_manager::{GRACE, PeerState, plan_prune};
 use super::peers::{PeerBook, is_dialable, without_peer_id};
 use super::{
-    Command, GossipCounters, InboundRequest, LedgerEvent, NetworkEvent, NetworkParts, Protocol,
-    RequestError, StartError,
+    Command, ConnectionStats, GossipCounters, InboundRequest, LedgerEvent, NetworkEvent,
+    NetworkParts, PeerHolds, Protocol, RequestError, StartError,
 };
 use crate::clock::now_ms;
 use crate::mesh::Offered;
@@ -39,8 +41,10 @@ const TICK: Duration = Duration::from_millis(250);
 const STALL_TOLERANCE: Duration = Duration::from_secs(1);
 /// Swarm events handled before a tick judges silence (bounded, so a flood cannot stall it).
 const MAX_EVENTS_BEFORE_TICK: usize = 1024;
-/// How often the DHT is walked for new peers, and the peer book saved.
+/// How often the DHT is walked for new peers (while the node is below its target).
 const KAD_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the peer manager lets go of peers above the target.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Least time between two advert publications triggered by new subscribers.
 const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -71,10 +75,15 @@ pub struct EventLoop {
     /// When the last tick ran (a stall of this loop shows as a late tick).
     last_tick: Instant,
     publish_pending: bool,
-    kad_bootstrapped: bool,
+    view_sync: ViewSync,
     counters: Arc<GossipCounters>,
-    outbound: HashMap<(Protocol, OutboundRequestId), OutboundReply>,
-    inbound: HashMap<u64, (Protocol, ResponseChannel<Vec<u8>>)>,
+    holds: Arc<PeerHolds>,
+    /// Tie-break of the peer manager, so that nodes do not all let go of the same peer.
+    salt: u64,
+    peak_established: usize,
+    pruned: u64,
+    outbound: HashMap<(Protocol, OutboundRequestId), (PeerId, OutboundReply)>,
+    inbound: HashMap<u64, (Protocol, PeerId, ResponseChannel<Vec<u8>>)>,
     pending_ledger: usize,
     next_inbound_id: u64,
     strikes: HashMap<PeerId, u32>,
@@ -94,6 +103,7 @@ impl EventLoop {
         parts: NetworkParts,
         inbox: mpsc::Receiver<Command>,
         counters: Arc<GossipCounters>,
+        holds: Arc<PeerHolds>,
     ) -> Result<EventLoop, StartError> {
         let mut swarm = build_swarm(parts.keypair.to_libp2p(), &parts.config)?;
         for topic in [advert_topic(), checkpoint_topic()] {
@@ -124,6 +134,11 @@ impl EventLoop {
             }
         }
         let node_id = parts.keypair.node_id();
+        let salt = node_id
+            .to_peer_id()
+            .to_bytes()
+            .iter()
+            .fold(0u64, |salt, byte| salt.rotate_left(8) ^ u64::from(*byte));
         Ok(EventLoop {
             swarm,
             inbox,
@@ -137,8 +152,12 @@ impl EventLoop {
             last_publish: None,
             last_tick: Instant::now(),
             publish_pending: false,
-            kad_bootstrapped: false,
+            view_sync: ViewSync::Wanted,
             counters,
+            holds,
+            salt,
+            peak_established: 0,
+            pruned: 0,
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             pending_ledger: 0,
@@ -194,6 +213,8 @@ impl EventLoop {
         advert.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut kad_walk = tokio::time::interval(KAD_INTERVAL);
         kad_walk.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut save = tokio::time::interval(SAVE_INTERVAL);
         save.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.dial_anonymous_bootstrap();
@@ -240,10 +261,18 @@ impl EventLoop {
                         *strikes = strikes.saturating_sub(1);
                         *strikes > 0
                     });
-                    self.walk_dht();
+                    // The DHT is walked only by a node that the capacity view cannot fill up
+                    // (each lookup connects to every peer it queries).
+                    if self.below_target() > 0 && self.parts.mesh.live_count(now_ms()) <= 1 {
+                        self.walk_dht();
+                    }
                     if self.peers.connected_count() == 0 {
                         self.dial_anonymous_bootstrap();
                     }
+                }
+                _ = heartbeat.tick() => {
+                    self.prune_excess();
+                    self.fill_from_view();
                 }
                 _ = save.tick() => self.save_peers(),
             }
@@ -273,13 +302,27 @@ impl EventLoop {
                 bytes,
                 reply,
             } => {
-                let id = self
-                    .request_response(protocol)
-                    .send_request(&peer.to_peer_id(), bytes);
-                self.outbound.insert((protocol, id), reply);
+                self.connect(peer);
+                let peer = peer.to_peer_id();
+                let id = self.request_response(protocol).send_request(&peer, bytes);
+                self.outbound.insert((protocol, id), (peer, reply));
+            }
+            Command::Connect(peer) => self.connect(peer),
+            Command::ConnectionStats(reply) => {
+                let info = self.swarm.network_info();
+                let counters = info.connection_counters();
+                let _ = reply.send(ConnectionStats {
+                    peers: self.peers.connected_count(),
+                    established: counters.num_established() as usize,
+                    established_incoming: counters.num_established_incoming() as usize,
+                    peak_established: self.peak_established,
+                    pruned: self.pruned,
+                    target_peers: self.parts.config.target_peers as usize,
+                    max_connections: self.parts.config.max_connections as usize,
+                });
             }
             Command::Respond { id, bytes } => {
-                let Some((protocol, channel)) = self.inbound.remove(&id) else {
+                let Some((protocol, _, channel)) = self.inbound.remove(&id) else {
                     return;
                 };
                 if protocol == Protocol::Ledger {
@@ -336,6 +379,7 @@ impl EventLoop {
         match protocol {
             Protocol::Market => &mut behaviour.market,
             Protocol::Ledger => &mut behaviour.ledger,
+            Protocol::View => &mut behaviour.view,
         }
     }
 
@@ -350,8 +394,9 @@ impl EventLoop {
             ..
         } = &event
         {
-            // A message proves its connection alive as well as a ping does.
+            // A message proves its connection alive as well as a ping does, and the peer useful.
             self.peers.answered(peer, *connection_id, Instant::now());
+            self.peers.useful(peer, Instant::now());
         }
         match event {
             request_response::Event::Message {
@@ -363,6 +408,29 @@ impl EventLoop {
                 ..
             } => self.handle_inbound_request(protocol, peer, request, channel),
             request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { request_id, .. },
+                ..
+            } if protocol == Protocol::View && self.view_sync == ViewSync::Running(request_id) => {
+                let request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                } = event
+                else {
+                    return;
+                };
+                self.view_page(peer, &response);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } if protocol == Protocol::View && self.view_sync == ViewSync::Running(request_id) => {
+                debug!(%peer, %error, "view sync failed; the next suanli peer is asked");
+                self.view_sync = ViewSync::Wanted;
+            }
+            request_response::Event::Message {
                 message:
                     request_response::Message::Response {
                         request_id,
@@ -370,7 +438,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.outbound.remove(&(protocol, request_id)) {
+                if let Some((_, reply)) = self.outbound.remove(&(protocol, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -381,7 +449,7 @@ impl EventLoop {
                 ..
             } => {
                 debug!(%peer, %error, ?protocol, "request failed");
-                if let Some(reply) = self.outbound.remove(&(protocol, request_id)) {
+                if let Some((_, reply)) = self.outbound.remove(&(protocol, request_id)) {
                     let error = match error {
                         request_response::OutboundFailure::Timeout => RequestError::Timeout,
                         other => RequestError::Unreachable(other.to_string()),
@@ -412,6 +480,12 @@ impl EventLoop {
         let bytes = match protocol {
             Protocol::Market => MarketResponse::Error(error).to_bytes(),
             Protocol::Ledger => LedgerResponse::Error(error).to_bytes(),
+            // View sync has no error answer: an empty page.
+            Protocol::View => ViewPage {
+                adverts: Vec::new(),
+                more: false,
+            }
+            .to_bytes(),
         };
         if let Ok(bytes) = bytes {
             let _ = self
@@ -449,6 +523,10 @@ impl EventLoop {
             );
             return;
         };
+        if protocol == Protocol::View {
+            self.answer_view(peer, &bytes, channel);
+            return;
+        }
         if self.inbound.len() >= MAX_PENDING_INBOUND
             || (protocol == Protocol::Ledger && self.pending_ledger >= MAX_PENDING_LEDGER)
         {
@@ -481,11 +559,12 @@ impl EventLoop {
                         .is_ok()
                 })
                 .map_err(|error| error.to_string()),
+            Protocol::View => return,
         };
         match queued {
             Ok(true) => {
                 self.next_inbound_id += 1;
-                self.inbound.insert(id, (protocol, channel));
+                self.inbound.insert(id, (protocol, peer, channel));
                 if protocol == Protocol::Ledger {
                     self.pending_ledger += 1;
                 }
@@ -494,6 +573,112 @@ impl EventLoop {
             Err(error) => {
                 self.strike(peer, &error);
                 self.answer_now(protocol, channel, ErrorCode::BadRequest, &error);
+            }
+        }
+    }
+
+    /// Answers a view-sync request from the capacity view, at once.
+    fn answer_view(&mut self, peer: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        let request = match ViewRequest::from_bytes(bytes) {
+            Ok(request) => request,
+            Err(error) => {
+                self.strike(peer, &error.to_string());
+                self.answer_now(Protocol::View, channel, ErrorCode::BadRequest, "");
+                return;
+            }
+        };
+        let (adverts, more) =
+            self.parts
+                .mesh
+                .page(request.after.as_ref(), now_ms(), VIEW_PAGE_BUDGET);
+        debug!(%peer, adverts = adverts.len(), more, "view page served");
+        match (ViewPage { adverts, more }).to_bytes() {
+            Ok(bytes) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .view
+                    .send_response(channel, bytes);
+            }
+            Err(error) => warn!(%error, "view page not encoded"),
+        }
+    }
+
+    /// Asks `peer` (a suanli node) for the page of its capacity view after `after`.
+    fn sync_view(&mut self, peer: PeerId, after: Option<NodeId>) {
+        let Ok(bytes) = (ViewRequest { after }).to_bytes() else {
+            return;
+        };
+        let id = self.swarm.behaviour_mut().view.send_request(&peer, bytes);
+        self.view_sync = ViewSync::Running(id);
+    }
+
+    /// A page of a peer's capacity view: every advert is checked as if gossiped (signature
+    /// checked in one batch); a page with an invalid advert ends the sync and counts against the
+    /// peer. Asks for the next page while there is more.
+    fn view_page(&mut self, peer: PeerId, bytes: &[u8]) {
+        self.view_sync = ViewSync::Wanted;
+        let page = match ViewPage::from_bytes(bytes) {
+            Ok(page) => page,
+            Err(error) => {
+                self.strike(peer, &format!("view page: {error}"));
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut batch =
+            suanli_protocol::signed::SignatureBatch::new(self.parts.keypair.secret_bytes());
+        let mut adverts = Vec::with_capacity(page.adverts.len());
+        for signed in &page.adverts {
+            match signed.verify_deferred(&mut batch) {
+                Ok(advert) => adverts.push(advert),
+                Err(error) => {
+                    self.strike(peer, &format!("view page: {error}"));
+                    return;
+                }
+            }
+        }
+        if let Err(index) = batch.verify() {
+            self.strike(peer, &format!("view page: advert {index} badly signed"));
+            return;
+        }
+        let mut stored = 0;
+        let mut last = None;
+        for (signed, advert) in page.adverts.into_iter().zip(adverts) {
+            last = Some(advert.node);
+            // Expired on the way or not newer: skipped, like a late gossiped advert.
+            if advert.validate(now).is_ok() {
+                let addrs = advert.listen_addrs.clone();
+                let node = advert.node;
+                if self.parts.mesh.offer(Arc::new(signed), advert, now) == Offered::Stored {
+                    stored += 1;
+                    self.route_to(node, &addrs);
+                }
+            }
+        }
+        debug!(%peer, stored, more = page.more, "view page received");
+        if page.more && last.is_some() {
+            self.sync_view(peer, last);
+        } else {
+            self.view_sync = ViewSync::Done;
+        }
+    }
+
+    /// Puts a node of the capacity view into the DHT's routing table with its advertised
+    /// addresses, without dialling it: a routing table filled from the view serves lookups and
+    /// spares kad its automatic walks (which run while the table is small and connect to every
+    /// peer they query).
+    fn route_to(&mut self, node: NodeId, addrs: &[String]) {
+        let peer = node.to_peer_id();
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        for addr in addrs {
+            if let Ok(addr) = addr.parse::<Multiaddr>() {
+                let addr = without_peer_id(&addr);
+                if is_dialable(&addr) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
             }
         }
     }
@@ -542,7 +727,11 @@ impl EventLoop {
             );
             self.swarm.close_connection(connection);
         }
-        for (peer_id, addrs) in self.peers.due(now) {
+        let holds = self.holds.clone();
+        for (peer_id, addrs) in self
+            .peers
+            .due(now, self.below_target(), |peer| holds.is_held(peer))
+        {
             debug!(%peer_id, "re-dialling");
             self.dial(peer_id, addrs);
         }
@@ -562,6 +751,150 @@ impl EventLoop {
             .build();
         if let Err(error) = self.swarm.dial(opts) {
             debug!(%peer_id, %error, "dial not started");
+        }
+    }
+
+    /// How many peers the node is short of its target, counting dials under way (several
+    /// sources of peers dial in the same turn: the peer book, the view, the DHT).
+    fn below_target(&self) -> usize {
+        let dialling = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_pending_outgoing() as usize;
+        (self.parts.config.target_peers as usize)
+            .saturating_sub(self.peers.connected_count() + dialling)
+    }
+
+    /// Dials `node` unless it is connected, with the addresses of the peer book and of its
+    /// advert (a provider chosen from the capacity view is usually not a peer yet).
+    fn connect(&mut self, node: NodeId) {
+        let peer_id = node.to_peer_id();
+        if peer_id == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer_id) {
+            return;
+        }
+        let mut addrs = self.peers.addrs(&peer_id);
+        if let Some(entry) = self.parts.mesh.get(&node) {
+            for addr in &entry.advert.listen_addrs {
+                if let Ok(addr) = addr.parse::<Multiaddr>() {
+                    let addr = without_peer_id(&addr);
+                    if is_dialable(&addr) && !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+            }
+        }
+        // Also with the addresses the behaviours know (the DHT's), and not while a dial runs.
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            debug!(%peer_id, %error, "dial not started");
+        }
+    }
+
+    /// Below the target, dials nodes of the capacity view (every advert carries its node's
+    /// addresses), picked at random, skipping peers in cooldown.
+    fn fill_from_view(&mut self) {
+        let wanted = self.below_target();
+        if wanted == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let local = *self.swarm.local_peer_id();
+        let mut candidates: Vec<NodeId> = self
+            .parts
+            .mesh
+            .snapshot(now_ms())
+            .into_iter()
+            .map(|entry| entry.advert.node)
+            .filter(|node| {
+                let peer = node.to_peer_id();
+                peer != local
+                    && !self.peers.is_connected(&peer)
+                    && !self.peers.is_cooling(&peer, now)
+            })
+            .collect();
+        let mut pick = self.salt ^ now_ms();
+        for _ in 0..wanted.min(candidates.len()) {
+            pick = pick.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let node = candidates.swap_remove((pick >> 33) as usize % candidates.len());
+            debug!(%node, "dialling a node of the capacity view");
+            self.connect(node);
+        }
+    }
+
+    /// Lets go of the lowest-value peers while the node holds more than its target (see
+    /// [`super::peer_manager`] for who is protected and in which order the others go).
+    fn prune_excess(&mut self) {
+        let now = Instant::now();
+        let busy: HashSet<PeerId> = self
+            .outbound
+            .values()
+            .map(|(peer, _)| *peer)
+            .chain(self.inbound.values().map(|(_, peer, _)| *peer))
+            .collect();
+        // One connection per peer is enough (two appear when two nodes dial each other at once).
+        for (peer, connection) in self.peers.duplicates(now, GRACE) {
+            if !busy.contains(&peer) && !self.holds.is_held(&peer) {
+                debug!(%peer, %connection, "closing a second connection to a peer");
+                self.peers.closed(&peer, connection, now);
+                self.swarm.close_connection(connection);
+            }
+        }
+        // Hysteresis: the node dials up to its target and prunes only above a band over it, so
+        // that one node's prune (which leaves its peer below target, dialling) does not set off
+        // another's in a loop.
+        let target = self.parts.config.target_peers as usize;
+        let band = target + prune_slack(target);
+        let live = self.peers.live();
+        if live.len() <= band {
+            return;
+        }
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        // The advert mesh (up to its normal size) keeps adverts flowing; the rest of the mesh
+        // peers are not protected, or a small target could never be reached. Gossipsub grafts
+        // a replacement when a mesh peer goes.
+        let mut protected: HashSet<PeerId> = gossipsub
+            .mesh_peers(&advert_topic().hash())
+            .take(MESH_N)
+            .copied()
+            .collect();
+        protected.extend(busy);
+        let states: Vec<PeerState> = live
+            .iter()
+            .map(|live| PeerState {
+                peer: live.peer,
+                outbound: live.outbound,
+                connected_at: live.connected_at,
+                useful_at: live.useful_at,
+                score: gossipsub.peer_score(&live.peer),
+                region: NodeId::from_peer_id(&live.peer)
+                    .ok()
+                    .and_then(|node| self.parts.mesh.get(&node))
+                    .map(|entry| entry.advert.region),
+                protected: protected.contains(&live.peer) || self.holds.is_held(&live.peer),
+            })
+            .collect();
+        let chosen = plan_prune(&states, band, now, self.salt);
+        debug!(
+            live = live.len(),
+            target,
+            protected = states.iter().filter(|state| state.protected).count(),
+            young = states
+                .iter()
+                .filter(|state| now.saturating_duration_since(state.connected_at) < GRACE)
+                .count(),
+            outbound = states.iter().filter(|state| state.outbound).count(),
+            pruning = chosen.len(),
+            "above the peer target"
+        );
+        for peer in chosen {
+            self.peers.pruned(&peer, now);
+            self.pruned += 1;
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -614,7 +947,14 @@ impl EventLoop {
                     self.peers
                         .learn(peer_id, [endpoint.get_remote_address().clone()]);
                 }
-                self.peers.connected(peer_id, connection_id, Instant::now());
+                self.peers
+                    .connected(peer_id, connection_id, endpoint.is_dialer(), Instant::now());
+                let established = self
+                    .swarm
+                    .network_info()
+                    .connection_counters()
+                    .num_established() as usize;
+                self.peak_established = self.peak_established.max(established);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -628,7 +968,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!(?peer_id, %error, "dial failed");
+                debug!(?peer_id, ?error, "dial failed");
                 if let Some(peer_id) = peer_id {
                     self.peers.dial_failed(&peer_id, Instant::now());
                 }
@@ -654,8 +994,14 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
                 if topic == advert_topic().hash() =>
             {
-                debug!(%peer_id, "peer subscribed to adverts");
-                self.publish_pending = true;
+                // A node whose advert mesh is still short (it is new) publishes as peers
+                // subscribe; one with a healthy mesh does not re-flood on every new connection
+                // (newcomers pull the view instead: see `sync_view`).
+                let mesh = self.swarm.behaviour().gossipsub.mesh_peers(&topic).count();
+                debug!(%peer_id, mesh, "peer subscribed to adverts");
+                if mesh < MESH_LOW {
+                    self.publish_pending = true;
+                }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != IDENTIFY_PROTOCOL {
@@ -676,22 +1022,18 @@ impl EventLoop {
                 }
                 self.peers.learn(peer_id, addrs);
                 self.peers.set_agent(&peer_id, info.agent_version);
-                if !self.kad_bootstrapped {
-                    self.kad_bootstrapped = true;
-                    self.walk_dht();
+                if self.view_sync == ViewSync::Wanted {
+                    self.sync_view(peer_id, None);
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
-            }) => {
-                let wanted = self.parts.config.target_peers as usize;
-                if peer != *self.swarm.local_peer_id()
-                    && !self.peers.is_connected(&peer)
-                    && self.peers.connected_count() < wanted
-                {
-                    debug!(%peer, "dialling peer found in the DHT");
-                    self.dial(peer, addresses.into_vec());
-                }
+            }) if peer != *self.swarm.local_peer_id()
+                && !self.peers.is_connected(&peer)
+                && self.below_target() > 0 =>
+            {
+                debug!(%peer, "dialling peer found in the DHT");
+                self.dial(peer, addresses.into_vec());
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -706,7 +1048,7 @@ impl EventLoop {
                         .behaviour_mut()
                         .kad
                         .add_address(&peer_id, addr.clone());
-                    if !self.peers.is_connected(&peer_id) {
+                    if !self.peers.is_connected(&peer_id) && self.below_target() > 0 {
                         self.dial(peer_id, vec![addr]);
                     }
                 }
@@ -769,11 +1111,16 @@ impl EventLoop {
     ) -> gossipsub::MessageAcceptance {
         let now = now_ms();
         match validate_advert(message, now) {
-            Ok(advert) => {
+            Ok((signed, advert)) => {
                 let node = advert.node;
-                match self.parts.mesh.offer(advert, now) {
+                let new = self.parts.mesh.seq_of(&node).is_none();
+                let addrs = advert.listen_addrs.clone();
+                match self.parts.mesh.offer(signed, advert, now) {
                     Offered::Stored => {
                         debug!(%node, "advert stored");
+                        if new {
+                            self.route_to(node, &addrs);
+                        }
                         gossipsub::MessageAcceptance::Accept
                     }
                     Offered::Stale | Offered::Full | Offered::Distrusted => {
@@ -860,20 +1207,21 @@ impl EventLoop {
                 cluster: self.parts.cluster.borrow().clone(),
             },
         );
-        let bytes = match Signed::sign(&advert, &self.parts.keypair)
-            .map_err(|error| error.to_string())
-            .and_then(|signed| {
-                GossipMessage::Advert(signed)
-                    .to_bytes()
-                    .map_err(|error| error.to_string())
-            }) {
+        let signed = match Signed::sign(&advert, &self.parts.keypair) {
+            Ok(signed) => Arc::new(signed),
+            Err(error) => {
+                warn!(%error, "cannot sign advert");
+                return;
+            }
+        };
+        let bytes = match GossipMessage::Advert((*signed).clone()).to_bytes() {
             Ok(bytes) => bytes,
             Err(error) => {
                 warn!(%error, "cannot build advert");
                 return;
             }
         };
-        self.parts.mesh.offer(advert, now);
+        self.parts.mesh.offer(signed, advert, now);
         match self
             .swarm
             .behaviour_mut()
@@ -890,6 +1238,21 @@ impl EventLoop {
     }
 }
 
+/// How far above its target a node may hold peers before it prunes (a fifth of the target, at
+/// least two; `max_connections` stays the hard limit).
+pub fn prune_slack(target: usize) -> usize {
+    (target / 5).max(2)
+}
+
+/// Where the pull of the capacity view stands (one peer is asked once the first suanli peer is
+/// identified; a failed pull is retried with the next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ViewSync {
+    Wanted,
+    Running(OutboundRequestId),
+    Done,
+}
+
 /// Why a gossiped advert is not stored: `Late` is a valid advert that expired on its way (ignore
 /// it), `Invalid` anything else (reject it, which penalises the sender).
 enum AdvertRefusal {
@@ -901,7 +1264,7 @@ enum AdvertRefusal {
 fn validate_advert(
     message: &gossipsub::Message,
     now_ms: u64,
-) -> Result<CapacityAdvert, AdvertRefusal> {
+) -> Result<(Arc<Signed<CapacityAdvert>>, CapacityAdvert), AdvertRefusal> {
     let invalid = AdvertRefusal::Invalid;
     let GossipMessage::Advert(signed) =
         GossipMessage::from_bytes(&message.data).map_err(|error| invalid(error.to_string()))?
@@ -911,6 +1274,7 @@ fn validate_advert(
     let advert = signed
         .verify()
         .map_err(|error| invalid(error.to_string()))?;
+    let signed = Arc::new(signed);
     let sender = gossip_author(message).map_err(invalid)?;
     if sender != advert.node {
         return Err(invalid(format!(
@@ -919,7 +1283,7 @@ fn validate_advert(
         )));
     }
     match advert.validate(now_ms) {
-        Ok(()) => Ok(advert),
+        Ok(()) => Ok((signed, advert)),
         Err(error @ suanli_protocol::advert::AdvertError::Expired { .. }) => {
             Err(AdvertRefusal::Late(error.to_string()))
         }

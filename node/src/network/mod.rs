@@ -33,7 +33,13 @@
 //! transparency module as [`LedgerEvent`]s). The checkpoint topic carries signed ledger
 //! checkpoints (checked here: size, signature, published by their own node, which must hold a
 //! live advert) and equivocation proofs (verified here); both reach the transparency module as
-//! [`LedgerEvent`]s.
+//! [`LedgerEvent`]s. A third, `/suanli/view/1`, is the network's own: a joining node pulls the
+//! capacity view from its first suanli peer, page by page, verifying every advert as if
+//! gossiped, so that it sees the whole mesh within seconds rather than after every node's next
+//! re-publication.
+//!
+//! Bounded connections: the node keeps `target_peers` peers and never holds more than
+//! `max_connections` connections; the [`peer_manager`] decides whom to let go of.
 
 mod behaviour;
 mod event_loop;
@@ -43,11 +49,12 @@ pub mod peer_manager;
 mod peers;
 pub mod tokens;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -110,6 +117,8 @@ pub enum LedgerEvent {
 pub enum Protocol {
     Market,
     Ledger,
+    /// Answered by the network task itself (see `EventLoop::sync_view`).
+    View,
 }
 
 /// Why an outbound request got no answer.
@@ -164,6 +173,64 @@ pub enum Command {
     GossipMesh(oneshot::Sender<(usize, usize)>),
     /// Counts a strike against a peer that sent something invalid (banned after a few).
     Penalize { peer: NodeId, reason: String },
+    /// Dial the peer with every address known for it (peer book, its advert) unless it is
+    /// connected.
+    Connect(NodeId),
+    /// Connection counts and what the peer manager did.
+    ConnectionStats(oneshot::Sender<ConnectionStats>),
+}
+
+/// Connection counts and what the peer manager did, for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ConnectionStats {
+    /// Peers holding a live connection.
+    pub peers: usize,
+    /// Connections established now (the Swarm's count, closing ones included).
+    pub established: usize,
+    pub established_incoming: usize,
+    /// The most connections ever established at once since the node started.
+    pub peak_established: usize,
+    /// Peers let go of because the node held more than its target.
+    pub pruned: u64,
+    /// The configured target and maximum.
+    pub target_peers: usize,
+    pub max_connections: usize,
+}
+
+/// Peers something on this node needs connected (a contract's counterparty, a token stream's
+/// peer): the peer manager never lets go of them, and re-dials them when they are lost even
+/// above its target. Shared by the handles (writers) and the network task (reader).
+#[derive(Debug, Default)]
+pub struct PeerHolds(Mutex<HashMap<PeerId, usize>>);
+
+impl PeerHolds {
+    // Every critical section is one map update, so a poisoned lock is used as is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn is_held(&self, peer: &PeerId) -> bool {
+        self.lock().contains_key(peer)
+    }
+}
+
+/// Keeps a peer [held](PeerHolds) until dropped.
+#[derive(Debug)]
+pub struct PeerHold {
+    holds: Arc<PeerHolds>,
+    peer: PeerId,
+}
+
+impl Drop for PeerHold {
+    fn drop(&mut self) {
+        let mut holds = self.holds.lock();
+        if let Some(count) = holds.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                holds.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// The network task stopped.
@@ -215,6 +282,7 @@ impl GossipCounters {
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     counters: Arc<GossipCounters>,
+    holds: Arc<PeerHolds>,
     streams: libp2p_stream::Control,
 }
 
@@ -348,6 +416,30 @@ impl NetworkHandle {
         self.request(Command::GossipMesh).await
     }
 
+    /// Connection counts and what the peer manager did.
+    pub async fn connection_stats(&self) -> Result<ConnectionStats, NetworkStopped> {
+        self.request(Command::ConnectionStats).await
+    }
+
+    /// Keeps `peer` connected (never pruned, re-dialled when lost) until the hold is dropped.
+    pub fn hold(&self, peer: NodeId) -> PeerHold {
+        let peer = peer.to_peer_id();
+        *self.holds.lock().entry(peer).or_default() += 1;
+        PeerHold {
+            holds: self.holds.clone(),
+            peer,
+        }
+    }
+
+    /// Dials `peer` with every address known for it unless it is connected (requests do this
+    /// by themselves).
+    pub async fn connect(&self, peer: NodeId) -> Result<(), NetworkStopped> {
+        self.commands
+            .send(Command::Connect(peer))
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
     pub async fn is_connected(&self, peer: NodeId) -> Result<bool, NetworkStopped> {
         self.request(|reply| Command::IsConnected(peer, reply))
             .await
@@ -395,13 +487,15 @@ pub async fn start(
 ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>, Vec<Multiaddr>), StartError> {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let counters = Arc::new(GossipCounters::default());
-    let mut event_loop = event_loop::EventLoop::new(parts, inbox, counters.clone())?;
+    let holds = Arc::new(PeerHolds::default());
+    let mut event_loop = event_loop::EventLoop::new(parts, inbox, counters.clone(), holds.clone())?;
     let listen_addrs = event_loop.listen().await?;
     let streams = event_loop.stream_control();
     let task = tokio::spawn(event_loop.run());
     let handle = NetworkHandle {
         commands,
         counters,
+        holds,
         streams,
     };
     Ok((handle, task, listen_addrs))

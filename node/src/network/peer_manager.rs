@@ -2,7 +2,8 @@
 //! bookkeeping over a snapshot the event loop gives it, so the rule is tested on its own.
 //!
 //! A peer is **protected**, and never chosen, when:
-//! - it is in a gossip mesh of ours (adverts or checkpoints reach the mesh through it);
+//! - it is one of the (at most six) peers of our advert gossip mesh: adverts reach the mesh
+//!   through it;
 //! - a request or a stream with it is in flight, or a contract holds it;
 //! - its connection is younger than [`GRACE`] (identify, subscription and grafting are not done);
 //! - it is one of the outbound peers we keep at least ⌈target / 3⌉ of (eclipse resistance: an
@@ -26,7 +27,7 @@ use libp2p::PeerId;
 use tokio::time::Instant;
 
 /// A connection younger than this is never pruned.
-pub const GRACE: Duration = Duration::from_secs(10);
+pub const GRACE: Duration = Duration::from_secs(2);
 
 /// What the planner knows of one connected peer.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +134,7 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut peers: Vec<PeerState> = (0..6).map(|_| peer(false, 60, now)).collect();
         peers[0].protected = true;
-        peers[1].connected_at = now - Duration::from_secs(1);
+        peers[1].connected_at = now - Duration::from_millis(100);
         // Two outbound peers and a target of 3: the floor keeps one (the older).
         peers[2].outbound = true;
         peers[2].connected_at = now - Duration::from_secs(600);

@@ -11,7 +11,18 @@
 //! [`RECENT_LOSS`] after a peer was lost the wait is capped at the "recent" cap (the ping
 //! interval), so a peer behind a healed cut is back within about one ping interval; after that,
 //! and for peers never connected in this run (from `peers.json` or the bootstrap list), it is
-//! capped at [`MAX_BACKOFF`]. A connection resets the schedule.
+//! capped at [`MAX_BACKOFF`] — except while the node has no peer at all, when every wait is
+//! capped at the recent cap (a joining node whose bootstrap peer is full tries again soon). A
+//! connection resets the schedule.
+//!
+//! Bounded connections (see [`super::peer_manager`]): a peer the node let go of on purpose is
+//! [pruned](PeerBook::pruned): it leaves the live set at once and is not re-dialled for
+//! [`PRUNE_COOLDOWN`]. A peer that closes a connection that was healthy (it proved alive within
+//! the last ping interval) let us go, or is leaving: it is not re-dialled for
+//! [`CLOSED_COOLDOWN`], so that two nodes above their targets do not reconnect each other in a
+//! loop. Re-dials run only while the node is below its target, at most as many at a time as it
+//! is short; held peers are re-dialled regardless, and a node without any peer ignores the
+//! cooldowns.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,6 +44,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// ride out a typical network incident, short enough that a peer gone for good costs one dial a
 /// minute, not one every few seconds.
 pub const RECENT_LOSS: Duration = Duration::from_secs(300);
+/// How long a pruned peer is not re-dialled (it would be pruned again: the node had too many).
+pub const PRUNE_COOLDOWN: Duration = Duration::from_secs(600);
+/// How long a peer that closed a healthy connection is not re-dialled.
+pub const CLOSED_COOLDOWN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Peer {
@@ -48,6 +63,23 @@ struct Peer {
     attempts: u32,
     /// When to dial next while disconnected; `None` when connected or never to be re-dialled.
     redial_at: Option<Instant>,
+    /// Not re-dialled before this (it was let go of, or let us go), unless held or alone.
+    cooldown_until: Option<Instant>,
+    /// Whether this node dialled the peer's oldest alive connection.
+    outbound: bool,
+    /// When the peer's oldest alive connection opened.
+    connected_at: Option<Instant>,
+    /// When the peer last served or asked for something (a request or a response).
+    useful_at: Option<Instant>,
+}
+
+/// A live peer as the peer manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivePeer {
+    pub peer: PeerId,
+    pub outbound: bool,
+    pub connected_at: Instant,
+    pub useful_at: Option<Instant>,
 }
 
 /// The peer book: one entry per peer seen, bounded.
@@ -85,7 +117,8 @@ impl PeerBook {
         }
     }
 
-    /// Peers from `peers.json`, scheduled for an immediate dial.
+    /// Peers from `peers.json`, scheduled for an immediate dial (made only while the node is
+    /// below its target: see [`PeerBook::due`]).
     pub fn from_persisted(
         persisted: &PersistedPeers,
         recent_cap: Duration,
@@ -148,8 +181,15 @@ impl PeerBook {
         }
     }
 
-    /// A connection opened: it counts as alive from now, and the re-dial schedule resets.
-    pub fn connected(&mut self, peer_id: PeerId, connection: ConnectionId, now: Instant) {
+    /// A connection opened (`outbound`: this node dialled it): it counts as alive from now, and
+    /// the re-dial schedule resets.
+    pub fn connected(
+        &mut self,
+        peer_id: PeerId,
+        connection: ConnectionId,
+        outbound: bool,
+        now: Instant,
+    ) {
         if !self.peers.contains_key(&peer_id) && self.peers.len() >= MAX_PERSISTED_PEERS {
             // Make room: forget a disconnected peer, preferring one without addresses.
             let victim = self
@@ -163,10 +203,15 @@ impl PeerBook {
             }
         }
         let peer = self.peers.entry(peer_id).or_default();
+        if peer.alive.is_empty() {
+            peer.outbound = outbound;
+            peer.connected_at = Some(now);
+        }
         peer.alive.insert(connection, now);
         peer.lost_at = None;
         peer.attempts = 0;
         peer.redial_at = None;
+        peer.cooldown_until = None;
     }
 
     /// A ping on `connection` was answered: it proved alive at `now`.
@@ -177,6 +222,26 @@ impl PeerBook {
             .and_then(|peer| peer.alive.get_mut(&connection))
         {
             *last = now;
+        }
+    }
+
+    /// `peer_id` sent or answered a request: it is worth keeping.
+    pub fn useful(&mut self, peer_id: &PeerId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            peer.useful_at = Some(now);
+        }
+    }
+
+    /// This node let go of `peer_id` (it holds more peers than its target): it leaves the live
+    /// set now, before its connections finish closing, and is not re-dialled for
+    /// [`PRUNE_COOLDOWN`] (it may still dial us, or be dialled for a request).
+    pub fn pruned(&mut self, peer_id: &PeerId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            peer.alive.clear();
+            peer.lost_at = Some(now);
+            peer.attempts = 0;
+            peer.redial_at = (!peer.addrs.is_empty()).then_some(now + FIRST_BACKOFF);
+            peer.cooldown_until = Some(now + PRUNE_COOLDOWN);
         }
     }
 
@@ -208,8 +273,14 @@ impl PeerBook {
         let Some(peer) = self.peers.get_mut(peer_id) else {
             return false;
         };
-        if peer.alive.remove(&connection).is_none() || !peer.alive.is_empty() {
+        let Some(proved_at) = peer.alive.remove(&connection) else {
             return false;
+        };
+        if !peer.alive.is_empty() {
+            return false;
+        }
+        if now.saturating_duration_since(proved_at) < self.recent_cap {
+            peer.cooldown_until = Some(now + CLOSED_COOLDOWN);
         }
         peer.lost_at = Some(now);
         peer.attempts = 0;
@@ -260,17 +331,46 @@ impl PeerBook {
         }
     }
 
-    /// Peers due for a re-dial, with their addresses. Each is rescheduled at once by the
-    /// backoff, so a dial that never reports back is retried too, and a failure that does report
-    /// back does not shorten or lengthen the wait.
-    pub fn due(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    /// Peers due for a re-dial, with their addresses: every due peer that `held` names, and of
+    /// the others at most `wanted` (how many peers the node is short of its target), skipping
+    /// those in cooldown unless the node has no peer at all. Each is
+    /// rescheduled at once by the backoff, so a dial that never reports back is retried too, and
+    /// a failure that does report back does not shorten or lengthen the wait. Due peers left
+    /// out stay due.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        wanted: usize,
+        held: impl Fn(&PeerId) -> bool,
+    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let recent_cap = self.recent_cap;
+        let mut budget = wanted;
+        let alone = self.peers.values().all(|peer| peer.alive.is_empty());
         self.peers
             .iter_mut()
             .filter(|(_, peer)| peer.redial_at.is_some_and(|at| at <= now))
+            .filter(|(id, peer)| {
+                if held(id) {
+                    return true;
+                }
+                let cooling = peer.cooldown_until.is_some_and(|until| until > now);
+                if cooling && !alone {
+                    return false;
+                }
+                let take = budget > 0;
+                budget = budget.saturating_sub(1);
+                take
+            })
             .map(|(id, peer)| {
                 peer.attempts = peer.attempts.saturating_add(1);
-                peer.redial_at = Some(now + peer.backoff(recent_cap, now));
+                // A node without any peer keeps trying every recent cap at least.
+                let backoff = peer.backoff(recent_cap, now);
+                let backoff = if alone {
+                    backoff.min(recent_cap)
+                } else {
+                    backoff
+                };
+                peer.redial_at = Some(now + backoff);
                 (*id, peer.addrs.clone())
             })
             .collect()
@@ -280,6 +380,56 @@ impl PeerBook {
         self.peers
             .get(peer_id)
             .is_some_and(|peer| !peer.alive.is_empty())
+    }
+
+    /// The peers holding a live connection, for the peer manager.
+    pub fn live(&self) -> Vec<LivePeer> {
+        self.peers
+            .iter()
+            .filter(|(_, peer)| !peer.alive.is_empty())
+            .map(|(id, peer)| LivePeer {
+                peer: *id,
+                outbound: peer.outbound,
+                connected_at: peer
+                    .connected_at
+                    .unwrap_or(peer.lost_at.unwrap_or_else(Instant::now)),
+                useful_at: peer.useful_at,
+            })
+            .collect()
+    }
+
+    /// Every alive connection but the oldest of each peer connected for at least `settled`
+    /// (two nodes dialling each other at once end up with two).
+    pub fn duplicates(&self, now: Instant, settled: Duration) -> Vec<(PeerId, ConnectionId)> {
+        self.peers
+            .iter()
+            .filter(|(_, peer)| {
+                peer.connected_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= settled)
+            })
+            .flat_map(|(id, peer)| {
+                peer.alive
+                    .keys()
+                    .skip(1)
+                    .map(|connection| (*id, *connection))
+            })
+            .collect()
+    }
+
+    /// Whether `peer_id` is in a cooldown (let go of, or let us go, recently) at `now`.
+    pub fn is_cooling(&self, peer_id: &PeerId, now: Instant) -> bool {
+        self.peers
+            .get(peer_id)
+            .and_then(|peer| peer.cooldown_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// The addresses known for `peer_id`.
+    pub fn addrs(&self, peer_id: &PeerId) -> Vec<Multiaddr> {
+        self.peers
+            .get(peer_id)
+            .map(|peer| peer.addrs.clone())
+            .unwrap_or_default()
     }
 
     pub fn connected_count(&self) -> usize {
@@ -338,12 +488,17 @@ mod tests {
         ConnectionId::new_unchecked(id)
     }
 
+    /// Connects another peer, so that the book's node is not alone (whose waits are shorter).
+    fn not_alone(book: &mut PeerBook, now: Instant) {
+        book.connected(PeerId::random(), connection(99), true, now);
+    }
+
     /// Dials due at each second from `from` for `span`, as offsets from `from` in whole seconds.
     fn dial_times(book: &mut PeerBook, from: Instant, span: Duration) -> Vec<u64> {
         let mut times = Vec::new();
         let mut offset = Duration::ZERO;
         while offset <= span {
-            if !book.due(from + offset).is_empty() {
+            if !book.due(from + offset, usize::MAX, |_| false).is_empty() {
                 times.push(offset.as_secs());
             }
             offset += Duration::from_secs(1);
@@ -356,7 +511,7 @@ mod tests {
         let now = Instant::now();
         let silence = Duration::from_secs(15);
         let (mut book, peer) = book_with_peer();
-        book.connected(peer, connection(1), now);
+        book.connected(peer, connection(1), true, now);
         // 20 s without an answer, 10 of which this node's loop was stalled: 10 s of silence.
         book.forgive(Duration::from_secs(10));
         assert!(
@@ -374,6 +529,7 @@ mod tests {
     fn a_peer_never_connected_backs_off_to_a_minute() {
         let now = Instant::now();
         let (mut book, peer) = book_with_peer();
+        not_alone(&mut book, now);
         book.dial_soon(&peer, now);
         // Attempts at 0, then waits of 2, 4, 8, 16, 32, then 60 s.
         assert_eq!(
@@ -386,7 +542,9 @@ mod tests {
     fn a_recently_lost_peer_is_redialled_every_recent_cap_then_less_often() {
         let now = Instant::now();
         let (mut book, peer) = book_with_peer();
-        book.connected(peer, connection(1), now);
+        not_alone(&mut book, now);
+        book.connected(peer, connection(1), true, now - RECENT_CAP);
+        // Closed after a silence (no cooldown).
         assert!(book.closed(&peer, connection(1), now));
         assert!(!book.is_connected(&peer));
         let early = dial_times(&mut book, now, Duration::from_secs(40));
@@ -409,11 +567,18 @@ mod tests {
         let now = Instant::now();
         let (mut book, peer) = book_with_peer();
         book.dial_soon(&peer, now);
-        assert_eq!(book.due(now).len(), 1);
+        assert_eq!(book.due(now, usize::MAX, |_| false).len(), 1);
         book.dial_failed(&peer, now + Duration::from_millis(10));
         // The next dial stays 2 s after the first: the failure does not double the wait again.
-        assert!(book.due(now + Duration::from_millis(1900)).is_empty());
-        assert_eq!(book.due(now + Duration::from_secs(2)).len(), 1);
+        assert!(
+            book.due(now + Duration::from_millis(1900), usize::MAX, |_| false)
+                .is_empty()
+        );
+        assert_eq!(
+            book.due(now + Duration::from_secs(2), usize::MAX, |_| false)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -422,25 +587,35 @@ mod tests {
         let (mut book, peer) = book_with_peer();
         book.dial_soon(&peer, now);
         dial_times(&mut book, now, Duration::from_secs(100));
-        book.connected(peer, connection(1), now + Duration::from_secs(100));
-        assert!(book.due(now + MAX_BACKOFF * 10).is_empty());
+        book.connected(peer, connection(1), true, now + Duration::from_secs(100));
+        assert!(
+            book.due(now + MAX_BACKOFF * 10, usize::MAX, |_| false)
+                .is_empty()
+        );
         book.closed(&peer, connection(1), now + Duration::from_secs(200));
-        assert_eq!(book.due(now + Duration::from_secs(201)).len(), 1);
+        assert_eq!(
+            book.due(now + Duration::from_secs(201), usize::MAX, |_| false)
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn a_peer_is_listed_while_one_connection_is_alive() {
         let now = Instant::now();
         let (mut book, peer) = book_with_peer();
-        book.connected(peer, connection(1), now);
-        book.connected(peer, connection(2), now);
+        book.connected(peer, connection(1), true, now);
+        book.connected(peer, connection(2), true, now);
         assert_eq!(book.connected_info()[0].connections, 2);
         assert!(!book.closed(&peer, connection(1), now));
         assert!(book.is_connected(&peer));
         assert_eq!(book.connected_info()[0].connections, 1);
         // The close of a connection already taken out changes nothing.
         assert!(!book.closed(&peer, connection(1), now));
-        assert!(book.due(now + MAX_BACKOFF).is_empty());
+        assert!(
+            book.due(now + MAX_BACKOFF, usize::MAX, |_| false)
+                .is_empty()
+        );
         assert!(book.closed(&peer, connection(2), now));
         assert!(book.connected_info().is_empty());
         assert_eq!(book.connected_count(), 0);
@@ -452,8 +627,8 @@ mod tests {
         let silence = Duration::from_secs(15);
         let (mut book, quiet) = book_with_peer();
         let chatty = PeerId::random();
-        book.connected(quiet, connection(1), now);
-        book.connected(chatty, connection(2), now);
+        book.connected(quiet, connection(1), true, now);
+        book.connected(chatty, connection(2), true, now);
         for second in [5, 10, 15, 20] {
             book.answered(&chatty, connection(2), now + Duration::from_secs(second));
         }
@@ -468,7 +643,10 @@ mod tests {
         assert!(book.take_silent(later, silence).is_empty());
         assert!(!book.closed(&quiet, connection(1), later));
         // The silent peer is re-dialled a second later.
-        assert_eq!(book.due(later + FIRST_BACKOFF).len(), 1);
+        assert_eq!(
+            book.due(later + FIRST_BACKOFF, usize::MAX, |_| false).len(),
+            1
+        );
     }
 
     #[test]
@@ -477,5 +655,101 @@ mod tests {
         let peer = PeerId::random();
         book.learn(peer, ["/ip4/0.0.0.0/tcp/1".parse().unwrap()]);
         assert!(book.to_persisted().peers.is_empty());
+    }
+
+    #[test]
+    fn a_pruned_peer_is_not_redialled_during_its_cooldown() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.connected(peer, connection(1), false, now);
+        book.pruned(&peer, now);
+        assert!(!book.is_connected(&peer));
+        // Its connection closing afterwards changes nothing.
+        assert!(!book.closed(&peer, connection(1), now));
+        // Not re-dialled during the cooldown while the node has other peers...
+        let other = PeerId::random();
+        book.connected(other, connection(2), true, now);
+        let before = now + PRUNE_COOLDOWN - Duration::from_secs(1);
+        assert!(book.due(before, usize::MAX, |_| false).is_empty());
+        assert_eq!(
+            book.due(now + PRUNE_COOLDOWN, usize::MAX, |_| false).len(),
+            1
+        );
+        // ... but at once by a node left without any.
+        let (mut book, peer) = book_with_peer();
+        book.connected(peer, connection(1), false, now);
+        book.pruned(&peer, now);
+        assert_eq!(
+            book.due(now + FIRST_BACKOFF, usize::MAX, |_| false).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_peer_that_closes_a_healthy_connection_is_redialled_after_a_cooldown() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        let other = PeerId::random();
+        book.connected(other, connection(9), true, now);
+        book.connected(peer, connection(1), true, now);
+        // Closed right after it answered: it let us go.
+        assert!(book.closed(&peer, connection(1), now + Duration::from_secs(1)));
+        let soon = now + Duration::from_secs(30);
+        assert!(book.due(soon, usize::MAX, |_| false).is_empty());
+        assert!(
+            !book
+                .due(
+                    now + CLOSED_COOLDOWN + Duration::from_secs(1),
+                    usize::MAX,
+                    |_| false
+                )
+                .is_empty()
+        );
+        // Closed after a silence (a dead link): re-dialled at once.
+        book.connected(peer, connection(2), true, now);
+        assert!(book.closed(&peer, connection(2), now + RECENT_CAP * 2));
+        assert_eq!(
+            book.due(now + RECENT_CAP * 2 + FIRST_BACKOFF, usize::MAX, |_| false)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn redials_stop_at_the_target_but_not_for_held_peers() {
+        let now = Instant::now();
+        let mut book = PeerBook::new(RECENT_CAP);
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        for (index, peer) in peers.iter().enumerate() {
+            book.learn(
+                *peer,
+                [format!("/ip4/127.0.0.1/tcp/{}", index + 1).parse().unwrap()],
+            );
+            book.dial_soon(peer, now);
+        }
+        // Short of two peers: two dials; the others stay due.
+        let first = book.due(now, 2, |_| false);
+        assert_eq!(first.len(), 2);
+        // At the target: only a held peer is dialled.
+        let waiting = *peers
+            .iter()
+            .find(|peer| first.iter().all(|(dialled, _)| dialled != *peer))
+            .unwrap();
+        let held = book.due(now, 0, |peer| *peer == waiting);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0, waiting);
+        assert_eq!(book.due(now, 5, |_| false).len(), 2);
+    }
+
+    #[test]
+    fn a_node_without_peers_retries_every_recent_cap() {
+        let now = Instant::now();
+        let (mut book, peer) = book_with_peer();
+        book.dial_soon(&peer, now);
+        // Attempts at 0, then waits of 2, 4, then the recent cap (5 s).
+        assert_eq!(
+            dial_times(&mut book, now, Duration::from_secs(30)),
+            [0, 2, 6, 11, 16, 21, 26]
+        );
     }
 }

@@ -24,7 +24,7 @@ use suanli_protocol::negotiation::ContractId;
 use suanli_protocol::wire::{LedgerRequest, LedgerResponse, MAX_LEDGER_RANGE};
 use suanli_protocol::{Hash32, NodeId};
 
-use super::witness::{Observation, WitnessBook};
+use super::witness::{Observation, Source, WitnessBook};
 use crate::ledger::{LedgerHandle, MAX_RANGE};
 use crate::network::NetworkHandle;
 
@@ -270,7 +270,11 @@ impl Auditor<'_> {
         }
         let checkpoint = self.fetch_checkpoint(peer).await?;
         let witness = match &checkpoint {
-            Some(checkpoint) => Some(self.witness.observe(checkpoint.clone()).await),
+            Some(checkpoint) => Some(
+                self.witness
+                    .observe(checkpoint.clone(), Source::Direct)
+                    .await,
+            ),
             None => None,
         };
 

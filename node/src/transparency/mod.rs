@@ -7,7 +7,8 @@
 //!                                       └──────────────────────▶ gossip (checkpoint topic)
 //!  network ──LedgerEvent──▶ dispatcher ──Request──▶ Server (≤ 8 at once): checkpoint, range, proof
 //!                               ├──Checkpoint──▶ witness queue ─▶ WitnessBook::observe
-//!                               │                  (asks the node for a consistency proof)
+//!                               │                  (asks the node for a consistency proof
+//!                               │                   when it is a peer)
 //!                               └──Equivocation──▶ WitnessBook::record_equivocation
 //!  API / CLI ──audit(peer)──▶ Auditor: fetch checkpoint + entries, verify, compare
 //! ```
@@ -155,7 +156,7 @@ impl Transparency {
                 }
                 let worker = Arc::clone(&worker);
                 running.spawn(async move {
-                    let observation = worker.witness.observe(checkpoint).await;
+                    let observation = worker.witness.observe(checkpoint, witness::Source::Gossip).await;
                     debug!(%node, ?observation, "checkpoint witnessed");
                     node
                 });

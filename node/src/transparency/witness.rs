@@ -28,6 +28,15 @@ const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most nodes whose checkpoints are held (and most equivocation proofs kept).
 pub const MAX_WITNESSED: usize = 16_384;
 
+/// Where a checkpoint to witness came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The checkpoint topic.
+    Gossip,
+    /// An audit, or a node this node deals with: worth a connection.
+    Direct,
+}
+
 /// What witnessing a checkpoint came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -228,7 +237,12 @@ impl WitnessBook {
     /// Witnesses `new`: holds it if it is the first from its node or provably extends the one
     /// held, asking the node for the consistency proof; records an equivocation if the two
     /// cannot both be prefixes of one ledger.
-    pub async fn observe(&self, new: SignedCheckpoint) -> Observation {
+    ///
+    /// `Source::Gossip`: the proof is asked for only when the node is a peer already. A node
+    /// holds a bounded set of connections, so it proves the histories of its peers and of the
+    /// nodes it trades with or audits (each node is witnessed by its own peers), and never
+    /// connects to every node whose checkpoint the gossip brings.
+    pub async fn observe(&self, new: SignedCheckpoint, source: Source) -> Observation {
         let node = new.signer();
         if node == self.me {
             return Observation::Refused {
@@ -261,6 +275,12 @@ impl WitnessBook {
                 prefix_root: Hash32::ZERO,
                 proof: Vec::new(),
             }
+        } else if source == Source::Gossip
+            && !self.network.is_connected(node).await.unwrap_or(false)
+        {
+            return Observation::Unproven {
+                reason: "not a peer: its peers witness it".into(),
+            };
         } else {
             match self.fetch_proof(node, smaller, larger).await {
                 Ok(proof) => proof,

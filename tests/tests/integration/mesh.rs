@@ -223,3 +223,158 @@ async fn a_restarted_node_rejoins_through_persisted_peers() {
     })
     .await;
 }
+
+/// 30 nodes with a target of 8 peers and at most 16 connections: while the mesh converges (every
+/// view full, through gossip and view sync) no node ever holds more than 16 connections, the peer
+/// manager lets go of peers above the target, the mesh stays connected, a fresh advert still
+/// reaches everyone, and a job placed on a provider the requester holds no connection to runs
+/// (the provider is dialled at the addresses of its advert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_converge_without_exceeding_their_connection_limit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const N: usize = 30;
+    const TARGET: u32 = 8;
+    const MAX: u32 = 16;
+    with_timeout(async {
+        let mut nodes: Vec<Arc<TestNode>> = Vec::new();
+        for index in 0..N {
+            // A pseudo-random earlier node, as in `suanli bench gossip`.
+            let bootstrap: Vec<_> = match index {
+                0 => Vec::new(),
+                _ => vec![nodes[(index * 7919) % index].tcp_addr()],
+            };
+            let mut config = suanli_tests::test_config(&bootstrap);
+            config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+            config.network.target_peers = TARGET;
+            config.network.max_connections = MAX;
+            let dir = tempfile::tempdir().expect("temp dir");
+            nodes.push(Arc::new(TestNode::start_with(dir, config).await));
+        }
+        // Sample every node's connection count while the mesh converges.
+        let sampling = Arc::new(AtomicBool::new(true));
+        let most_seen = Arc::new(AtomicUsize::new(0));
+        let sampler = tokio::spawn({
+            let nodes = nodes.clone();
+            let (sampling, most_seen) = (sampling.clone(), most_seen.clone());
+            async move {
+                while sampling.load(Ordering::Relaxed) {
+                    for node in &nodes {
+                        if let Ok(stats) = node.handle.network.connection_stats().await {
+                            most_seen.fetch_max(stats.established, Ordering::Relaxed);
+                            most_seen.fetch_max(stats.peers, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        wait_until(
+            "every view holds all 30 nodes",
+            Duration::from_secs(75),
+            || nodes.iter().all(|node| node.mesh_size() == N),
+        )
+        .await;
+        // Past the grace period: the excess is let go of.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        sampling.store(false, Ordering::Relaxed);
+        sampler.await.expect("sampler");
+        assert!(
+            most_seen.load(Ordering::Relaxed) <= MAX as usize,
+            "a node held {} connections",
+            most_seen.load(Ordering::Relaxed)
+        );
+        let mut pruned = 0;
+        let mut graph: Vec<Vec<usize>> = vec![Vec::new(); N];
+        let ids: Vec<String> = nodes.iter().map(|n| n.handle.node_id.to_string()).collect();
+        for (index, node) in nodes.iter().enumerate() {
+            let stats = node.handle.network.connection_stats().await.expect("stats");
+            assert!(stats.peak_established <= MAX as usize, "{stats:?}");
+            assert!(stats.peers >= 1, "node {index} is isolated: {stats:?}");
+            pruned += stats.pruned;
+            for peer in node.handle.network.peers().await.expect("peers") {
+                if let Some(other) = ids.iter().position(|id| *id == peer.node_id) {
+                    graph[index].push(other);
+                    graph[other].push(index);
+                }
+            }
+        }
+        assert!(
+            pruned > 0,
+            "no node ever went above its target: the test proves nothing"
+        );
+        let mut reached = [false; N];
+        let mut queue = vec![0];
+        reached[0] = true;
+        while let Some(at) = queue.pop() {
+            for &next in &graph[at] {
+                if !reached[next] {
+                    reached[next] = true;
+                    queue.push(next);
+                }
+            }
+        }
+        assert!(
+            reached.iter().all(|r| *r),
+            "the mesh is partitioned: {graph:?}"
+        );
+
+        // A fresh advert still reaches every view.
+        let publisher = &nodes[N / 2];
+        let id = publisher.handle.node_id;
+        publisher
+            .handle
+            .network
+            .publish_advert()
+            .await
+            .expect("publish");
+        let seq = publisher.handle.mesh.seq_of(&id).expect("own advert");
+        wait_until(
+            "the new advert reached every view",
+            Duration::from_secs(10),
+            || {
+                nodes
+                    .iter()
+                    .all(|node| node.handle.mesh.seq_of(&id).is_some_and(|s| s >= seq))
+            },
+        )
+        .await;
+
+        // A job for a provider the requester is not connected to.
+        let requester = &nodes[N - 1];
+        let connected: Vec<String> = requester
+            .handle
+            .network
+            .peers()
+            .await
+            .expect("peers")
+            .into_iter()
+            .map(|peer| peer.node_id)
+            .collect();
+        let provider = nodes
+            .iter()
+            .find(|node| {
+                node.handle.node_id != requester.handle.node_id
+                    && !connected.contains(&node.handle.node_id.to_string())
+            })
+            .expect("with at most 16 connections, some node is not a peer");
+        let mut job = suanli_tests::wat_job(include_str!("../../../examples/jobs/hello.wat"));
+        job.placement.provider = Some(provider.handle.node_id);
+        let job_id = requester.submit(job).await;
+        let record = requester.wait_job(&job_id, Duration::from_secs(30)).await;
+        assert_eq!(
+            record.state,
+            suanli_node::market::JobState::Succeeded,
+            "{record:?}"
+        );
+        assert_eq!(record.provider, Some(provider.handle.node_id));
+
+        for node in nodes {
+            if let Ok(node) = Arc::try_unwrap(node) {
+                node.stop().await;
+            }
+        }
+    })
+    .await;
+}
