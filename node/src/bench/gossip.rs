@@ -1,17 +1,24 @@
 //! The `gossip` scenario: how long a changed capacity advert takes to reach every node's
-//! capacity view, and what a node costs in memory, against bare gossipsub on the same topology.
+//! capacity view, what a node costs in memory, connections and bytes, against bare gossipsub on
+//! the same topology.
 //!
-//! For each mesh size N: start N full nodes on loopback TCP, each bootstrapping from a
-//! pseudo-random earlier one (discovery goes through the DHT), with production advert timing
-//! (re-publication every 10 s, TTL 30 s); wait until every view holds all N; then, `ROUNDS`
-//! times, have one node publish a new advert and time until every view holds its sequence
-//! number (polled in place every millisecond). Memory = growth of the resident set / N.
+//! For each mesh size N: start N nodes, each bootstrapping from a pseudo-random earlier one
+//! (joining through view sync and the capacity view), and wait until every view holds all N
+//! (timed from the last start). Up to [`MAX_FULL_NODES`] they are full nodes on loopback TCP
+//! with production advert timing (re-publication every 10 s); above, network-only nodes
+//! ([`NetNode`]: the real network task, advert validation and capacity view, without executor
+//! or ledger) over the in-process memory transport, re-publishing every
+//! [`LARGE_ADVERT_INTERVAL_SECS`] (two cores cannot verify a thousand nodes' ten-second
+//! adverts a thousand times over). Both run the default peer limits (target 25, at most 50).
+//! Then: the bytes read per node per second over a quiet window, and `ROUNDS` times one node
+//! publishes a new advert, timed until every view holds its sequence number (polled in place
+//! every millisecond). Memory = growth of the resident set / N.
 //!
 //! Floor: N bare gossipsub swarms (`network::floor`) wired exactly like the nodes ended up
 //! (each node's connected peers, read after convergence), publishing payloads of the size of a
-//! signed advert message; same transport, message ids and heartbeat. It runs in a child
-//! process (`suanli bench-gossip-floor`, hidden), so its memory per swarm is measured from a
-//! clean resident set rather than on top of memory the nodes freed.
+//! signed advert message; same transport, gossipsub parameters, message ids and heartbeat. It
+//! runs in a child process (`suanli bench-gossip-floor`, hidden), so its memory per swarm is
+//! measured from a clean resident set rather than on top of memory the nodes freed.
 
 use std::time::{Duration, Instant};
 
@@ -19,24 +26,28 @@ use suanli_protocol::wire::{GossipMessage, WireMessage};
 use suanli_protocol::{NodeId, Signed};
 use tracing::{info, warn};
 
-use super::nodes::{BenchNode, loopback_config, stop_all, wait_for_mesh};
+use super::nodes::{BenchNode, NetNode, loopback_config};
 use super::{BenchError, Context, Figure, Samples, ms, rss_bytes};
+use crate::mesh::MeshView;
+use crate::network::NetworkHandle;
 
 const SCENARIO: &str = "gossip";
-/// Mesh sizes beyond this are skipped unless asked for: see [`skip_reason`].
-pub const MAX_DEFAULT_NODES: usize = 100;
+/// Largest mesh run with full nodes on loopback TCP; larger ones use network-only nodes over
+/// the memory transport.
+pub const MAX_FULL_NODES: usize = 100;
+/// Advert re-publication interval of the network-only nodes.
+pub const LARGE_ADVERT_INTERVAL_SECS: u64 = 120;
+/// Largest mesh run at all.
+pub const MAX_NODES: usize = 2_000;
+/// How long bytes are counted with no advert changing.
+const QUIET_WINDOW: Duration = Duration::from_secs(5);
 
-/// Why a mesh size is not run by default.
+/// Why a mesh size is not run.
 pub fn skip_reason(n: usize) -> Option<String> {
-    (n > MAX_DEFAULT_NODES).then(|| {
+    (n > MAX_NODES).then(|| {
         format!(
-            "{n} nodes skipped: full nodes end up connected to almost every other (Kademlia \
-             lookups connect to the peers they query and gossipsub keeps every connection to a \
-             subscribed peer alive), so {n} in-process nodes hold ~{} connections; 100 nodes \
-             took about two minutes to converge on a quiet 2-core machine (and did not \
-             converge in five minutes on a shared one), at ~20-27 MiB each. Run it with \
-             --gossip-nodes {n} once the connection manager trims idle connections.",
-            n * (n - 1) / 2
+            "{n} nodes skipped: at most {MAX_NODES} fit in one process on a 2-core machine \
+             (the scale model in docs/benchmarks.md covers larger meshes)"
         )
     })
 }
@@ -46,6 +57,10 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
     let rounds = context.options.pick(5, 10);
     let mut figures = Vec::new();
     for n in sizes {
+        if let Some(reason) = skip_reason(n) {
+            warn!(%reason, "gossip mesh size skipped");
+            continue;
+        }
         match measure(context, n, rounds).await {
             Ok(measured) => figures.extend(measured),
             // A mesh that does not converge is a result too: report how far it got, go on.
@@ -89,34 +104,153 @@ impl From<BenchError> for MeshError {
     }
 }
 
-/// How long a mesh may take to converge.
+/// How long a mesh may take to converge after its last node started.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 
+/// One node of the measured mesh: a full node or a network-only one.
+enum Member {
+    Full(BenchNode),
+    Net(NetNode),
+}
+
+impl Member {
+    fn network(&self) -> &NetworkHandle {
+        match self {
+            Member::Full(node) => &node.handle.network,
+            Member::Net(node) => &node.network,
+        }
+    }
+
+    fn mesh(&self) -> &MeshView {
+        match self {
+            Member::Full(node) => &node.handle.mesh,
+            Member::Net(node) => &node.mesh,
+        }
+    }
+
+    fn node_id(&self) -> NodeId {
+        match self {
+            Member::Full(node) => node.handle.node_id,
+            Member::Net(node) => node.node_id,
+        }
+    }
+
+    fn addr(&self) -> Result<String, BenchError> {
+        match self {
+            Member::Full(node) => node.tcp_addr(),
+            Member::Net(node) => Ok(node.addr.clone()),
+        }
+    }
+
+    fn keypair(&self) -> Result<suanli_protocol::Keypair, BenchError> {
+        match self {
+            Member::Full(node) => node.keypair(),
+            Member::Net(node) => Ok(node.keypair.clone()),
+        }
+    }
+
+    fn mesh_size(&self) -> usize {
+        self.mesh().live_count(crate::clock::now_ms())
+    }
+
+    async fn stop(self) {
+        match self {
+            Member::Full(node) => node.stop().await,
+            Member::Net(node) => node.stop().await,
+        }
+    }
+}
+
+async fn stop_all(members: Vec<Member>) {
+    for member in members {
+        member.stop().await;
+    }
+}
+
+async fn start_member(
+    context: &Context,
+    n: usize,
+    bootstrap: &[String],
+    detected: &crate::capacity::Detected,
+) -> Result<Member, BenchError> {
+    if n <= MAX_FULL_NODES {
+        let config = loopback_config(bootstrap, 10);
+        let dir = context.workspace.subdir("gossip")?;
+        return Ok(Member::Full(BenchNode::start(dir, config).await?));
+    }
+    let mut config = loopback_config(bootstrap, LARGE_ADVERT_INTERVAL_SECS);
+    config.network.listen = vec![crate::network::memory::unique_addr().to_string()];
+    let dir = context.workspace.subdir("gossip")?;
+    Ok(Member::Net(NetNode::start(dir, config, detected).await?))
+}
+
+/// The node that node `index` (> 0) bootstraps from: a pseudo-random earlier one, deterministic
+/// and spread out.
+fn earlier(index: usize) -> usize {
+    let mixed = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
+    usize::try_from(mixed).unwrap_or(0) % index.max(1)
+}
+
+/// What the nodes measured before the floor runs.
+struct Measured {
+    converged: Duration,
+    spreads: Samples,
+    mesh_peers: f64,
+    connected: f64,
+    most_connections: usize,
+    max_connections: usize,
+    quiet_bytes_per_node_s: f64,
+    bytes_per_advert_per_node: f64,
+}
+
 async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figure>, MeshError> {
+    let memory = n > MAX_FULL_NODES;
+    let detected = crate::capacity::Detected::probe();
     let rss_before = rss_bytes();
-    let started = Instant::now();
-    let mut nodes: Vec<BenchNode> = Vec::with_capacity(n);
+    let mut nodes: Vec<Member> = Vec::with_capacity(n);
     for index in 0..n {
         let bootstrap = match index {
             0 => Vec::new(),
-            _ => {
-                // A pseudo-random earlier node: deterministic, spread out.
-                let earlier = nodes.get((index * 7919) % index);
-                vec![
-                    earlier
-                        .map(BenchNode::tcp_addr)
-                        .transpose()?
-                        .unwrap_or_default(),
-                ]
-            }
+            _ => match nodes.get(earlier(index)) {
+                Some(earlier) => vec![earlier.addr()?],
+                None => Vec::new(),
+            },
         };
-        let config = loopback_config(&bootstrap, 10);
-        nodes.push(BenchNode::start(context.workspace.subdir("gossip")?, config).await?);
+        nodes.push(start_member(context, n, &bootstrap, &detected).await?);
+        if index % 100 == 99 {
+            info!(started = index + 1, n, "gossip nodes starting");
+        }
     }
-    let deadline = Instant::now() + CONVERGE_LIMIT;
+    let last_started = Instant::now();
+    let deadline = last_started + CONVERGE_LIMIT;
+    let mut next_report = last_started;
     while !nodes.iter().all(|node| node.mesh_size() >= n) {
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let short = nodes.iter().filter(|node| node.mesh_size() < n).count();
+            let (index, smallest) = nodes
+                .iter()
+                .map(Member::mesh_size)
+                .enumerate()
+                .min_by_key(|(_, size)| *size)
+                .unwrap_or((0, 0));
+            let peers = match nodes.get(index) {
+                Some(node) => node.network().peers().await.map_or(0, |peers| peers.len()),
+                None => 0,
+            };
+            let node = nodes.get(index).map(Member::node_id);
+            info!(
+                n,
+                short,
+                smallest,
+                index,
+                ?node,
+                peers,
+                "views not full yet"
+            );
+        }
         if Instant::now() > deadline {
-            let smallest = nodes.iter().map(BenchNode::mesh_size).min().unwrap_or(0);
+            let smallest = nodes.iter().map(Member::mesh_size).min().unwrap_or(0);
             stop_all(nodes).await;
             return Err(NotConverged {
                 n,
@@ -126,22 +260,21 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let result = spread(&nodes, n, rounds, started).await;
+    let converged = last_started.elapsed();
+    info!(n, ?converged, "every view full");
+    let result = spread(&nodes, n, rounds, converged).await;
     let rss_per_node = rss_bytes().saturating_sub(rss_before) / n.max(1) as u64;
     let topology = topology(&nodes).await;
     let payload = advert_message_bytes(nodes.first());
     stop_all(nodes).await;
-    let (converged, spreads, mesh_peers, connected) = result?;
-    info!(
-        n,
-        ?converged,
-        "nodes measured; now bare gossipsub on the same topology"
-    );
+    let measured = result?;
+    info!(n, "nodes measured; now bare gossipsub on the same topology");
 
     let request = FloorRequest {
         topology,
         payload,
         rounds,
+        memory,
     };
     let (floor, floor_rss) = match floor_in_child(&request).await {
         Ok(answer) => answer,
@@ -155,11 +288,16 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
     };
     let floor = Samples::new(floor);
     let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let kind = if memory {
+        "network-only nodes, memory transport"
+    } else {
+        "full nodes, loopback TCP"
+    };
     Ok(vec![
         Figure::against(
             SCENARIO,
             format!("{n} nodes: spread p50"),
-            ms(spreads.p50()),
+            ms(measured.spreads.p50()),
             "ms",
             ms(floor.p50()),
             "bare gossipsub spread p50, same topology",
@@ -167,14 +305,14 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         Figure::against(
             SCENARIO,
             format!("{n} nodes: spread max"),
-            ms(spreads.max()),
+            ms(measured.spreads.max()),
             "ms",
             ms(floor.max()),
             "bare gossipsub spread max",
         ),
         Figure::against(
             SCENARIO,
-            format!("{n} nodes: memory per node"),
+            format!("{n} nodes: memory per node ({kind})"),
             mib(rss_per_node),
             "MiB",
             mib(floor_rss),
@@ -182,20 +320,28 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         ),
         Figure::plain(
             SCENARIO,
-            format!("{n} nodes: start → all views full"),
-            converged.as_secs_f64(),
+            format!("{n} nodes: last start → all views full"),
+            measured.converged.as_secs_f64(),
             "s",
+        ),
+        Figure::against(
+            SCENARIO,
+            format!("{n} nodes: most connections held by a node"),
+            measured.most_connections as f64,
+            "connections",
+            measured.max_connections as f64,
+            "configured maximum",
         ),
         Figure::plain(
             SCENARIO,
             format!("{n} nodes: connected peers per node"),
-            connected,
+            measured.connected,
             "peers",
         ),
         Figure::plain(
             SCENARIO,
             format!("{n} nodes: gossip mesh peers per node"),
-            mesh_peers,
+            measured.mesh_peers,
             "peers",
         ),
         Figure::plain(
@@ -204,46 +350,59 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
             payload as f64,
             "bytes",
         ),
+        Figure::plain(
+            SCENARIO,
+            format!("{n} nodes: bytes read per node per second, quiet"),
+            measured.quiet_bytes_per_node_s,
+            "B/s",
+        ),
+        Figure::plain(
+            SCENARIO,
+            format!("{n} nodes: bytes read per node per advert published"),
+            measured.bytes_per_advert_per_node,
+            "bytes",
+        ),
     ])
 }
 
-/// (convergence time, spread samples, mean gossip mesh peers, mean connected peers).
+/// Traffic, connections and spread of a converged mesh.
 async fn spread(
-    nodes: &[BenchNode],
+    nodes: &[Member],
     n: usize,
     rounds: usize,
-    started: Instant,
-) -> Result<(Duration, Samples, f64, f64), BenchError> {
-    wait_for_mesh(nodes, n, Duration::from_secs(1)).await?;
-    let converged = started.elapsed();
-    let (mut mesh_peers, mut connected) = (0usize, 0usize);
+    converged: Duration,
+) -> Result<Measured, BenchError> {
+    let fail = |error: crate::network::NetworkStopped| BenchError::scenario(SCENARIO, error);
+    let (mut mesh_peers, mut connected, mut most_connections, mut max_connections) =
+        (0usize, 0usize, 0usize, 0usize);
     for node in nodes {
-        let (mesh, subscribed) = node
-            .handle
-            .network
-            .gossip_mesh()
-            .await
-            .map_err(|error| BenchError::scenario(SCENARIO, error))?;
+        let (mesh, _) = node.network().gossip_mesh().await.map_err(fail)?;
+        let stats = node.network().connection_stats().await.map_err(fail)?;
         mesh_peers += mesh;
-        connected += subscribed;
+        connected += stats.peers;
+        most_connections = most_connections.max(stats.peak_established);
+        max_connections = stats.max_connections;
     }
+    // Bytes are counted on the memory transport only (full nodes use sockets).
+    let bytes = || crate::network::memory::BYTES_READ.load(std::sync::atomic::Ordering::Relaxed);
+    let quiet_started = (Instant::now(), bytes());
+    tokio::time::sleep(QUIET_WINDOW).await;
+    let quiet_bytes = bytes() - quiet_started.1;
+    let quiet_per_node_s =
+        quiet_bytes as f64 / n.max(1) as f64 / quiet_started.0.elapsed().as_secs_f64();
     let mut samples = Vec::with_capacity(rounds);
+    let mut advert_bytes = 0.0;
     for round in 0..rounds {
         let Some(publisher) = nodes.get((round * 31) % n.max(1)) else {
             break;
         };
-        let id = publisher.handle.node_id;
-        let started = Instant::now();
-        publisher
-            .handle
-            .network
-            .publish_advert()
-            .await
-            .map_err(|error| BenchError::scenario(SCENARIO, error))?;
-        let seq = publisher.handle.mesh.seq_of(&id).unwrap_or(0);
+        let id = publisher.node_id();
+        let (started, before) = (Instant::now(), bytes());
+        publisher.network().publish_advert().await.map_err(fail)?;
+        let seq = publisher.mesh().seq_of(&id).unwrap_or(0);
         while !nodes
             .iter()
-            .all(|node| node.handle.mesh.seq_of(&id).is_some_and(|s| s >= seq))
+            .all(|node| node.mesh().seq_of(&id).is_some_and(|s| s >= seq))
         {
             if started.elapsed() > Duration::from_secs(30) {
                 return Err(BenchError::scenario(
@@ -255,24 +414,32 @@ async fn spread(
         }
         samples.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // The round's bytes beyond the quiet rate, per node.
+        let extra = (bytes() - before) as f64
+            - quiet_per_node_s * n as f64 * started.elapsed().as_secs_f64();
+        advert_bytes += extra.max(0.0) / n.max(1) as f64;
     }
-    Ok((
+    Ok(Measured {
         converged,
-        Samples::new(samples),
-        mesh_peers as f64 / n.max(1) as f64,
-        connected as f64 / n.max(1) as f64,
-    ))
+        spreads: Samples::new(samples),
+        mesh_peers: mesh_peers as f64 / n.max(1) as f64,
+        connected: connected as f64 / n.max(1) as f64,
+        most_connections,
+        max_connections,
+        quiet_bytes_per_node_s: quiet_per_node_s,
+        bytes_per_advert_per_node: advert_bytes / rounds.max(1) as f64,
+    })
 }
 
 /// Each node's connected peers, as indices into `nodes`.
-async fn topology(nodes: &[BenchNode]) -> Vec<Vec<usize>> {
+async fn topology(nodes: &[Member]) -> Vec<Vec<usize>> {
     let ids: Vec<String> = nodes
         .iter()
-        .map(|node| node.handle.node_id.to_string())
+        .map(|node| node.node_id().to_string())
         .collect();
     let mut topology = vec![Vec::new(); nodes.len()];
     for (index, node) in nodes.iter().enumerate() {
-        let peers = match node.handle.network.peers().await {
+        let peers = match node.network().peers().await {
             Ok(peers) => peers,
             Err(error) => {
                 warn!(%error, "no peer list; the floor topology misses this node's links");
@@ -297,11 +464,11 @@ async fn topology(nodes: &[BenchNode]) -> Vec<Vec<usize>> {
 }
 
 /// The encoded size of `node`'s signed advert as gossiped (a typical size when it has none).
-fn advert_message_bytes(node: Option<&BenchNode>) -> usize {
+fn advert_message_bytes(node: Option<&Member>) -> usize {
     const TYPICAL: usize = 400;
     let Some(node) = node else { return TYPICAL };
-    let id: NodeId = node.handle.node_id;
-    let (Some(entry), Ok(key)) = (node.handle.mesh.get(&id), node.keypair()) else {
+    let id: NodeId = node.node_id();
+    let (Some(entry), Ok(key)) = (node.mesh().get(&id), node.keypair()) else {
         return TYPICAL;
     };
     Signed::sign(&entry.advert, &key)
@@ -316,6 +483,8 @@ pub struct FloorRequest {
     pub topology: Vec<Vec<usize>>,
     pub payload: usize,
     pub rounds: usize,
+    /// Over the memory transport (as the network-only nodes), else loopback TCP.
+    pub memory: bool,
 }
 
 /// What it answers.
@@ -326,9 +495,14 @@ pub struct FloorAnswer {
 }
 
 async fn run_floor(request: &FloorRequest) -> Result<Vec<Duration>, BenchError> {
-    crate::network::floor::gossipsub_spread(&request.topology, request.payload, request.rounds)
-        .await
-        .map_err(|error| BenchError::scenario(SCENARIO, error))
+    crate::network::floor::gossipsub_spread(
+        &request.topology,
+        request.payload,
+        request.rounds,
+        request.memory,
+    )
+    .await
+    .map_err(|error| BenchError::scenario(SCENARIO, error))
 }
 
 /// The child's side: runs the floor for `request` (JSON) and returns the answer (JSON).

@@ -480,21 +480,36 @@ pub fn targets(figures: &[Figure]) -> Vec<[String; 3]> {
             true,
         ));
     }
-    if let Some(spread) = find("gossip", "100 nodes: spread p50") {
-        rows.push(match spread.ratio {
-            Some(ratio) => verdict(
-                "gossip ≤ 1.5× raw gossipsub at 100 nodes",
-                ratio,
-                1.5,
-                "×",
+    for n in [100, 1000] {
+        let what = format!("gossip spread p50 ≤ 1.5× bare gossipsub at {n} nodes");
+        if let Some(spread) = find("gossip", &format!("{n} nodes: spread p50")) {
+            rows.push(match spread.ratio {
+                Some(ratio) => verdict(&what, ratio, 1.5, "×", false),
+                None => [what, "-".into(), "no floor".into()],
+            });
+        }
+        if let Some(held) = find(
+            "gossip",
+            &format!("{n} nodes: most connections held by a node"),
+        ) && let Some(max) = held.floor
+        {
+            rows.push(verdict(
+                &format!("connections per node ≤ the maximum at {n} nodes"),
+                held.value,
+                max,
+                "connections",
                 false,
-            ),
-            None => [
-                "gossip ≤ 1.5× raw gossipsub at 100 nodes".into(),
-                "-".into(),
-                "no floor".into(),
-            ],
-        });
+            ));
+        }
+    }
+    if let Some(converged) = find("gossip", "100 nodes: last start → all views full") {
+        rows.push(verdict(
+            "100 full nodes converge ≤ 5 s after the last start",
+            converged.value,
+            5.0,
+            "s",
+            false,
+        ));
     }
     if let Some(rate) = find("ledger", "entries verified/s, batched, one core") {
         rows.push(verdict(

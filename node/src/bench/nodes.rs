@@ -123,3 +123,77 @@ pub async fn stop_all(nodes: Vec<BenchNode>) {
         node.stop().await;
     }
 }
+
+/// A network-only node: the node's real network task (view sync, advert validation, capacity
+/// view, peer manager, gossip) without executor, ledger or market, so that a thousand fit in
+/// one process (over the memory transport). Requests other nodes send it are answered "busy".
+#[derive(Debug)]
+pub struct NetNode {
+    pub network: crate::network::NetworkHandle,
+    pub mesh: crate::mesh::MeshView,
+    pub node_id: suanli_protocol::NodeId,
+    pub keypair: Keypair,
+    pub addr: String,
+    cancel: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _load: tokio::sync::watch::Sender<crate::capacity::Load>,
+    _cluster: tokio::sync::watch::Sender<Option<suanli_protocol::ClusterInfo>>,
+}
+
+impl NetNode {
+    /// Starts a network-only node with `config` (its listen addresses decide the transport) in
+    /// `dir`, advertising what `detected` describes.
+    pub async fn start(
+        dir: std::path::PathBuf,
+        config: Config,
+        detected: &crate::capacity::Detected,
+    ) -> Result<NetNode, BenchError> {
+        let fail = |error: &dyn std::fmt::Display| BenchError::scenario("nodes", error);
+        let config = config.validate().map_err(|error| fail(&error))?;
+        let data_dir = DataDir::new(dir);
+        let keypair = data_dir.load_or_init().map_err(|error| fail(&error))?;
+        let capacity = crate::capacity::Capacity::from_config(&config, detected);
+        let mesh = crate::mesh::MeshView::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        // Dropped receivers: the network answers such requests "busy" and drops such events.
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let (ledger_events, _) = tokio::sync::mpsc::channel(1);
+        let (load_sender, load) = tokio::sync::watch::channel(crate::capacity::Load::IDLE);
+        let (cluster_sender, cluster) = tokio::sync::watch::channel(None);
+        let (network, task, listen_addrs) = crate::network::start(crate::network::NetworkParts {
+            config,
+            keypair: keypair.clone(),
+            capacity,
+            mesh: mesh.clone(),
+            data_dir,
+            events,
+            ledger_events,
+            load,
+            cluster,
+            cancel: cancel.clone(),
+        })
+        .await
+        .map_err(|error| fail(&error))?;
+        let node_id = keypair.node_id();
+        let addr = listen_addrs
+            .first()
+            .map(|addr| format!("{addr}/p2p/{}", node_id.to_peer_id()))
+            .ok_or_else(|| fail(&"no listen address"))?;
+        Ok(NetNode {
+            network,
+            mesh,
+            node_id,
+            keypair,
+            addr,
+            cancel,
+            task,
+            _load: load_sender,
+            _cluster: cluster_sender,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}

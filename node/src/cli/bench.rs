@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Mesh sizes for the gossip scenario, comma-separated [default: 10 with --quick, else
-    /// 10,100].
+    /// 10,100,1000; above 100, network-only nodes over the memory transport].
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     pub gossip_nodes: Vec<usize>,
     /// Directory for the run's temporary data dirs (its filesystem is the one whose fsync is
@@ -50,11 +50,16 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
         .map(|name| name.parse::<Scenario>())
         .collect::<Result<Vec<_>, _>>()?;
     let gossip_nodes = if args.gossip_nodes.is_empty() {
-        if args.quick { vec![10] } else { vec![10, 100] }
+        if args.quick {
+            vec![10]
+        } else {
+            vec![10, 100, 1000]
+        }
     } else {
         args.gossip_nodes.clone()
     };
     let runs_gossip = scenarios.is_empty() || scenarios.contains(&Scenario::Gossip);
+    let options_sizes = gossip_nodes.clone();
     let options = Options {
         quick: args.quick,
         gossip_nodes,
@@ -91,12 +96,14 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<()> {
     if json {
         return Ok(());
     }
-    if runs_gossip
-        && args.gossip_nodes.is_empty()
-        && let Some(reason) = bench::gossip::skip_reason(500)
-    {
-        output::line("")?;
-        output::line(&format!("note: gossip at {reason}"))?;
+    if runs_gossip {
+        for reason in options_sizes
+            .iter()
+            .filter_map(|n| bench::gossip::skip_reason(*n))
+        {
+            output::line("")?;
+            output::line(&format!("note: gossip at {reason}"))?;
+        }
     }
     let targets = bench::targets(&figures);
     if !targets.is_empty() {

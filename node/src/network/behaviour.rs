@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, kad, mdns, noise,
-    ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, mdns, noise, ping,
+    request_response, tcp, yamux,
 };
 use sha2::{Digest, Sha256};
 use suanli_protocol::wire::{
@@ -20,8 +20,6 @@ use crate::config::CheckedConfig;
 
 /// The identify protocol version of suanli nodes; peers announcing another are not suanli nodes.
 pub const IDENTIFY_PROTOCOL: &str = "/suanli/1";
-/// suanli's own Kademlia DHT, separate from the IPFS one.
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/suanli/kad/1");
 
 /// Everything a node speaks, connection limits first so they apply before anything else.
 #[derive(NetworkBehaviour)]
@@ -29,7 +27,6 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub market: request_response::Behaviour<FrameCodec>,
     pub ledger: request_response::Behaviour<FrameCodec>,
@@ -71,19 +68,27 @@ pub const MESH_LOW: usize = 5;
 /// publication costs the same at 25 peers as at 2 and the mesh, not the connection count,
 /// decides the load.
 pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
-    gossipsub::ConfigBuilder::default()
+    gossipsub_base()
+        .validate_messages()
+        .build()
+        .map_err(|error| error.to_string())
+}
+
+/// Gossipsub's parameters as the node runs it, without application validation: the bare
+/// gossipsub floor of the benchmark runs with these.
+pub fn gossipsub_base() -> gossipsub::ConfigBuilder {
+    let mut builder = gossipsub::ConfigBuilder::default();
+    builder
         .mesh_n(MESH_N)
         .mesh_n_low(MESH_LOW)
         .flood_publish(false)
         .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
         .message_id_fn(|message: &gossipsub::Message| {
             gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_MESSAGE_BYTES)
-        .heartbeat_interval(Duration::from_millis(700))
-        .build()
-        .map_err(|error| error.to_string())
+        .heartbeat_interval(Duration::from_millis(700));
+    builder
 }
 
 /// Peer scoring: an invalid advert or checkpoint costs its sender heavily (it is graylisted after one), and
@@ -137,18 +142,18 @@ pub fn build_swarm(
     keypair: libp2p::identity::Keypair,
     config: &CheckedConfig,
 ) -> Result<Swarm<Behaviour>, BuildError> {
-    let local_peer_id = keypair.public().to_peer_id();
-    // Some slots are kept for connections this node dials (requests to providers, token
-    // streams): a crowd of inbound peers cannot take them all.
-    let reserve = ((config.max_connections - config.target_peers) / 5).max(2);
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(config.max_connections))
-        .with_max_established_incoming(Some(config.max_connections.saturating_sub(reserve).max(1)))
-        .with_max_established_per_peer(Some(config.max_connections_per_peer))
-        .with_max_pending_incoming(Some(64))
-        .with_max_pending_outgoing(Some(64));
-    let mdns_enabled = config.mdns;
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
+    let idle = config.idle_connection_timeout;
+    if super::memory::is_memory_only(&config.listen) {
+        return Ok(SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_other_transport(super::memory::transport)
+            .map_err(build_error)?
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(build_error)?
+            .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle))
+            .build());
+    }
+    Ok(SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -159,88 +164,91 @@ pub fn build_swarm(
         .with_quic_config(|quic| quic_config(quic, config))
         .with_dns()
         .map_err(build_error)?
-        .with_behaviour(|key| {
-            let mut gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub_config()?,
-            )?;
-            let (params, thresholds) = peer_score();
-            gossipsub.with_peer_score(params, thresholds)?;
-            // The event loop walks the DHT itself, only while the node is short of peers (every
-            // lookup connects to the peers it queries).
-            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-            kad_config.set_periodic_bootstrap_interval(None);
-            let mut kad = kad::Behaviour::with_config(
-                local_peer_id,
-                kad::store::MemoryStore::new(local_peer_id),
-                kad_config,
-            );
-            // Without this, kad stays a client until an external address is confirmed, and a
-            // node that knows one bootstrap peer never learns of the others.
-            kad.set_mode(Some(kad::Mode::Server));
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("suanli/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    local_peer_id,
-                )?)
-            } else {
-                None
-            };
-            let market = request_response::Behaviour::with_codec(
-                FrameCodec::new(MAX_MARKET_MESSAGE_BYTES),
-                [(
-                    StreamProtocol::new(MARKET_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(MARKET_REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(256),
-            );
-            let ledger = request_response::Behaviour::with_codec(
-                FrameCodec::new(MAX_LEDGER_MESSAGE_BYTES),
-                [(
-                    StreamProtocol::new(LEDGER_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(32),
-            );
-            let view = request_response::Behaviour::with_codec(
-                FrameCodec::new(MAX_VIEW_MESSAGE_BYTES),
-                [(
-                    StreamProtocol::new(VIEW_PROTOCOL),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(16),
-            );
-            Ok(Behaviour {
-                limits: connection_limits::Behaviour::new(limits),
-                identify,
-                ping: ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(config.ping_interval)
-                        .with_timeout(config.ping_timeout),
-                ),
-                kad,
-                gossipsub,
-                market,
-                ledger,
-                view,
-                streams: libp2p_stream::Behaviour::new(),
-                mdns: mdns.into(),
-            })
-        })
+        .with_behaviour(|key| behaviour(key, config))
         .map_err(build_error)?
-        .with_swarm_config(|swarm| {
-            swarm.with_idle_connection_timeout(config.idle_connection_timeout)
-        })
-        .build();
-    Ok(swarm)
+        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle))
+        .build())
+}
+
+type BehaviourError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every behaviour of a node, configured from `config`.
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    config: &CheckedConfig,
+) -> Result<Behaviour, BehaviourError> {
+    let local_peer_id = key.public().to_peer_id();
+    // Some slots are kept for connections this node dials (requests to providers, token
+    // streams): a crowd of inbound peers cannot take them all.
+    let reserve = ((config.max_connections - config.target_peers) / 5).max(2);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_incoming(Some(config.max_connections.saturating_sub(reserve).max(1)))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let mdns_enabled = config.mdns;
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossipsub_config()?,
+    )?;
+    let (params, thresholds) = peer_score();
+    gossipsub.with_peer_score(params, thresholds)?;
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            .with_agent_version(format!("suanli/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let mdns = if mdns_enabled {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            local_peer_id,
+        )?)
+    } else {
+        None
+    };
+    let market = request_response::Behaviour::with_codec(
+        FrameCodec::new(MAX_MARKET_MESSAGE_BYTES),
+        [(
+            StreamProtocol::new(MARKET_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(MARKET_REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(256),
+    );
+    let ledger = request_response::Behaviour::with_codec(
+        FrameCodec::new(MAX_LEDGER_MESSAGE_BYTES),
+        [(
+            StreamProtocol::new(LEDGER_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(32),
+    );
+    let view = request_response::Behaviour::with_codec(
+        FrameCodec::new(MAX_VIEW_MESSAGE_BYTES),
+        [(
+            StreamProtocol::new(VIEW_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(16),
+    );
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify,
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        ),
+        gossipsub,
+        market,
+        ledger,
+        view,
+        streams: libp2p_stream::Behaviour::new(),
+        mdns: mdns.into(),
+    })
 }

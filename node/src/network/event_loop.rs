@@ -9,7 +9,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -41,8 +41,8 @@ const TICK: Duration = Duration::from_millis(250);
 const STALL_TOLERANCE: Duration = Duration::from_secs(1);
 /// Swarm events handled before a tick judges silence (bounded, so a flood cannot stall it).
 const MAX_EVENTS_BEFORE_TICK: usize = 1024;
-/// How often the DHT is walked for new peers (while the node is below its target).
-const KAD_INTERVAL: Duration = Duration::from_secs(30);
+/// How often strikes decay, and a node without peers re-dials its anonymous bootstrap peers.
+const SLOW_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the peer manager lets go of peers above the target.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const SAVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -211,8 +211,8 @@ impl EventLoop {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut advert = tokio::time::interval(self.parts.config.advert_interval);
         advert.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut kad_walk = tokio::time::interval(KAD_INTERVAL);
-        kad_walk.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut slow = tokio::time::interval(SLOW_INTERVAL);
+        slow.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut save = tokio::time::interval(SAVE_INTERVAL);
@@ -255,17 +255,12 @@ impl EventLoop {
                     }
                     self.handle_tick();
                 }
-                _ = kad_walk.tick() => {
+                _ = slow.tick() => {
                     // Strikes decay: a peer must offend repeatedly within minutes to be banned.
                     self.strikes.retain(|_, strikes| {
                         *strikes = strikes.saturating_sub(1);
                         *strikes > 0
                     });
-                    // The DHT is walked only by a node that the capacity view cannot fill up
-                    // (each lookup connects to every peer it queries).
-                    if self.below_target() > 0 && self.parts.mesh.live_count(now_ms()) <= 1 {
-                        self.walk_dht();
-                    }
                     if self.peers.connected_count() == 0 {
                         self.dial_anonymous_bootstrap();
                     }
@@ -648,11 +643,8 @@ impl EventLoop {
             last = Some(advert.node);
             // Expired on the way or not newer: skipped, like a late gossiped advert.
             if advert.validate(now).is_ok() {
-                let addrs = advert.listen_addrs.clone();
-                let node = advert.node;
                 if self.parts.mesh.offer(Arc::new(signed), advert, now) == Offered::Stored {
                     stored += 1;
-                    self.route_to(node, &addrs);
                 }
             }
         }
@@ -661,25 +653,6 @@ impl EventLoop {
             self.sync_view(peer, last);
         } else {
             self.view_sync = ViewSync::Done;
-        }
-    }
-
-    /// Puts a node of the capacity view into the DHT's routing table with its advertised
-    /// addresses, without dialling it: a routing table filled from the view serves lookups and
-    /// spares kad its automatic walks (which run while the table is small and connect to every
-    /// peer they query).
-    fn route_to(&mut self, node: NodeId, addrs: &[String]) {
-        let peer = node.to_peer_id();
-        if peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        for addr in addrs {
-            if let Ok(addr) = addr.parse::<Multiaddr>() {
-                let addr = without_peer_id(&addr);
-                if is_dialable(&addr) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                }
-            }
         }
     }
 
@@ -784,6 +757,7 @@ impl EventLoop {
                 }
             }
         }
+        debug!(%peer_id, addrs = addrs.len(), "dialling for a request");
         // Also with the addresses the behaviours know (the DHT's), and not while a dial runs.
         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
             .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
@@ -906,12 +880,6 @@ impl EventLoop {
         }
     }
 
-    fn walk_dht(&mut self) {
-        if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
-            debug!(%error, "DHT walk skipped");
-        }
-    }
-
     fn save_peers(&mut self) {
         if self.peers.take_dirty()
             && let Err(error) = self.parts.data_dir.save_peers(&self.peers.to_persisted())
@@ -1014,26 +982,11 @@ impl EventLoop {
                     .filter(is_dialable)
                     .map(|addr| without_peer_id(&addr))
                     .collect();
-                for addr in &addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
-                }
                 self.peers.learn(peer_id, addrs);
                 self.peers.set_agent(&peer_id, info.agent_version);
                 if self.view_sync == ViewSync::Wanted {
                     self.sync_view(peer_id, None);
                 }
-            }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, addresses, ..
-            }) if peer != *self.swarm.local_peer_id()
-                && !self.peers.is_connected(&peer)
-                && self.below_target() > 0 =>
-            {
-                debug!(%peer, "dialling peer found in the DHT");
-                self.dial(peer, addresses.into_vec());
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -1042,12 +995,9 @@ impl EventLoop {
             }) => self.handle_ping(peer, connection, result),
             BehaviourEvent::Market(event) => self.handle_request_response(Protocol::Market, event),
             BehaviourEvent::Ledger(event) => self.handle_request_response(Protocol::Ledger, event),
+            BehaviourEvent::View(event) => self.handle_request_response(Protocol::View, event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer_id, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
                     if !self.peers.is_connected(&peer_id) && self.below_target() > 0 {
                         self.dial(peer_id, vec![addr]);
                     }
@@ -1113,14 +1063,10 @@ impl EventLoop {
         match validate_advert(message, now) {
             Ok((signed, advert)) => {
                 let node = advert.node;
-                let new = self.parts.mesh.seq_of(&node).is_none();
-                let addrs = advert.listen_addrs.clone();
                 match self.parts.mesh.offer(signed, advert, now) {
                     Offered::Stored => {
                         debug!(%node, "advert stored");
-                        if new {
-                            self.route_to(node, &addrs);
-                        }
+
                         gossipsub::MessageAcceptance::Accept
                     }
                     Offered::Stale | Offered::Full | Offered::Distrusted => {

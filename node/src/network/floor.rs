@@ -17,7 +17,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, SwarmBuilder, gossipsub, noise, request_response, tcp, yamux,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -64,10 +63,34 @@ fn bare_swarm<B: NetworkBehaviour>(
     Ok(swarm)
 }
 
+/// A bare swarm over the memory transport (noise, yamux), for floors of large meshes.
+fn memory_swarm<B: NetworkBehaviour>(
+    make: impl FnOnce(&libp2p::identity::Keypair) -> Result<B, FloorError>,
+) -> Result<Swarm<B>, FloorError> {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let behaviour = make(&key)?;
+    Ok(SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(super::memory::transport)
+        .map_err(floor_error)?
+        .with_behaviour(|_| behaviour)
+        .map_err(floor_error)?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build())
+}
+
 /// Listens on loopback TCP port 0 and returns the bound address.
 async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Result<Multiaddr, FloorError> {
     let any: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().map_err(floor_error)?;
-    swarm.listen_on(any).map_err(floor_error)?;
+    listen_on(swarm, any).await
+}
+
+/// Listens on `addr` and returns the bound address.
+async fn listen_on<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    addr: Multiaddr,
+) -> Result<Multiaddr, FloorError> {
+    swarm.listen_on(addr).map_err(floor_error)?;
     let wait = async {
         loop {
             if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
@@ -158,18 +181,10 @@ pub async fn request_response_round_trips(
     result.map(|()| samples)
 }
 
-/// Bare gossipsub: the node's message ids (SHA-256 of the payload), heartbeat and size cap,
-/// without application validation or peer scoring.
+/// Bare gossipsub: the node's gossipsub parameters (mesh sizes, no flood publishing, message
+/// ids, heartbeat, size cap), without application validation or peer scoring.
 fn gossip_behaviour(key: &libp2p::identity::Keypair) -> Result<gossipsub::Behaviour, FloorError> {
-    let config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .message_id_fn(|message: &gossipsub::Message| {
-            gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
-        })
-        .max_transmit_size(suanli_protocol::wire::MAX_GOSSIP_MESSAGE_BYTES)
-        .heartbeat_interval(Duration::from_millis(700))
-        .build()
-        .map_err(floor_error)?;
+    let config = super::gossipsub_base().build().map_err(floor_error)?;
     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
         .map_err(floor_error)
 }
@@ -191,6 +206,7 @@ pub async fn gossipsub_spread(
     topology: &[Vec<usize>],
     payload_bytes: usize,
     rounds: usize,
+    memory: bool,
 ) -> Result<Vec<Duration>, FloorError> {
     let n = topology.len();
     if n < 2 {
@@ -200,12 +216,21 @@ pub async fn gossipsub_spread(
     let mut swarms = Vec::with_capacity(n);
     let mut addresses = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut swarm = bare_swarm(gossip_behaviour)?;
+        let mut swarm = if memory {
+            memory_swarm(gossip_behaviour)?
+        } else {
+            bare_swarm(gossip_behaviour)?
+        };
         swarm
             .behaviour_mut()
             .subscribe(&topic)
             .map_err(floor_error)?;
-        addresses.push((*swarm.local_peer_id(), listen(&mut swarm).await?));
+        let address = if memory {
+            listen_on(&mut swarm, super::memory::unique_addr()).await?
+        } else {
+            listen(&mut swarm).await?
+        };
+        addresses.push((*swarm.local_peer_id(), address));
         swarms.push(swarm);
     }
     // Each edge is dialled once, from its lower end.

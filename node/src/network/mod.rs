@@ -45,6 +45,7 @@ mod behaviour;
 mod event_loop;
 pub mod floor;
 mod frame_codec;
+pub mod memory;
 pub mod peer_manager;
 mod peers;
 pub mod tokens;
@@ -60,7 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
-    IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_config, peer_score,
+    IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_base, gossipsub_config, peer_score,
 };
 pub use frame_codec::FrameCodec;
 
@@ -488,10 +489,13 @@ pub async fn start(
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let counters = Arc::new(GossipCounters::default());
     let holds = Arc::new(PeerHolds::default());
+    let node_id = parts.keypair.node_id();
     let mut event_loop = event_loop::EventLoop::new(parts, inbox, counters.clone(), holds.clone())?;
     let listen_addrs = event_loop.listen().await?;
     let streams = event_loop.stream_control();
-    let task = tokio::spawn(event_loop.run());
+    // Every log line of the task names its node (many run in one process in tests and benches).
+    let span = tracing::debug_span!("network", node = %node_id);
+    let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(), span));
     let handle = NetworkHandle {
         commands,
         counters,
