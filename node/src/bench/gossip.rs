@@ -226,28 +226,10 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
     let mut next_report = last_started;
     while !nodes.iter().all(|node| node.mesh_size() >= n) {
         if Instant::now() >= next_report {
-            next_report += Duration::from_secs(1);
+            next_report += Duration::from_secs(5);
             let short = nodes.iter().filter(|node| node.mesh_size() < n).count();
-            let (index, smallest) = nodes
-                .iter()
-                .map(Member::mesh_size)
-                .enumerate()
-                .min_by_key(|(_, size)| *size)
-                .unwrap_or((0, 0));
-            let peers = match nodes.get(index) {
-                Some(node) => node.network().peers().await.map_or(0, |peers| peers.len()),
-                None => 0,
-            };
-            let node = nodes.get(index).map(Member::node_id);
-            info!(
-                n,
-                short,
-                smallest,
-                index,
-                ?node,
-                peers,
-                "views not full yet"
-            );
+            let smallest = nodes.iter().map(Member::mesh_size).min().unwrap_or(0);
+            info!(n, short, smallest, "views not full yet");
         }
         if Instant::now() > deadline {
             let smallest = nodes.iter().map(Member::mesh_size).min().unwrap_or(0);

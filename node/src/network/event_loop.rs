@@ -642,10 +642,10 @@ impl EventLoop {
         for (signed, advert) in page.adverts.into_iter().zip(adverts) {
             last = Some(advert.node);
             // Expired on the way or not newer: skipped, like a late gossiped advert.
-            if advert.validate(now).is_ok() {
-                if self.parts.mesh.offer(Arc::new(signed), advert, now) == Offered::Stored {
-                    stored += 1;
-                }
+            if advert.validate(now).is_ok()
+                && self.parts.mesh.offer(Arc::new(signed), advert, now) == Offered::Stored
+            {
+                stored += 1;
             }
         }
         debug!(%peer, stored, more = page.more, "view page received");

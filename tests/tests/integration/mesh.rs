@@ -239,7 +239,7 @@ async fn thirty_nodes_converge_without_exceeding_their_connection_limit() {
     const MAX: u32 = 16;
     with_timeout(async {
         let mut nodes: Vec<Arc<TestNode>> = Vec::new();
-        for index in 0..N {
+        for _ in 0..N {
             // Every node joins through node 0: one bootstrap node for the whole mesh (the
             // hotspot case: it is soon full, and must let joiners go once they synced the view).
             let bootstrap: Vec<_> = nodes
