@@ -7,14 +7,17 @@
 //! ```text
 //!   API / node ──Command──▶ EventLoop (owns Swarm) ──valid adverts──▶ MeshView
 //!                             │  ▲
-//!           gossip, kad,      ▼  │  swarm events
+//!     gossip, view sync,      ▼  │  swarm events
 //!           identify, ping   libp2p
 //! ```
 //!
-//! What it does: listens on TCP and QUIC; joins through bootstrap peers, peers remembered in the
-//! data dir, Kademlia (server mode) and optionally mDNS; keeps up to `target_peers` outbound
-//! connections and re-dials lost peers with exponential backoff; publishes this node's signed
-//! capacity advert every `advert_interval` and when a peer subscribes; validates every advert it
+//! What it does: listens on TCP and QUIC (or, for simulations, the in-process [`memory`]
+//! transport); joins through bootstrap peers, peers remembered in the data dir, the capacity view
+//! (pulled from the first peer, then dialled at the adverts' addresses) and optionally mDNS; keeps
+//! about `target_peers` peers and never more than `max_connections` connections (see
+//! [`peer_manager`]); re-dials lost peers with exponential backoff while below its target;
+//! publishes this node's signed capacity advert every `advert_interval`, on load changes, and when
+//! a peer subscribes while its advert mesh is short; validates every advert it
 //! receives (signature, sender = gossip source, sizes, TTL, clock skew) before it enters the
 //! [`MeshView`], and reports invalid ones to gossipsub, which lowers the
 //! sender's score.
@@ -24,7 +27,7 @@
 //! leaves the peer book's live set at once, before the close completes. [`Command::Peers`] and
 //! [`Command::IsConnected`] answer from that live set, never from the Swarm's view (which keeps
 //! a connection until its close completes, possibly behind a stalled socket). A peer lost so
-//! is re-dialled within a second, then at least every `ping_interval` for five minutes, then
+//! is re-dialled (below the target) within a second, then at least every `ping_interval` for five minutes, then
 //! with backoff up to a minute (the schedule is in the peer book's module doc). QUIC connections
 //! also time out by themselves after the same silence.
 //!
