@@ -275,8 +275,24 @@ fn ledger_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// A node id's text form and back, as logs, the API, the CLI and exports use them.
+fn identity_benches(c: &mut Criterion) {
+    let id = suanli_protocol::Keypair::from_secret_bytes([7; 32]).node_id();
+    let text = id.to_string();
+    let mut group = c.benchmark_group("identity");
+    group.bench_function("node id to text", |b| b.iter(|| black_box(&id).to_string()));
+    group.bench_function("node id from text", |b| {
+        b.iter(|| black_box(&text).parse::<suanli_protocol::NodeId>())
+    });
+    group.bench_function("node id to peer id", |b| {
+        b.iter(|| black_box(&id).to_peer_id())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    identity_benches,
     codec_benches,
     signing_benches,
     advert_benches,

@@ -10,6 +10,12 @@ use std::str::FromStr;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The identity multihash of a protobuf-encoded ed25519 public key, before its 32 bytes: code
+/// 0x00 (identity), length 36; `KeyType` = Ed25519 (field 1, `08 01`); the key (field 2, 32
+/// bytes, `12 20`). A peer id is these 6 bytes and the key: its text form needs no curve
+/// arithmetic.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
 /// The identity of a node: a valid ed25519 public key (32 bytes, a point on the curve that is
 /// not of small order).
 ///
@@ -55,9 +61,14 @@ impl NodeId {
         VerifyingKey::from_bytes(&self.0).map_err(|_| NodeIdError::InvalidKey)
     }
 
-    /// The libp2p form of this id.
+    /// The libp2p form of this id, built from the bytes (no point decompression: the key was
+    /// validated when the id was made).
     pub fn to_peer_id(&self) -> libp2p_identity::PeerId {
-        self.libp2p_public_key().to_peer_id()
+        let mut bytes = [0u8; 38];
+        bytes[..6].copy_from_slice(&PEER_ID_PREFIX);
+        bytes[6..].copy_from_slice(&self.0);
+        libp2p_identity::PeerId::from_bytes(&bytes)
+            .unwrap_or_else(|_| self.libp2p_public_key().to_peer_id())
     }
 
     /// The libp2p public key of this id (for the networking layer).
@@ -76,6 +87,13 @@ impl NodeId {
         // Code 0x00 is the identity multihash: the digest is the protobuf-encoded public key.
         if multihash.code() != 0 {
             return Err(NodeIdError::NotEd25519);
+        }
+        // The canonical encoding of an ed25519 key: take its bytes (one decompression, in
+        // `from_bytes`, not two).
+        if let Some(key) = multihash.digest().strip_prefix(&PEER_ID_PREFIX[2..])
+            && let Ok(key) = <[u8; 32]>::try_from(key)
+        {
+            return NodeId::from_bytes(key);
         }
         let key = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
             .map_err(|_| NodeIdError::NotEd25519)?
@@ -295,6 +313,9 @@ pub(crate) mod tests {
         #[test]
         fn text_form_round_trips(id in any::<NodeId>()) {
             prop_assert_eq!(id.to_string().parse::<NodeId>().unwrap(), id);
+            // The peer id built from the bytes is libp2p's own, and parses back the short way.
+            prop_assert_eq!(id.to_peer_id(), id.libp2p_public_key().to_peer_id());
+            prop_assert_eq!(NodeId::from_peer_id(&id.to_peer_id()).unwrap(), id);
         }
     }
 }

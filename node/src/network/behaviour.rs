@@ -172,6 +172,26 @@ pub fn build_swarm(
 
 type BehaviourError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request-response protocol of ours: framed messages capped at `max_bytes`, answered within
+/// `timeout`, at most `streams` exchanges at once per connection.
+fn request_response(
+    protocol: &'static str,
+    max_bytes: usize,
+    timeout: Duration,
+    streams: usize,
+) -> request_response::Behaviour<FrameCodec> {
+    request_response::Behaviour::with_codec(
+        FrameCodec::new(max_bytes),
+        [(
+            StreamProtocol::new(protocol),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(streams),
+    )
+}
+
 /// Every behaviour of a node, configured from `config`.
 fn behaviour(
     key: &libp2p::identity::Keypair,
@@ -206,35 +226,23 @@ fn behaviour(
     } else {
         None
     };
-    let market = request_response::Behaviour::with_codec(
-        FrameCodec::new(MAX_MARKET_MESSAGE_BYTES),
-        [(
-            StreamProtocol::new(MARKET_PROTOCOL),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(MARKET_REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(256),
+    let market = request_response(
+        MARKET_PROTOCOL,
+        MAX_MARKET_MESSAGE_BYTES,
+        MARKET_REQUEST_TIMEOUT,
+        256,
     );
-    let ledger = request_response::Behaviour::with_codec(
-        FrameCodec::new(MAX_LEDGER_MESSAGE_BYTES),
-        [(
-            StreamProtocol::new(LEDGER_PROTOCOL),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(32),
+    let ledger = request_response(
+        LEDGER_PROTOCOL,
+        MAX_LEDGER_MESSAGE_BYTES,
+        LEDGER_REQUEST_TIMEOUT,
+        32,
     );
-    let view = request_response::Behaviour::with_codec(
-        FrameCodec::new(MAX_VIEW_MESSAGE_BYTES),
-        [(
-            StreamProtocol::new(VIEW_PROTOCOL),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(LEDGER_REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(16),
+    let view = request_response(
+        VIEW_PROTOCOL,
+        MAX_VIEW_MESSAGE_BYTES,
+        LEDGER_REQUEST_TIMEOUT,
+        16,
     );
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),

@@ -811,7 +811,8 @@ impl EventLoop {
             .chain(self.inbound.values().map(|(_, peer, _)| *peer))
             .collect();
         // One connection per peer is enough (two appear when two nodes dial each other at once).
-        for (peer, connection) in self.peers.duplicates(now, GRACE) {
+        let local = *self.swarm.local_peer_id();
+        for (peer, connection) in self.peers.duplicates(&local, now, GRACE) {
             if !busy.contains(&peer) && !self.holds.is_held(&peer) {
                 debug!(%peer, %connection, "closing a second connection to a peer");
                 self.peers.closed(&peer, connection, now);

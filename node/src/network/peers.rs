@@ -67,6 +67,8 @@ struct Peer {
     cooldown_until: Option<Instant>,
     /// Whether this node dialled the peer's oldest alive connection.
     outbound: bool,
+    /// The alive connections this node dialled (the others the peer dialled).
+    dialled: std::collections::BTreeSet<ConnectionId>,
     /// When the peer's oldest alive connection opened.
     connected_at: Option<Instant>,
     /// When the peer last served or asked for something (a request or a response).
@@ -207,6 +209,9 @@ impl PeerBook {
             peer.outbound = outbound;
             peer.connected_at = Some(now);
         }
+        if outbound {
+            peer.dialled.insert(connection);
+        }
         peer.alive.insert(connection, now);
         peer.lost_at = None;
         peer.attempts = 0;
@@ -238,6 +243,7 @@ impl PeerBook {
     pub fn pruned(&mut self, peer_id: &PeerId, now: Instant) {
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.alive.clear();
+            peer.dialled.clear();
             peer.lost_at = Some(now);
             peer.attempts = 0;
             peer.redial_at = (!peer.addrs.is_empty()).then_some(now + FIRST_BACKOFF);
@@ -273,6 +279,7 @@ impl PeerBook {
         let Some(peer) = self.peers.get_mut(peer_id) else {
             return false;
         };
+        peer.dialled.remove(&connection);
         let Some(proved_at) = peer.alive.remove(&connection) else {
             return false;
         };
@@ -398,20 +405,38 @@ impl PeerBook {
             .collect()
     }
 
-    /// Every alive connection but the oldest of each peer connected for at least `settled`
-    /// (two nodes dialling each other at once end up with two).
-    pub fn duplicates(&self, now: Instant, settled: Duration) -> Vec<(PeerId, ConnectionId)> {
+    /// The alive connections to close so that each peer connected for at least `settled`
+    /// keeps one (two nodes dialling each other at once end up with two; a restarted peer's
+    /// new connection may meet its old one not yet closed). Both ends keep the same one: the
+    /// newest dialled by the node with the smaller id (`local` is this node's), else the newest.
+    pub fn duplicates(
+        &self,
+        local: &PeerId,
+        now: Instant,
+        settled: Duration,
+    ) -> Vec<(PeerId, ConnectionId)> {
         self.peers
             .iter()
             .filter(|(_, peer)| {
-                peer.connected_at
-                    .is_some_and(|at| now.saturating_duration_since(at) >= settled)
+                peer.alive.len() > 1
+                    && peer
+                        .connected_at
+                        .is_some_and(|at| now.saturating_duration_since(at) >= settled)
             })
             .flat_map(|(id, peer)| {
+                let we_dial_first = local.to_bytes() < id.to_bytes();
+                let preferred = peer
+                    .alive
+                    .keys()
+                    .rev()
+                    .find(|connection| peer.dialled.contains(connection) == we_dial_first)
+                    .or_else(|| peer.alive.keys().next_back())
+                    .copied();
                 peer.alive
                     .keys()
-                    .skip(1)
+                    .filter(|connection| Some(**connection) != preferred)
                     .map(|connection| (*id, *connection))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -750,6 +775,38 @@ mod tests {
         assert_eq!(
             dial_times(&mut book, now, Duration::from_secs(30)),
             [0, 2, 6, 11, 16, 21, 26]
+        );
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_one_of_two_connections() {
+        let now = Instant::now();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let (mut at_a, mut at_b) = (PeerBook::new(RECENT_CAP), PeerBook::new(RECENT_CAP));
+        // Connection X is dialled by a, Y by b; each end numbers them its own way.
+        at_a.connected(b, connection(1), true, now);
+        at_a.connected(b, connection(2), false, now);
+        at_b.connected(a, connection(7), false, now);
+        at_b.connected(a, connection(3), true, now);
+        let later = now + Duration::from_secs(3);
+        let closed_at_a = at_a.duplicates(&a, later, Duration::from_secs(2));
+        let closed_at_b = at_b.duplicates(&b, later, Duration::from_secs(2));
+        assert_eq!(closed_at_a.len(), 1);
+        assert_eq!(closed_at_b.len(), 1);
+        // a closes X (its own dial) exactly when b closes X (b's connection 7).
+        let a_closes_x = closed_at_a[0].1 == connection(1);
+        let b_closes_x = closed_at_b[0].1 == connection(7);
+        assert_eq!(a_closes_x, b_closes_x);
+        // Not before the connections settled.
+        assert!(at_a.duplicates(&a, now, Duration::from_secs(2)).is_empty());
+        // Two connections dialled by the same end (an old one not yet closed and a new one):
+        // the newest stays.
+        let mut book = PeerBook::new(RECENT_CAP);
+        book.connected(b, connection(4), false, now);
+        book.connected(b, connection(9), false, now);
+        assert_eq!(
+            book.duplicates(&a, later, Duration::from_secs(2)),
+            [(b, connection(4))]
         );
     }
 }
