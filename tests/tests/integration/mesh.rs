@@ -251,6 +251,11 @@ async fn thirty_nodes_converge_without_exceeding_their_connection_limit() {
             config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
             config.network.target_peers = TARGET;
             config.network.max_connections = MAX;
+            // Production-like advert timing: with the tests' 1 s / 3 s, a loaded machine lets
+            // adverts expire between re-publications, and 30 full views rarely hold at once.
+            config.network.advert_interval_secs = 5;
+            config.network.advert_ttl_secs = 30;
+            config.ledger.checkpoint_interval_secs = 5;
             let dir = tempfile::tempdir().expect("temp dir");
             nodes.push(Arc::new(TestNode::start_with(dir, config).await));
         }
