@@ -406,7 +406,7 @@ impl EventLoop {
                 peer,
                 message: request_response::Message::Response { request_id, .. },
                 ..
-            } if protocol == Protocol::View && self.view_sync == ViewSync::Running(request_id) => {
+            } if protocol == Protocol::View && self.view_sync.is_running(request_id) => {
                 let request_response::Event::Message {
                     message: request_response::Message::Response { response, .. },
                     ..
@@ -421,7 +421,7 @@ impl EventLoop {
                 request_id,
                 error,
                 ..
-            } if protocol == Protocol::View && self.view_sync == ViewSync::Running(request_id) => {
+            } if protocol == Protocol::View && self.view_sync.is_running(request_id) => {
                 debug!(%peer, %error, "view sync failed; the next suanli peer is asked");
                 self.view_sync = ViewSync::Wanted;
             }
@@ -605,13 +605,17 @@ impl EventLoop {
             return;
         };
         let id = self.swarm.behaviour_mut().view.send_request(&peer, bytes);
-        self.view_sync = ViewSync::Running(id);
+        self.view_sync = ViewSync::Running(id, after);
     }
 
     /// A page of a peer's capacity view: every advert is checked as if gossiped (signature
     /// checked in one batch); a page with an invalid advert ends the sync and counts against the
     /// peer. Asks for the next page while there is more.
     fn view_page(&mut self, peer: PeerId, bytes: &[u8]) {
+        let after = match self.view_sync {
+            ViewSync::Running(_, after) => after,
+            _ => None,
+        };
         self.view_sync = ViewSync::Wanted;
         let page = match ViewPage::from_bytes(bytes) {
             Ok(page) => page,
@@ -620,6 +624,16 @@ impl EventLoop {
                 return;
             }
         };
+        // Pages must move forward in node-id order, or a peer could keep a node pulling forever.
+        let mut previous = after;
+        for signed in &page.adverts {
+            let node = signed.signer();
+            if previous.is_some_and(|previous| node <= previous) {
+                self.strike(peer, "view page out of order");
+                return;
+            }
+            previous = Some(node);
+        }
         let now = now_ms();
         let mut batch =
             suanli_protocol::signed::SignatureBatch::new(self.parts.keypair.secret_bytes());
@@ -1196,8 +1210,15 @@ pub fn prune_slack(target: usize) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ViewSync {
     Wanted,
-    Running(OutboundRequestId),
+    /// A page after this node was asked for.
+    Running(OutboundRequestId, Option<NodeId>),
     Done,
+}
+
+impl ViewSync {
+    fn is_running(&self, request: OutboundRequestId) -> bool {
+        matches!(self, ViewSync::Running(id, _) if *id == request)
+    }
 }
 
 /// Why a gossiped advert is not stored: `Late` is a valid advert that expired on its way (ignore
