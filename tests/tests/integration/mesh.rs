@@ -190,13 +190,19 @@ async fn a_restarted_node_rejoins_through_persisted_peers() {
                 .all(|node| node.mesh_size() == 3)
         })
         .await;
-        // c knows b directly (through the DHT), not only through the bootstrap node.
-        wait_until("c is connected to b", CONVERGE, || {
-            let peers = futures::executor::block_on(c.handle.network.peers()).expect("peers");
-            peers
-                .iter()
-                .any(|peer| peer.node_id == b.handle.node_id.to_string())
-        })
+        // c knows b directly (found in the capacity view), not only through the bootstrap node,
+        // and knows where b listens (b may have dialled c: its listen addresses then come with
+        // identify, and a peer without any cannot be persisted).
+        wait_until(
+            "c is connected to b and knows its address",
+            CONVERGE,
+            || {
+                let peers = futures::executor::block_on(c.handle.network.peers()).expect("peers");
+                peers.iter().any(|peer| {
+                    peer.node_id == b.handle.node_id.to_string() && !peer.addrs.is_empty()
+                })
+            },
+        )
         .await;
         let c_id = c.handle.node_id;
         let c_dir = c.stop().await;
