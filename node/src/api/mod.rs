@@ -129,14 +129,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let too_large =
             || ApiError::TooLarge(format!("request body exceeds {MAX_BODY_BYTES} bytes"));
-        // A body announced too large is refused before a byte of it is read.
-        let announced = request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
-        }
+        let request = refuse_announced_too_large(request, MAX_BODY_BYTES)
+            .await
+            .map_err(|()| too_large())?;
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
@@ -145,6 +140,40 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
     }
+}
+
+/// Most of a refused body read (and dropped) so that its sender gets to read the answer.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// Longest time spent reading a refused body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses a request whose `Content-Length` announces more than `max` bytes, without keeping a
+/// byte of it. The body is read and dropped (at most [`DRAIN_BYTES`], for at most
+/// [`DRAIN_TIME`]) before the refusal is answered: a client still sending when the connection
+/// closes gets a broken pipe instead of the answer (seen with reqwest and Python's clients).
+pub(crate) async fn refuse_announced_too_large(
+    request: Request,
+    max: usize,
+) -> Result<Request, ()> {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_none_or(|length| length <= max as u64) {
+        return Ok(request);
+    }
+    let drain = async {
+        let mut body = request.into_body().into_data_stream();
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+            read = read.saturating_add(chunk.len());
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    Err(())
 }
 
 async fn healthz() -> Json<HealthView> {

@@ -151,13 +151,9 @@ impl Shape {
 
 /// Reads a body of at most [`MAX_BODY_BYTES`], refusing a larger one with 413.
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::body_too_large(MAX_BODY_BYTES));
-    }
+    let request = super::refuse_announced_too_large(request, MAX_BODY_BYTES)
+        .await
+        .map_err(|()| ApiError::body_too_large(MAX_BODY_BYTES))?;
     axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::body_too_large(MAX_BODY_BYTES))
