@@ -200,12 +200,25 @@ pub struct StorageConfig {
     /// snapshot written at start, ~1-2 % of the database) and the small records in-flight jobs
     /// keep writing. 0 turns the check off.
     pub min_free_bytes: u64,
+    /// Memory the database may keep as its page cache, bytes (sled's `cache_capacity`). Pages
+    /// beyond it are dropped, least recently used first, and read back from the files (the
+    /// kernel's page cache) when needed. sled evicts lazily (once 64 accesses have queued in one
+    /// of its 256 shards), so this bounds what a node accumulates over its life, not what the
+    /// ledger's open has just read. sled's own default, 1 GiB, let a node keep its whole ledger
+    /// (~0.5 KiB per entry); a cache smaller than the pages in use is read again and again and
+    /// fragments the allocator. At least 1 MiB.
+    pub cache_capacity_bytes: u64,
 }
+
+/// Smallest `storage.cache_capacity_bytes` accepted: sled splits its cache into 256 shards, and
+/// one of a few KiB would drop every page as soon as it is read.
+pub const MIN_CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             min_free_bytes: 256 * 1024 * 1024,
+            cache_capacity_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -520,6 +533,12 @@ impl Config {
                 })
                 .collect()
         };
+        if self.storage.cache_capacity_bytes < MIN_CACHE_CAPACITY_BYTES {
+            return Err(invalid(
+                "storage.cache_capacity_bytes",
+                format!("must be at least {MIN_CACHE_CAPACITY_BYTES} (1 MiB)"),
+            ));
+        }
         let network = &self.network;
         let listen = parse_addrs("network.listen", &network.listen)?;
         if listen.is_empty() {
@@ -929,6 +948,9 @@ batch_requesters = []
 # Bytes kept free on the filesystem of <data dir>/db (256 MiB). Below this the node refuses new
 # work and advertises full load until free space is back above this plus a quarter. 0: no check.
 min_free_bytes = 268435456
+# Memory the database keeps as its page cache, bytes (32 MiB); older pages are read back from
+# disk (through the kernel's page cache). At least 1 MiB.
+cache_capacity_bytes = 33554432
 "#;
 
 #[cfg(test)]
@@ -978,6 +1000,18 @@ mod tests {
                 .to_string()
                 .contains("executor.compile_threads")
         );
+        // sled panics on a cache of fewer than 256 bytes; a tiny one is refused here first.
+        let mut config = Config::default();
+        config.storage.cache_capacity_bytes = 255;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("storage.cache_capacity_bytes")
+        );
+        config.storage.cache_capacity_bytes = MIN_CACHE_CAPACITY_BYTES;
+        config.validate().unwrap();
         let mut config = Config::default();
         config.capacity.executors = vec!["docker".into()];
         assert!(

@@ -18,7 +18,7 @@
 //! Scenarios: [`floor`] (primitives: signatures, fsync, wasmtime, a libp2p round trip),
 //! [`job_latency`], [`throughput`], [`gossip`], [`ledger`], [`negotiation`], [`llm`],
 //! [`slurm`](mod@slurm) (needs a Slurm cluster, named in the environment; a full run skips it
-//! without one), [`crash`]. A
+//! without one), [`crash`], [`idle`] (the resident memory of idle `suanli run` processes). A
 //! figure's `ratio` is always `value / floor`: above 1 for times means slower than the floor,
 //! below 1 for rates means short of it.
 //!
@@ -28,6 +28,7 @@
 pub mod crash;
 pub mod floor;
 pub mod gossip;
+pub mod idle;
 pub mod job_latency;
 pub mod ledger;
 pub mod llm;
@@ -117,10 +118,11 @@ pub enum Scenario {
     Llm,
     Slurm,
     Crash,
+    Idle,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Floor,
         Scenario::JobLatency,
         Scenario::Throughput,
@@ -130,6 +132,7 @@ impl Scenario {
         Scenario::Llm,
         Scenario::Slurm,
         Scenario::Crash,
+        Scenario::Idle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +146,7 @@ impl Scenario {
             Scenario::Llm => "llm",
             Scenario::Slurm => "slurm",
             Scenario::Crash => "crash",
+            Scenario::Idle => "idle",
         }
     }
 }
@@ -157,7 +161,7 @@ impl fmt::Display for Scenario {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "unknown scenario {0:?} (known: floor, job-latency, throughput, gossip, ledger, negotiation, \
-     llm, slurm, crash)"
+     llm, slurm, crash, idle)"
 )]
 pub struct UnknownScenario(String);
 
@@ -322,6 +326,7 @@ pub async fn run(
             Scenario::Llm => llm::run(&mut context).await,
             Scenario::Slurm => slurm::run(&mut context).await,
             Scenario::Crash => crash::run(&mut context).await,
+            Scenario::Idle => idle::run(&mut context).await,
         };
         match figures {
             Ok(figures) => {
@@ -518,6 +523,15 @@ pub fn targets(figures: &[Figure]) -> Vec<[String; 3]> {
             40_000.0,
             "entries/s",
             true,
+        ));
+    }
+    if let Some(idle) = find("idle", "fresh node, idle: resident (VmRSS)") {
+        rows.push(verdict(
+            "idle node ≤ 20 MiB resident",
+            idle.value,
+            20.0,
+            "MiB",
+            false,
         ));
     }
     rows

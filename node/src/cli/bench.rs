@@ -16,7 +16,7 @@ use crate::bench::{self, Figure, Options, Scenario};
 pub struct BenchArgs {
     /// Scenarios to run (default: all): floor, job-latency, throughput, gossip, ledger,
     /// negotiation, llm, slurm (needs a cluster: the environment `scripts/slurm-cluster.sh env`
-    /// prints; skipped without one), crash.
+    /// prints; skipped without one), crash, idle.
     #[arg(value_name = "SCENARIO")]
     pub scenarios: Vec<String>,
     /// Small sample counts: finishes in well under a minute on 2 cores.

@@ -744,6 +744,7 @@ async fn a_full_disk_refuses_appends_without_writing_and_the_writer_resumes() {
             owner,
             &StorageConfig {
                 min_free_bytes: reserve,
+                ..StorageConfig::default()
             },
         );
         let monitor = ledger.storage.spawn_monitor(ledger.cancel.clone());
@@ -817,6 +818,7 @@ async fn a_full_disk_refuses_appends_without_writing_and_the_writer_resumes() {
             owner,
             &StorageConfig {
                 min_free_bytes: reserve,
+                ..StorageConfig::default()
             },
         );
         let monitor = ledger.storage.spawn_monitor(ledger.cancel.clone());
@@ -1377,6 +1379,7 @@ async fn measure_disk_use() {
     let db = dir.path().join("db");
     let config = StorageConfig {
         min_free_bytes: reserve,
+        ..StorageConfig::default()
     };
     let ledger = Running::open_with(&db, owner, &config);
     let free = |ledger: &Running| ledger.storage.available_bytes().unwrap();

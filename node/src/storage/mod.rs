@@ -196,7 +196,7 @@ impl Storage {
     /// [`StorageError::InUse`]. A filesystem already below the reserve opens as
     /// [`Health::DiskFull`].
     pub fn open(path: &Path, config: &StorageConfig) -> Result<Storage, StorageError> {
-        let db = open_database(path)?;
+        let db = open_database(path, config.cache_capacity_bytes)?;
         let durability = Durability::open(path).map_err(|error| sync_failed("open", error))?;
         let space = Space::new(path, config.min_free_bytes);
         let health = match space.available() {

@@ -21,7 +21,14 @@ fn open(dir: &TempDir) -> Storage {
 }
 
 fn with_reserve(dir: &TempDir, min_free_bytes: u64) -> Storage {
-    Storage::open(&dir.path().join("db"), &StorageConfig { min_free_bytes }).unwrap()
+    Storage::open(
+        &dir.path().join("db"),
+        &StorageConfig {
+            min_free_bytes,
+            ..StorageConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 #[tokio::test]
