@@ -35,6 +35,15 @@
 //! tells the requester it lost the run. Final contracts are rebuilt on demand (`ended`) to answer
 //! a counterparty that still asks about them.
 //!
+//! # Each signature is verified once
+//! A machine verifies every signature of the counterparty before it uses the document, and
+//! none it made or verified already: a co-signed document whose first half is this node's own
+//! (its proposal, its settlement half) has only the countersignature verified; a half it has
+//! just verified is countersigned without verifying it again; the provider's own offer and
+//! receipt are checked by their terms. What it appends is a [`CheckedBody`]: the ledger takes it
+//! without verifying it again. One remote contract costs [`VERIFIES_PER_CONTRACT`]
+//! `verify_strict` and [`SIGNS_PER_CONTRACT`] signatures on its two nodes (a test counts them).
+//!
 //! # Reconciling
 //! [`MarketRequest::Reconcile`](crate::wire::MarketRequest::Reconcile) carries what one side
 //! holds; the other appends the documents it lacks (after checking them), ends the contract the
@@ -65,7 +74,7 @@ pub use held::{Held, Learned, Status};
 
 use crate::identity::{Keypair, NodeId};
 use crate::job::{JobId, JobSpec, Limits};
-use crate::ledger::EntryBody;
+use crate::ledger::{CheckedBody, EntryBody};
 use crate::negotiation::{
     AttemptFailure, ContractDocs, ContractId, Decline, DeclineCode, Evidence, FailureRecord,
     MAX_EVIDENCE_BYTES, MAX_MESSAGE_BYTES, MisbehaviourKind, Outcome, Receipt, Usage,
@@ -152,7 +161,9 @@ impl RequestKind {
 /// Entries to append in one barrier, with what must become durable with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Append {
-    pub entries: Vec<EntryBody>,
+    /// Every signature in them was verified by this machine before it used the document, or
+    /// made by it: the ledger appends them without verifying them again.
+    pub entries: Vec<CheckedBody>,
     /// The job's output, stored under the contract id before the entries.
     pub output: Option<Vec<u8>>,
     /// Keep a durable note that the counterparty must hear of this contract's end, and send it
@@ -237,6 +248,16 @@ impl AttemptEnd {
         }
     }
 }
+
+/// `verify_strict` calls one remote contract costs its two parties from quote to settlement,
+/// ledger appends included: each checks each of the other's signatures once (requester: the
+/// offer, the countersignature, the receipt, the settlement half; provider: the proposal, the
+/// settlement's countersignature). Pinned by a test that counts them.
+pub const VERIFIES_PER_CONTRACT: u32 = 6;
+/// Signatures one remote contract costs its two parties: offer, contract, countersignature,
+/// receipt, settlement half, countersignature. Pinned by the same test. (A provider whose
+/// contract append fails signs a decline on top.)
+pub const SIGNS_PER_CONTRACT: u32 = 6;
 
 /// How long an append that failed waits before it is tried again (a contract's end must be
 /// recorded eventually; the ledger refuses while its disk is full).
@@ -366,15 +387,31 @@ fn mirrored_failure(counterparty: &str, learned: &Learned) -> (AttemptFailure, S
 }
 
 /// The entries for what was learned from the counterparty: receipt, then settlement.
-fn learned_entries(learned: &Learned) -> Vec<EntryBody> {
+/// [`Held::learn`] verified both and checked that they name the contract's parties.
+fn learned_entries(held: &Held, learned: &Learned) -> Vec<CheckedBody> {
     let mut entries = Vec::new();
     if let Some((receipt, _)) = &learned.receipt {
-        entries.push(EntryBody::Receipt(receipt.clone()));
+        entries.push(contract_entry(held, EntryBody::Receipt(receipt.clone())));
     }
     if let Some(settlement) = &learned.settlement {
-        entries.push(EntryBody::Settlement(settlement.clone()));
+        entries.push(contract_entry(
+            held,
+            EntryBody::Settlement(settlement.clone()),
+        ));
     }
     entries
+}
+
+/// A document of `held`'s contract (the contract, a receipt or a settlement naming the
+/// contract's parties) that this machine has verified or signed itself: either party records it.
+fn contract_entry(held: &Held, body: EntryBody) -> CheckedBody {
+    let contract = held.contract();
+    CheckedBody::vouched(body, [contract.requester, contract.provider])
+}
+
+/// This node's own signed statement (its failure record, its evidence): it records it.
+fn own_entry(ctx: &Context<'_>, body: EntryBody) -> CheckedBody {
+    CheckedBody::vouched(body, [ctx.me(); 2])
 }
 
 /// This node's signed evidence that `offender` misbehaved, holding the offending bytes.

@@ -83,7 +83,23 @@ impl EntryBody {
     /// Verifies every signature in the body and that `owner` is entitled to record it: a party to
     /// the contract, receipt or settlement, or the signer of its own statements.
     pub fn verify(&self, owner: NodeId) -> Result<(), EntryError> {
-        let parties = match self {
+        check_owner(self.verify_parties()?, owner)
+    }
+
+    /// Verifies every signature in the body, as [`verify`](Self::verify) does, and returns it as
+    /// a [`CheckedBody`], whose owner is checked by [`CheckedBody::check_owner`].
+    pub fn check(self) -> Result<CheckedBody, EntryError> {
+        let parties = self.verify_parties()?;
+        Ok(CheckedBody {
+            body: self,
+            parties,
+        })
+    }
+
+    /// Verifies every signature; returns who may record the body (twice the signer for a
+    /// node's own statements).
+    fn verify_parties(&self) -> Result<[NodeId; 2], EntryError> {
+        Ok(match self {
             EntryBody::Contract(contract) => {
                 let contract = contract.verify()?;
                 [contract.requester, contract.provider]
@@ -102,12 +118,48 @@ impl EntryBody {
                 let usage = usage.verify()?;
                 [usage.requester, usage.provider]
             }
-        };
-        if parties.contains(&owner) {
-            Ok(())
-        } else {
-            Err(EntryError::NotAParty)
-        }
+        })
+    }
+}
+
+fn check_owner(parties: [NodeId; 2], owner: NodeId) -> Result<(), EntryError> {
+    if parties.contains(&owner) {
+        Ok(())
+    } else {
+        Err(EntryError::NotAParty)
+    }
+}
+
+/// An entry body every signature of which this node has verified or made itself, with the
+/// parties entitled to record it: what a ledger appends without verifying it again. Only
+/// [`EntryBody::check`] (which verifies) and the contract engine (for documents it has just
+/// verified or signed, see [`crate::engine::Append`]) build one; it has no `Deserialize`, so
+/// bytes from anywhere else cannot become one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBody {
+    body: EntryBody,
+    parties: [NodeId; 2],
+}
+
+impl CheckedBody {
+    /// For the engine: `body`, every signature of which the caller has just verified or made,
+    /// and who may record it (the document's parties; its signer twice for a node's own
+    /// statement). Crate-private: the claim is only as good as the code making it.
+    pub(crate) fn vouched(body: EntryBody, parties: [NodeId; 2]) -> CheckedBody {
+        CheckedBody { body, parties }
+    }
+
+    /// The cheap half of [`EntryBody::verify`]: `owner` is entitled to record this body.
+    pub fn check_owner(&self, owner: NodeId) -> Result<(), EntryError> {
+        check_owner(self.parties, owner)
+    }
+
+    pub fn body(&self) -> &EntryBody {
+        &self.body
+    }
+
+    pub fn into_body(self) -> EntryBody {
+        self.body
     }
 }
 
@@ -139,11 +191,7 @@ impl EntryBody {
                 [usage.requester, usage.provider]
             }
         };
-        if parties.contains(&owner) {
-            Ok(())
-        } else {
-            Err(EntryError::NotAParty)
-        }
+        check_owner(parties, owner)
     }
 }
 

@@ -20,7 +20,8 @@
 //! The quote request carries the job spec as raw bytes with the submitter's nonce, so the
 //! provider derives the job id and job hash from exactly the bytes the requester hashed. On
 //! `Propose` the provider checks the contract against the quote ([`Contract::check_quote`]) and
-//! against its own signed offer ([`Contract::check_offer`]) before countersigning.
+//! against its own signed offer ([`Contract::check_own_offer`]: by its terms, the signature is
+//! its own) before countersigning.
 
 use std::fmt;
 
@@ -347,8 +348,29 @@ impl Contract {
     /// are the offer's. Checked in that order; returns the decoded offer. Whether the offer is
     /// still valid (`valid_until_ms`) is for the caller, which has a clock.
     pub fn check_offer(&self, offer: &Signed<Offer>) -> Result<Offer, ContractCheckError> {
-        use ContractField as F;
         let document = offer.verify()?;
+        self.check_offer_terms(offer, document)
+    }
+
+    /// [`check_offer`](Self::check_offer) of an offer this node signed itself and kept (the
+    /// provider's offer book): the same checks but the signature, which this node made, and the
+    /// signer must be the contract's provider. Never for an offer that came from elsewhere.
+    pub fn check_own_offer(&self, offer: &Signed<Offer>) -> Result<Offer, ContractCheckError> {
+        let document = offer.decode_unverified()?;
+        same(
+            ContractCheckError::OfferMismatch,
+            ContractField::Provider,
+            offer.signer() == self.provider,
+        )?;
+        self.check_offer_terms(offer, document)
+    }
+
+    fn check_offer_terms(
+        &self,
+        offer: &Signed<Offer>,
+        document: Offer,
+    ) -> Result<Offer, ContractCheckError> {
+        use ContractField as F;
         let check = |field, equal| same(ContractCheckError::OfferMismatch, field, equal);
         check(F::Offer, self.offer == offer.digest())?;
         check(F::Provider, self.provider == document.provider)?;

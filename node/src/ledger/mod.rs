@@ -38,9 +38,13 @@
 //!   storage for room ([`Storage::ensure_space`]); without it every caller of the group gets
 //!   [`LedgerError::DiskFull`], nothing was written (no seq is used), and the writer takes the
 //!   next group as usual: appends succeed again as soon as the storage's health is back.
-//! - **Only the writer task appends**, and only bodies that verify with the owner as a party
-//!   (checked in the caller's task before the body is queued, so signature checks run in
-//!   parallel; the writer accepts nothing else, see `writer::VerifiedBody`).
+//! - **Only the writer task appends**, and only bodies that verify with the owner as a party,
+//!   by type: the writer takes a `writer::VerifiedBody`, made only from a
+//!   [`CheckedBody`](suanli_protocol::ledger::CheckedBody), which only verification makes
+//!   ([`LedgerHandle::append`] verifies in the caller's task, so signature checks run in
+//!   parallel) or the contract engine, for documents it has just verified or signed
+//!   ([`LedgerHandle::append_checked`]: each signature is verified once per node, not again on
+//!   append). The owner-is-a-party check runs on every append.
 //! - **Readers never see past the durable head**: `range`, `verify`, `balances`, roots and proofs
 //!   stop at [`LedgerHandle::head`], which moves only after a barrier. The writer extends the
 //!   Merkle tree after the barrier and *before* the head moves, so a reader that sees size `n` can
@@ -71,8 +75,8 @@
 //! million entries), plus up to as much again transiently while its vectors grow; [`verify`]
 //! checks every signature, in strict batches of 128 entries with `verify_strict`'s verdict
 //! (~14,000 co-signed entries per second on one core; ~9,000 one by one) and, like [`balances`], reads the whole ledger and blocks: in async code call them from
-//! `spawn_blocking`. Each append's body is verified in the caller's task (~0.12 ms for a
-//! co-signed contract), which is the throughput limit under load, not the disk.
+//! `spawn_blocking`. A body given to [`LedgerHandle::append`] is verified in the caller's task
+//! (~0.12 ms for a co-signed contract); the contract engine's bodies come checked already.
 //!
 //! [`verify`]: LedgerHandle::verify
 //! [`balances`]: LedgerHandle::balances
@@ -92,7 +96,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use suanli_protocol::checkpoint::PrefixProof;
-use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError};
+use suanli_protocol::ledger::{ChainHead, CheckedBody, EntryBody, EntryError};
 use suanli_protocol::merkle::{ConsistencyProof, InclusionProof, ProveError};
 use suanli_protocol::tokens::UsageReceipt;
 use suanli_protocol::{CoSigned, ContractDocs, ContractId, EncodeError, Hash32, JobId, NodeId};
@@ -398,6 +402,20 @@ impl LedgerHandle {
     /// returns once they are durable. Each body is checked as in [`append`](Self::append); one
     /// refused body refuses them all.
     pub async fn append_all(&self, bodies: Vec<EntryBody>) -> Result<Vec<Appended>, LedgerError> {
+        let bodies = bodies
+            .into_iter()
+            .map(EntryBody::check)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_checked(bodies).await
+    }
+
+    /// [`append_all`](Self::append_all) of bodies whose signatures are checked already (the
+    /// contract engine's [`Append`](suanli_protocol::engine::Append)): only the owner is checked
+    /// (a party to each), not the signatures again.
+    pub async fn append_checked(
+        &self,
+        bodies: Vec<CheckedBody>,
+    ) -> Result<Vec<Appended>, LedgerError> {
         let bodies = bodies
             .into_iter()
             .map(|body| VerifiedBody::new(body, self.shared.owner))

@@ -651,6 +651,17 @@ async fn refuses_bodies_the_owner_may_not_record() {
             .await
             .unwrap_err();
         assert!(matches!(error, LedgerError::Refused(EntryError::NotAParty)));
+        // Checked already (its signatures are good), but not ours: the owner is still checked.
+        let checked = contract_body(1).check().unwrap();
+        let error = ledger
+            .handle
+            .append_checked(vec![checked])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, LedgerError::Refused(EntryError::NotAParty)),
+            "{error:?}"
+        );
         // Our own contract, with a forged countersignature.
         let deal = Deal::new(2, &requester(), &me, 1).unwrap();
         let mut encoded = suanli_protocol::codec::encode(&deal.contract).unwrap();

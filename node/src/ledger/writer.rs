@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use suanli_protocol::NodeId;
-use suanli_protocol::ledger::{ChainHead, EntryBody, EntryError, LedgerEntry, entry_hash};
+use suanli_protocol::ledger::{
+    ChainHead, CheckedBody, EntryBody, EntryError, LedgerEntry, entry_hash,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -43,14 +45,16 @@ use crate::storage::WriteBatch;
 pub(super) const MAX_BATCH: usize = 256;
 
 /// A body whose signatures were checked and whose owner is a party: the only thing the writer
-/// appends. The field is private to this module, so [`VerifiedBody::new`] is the only way in.
+/// appends. The field is private to this module, so [`VerifiedBody::new`] is the only way in,
+/// and it takes a [`CheckedBody`], which only verification (or the contract engine, for what it
+/// has just verified or signed) makes: the signatures are not checked again here.
 #[derive(Debug)]
 pub(super) struct VerifiedBody(EntryBody);
 
 impl VerifiedBody {
-    pub(super) fn new(body: EntryBody, owner: NodeId) -> Result<VerifiedBody, EntryError> {
-        body.verify(owner)?;
-        Ok(VerifiedBody(body))
+    pub(super) fn new(body: CheckedBody, owner: NodeId) -> Result<VerifiedBody, EntryError> {
+        body.check_owner(owner)?;
+        Ok(VerifiedBody(body.into_body()))
     }
 }
 

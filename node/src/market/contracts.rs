@@ -752,11 +752,12 @@ impl Driver {
     /// counterparty), then appends the entries in one barrier.
     async fn append(&mut self, append: Append) -> Result<(), String> {
         let inner = &self.market.inner;
-        let id = self
-            .machine
-            .held()
-            .map(Held::id)
-            .or_else(|| append.entries.iter().find_map(super::entry_contract));
+        let id = self.machine.held().map(Held::id).or_else(|| {
+            append
+                .entries
+                .iter()
+                .find_map(|entry| super::entry_contract(entry.body()))
+        });
         if let Some(id) = id {
             if let Some(output) = &append.output {
                 inner
@@ -768,7 +769,8 @@ impl Driver {
                 inner.outbox.note(id).map_err(|error| error.to_string())?;
             }
         }
-        match inner.ledger.append_all(append.entries).await {
+        // The engine verified or signed every signature in them: appended as checked.
+        match inner.ledger.append_checked(append.entries).await {
             Ok(_) => {
                 if append.notify {
                     inner.outbox.wake();

@@ -63,11 +63,17 @@ fn require(document: &'static str, field: &'static str, same: bool) -> Result<()
     }
 }
 
-/// The provider's countersignature: both signatures verify and it covers exactly `proposal`.
+/// The provider's countersignature: both signatures verify and it covers exactly `proposal`,
+/// which must be this node's own signed proposal. When the first half is that very proposal
+/// (bytes, signer and signature), only the countersignature is verified: the other signature is
+/// this node's own.
 pub fn check_countersigned(
     proposal: &Signed<Contract>,
     cosigned: &CoSigned<Contract>,
 ) -> Result<Contract, CheckError> {
+    if cosigned.first() == proposal {
+        return Ok(cosigned.verify_countersignature()?);
+    }
     let contract = cosigned.verify()?;
     require(
         "countersigned contract",
@@ -107,7 +113,16 @@ pub fn check_receipt(
     id: ContractId,
     signed: &Signed<Receipt>,
 ) -> Result<Receipt, CheckError> {
-    let receipt = signed.verify()?;
+    check_receipt_terms(contract, id, signed.verify()?)
+}
+
+/// [`check_receipt`] without the signature: for a receipt this node signed itself (the
+/// provider checks its own before delivering it) or whose signature the caller verified.
+pub fn check_receipt_terms(
+    contract: &Contract,
+    id: ContractId,
+    receipt: Receipt,
+) -> Result<Receipt, CheckError> {
     require("receipt", "contract_id", receipt.contract_id == id)?;
     require("receipt", "job_id", receipt.job_id == contract.job_id)?;
     require("receipt", "provider", receipt.provider == contract.provider)?;
@@ -184,7 +199,7 @@ pub fn check_receipt(
 
 /// A settlement's terms: it settles the receipt whose digest is `receipt_digest`, of contract
 /// `id`, between the contract's parties, at the receipt's cost. Signatures are the caller's:
-/// the provider's half is checked by [`CoSigned::countersign`], both by [`CoSigned::verify`].
+/// the provider's half is checked by [`check_delivery`], both by [`check_settlement`].
 pub fn check_settlement_terms(
     contract: &Contract,
     id: ContractId,
@@ -218,7 +233,24 @@ pub fn check_settlement(
     receipt: &Signed<Receipt>,
     settled: &CoSigned<Settlement>,
 ) -> Result<Settlement, CheckError> {
-    let settlement = settled.verify()?;
+    check_settlement_of(contract, id, receipt, None, settled)
+}
+
+/// [`check_settlement`] for the provider that delivered the settlement half `delivered` (its
+/// own signature): when `settled` completes that very half, only the countersignature is
+/// verified.
+pub fn check_settlement_of(
+    contract: &Contract,
+    id: ContractId,
+    receipt: &Signed<Receipt>,
+    delivered: Option<&Signed<Settlement>>,
+    settled: &CoSigned<Settlement>,
+) -> Result<Settlement, CheckError> {
+    let settlement = if delivered.is_some_and(|half| half == settled.first()) {
+        settled.verify_countersignature()?
+    } else {
+        settled.verify()?
+    };
     let decoded = receipt.decode_unverified()?;
     check_settlement_terms(contract, id, receipt.digest(), &decoded, &settlement)?;
     Ok(settlement)

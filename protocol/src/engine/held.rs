@@ -204,6 +204,18 @@ impl Held {
         theirs: &ContractDocs,
         counterparty: NodeId,
     ) -> Result<Learned, CheckError> {
+        self.learn_delivered(theirs, counterparty, None)
+    }
+
+    /// [`learn`](Self::learn) for a provider that delivered the settlement half `delivered`:
+    /// a settlement completing that very half has only its countersignature verified (the half
+    /// is this node's own signature).
+    pub(crate) fn learn_delivered(
+        &self,
+        theirs: &ContractDocs,
+        counterparty: NodeId,
+        delivered: Option<&Signed<Settlement>>,
+    ) -> Result<Learned, CheckError> {
         if theirs.contract.bytes() != self.docs.contract.bytes() {
             return Err(CheckError::Mismatch {
                 document: "contract",
@@ -233,7 +245,13 @@ impl Held {
                 .conflicts
                 .push("a settlement of a contract this node failed".into()),
             (None, Some(settled), Some(receipt)) => {
-                match checks::check_settlement(&self.contract, self.id, receipt, settled) {
+                match checks::check_settlement_of(
+                    &self.contract,
+                    self.id,
+                    receipt,
+                    delivered,
+                    settled,
+                ) {
                     Ok(_) => learned.settlement = Some(settled.clone()),
                     Err(error) => learned.conflicts.push(format!("settlement: {error}")),
                 }

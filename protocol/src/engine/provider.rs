@@ -18,14 +18,14 @@
 use super::checks::{self, CheckError};
 use super::{
     APPEND_RETRY_MS, Append, Context, Effect, Held, Learned, Outbound, RequestKind, Role, RunOrder,
-    RunReport, Status, adopt, busy, learned_entries, mirrored_failure, reconciled, sign_decline,
-    sign_failure, wire_error,
+    RunReport, Status, adopt, busy, contract_entry, learned_entries, mirrored_failure, own_entry,
+    reconciled, sign_decline, sign_failure, wire_error,
 };
 use crate::advert::ExecutorKind;
 use crate::hash::Hash32;
 use crate::identity::NodeId;
 use crate::job::{JobSpec, job_hash_from_bytes};
-use crate::ledger::EntryBody;
+use crate::ledger::{CheckedBody, EntryBody};
 use crate::negotiation::{
     AttemptFailure, Contract, ContractDocs, ContractId, DeclineCode, Offer, QuoteRequest, Receipt,
     Settlement,
@@ -91,11 +91,11 @@ enum State {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Pending {
-    /// The countersigned contract: then the answer to the proposal.
+    /// The countersigned contract: then the answer to the proposal (a decline, signed then,
+    /// should the append fail).
     Contract {
         held: Held,
         cosigned: CoSigned<Contract>,
-        decline: Option<Signed<crate::negotiation::Decline>>,
     },
     /// The receipt and output: then the delivery. Retried until durable.
     Receipt {
@@ -142,7 +142,8 @@ impl Provider {
     /// A proposal from `from` for the offer this node made in answer to `quote`: checks it
     /// against the quote, the offer, the offer's validity and the deadline rules, then
     /// countersigns and records it (answering `Countersigned` once durable) or declines it.
-    /// `None` when no contract came to be (the answer is among the effects).
+    /// `None` when no contract came to be (the answer is among the effects). `offer` is this
+    /// node's own, as it signed it: its terms are checked, its signature is not.
     pub fn propose(
         ctx: &Context<'_>,
         from: NodeId,
@@ -177,8 +178,9 @@ impl Provider {
             let answer = decline_answer(ctx, &contract, id, DeclineCode::Other, &reason);
             return (None, vec![answer]);
         }
-        let (cosigned, _) = match CoSigned::countersign(proposal, ctx.keypair) {
-            Ok(countersigned) => countersigned,
+        // Verified above: countersigning does not check the requester's signature again.
+        let cosigned = match CoSigned::countersign_verified(proposal, &contract, ctx.keypair) {
+            Ok(cosigned) => cosigned,
             Err(error) => {
                 return (
                     None,
@@ -189,16 +191,8 @@ impl Provider {
                 );
             }
         };
-        let held = Held::from_parts(cosigned.clone(), contract.clone());
-        let decline = sign_decline(
-            ctx,
-            from,
-            contract.job_id,
-            Some(id),
-            DeclineCode::Other,
-            "this node cannot record the contract now (its ledger refused); try another provider",
-        )
-        .ok();
+        let held = Held::from_parts(cosigned.clone(), contract);
+        let entry = contract_entry(&held, EntryBody::Contract(cosigned.clone()));
         let mut machine = Provider {
             requester: from,
             self_dealing: from == ctx.me(),
@@ -214,13 +208,9 @@ impl Provider {
         };
         let mut out = Vec::new();
         machine.commit(
-            Pending::Contract {
-                held,
-                cosigned: cosigned.clone(),
-                decline,
-            },
+            Pending::Contract { held, cosigned },
             Append {
-                entries: vec![EntryBody::Contract(cosigned)],
+                entries: vec![entry],
                 output: None,
                 notify: false,
             },
@@ -444,11 +434,21 @@ impl Provider {
         let retry_at = Some(ctx.now_ms.saturating_add(APPEND_RETRY_MS));
         match self.pending.take() {
             None => {}
-            Some(Pending::Contract { decline, .. }) => {
+            Some(Pending::Contract { held, .. }) => {
                 self.state = State::Ended { held: None };
+                // Signed only now, when it is sent: nothing durable depends on it.
+                let decline = sign_decline(
+                    ctx,
+                    self.requester,
+                    held.contract().job_id,
+                    Some(held.id()),
+                    DeclineCode::Other,
+                    "this node cannot record the contract now (its ledger refused); \
+                     try another provider",
+                );
                 out.push(match decline {
-                    Some(decline) => Effect::Respond(MarketResponse::Decline(decline)),
-                    None => busy(),
+                    Ok(decline) => Effect::Respond(MarketResponse::Decline(decline)),
+                    Err(_) => busy(),
                 });
             }
             Some(Pending::Receipt {
@@ -635,7 +635,10 @@ impl Provider {
             Ok((delivery, receipt)) => {
                 let filled = held.with_receipt(delivery.receipt.clone(), receipt);
                 let append = Append {
-                    entries: vec![EntryBody::Receipt(delivery.receipt.clone())],
+                    entries: vec![contract_entry(
+                        &filled,
+                        EntryBody::Receipt(delivery.receipt.clone()),
+                    )],
                     output: Some(delivery.output.clone()),
                     notify: false,
                 };
@@ -747,7 +750,15 @@ impl Provider {
             }
             return;
         };
-        let learned = match held.learn(theirs, self.requester) {
+        // The settlement half this node delivered is its own signature: not checked again.
+        let delivered = match &self.state {
+            State::Delivering {
+                delivery: Some(delivery),
+                ..
+            } => Some(&delivery.settlement),
+            _ => None,
+        };
+        let learned = match held.learn_delivered(theirs, self.requester, delivered) {
             Ok(learned) => learned,
             Err(error) => {
                 out.push(Effect::Penalize(format!("reconcile: {error}")));
@@ -766,7 +777,7 @@ impl Provider {
         match &self.state {
             State::Ended { .. } => {
                 if learned.adds_documents() {
-                    let entries = learned_entries(&learned);
+                    let entries = learned_entries(&held, &learned);
                     let filled = held.with_learned(&learned);
                     let append = Append {
                         entries,
@@ -831,9 +842,12 @@ impl Provider {
     ) {
         let mut entries = Vec::new();
         if adopted {
-            entries.push(EntryBody::Contract(held.docs().contract));
+            entries.push(contract_entry(
+                &held,
+                EntryBody::Contract(held.docs().contract),
+            ));
         }
-        entries.extend(learned_entries(learned));
+        entries.extend(learned_entries(&held, learned));
         let held = held.with_learned(learned);
         if learned.settlement.is_some() || held.settlement().is_some() {
             let append = Append {
@@ -868,7 +882,7 @@ impl Provider {
         held: Held,
         failure: AttemptFailure,
         message: &str,
-        extra: Vec<EntryBody>,
+        extra: Vec<CheckedBody>,
         notify: bool,
         respond: bool,
         out: &mut Vec<Effect>,
@@ -887,7 +901,7 @@ impl Provider {
             }
         };
         let mut entries = extra;
-        entries.push(EntryBody::Failure(record.clone()));
+        entries.push(own_entry(ctx, EntryBody::Failure(record.clone())));
         let append = Append {
             entries,
             output: None,
@@ -922,8 +936,10 @@ fn check_proposal(
     contract
         .check_quote(quote)
         .map_err(|error| error.to_string())?;
+    // The offer is this node's own, from its offer book: its terms are checked, not its
+    // signature.
     let offer = contract
-        .check_offer(offer)
+        .check_own_offer(offer)
         .map_err(|error| error.to_string())?;
     if offer.valid_until_ms < ctx.now_ms {
         return Err("the offer expired".into());
@@ -1026,8 +1042,9 @@ fn sign_delivery(
     };
     let signed = Signed::sign(&receipt, ctx.keypair)
         .map_err(|error| format!("cannot sign the receipt: {error}"))?;
-    // This node's own receipt must pass the requester's checks, or delivering it is pointless.
-    checks::check_receipt(contract, held.id(), &signed)
+    // This node's own receipt must pass the requester's checks, or delivering it is pointless
+    // (its terms: the signature is this node's own).
+    checks::check_receipt_terms(contract, held.id(), receipt.clone())
         .map_err(|error: CheckError| format!("the run's receipt breaks the contract: {error}"))?;
     check_output_fits(contract, &receipt, &report.output)?;
     let settlement = settlement_half(ctx, held, &signed, &receipt)?;

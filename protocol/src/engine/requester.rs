@@ -19,13 +19,13 @@
 use super::checks::{self, CheckError};
 use super::{
     APPEND_RETRY_MS, Append, AttemptEnd, Context, Effect, Held, Learned, Outbound, RequestKind,
-    Role, Status, adopt, busy, learned_entries, mirrored_failure, reconciled, sign_evidence,
-    sign_failure, truncate, wire_error,
+    Role, Status, adopt, busy, contract_entry, learned_entries, mirrored_failure, own_entry,
+    reconciled, sign_evidence, sign_failure, truncate, wire_error,
 };
 use crate::codec;
 use crate::identity::NodeId;
 use crate::job::{JobId, JobSpec};
-use crate::ledger::EntryBody;
+use crate::ledger::{CheckedBody, EntryBody};
 use crate::negotiation::{
     AttemptFailure, Contract, ContractDocs, ContractId, DeclineCode, MisbehaviourKind, Offer,
     QuoteRequest, Receipt,
@@ -733,9 +733,10 @@ impl Requester {
         match checks::check_countersigned(&proposal, &cosigned) {
             Ok(contract) => {
                 let held = Held::from_parts(cosigned.clone(), contract);
+                let entry = contract_entry(&held, EntryBody::Contract(cosigned));
                 self.pending = Some(Pending::Contract { held });
                 out.push(Effect::Append(Append {
-                    entries: vec![EntryBody::Contract(cosigned)],
+                    entries: vec![entry],
                     output: None,
                     notify: false,
                 }));
@@ -928,7 +929,7 @@ impl Requester {
         out: &mut Vec<Effect>,
     ) {
         let checked = checks::check_delivery(held.contract(), held.id(), &delivery);
-        let (receipt, _) = match checked {
+        let (receipt, settlement) = match checked {
             Ok(checked) => checked,
             Err(error) => {
                 let message = format!("delivery refused: {error}");
@@ -938,7 +939,9 @@ impl Requester {
                     kind => {
                         let payload = codec::encode(&delivery.receipt).unwrap_or_default();
                         match sign_evidence(ctx, self.provider, kind, &message, payload) {
-                            Ok(evidence) => extra.push(EntryBody::Misbehaviour(evidence)),
+                            Ok(evidence) => {
+                                extra.push(own_entry(ctx, EntryBody::Misbehaviour(evidence)));
+                            }
                             Err(fault) => out.push(Effect::Fault(fault)),
                         }
                     }
@@ -955,8 +958,13 @@ impl Requester {
                 );
             }
         };
-        let settled = match CoSigned::countersign(delivery.settlement.clone(), ctx.keypair) {
-            Ok((settled, _)) => settled,
+        // `check_delivery` verified the provider's half: countersigning does not check it again.
+        let settled = match CoSigned::countersign_verified(
+            delivery.settlement.clone(),
+            &settlement,
+            ctx.keypair,
+        ) {
+            Ok(settled) => settled,
             Err(error) => {
                 out.push(Effect::Fault(format!("cannot countersign: {error}")));
                 return out.push(Effect::Respond(wire_error(
@@ -965,10 +973,14 @@ impl Requester {
                 )));
             }
         };
+        let entries = vec![
+            contract_entry(&held, EntryBody::Receipt(delivery.receipt.clone())),
+            contract_entry(&held, EntryBody::Settlement(settled.clone())),
+        ];
         let settled_held = held
             .clone()
-            .with_receipt(delivery.receipt.clone(), receipt.clone())
-            .with_settlement(settled.clone());
+            .with_receipt(delivery.receipt, receipt.clone())
+            .with_settlement(settled);
         self.pending = Some(Pending::Settle {
             held: settled_held,
             prior: held,
@@ -977,10 +989,7 @@ impl Requester {
             respond: true,
         });
         out.push(Effect::Append(Append {
-            entries: vec![
-                EntryBody::Receipt(delivery.receipt),
-                EntryBody::Settlement(settled),
-            ],
+            entries,
             output: Some(delivery.output),
             notify: false,
         }));
@@ -995,7 +1004,10 @@ impl Requester {
                 checks::check_receipt(held.contract(), held.id(), &delivery.receipt)
         {
             let filled = held.with_receipt(delivery.receipt.clone(), receipt);
-            let entries = vec![EntryBody::Receipt(delivery.receipt.clone())];
+            let entries = vec![contract_entry(
+                &filled,
+                EntryBody::Receipt(delivery.receipt.clone()),
+            )];
             return self.record(filled, entries, None, true, out);
         }
         out.push(reconciled(&held));
@@ -1030,7 +1042,7 @@ impl Requester {
         }
         if matches!(self.state, State::Ended { .. }) {
             if learned.adds_documents() {
-                let entries = learned_entries(&learned);
+                let entries = learned_entries(&held, &learned);
                 return self.record(held.with_learned(&learned), entries, None, respond, out);
             }
             if respond {
@@ -1071,13 +1083,16 @@ impl Requester {
     ) {
         let mut entries = Vec::new();
         if adopted {
-            entries.push(EntryBody::Contract(held.docs().contract));
+            entries.push(contract_entry(
+                &held,
+                EntryBody::Contract(held.docs().contract),
+            ));
         }
         if learned.settlement.is_some() {
-            entries.extend(learned_entries(learned));
+            entries.extend(learned_entries(&held, learned));
             return self.record(held.with_learned(learned), entries, None, respond, out);
         }
-        entries.extend(learned_entries(learned));
+        entries.extend(learned_entries(&held, learned));
         let held = held.with_learned(learned);
         let (failure, message) = mirrored_failure("provider", learned);
         self.fail(ctx, held, failure, &message, entries, false, respond, out);
@@ -1092,7 +1107,7 @@ impl Requester {
         held: Held,
         failure: AttemptFailure,
         message: &str,
-        extra: Vec<EntryBody>,
+        extra: Vec<CheckedBody>,
         notify: bool,
         respond: bool,
         out: &mut Vec<Effect>,
@@ -1106,7 +1121,7 @@ impl Requester {
             }
         };
         let mut entries = extra;
-        entries.push(EntryBody::Failure(record.clone()));
+        entries.push(own_entry(ctx, EntryBody::Failure(record.clone())));
         let end = AttemptEnd::Failed {
             contract_id: held.id(),
             failure,
@@ -1139,7 +1154,7 @@ impl Requester {
     fn record(
         &mut self,
         held: Held,
-        entries: Vec<EntryBody>,
+        entries: Vec<CheckedBody>,
         end: Option<AttemptEnd>,
         respond: bool,
         out: &mut Vec<Effect>,
@@ -1173,7 +1188,7 @@ impl Requester {
             Ok(evidence) => {
                 self.pending = Some(Pending::Evidence { end });
                 out.push(Effect::Append(Append {
-                    entries: vec![EntryBody::Misbehaviour(evidence)],
+                    entries: vec![own_entry(ctx, EntryBody::Misbehaviour(evidence))],
                     output: None,
                     notify: false,
                 }));

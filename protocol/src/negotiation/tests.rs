@@ -184,8 +184,10 @@ fn contract_must_match_the_offer() {
     for (mutate, expected) in cases {
         let mut contract = contract();
         mutate(&mut contract);
-        assert_eq!(contract.check_offer(&signed_offer()), Err(expected));
+        assert_eq!(contract.check_offer(&signed_offer()), Err(expected.clone()));
+        assert_eq!(contract.check_own_offer(&signed_offer()), Err(expected));
     }
+    assert_eq!(contract().check_own_offer(&signed_offer()), Ok(offer()));
     // Another offer with the same terms but a different digest (another reservation).
     let other = Signed::sign(
         &Offer {
@@ -204,6 +206,23 @@ fn contract_must_match_the_offer() {
         contract().check_offer(&forged),
         Err(ContractCheckError::Offer(VerifyError::WrongSigner { .. }))
     ));
+    // Its own offer is checked without its signature, but by its terms and signer all the same.
+    assert_eq!(
+        contract().check_own_offer(&forged),
+        Err(OfferMismatch(F::Offer))
+    );
+    let strangers = Signed::sign(
+        &Offer {
+            provider: stranger().node_id(),
+            ..offer()
+        },
+        &stranger(),
+    )
+    .unwrap();
+    assert_eq!(
+        contract().check_own_offer(&strangers),
+        Err(OfferMismatch(F::Provider))
+    );
 }
 
 fn assert_bounded<T: Document + std::fmt::Debug + PartialEq>(

@@ -110,7 +110,7 @@ fn a_contract_through_wire_messages() {
                     ));
                 }
                 Effect::Append(append) => {
-                    ledger.extend(append.entries);
+                    ledger.extend(append.entries.into_iter().map(|entry| entry.into_body()));
                     durable = true;
                 }
                 Effect::Run(order) => runs.push(order),

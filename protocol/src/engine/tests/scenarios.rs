@@ -11,6 +11,52 @@ fn a_contract_settles_on_both_sides_without_faults() {
     assert_eq!(sim.contracts(), 1, "{}", sim.trace());
 }
 
+/// One remote contract costs exactly the signature work `VERIFIES_PER_CONTRACT` and
+/// `SIGNS_PER_CONTRACT` state (the throughput benchmark's floor uses them): each party checks
+/// each of the other's signatures once, and nothing it signed or checked already, appends
+/// included. A re-check that creeps back fails here.
+#[test]
+fn a_contract_checks_each_signature_once() {
+    use super::sim::SignatureWork;
+    use crate::engine::{SIGNS_PER_CONTRACT, VERIFIES_PER_CONTRACT};
+
+    let mut sim = Sim::new(1, Faults::NONE);
+    sim.run(0);
+    let [requester, provider] = sim.signatures;
+    sim.check();
+    assert_eq!(sim.settled_contracts(), 1, "{}", sim.trace());
+    // Requester: the offer, the countersignature, the receipt, the settlement half; it signs
+    // the contract and the settlement's countersignature. Provider: the proposal and the
+    // settlement's countersignature; it signs the offer, the countersignature, the receipt and
+    // the settlement half.
+    assert_eq!(
+        requester,
+        SignatureWork {
+            verifies: 4,
+            signs: 2
+        },
+        "{}",
+        sim.trace()
+    );
+    assert_eq!(
+        provider,
+        SignatureWork {
+            verifies: 2,
+            signs: 4
+        },
+        "{}",
+        sim.trace()
+    );
+    assert_eq!(
+        requester.verifies + provider.verifies,
+        u64::from(VERIFIES_PER_CONTRACT)
+    );
+    assert_eq!(
+        requester.signs + provider.signs,
+        u64::from(SIGNS_PER_CONTRACT)
+    );
+}
+
 /// Seeds run by the storm test; `SUANLI_SIM_SEEDS` runs more (e.g. 100000 overnight).
 fn seeds() -> u64 {
     std::env::var("SUANLI_SIM_SEEDS")

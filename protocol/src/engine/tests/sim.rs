@@ -23,7 +23,7 @@ use crate::job::JobSpec;
 use crate::job::tests::sample_spec;
 use crate::ledger::EntryBody;
 use crate::negotiation::{ContractDocs, ContractId, Offer, Outcome, QuoteRequest, Usage};
-use crate::signed::Signed;
+use crate::signed::{Signed, counts};
 use crate::wire::{ErrorCode, ExecuteRequest, MarketRequest, MarketResponse, WireError};
 
 pub(super) const REQUESTER: usize = 0;
@@ -119,6 +119,15 @@ pub(super) struct Stats {
     pub failed: u64,
     /// Contracts failed as cancelled by the submitter.
     pub cancelled: u64,
+}
+
+/// The signature work one node did in a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SignatureWork {
+    /// `verify_strict` calls.
+    pub verifies: u64,
+    /// Signatures made.
+    pub signs: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -315,6 +324,8 @@ pub(super) struct Sim {
     healed: bool,
     wakes: BTreeMap<(usize, Key, u64), u32>,
     pub(super) stats: Stats,
+    /// Per node (requester, provider): what its machines and its offers cost.
+    pub(super) signatures: [SignatureWork; 2],
     trace: Vec<String>,
 }
 
@@ -349,6 +360,7 @@ impl Sim {
             healed: false,
             wakes: BTreeMap::new(),
             stats: Stats::default(),
+            signatures: [SignatureWork::default(); 2],
             trace: Vec::new(),
         };
         sim.at(NOW, Event::NewAttempt { epoch: 0 });
@@ -446,7 +458,25 @@ impl Sim {
         self.now
     }
 
+    /// Handles one event; its signature work is the node's it happens on (an event never
+    /// steps the other node: what it sends is queued).
     fn step(&mut self, event: Event) {
+        let node = match &event {
+            Event::Message { to, .. } => *to,
+            Event::RunDone { .. } => PROVIDER,
+            Event::Wake { node, .. } | Event::Restart { node } | Event::Outbox { node, .. } => {
+                *node
+            }
+            Event::Watch { .. } | Event::NewAttempt { .. } | Event::Cancel { .. } => REQUESTER,
+        };
+        let (verifies, signs) = (counts::verifies(), counts::signs());
+        self.handle_event(event);
+        let work = &mut self.signatures[node];
+        work.verifies += counts::verifies() - verifies;
+        work.signs += counts::signs() - signs;
+    }
+
+    fn handle_event(&mut self, event: Event) {
         match event {
             Event::Message { from, to, body } => self.on_message(from, to, body),
             Event::Cancel { epoch } => {
@@ -1224,12 +1254,19 @@ impl Sim {
             self.stats.failed_appends += 1;
             return Some(Err("disk full".into()));
         }
-        let kinds: Vec<&str> = append.entries.iter().map(EntryBody::kind).collect();
+        let kinds: Vec<&str> = append
+            .entries
+            .iter()
+            .map(|entry| entry.body().kind())
+            .collect();
         self.log(format!("{} appends {kinds:?}", name(node)));
         let state = &mut self.nodes[node];
         let contract_id = match key {
             Key::Provider(id) => Some(id),
-            _ => append.entries.iter().find_map(entry_contract),
+            _ => append
+                .entries
+                .iter()
+                .find_map(|entry| entry_contract(entry.body())),
         };
         if let (Some(output), Some(id)) = (append.output, contract_id) {
             state.outputs.insert(id, output);
@@ -1239,7 +1276,17 @@ impl Sim {
         {
             state.outbox.insert(id);
         }
-        state.ledger.extend(append.entries);
+        // What the node's ledger checks of an engine's entry (its signatures were checked by
+        // the machine that made the append).
+        let owner = state.keypair.node_id();
+        for entry in append.entries {
+            assert!(
+                entry.check_owner(owner).is_ok(),
+                "{} appends an entry it is not a party to",
+                name(node)
+            );
+            state.ledger.push(entry.into_body());
+        }
         if self.rng.chance(self.faults.crash_after_append) {
             self.log(format!("{} crashes after an append", name(node)));
             self.crash(node);
