@@ -273,6 +273,28 @@ fn ledger_benches(c: &mut Criterion) {
         |b| b.iter(|| verify_chain_batched(owner, raws.iter().map(Vec::as_slice), 128, [5; 32])),
     );
     group.finish();
+    // A longer ledger, for the batch size (the per-batch torsion checks are amortized over the
+    // batch).
+    let raws = ledger(1000);
+    let mut group = c.benchmark_group("ledger");
+    group.throughput(Throughput::Elements(raws.len() as u64));
+    group.sample_size(10);
+    for batch_entries in [128, 1024] {
+        group.bench_function(
+            format!("verify chain of 3000 entries, batched ({batch_entries} entries/batch)"),
+            |b| {
+                b.iter(|| {
+                    verify_chain_batched(
+                        owner,
+                        raws.iter().map(Vec::as_slice),
+                        batch_entries,
+                        [5; 32],
+                    )
+                })
+            },
+        );
+    }
+    group.finish();
 }
 
 /// A node id's text form and back, as logs, the API, the CLI and exports use them.

@@ -4,8 +4,10 @@
 //! identity multihash of the protobuf-encoded key, in base58), so operators see one id in logs,
 //! the API, the CLI and the ledger, and any peer can verify a node's signatures from its id alone.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{PoisonError, RwLock};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -44,11 +46,11 @@ impl NodeId {
     /// refused: with such a key, signatures can be made to verify for many messages without a
     /// secret, so it cannot stand for a node. `verify_strict` refuses them too; refusing them here
     /// means no such id ever reaches a capacity table, a document or a ledger.
+    ///
+    /// A key that passed these checks before is found in a small cache of validated keys
+    /// instead of being decompressed again (the same verdict, without the square root).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<NodeId, NodeIdError> {
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| NodeIdError::InvalidKey)?;
-        if key.is_weak() {
-            return Err(NodeIdError::WeakKey);
-        }
+        validated_key(&bytes)?;
         Ok(NodeId(bytes))
     }
 
@@ -58,7 +60,7 @@ impl NodeId {
 
     /// The key that verifies this node's signatures.
     pub fn verifying_key(&self) -> Result<VerifyingKey, NodeIdError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| NodeIdError::InvalidKey)
+        validated_key(&self.0)
     }
 
     /// The libp2p form of this id, built from the bytes (no point decompression: the key was
@@ -101,6 +103,46 @@ impl NodeId {
             .map_err(|_| NodeIdError::NotEd25519)?;
         NodeId::from_bytes(key.to_bytes())
     }
+}
+
+/// Most keys `VALIDATED_KEYS` holds; it is emptied when full. A node deals with few peers at a
+/// time (a ledger has a handful of signers), so this is many more than the working set, and
+/// stays small: about 200 bytes per key, some 250 KiB in all.
+const MAX_VALIDATED_KEYS: usize = 1024;
+
+/// The keys that passed [`NodeId::from_bytes`]'s checks (decompression and not small-order),
+/// decompressed, by their exact 32 bytes.
+///
+/// Decoding a node id (every signed document names two or three) and verifying a signature both
+/// need the key as a point, and a point decompression is a field square root (about 2 µs),
+/// which dominated decoding ledger entries. Only keys that passed both checks are stored, keyed
+/// by the exact bytes that passed them, so a hit means what the checks would say again: the
+/// cache never admits an id the checks refuse. Bounded: cleared when full (a peer flooding new
+/// ids only makes the cache useless, never large).
+static VALIDATED_KEYS: RwLock<BTreeMap<[u8; 32], VerifyingKey>> = RwLock::new(BTreeMap::new());
+
+/// The decompressed key for `bytes` if they form a valid key of large order.
+fn validated_key(bytes: &[u8; 32]) -> Result<VerifyingKey, NodeIdError> {
+    let cached = VALIDATED_KEYS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(bytes)
+        .copied();
+    if let Some(key) = cached {
+        return Ok(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| NodeIdError::InvalidKey)?;
+    if key.is_weak() {
+        return Err(NodeIdError::WeakKey);
+    }
+    let mut keys = VALIDATED_KEYS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    if keys.len() >= MAX_VALIDATED_KEYS {
+        keys.clear();
+    }
+    keys.insert(*bytes, key);
+    Ok(key)
 }
 
 #[allow(clippy::panic)]
@@ -298,6 +340,46 @@ pub(crate) mod tests {
                 peer.to_string().parse::<NodeId>(),
                 Err(NodeIdError::WeakKey)
             );
+        }
+    }
+
+    /// The validated-key cache answers what the checks would: refused keys stay refused (and are
+    /// never stored), a cached key is the key of exactly those bytes, and it stays bounded.
+    #[test]
+    fn the_key_cache_keeps_the_verdict_and_its_bound() {
+        let id = rfc8032_key().node_id();
+        for _ in 0..2 {
+            assert_eq!(NodeId::from_bytes(*id.as_bytes()), Ok(id));
+            assert_eq!(id.verifying_key().unwrap().as_bytes(), id.as_bytes());
+        }
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let not_a_point = (0u8..=255)
+            .map(|y| [y; 32])
+            .find(|bytes| VerifyingKey::from_bytes(bytes).is_err())
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(NodeId::from_bytes(identity), Err(NodeIdError::WeakKey));
+            assert_eq!(
+                NodeId::from_bytes(not_a_point),
+                Err(NodeIdError::InvalidKey)
+            );
+        }
+        let keys = VALIDATED_KEYS
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert!(!keys.contains_key(&identity) && !keys.contains_key(&not_a_point));
+        drop(keys);
+        for seed in 0..MAX_VALIDATED_KEYS + 10 {
+            let mut secret = [0u8; 32];
+            secret[..8].copy_from_slice(&(seed as u64).to_le_bytes());
+            let id = Keypair::from_secret_bytes(secret).node_id();
+            assert_eq!(NodeId::from_bytes(*id.as_bytes()), Ok(id));
+            let cached = VALIDATED_KEYS
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
+            assert!(cached <= MAX_VALIDATED_KEYS, "{cached} keys cached");
         }
     }
 

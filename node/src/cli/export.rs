@@ -28,6 +28,7 @@ use suanli_protocol::NodeId;
 use suanli_protocol::checkpoint::SignedCheckpoint;
 use suanli_protocol::ledger::{ChainHead, ChainVerifier, LedgerEntry, entry_hash};
 use suanli_protocol::merkle::Frontier;
+use suanli_protocol::signed::SignatureBatch;
 use suanli_protocol::tiles::{
     MAX_BUNDLE_ENTRY_BYTES, TILE_WIDTH, Tile, TileBuilder, TileId, push_bundle_entry, read_bundle,
     root_from_tiles, tiles_in_tree,
@@ -37,6 +38,7 @@ use super::client::ApiClient;
 use super::ledger::Source;
 use super::proof::{offline_store, read_checkpoint};
 use crate::api::types::{EntryView, NodeView, RawEntriesPage};
+use crate::bench::floor::fresh_seed;
 use crate::data_dir::DataDir;
 use crate::ledger::{MAX_RANGE, Store, StoredEntry};
 
@@ -410,6 +412,57 @@ pub fn verify_export(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result
     }
 }
 
+/// Rows of a JSON Lines export whose signatures are checked in one batch, and most bytes of
+/// entries held for it (the rows are held until their batch is checked).
+const VERIFY_BATCH_ROWS: usize = 1024;
+const VERIFY_BATCH_BYTES: usize = 4 << 20;
+
+/// A row whose entry passed no chain check yet: its signatures wait for the batch.
+struct PendingRow {
+    index: u64,
+    number: u64,
+    raw: Vec<u8>,
+    /// Why its columns are not what its bytes say, if they are not.
+    column_error: Option<String>,
+}
+
+/// Checks the pending rows' entries (signatures in one batch) and clears them. The first row
+/// that fails, with the reason a row-by-row check would give: its chain check first, then its
+/// columns.
+fn check_pending(
+    verifier: &mut Option<ChainVerifier>,
+    batch: &mut SignatureBatch,
+    pending: &mut Vec<PendingRow>,
+) -> Option<String> {
+    let verifier = verifier.as_mut()?;
+    let start = verifier.head().size;
+    let raws: Vec<&[u8]> = pending.iter().map(|row| row.raw.as_slice()).collect();
+    let chain_error = verifier.push_batch(&raws, batch).err();
+    let chain_at = chain_error
+        .as_ref()
+        .map(|error| usize::try_from(error.index.saturating_sub(start)).unwrap_or(usize::MAX));
+    let column_at = pending.iter().position(|row| row.column_error.is_some());
+    let failure = match (chain_error, chain_at, column_at) {
+        (Some(error), Some(at), column) if column.is_none_or(|column| at <= column) => {
+            Some(match pending.get(at) {
+                Some(row) => format!("entry {} (line {}): {}", row.index, row.number, error.error),
+                None => error.to_string(),
+            })
+        }
+        (_, _, Some(at)) => pending.get(at).map(|row| {
+            format!(
+                "entry {} (line {}): {}",
+                row.index,
+                row.number,
+                row.column_error.as_deref().unwrap_or_default()
+            )
+        }),
+        _ => None,
+    };
+    pending.clear();
+    failure
+}
+
 fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<String, String>> {
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut reader = BufReader::new(file);
@@ -418,6 +471,21 @@ fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Stri
     let mut verifier: Option<ChainVerifier> = None;
     let mut first = None;
     let mut count = 0u64;
+    // Entries are checked like `ChainVerifier::push` one by one, with their signatures in
+    // batches: same verdict, same first bad entry, about twice as fast.
+    let mut batch = SignatureBatch::new(fresh_seed());
+    let mut pending: Vec<PendingRow> = Vec::new();
+    let mut pending_bytes = 0usize;
+    // A row's own failure is reported only if no earlier pending row fails.
+    macro_rules! refuse {
+        ($reason:expr) => {{
+            let reason: String = $reason;
+            if let Some(earlier) = check_pending(&mut verifier, &mut batch, &mut pending) {
+                return Ok(Err(earlier));
+            }
+            return Ok(Err(reason));
+        }};
+    }
     for number in 1u64.. {
         line.clear();
         let read = (&mut reader)
@@ -428,44 +496,44 @@ fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Stri
             break;
         }
         if line.len() > MAX_LINE_BYTES {
-            return Ok(Err(format!(
+            refuse!(format!(
                 "line {number} is longer than {MAX_LINE_BYTES} bytes: not an entry"
-            )));
+            ));
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let row: Value = match serde_json::from_slice(&line) {
             Ok(row) => row,
-            Err(error) => return Ok(Err(format!("line {number} is not JSON: {error}"))),
+            Err(error) => refuse!(format!("line {number} is not JSON: {error}")),
         };
         let Some(index) = row["index"].as_u64() else {
-            return Ok(Err(format!("line {number} has no index")));
+            refuse!(format!("line {number} has no index"));
         };
-        let fail = |reason: String| -> anyhow::Result<Result<String, String>> {
-            Ok(Err(format!("entry {index} (line {number}): {reason}")))
-        };
+        let fail = |reason: String| format!("entry {index} (line {number}): {reason}");
         let Some(ledger) = row["ledger"]
             .as_str()
             .and_then(|id| id.parse::<NodeId>().ok())
         else {
-            return fail("no valid ledger column".into());
+            refuse!(fail("no valid ledger column".into()));
         };
         let owner = *owner.get_or_insert(ledger);
         if ledger != owner {
-            return fail(format!("belongs to the ledger of {ledger}, not {owner}"));
+            refuse!(fail(format!(
+                "belongs to the ledger of {ledger}, not {owner}"
+            )));
         }
         let Some(raw) = row["raw_base64"]
             .as_str()
             .and_then(|text| BASE64.decode(text).ok())
         else {
-            return fail("no valid raw_base64".into());
+            refuse!(fail("no valid raw_base64".into()));
         };
         if verifier.is_none() {
             // An export may start anywhere: the chain is checked from its first entry on.
             let prev_hash = match LedgerEntry::decode(&raw) {
                 Ok(entry) => entry.prev_hash,
-                Err(error) => return fail(format!("cannot be decoded: {error}")),
+                Err(error) => refuse!(fail(format!("cannot be decoded: {error}"))),
             };
             first = Some(index);
             let resumed = ChainHead {
@@ -475,18 +543,13 @@ fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Stri
             };
             verifier = Some(ChainVerifier::resume(owner, resumed));
         }
-        let Some(verifier) = verifier.as_mut() else {
-            return fail("internal: no verifier".into());
-        };
-        if let Err(error) = verifier.push(&raw) {
-            return fail(error.error.to_string());
-        }
-        // Every column must be what the bytes say.
+        // Every column must be what the bytes say (checked after the entry's chain checks).
+        let stored = StoredEntry { seq: index, raw };
         let expected = serde_json::to_value(ExportRow {
             ledger: &owner.to_string(),
-            entry: EntryView::from(&StoredEntry { seq: index, raw }),
+            entry: EntryView::from(&stored),
         })?;
-        if expected != row {
+        let column_error = (expected != row).then(|| {
             let differing: Vec<&str> = expected
                 .as_object()
                 .into_iter()
@@ -494,16 +557,32 @@ fn verify_jsonl(path: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Stri
                 .filter(|(key, value)| row.get(key.as_str()) != Some(value))
                 .map(|(key, _)| key.as_str())
                 .collect();
-            return fail(format!(
+            format!(
                 "column(s) {} differ from what the entry's bytes say",
                 if differing.is_empty() {
                     "(extra)".to_owned()
                 } else {
                     differing.join(", ")
                 }
-            ));
+            )
+        });
+        pending_bytes += stored.raw.len();
+        pending.push(PendingRow {
+            index,
+            number,
+            raw: stored.raw,
+            column_error,
+        });
+        if pending.len() >= VERIFY_BATCH_ROWS || pending_bytes >= VERIFY_BATCH_BYTES {
+            pending_bytes = 0;
+            if let Some(reason) = check_pending(&mut verifier, &mut batch, &mut pending) {
+                return Ok(Err(reason));
+            }
         }
         count += 1;
+    }
+    if let Some(reason) = check_pending(&mut verifier, &mut batch, &mut pending) {
+        return Ok(Err(reason));
     }
     let (Some(owner), Some(first)) = (owner, first) else {
         return Ok(Err(format!("{} holds no entries", path.display())));
@@ -556,6 +635,7 @@ fn verify_tiles(dir: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Strin
         Ok(())
     };
     let mut verifier = ChainVerifier::new(owner);
+    let mut batch = SignatureBatch::new(fresh_seed());
     let mut builder = TileBuilder::new();
     let mut frontier = Frontier::new();
     for id in tiles_in_tree(size).filter(|id| id.level() == 0) {
@@ -576,10 +656,12 @@ fn verify_tiles(dir: &Path, node: Option<NodeId>) -> anyhow::Result<Result<Strin
                 id.width()
             )));
         }
+        // A bundle's signatures in one batch (same verdict and first bad entry as one by one);
+        // its tiles are complete only after its last entry, so no tile is checked before them.
+        if let Err(error) = verifier.push_batch(&raws, &mut batch) {
+            return Ok(Err(error.to_string()));
+        }
         for raw in raws {
-            if let Err(error) = verifier.push(raw) {
-                return Ok(Err(error.to_string()));
-            }
             let leaf = entry_hash(raw);
             frontier.push(leaf);
             for tile in builder.push(leaf) {
@@ -865,6 +947,50 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// Large enough for the signatures to be checked in a batch: one bad signature among many is
+    /// still named, and of a bad column and a later bad signature, the column (the first bad
+    /// row) is.
+    #[tokio::test]
+    async fn a_batched_jsonl_verification_names_the_first_bad_entry() {
+        let dir = data_dir_with(40).await;
+        let out = TempDir::new().unwrap();
+        let jsonl = out.path().join("ledger.jsonl");
+        export(args(ExportFormat::Jsonl, &jsonl, offline(dir.path())))
+            .await
+            .unwrap();
+        let original = std::fs::read(&jsonl).unwrap();
+        let rows = std::fs::read_to_string(&jsonl).unwrap().lines().count();
+        assert!(rows > 100, "{rows} rows");
+        assert!(verdict(&jsonl).unwrap().contains(&format!("({rows})")));
+        let flip_signature = |row: &mut Value| {
+            let mut raw = BASE64.decode(row["raw_base64"].as_str().unwrap()).unwrap();
+            let last = raw.len() - 1;
+            raw[last] ^= 1;
+            row["raw_base64"] = Value::from(BASE64.encode(raw));
+        };
+        edit_line(&jsonl, 97, flip_signature);
+        let reason = verdict(&jsonl).unwrap_err();
+        assert!(
+            reason.contains("entry 97 (line 98)") && reason.contains("signature"),
+            "{reason}"
+        );
+        edit_line(&jsonl, 60, |row| row["timestamp_ms"] = Value::from(1));
+        let reason = verdict(&jsonl).unwrap_err();
+        assert!(
+            reason.contains("entry 60 (line 61)") && reason.contains("timestamp_ms"),
+            "{reason}"
+        );
+        std::fs::write(&jsonl, &original).unwrap();
+        // A row that is not JSON after a bad signature: the signature is named.
+        edit_line(&jsonl, 20, flip_signature);
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[80] = "not json";
+        std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+        let reason = verdict(&jsonl).unwrap_err();
+        assert!(reason.contains("entry 20 (line 21)"), "{reason}");
     }
 
     #[tokio::test]
