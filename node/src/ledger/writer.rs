@@ -299,14 +299,13 @@ impl Writer {
             return Err(self.fail_group(error.to_string(), appended));
         }
         // Durable. Extend the Merkle tree *before* the head moves, so a reader that sees the new
-        // size can prove anything up to it. Record it outside sled, and publish it before
-        // replying, so a caller that got `Ok` sees it.
+        // size can prove anything up to it, and publish the head before replying, so a caller
+        // that got `Ok` sees it.
         self.shared.extend_tree(
             appended
                 .iter()
                 .flat_map(|(_, done)| done.iter().map(|appended| appended.hash)),
         );
-        let recorded = self.shared.record_head(&head, false);
         self.head = head;
         self.head_sender.send_replace(head);
         let counters = &self.shared.counters;
@@ -321,9 +320,12 @@ impl Writer {
         for (reply, done) in appended {
             let _ = reply.send(Ok(done));
         }
-        // The entries are durable and acknowledged; a storage that cannot take a small write
-        // right after a barrier is failing, so stop before anything else is appended.
-        match recorded {
+        // The head file is recorded after the replies (it may lag the chain by design: a lost
+        // update only narrows what it detects, see `head_file`), so its occasional fdatasync is
+        // not on anyone's path. The entries are durable and acknowledged; a storage that cannot
+        // take a small write right after a barrier is failing, so stop before anything else is
+        // appended.
+        match self.shared.record_head(&head, false) {
             Ok(synced) => {
                 self.head_unsynced = !synced;
                 Ok(())

@@ -630,11 +630,10 @@ impl Market {
             updated_at_ms: now,
         };
         inner.jobs.create(&record)?;
-        // The job id is handed out only once its record and blobs are durable.
-        inner.storage.sync().await.map_err(JobStoreError::from)?;
+        let cancel = self.job_cancel_token(job_id);
         let task = JobTask {
             market: self.clone(),
-            cancel: self.job_cancel_token(job_id),
+            cancel: cancel.clone(),
             record,
             terms: JobTerms {
                 job_id,
@@ -649,7 +648,15 @@ impl Market {
             }),
             signed,
         };
+        // Placing starts while the record and blobs are made durable (one barrier fewer on the
+        // job's path); the job id is handed out only once they are. Nothing placing records can
+        // outlive a lost record: a barrier covers every write made before it, so the one that
+        // makes its contract durable makes the record durable too.
         inner.tasks.spawn(task.run());
+        if let Err(error) = inner.storage.sync().await {
+            cancel.cancel();
+            return Err(JobStoreError::from(error).into());
+        }
         Ok(job_id)
     }
 

@@ -50,6 +50,16 @@ impl JobTask {
     /// then tells whoever waits for it: a job reported final is final after any crash. `false`
     /// when the node stops first; its next start ends the job again.
     async fn save_final(&mut self) -> bool {
+        let durable = self.save_durably().await;
+        if durable {
+            self.announce();
+        }
+        durable
+    }
+
+    /// Writes the record and waits for a barrier (again every [`STORE_RETRY`] while the storage
+    /// refuses); `false` when the node stops first.
+    async fn save_durably(&mut self) -> bool {
         self.record.updated_at_ms = now_ms();
         while let Err(error) = self.market.inner.jobs.save_durably(&self.record).await {
             warn!(job_id = %self.record.job_id, %error, "cannot save the final job record durably; retried");
@@ -57,8 +67,12 @@ impl JobTask {
                 return false;
             }
         }
-        let _ = self.market.inner.finished.send(self.record.job_id);
         true
+    }
+
+    /// Wakes whoever waits for this job to end.
+    fn announce(&self) {
+        let _ = self.market.inner.finished.send(self.record.job_id);
     }
 
     /// Waits [`STORE_RETRY`]; `false` when the node stops first.
@@ -175,6 +189,12 @@ impl JobTask {
 
     /// Stores the output and the final record, both durably (retrying while the storage
     /// refuses), and only then forgets the contract's copy of the output.
+    ///
+    /// The settled job is announced as soon as its record is written, before the barrier that
+    /// makes it durable (one barrier fewer on every job's path): what it says is already
+    /// durable elsewhere. The settlement and the contract's copy of the output were made durable
+    /// with the receipt, and after a crash [`JobTask::resume`] ends the job again from them,
+    /// with the same result (the record reads `running` until it has).
     async fn finish(
         &mut self,
         provider: NodeId,
@@ -202,7 +222,9 @@ impl JobTask {
         self.record
             .settle(provider, contract_id, receipt, output_hash);
         info!(job_id = %self.record.job_id, %provider, state = ?self.record.state, "job finished");
-        if self.save_final().await {
+        self.save();
+        self.announce();
+        if self.save_durably().await {
             self.market.inner.jobs.drop_output(&contract_id);
         }
     }
