@@ -70,20 +70,24 @@ pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
                 waited,
             }) => {
                 warn!(n, smallest, ?waited, "mesh did not converge");
-                figures.push(Figure::plain(
-                    SCENARIO,
-                    format!(
-                        "{n} nodes: DID NOT CONVERGE in {} s; smallest capacity view",
-                        waited.as_secs()
-                    ),
-                    smallest as f64,
-                    "nodes",
-                ));
+                figures.push(not_converged(n, smallest, waited));
             }
             Err(Failed(error)) => return Err(error),
         }
     }
     Ok(figures)
+}
+
+fn not_converged(n: usize, smallest: usize, waited: Duration) -> Figure {
+    Figure::plain(
+        SCENARIO,
+        format!(
+            "{n} nodes: DID NOT CONVERGE in {} s; smallest capacity view",
+            waited.as_secs()
+        ),
+        smallest as f64,
+        "nodes",
+    )
 }
 
 /// Why one mesh size has no spread figures.
@@ -193,7 +197,6 @@ fn earlier(index: usize) -> usize {
 
 /// What the nodes measured before the floor runs.
 struct Measured {
-    converged: Duration,
     spreads: Samples,
     mesh_peers: f64,
     connected: f64,
@@ -232,19 +235,33 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
             info!(n, short, smallest, "views not full yet");
         }
         if Instant::now() > deadline {
-            let smallest = nodes.iter().map(Member::mesh_size).min().unwrap_or(0);
-            stop_all(nodes).await;
-            return Err(NotConverged {
-                n,
-                smallest,
-                waited: CONVERGE_LIMIT,
-            });
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let converged = last_started.elapsed();
-    info!(n, ?converged, "every view full");
-    let result = spread(&nodes, n, rounds, converged).await;
+    // Views that did not fill are a figure of their own; spread, connections and memory are
+    // still measured (a published advert reaching everyone does not need full views).
+    let smallest = nodes.iter().map(Member::mesh_size).min().unwrap_or(0);
+    let converged = (smallest >= n).then(|| last_started.elapsed());
+    match converged {
+        Some(converged) => info!(n, ?converged, "every view full"),
+        None => warn!(
+            n,
+            smallest,
+            ?CONVERGE_LIMIT,
+            "views not full; measuring the rest"
+        ),
+    }
+    let result = spread(&nodes, n, rounds).await;
+    if let (Err(error), None) = (&result, converged) {
+        warn!(n, %error, "no spread figure either");
+        stop_all(nodes).await;
+        return Err(NotConverged {
+            n,
+            smallest,
+            waited: CONVERGE_LIMIT,
+        });
+    }
     let rss_per_node = rss_bytes().saturating_sub(rss_before) / n.max(1) as u64;
     let topology = topology(&nodes).await;
     let payload = advert_message_bytes(nodes.first());
@@ -300,12 +317,15 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
             mib(floor_rss),
             "bare gossipsub swarm, same topology",
         ),
-        Figure::plain(
-            SCENARIO,
-            format!("{n} nodes: last start → all views full"),
-            measured.converged.as_secs_f64(),
-            "s",
-        ),
+        match converged {
+            Some(converged) => Figure::plain(
+                SCENARIO,
+                format!("{n} nodes: last start → all views full"),
+                converged.as_secs_f64(),
+                "s",
+            ),
+            None => not_converged(n, smallest, CONVERGE_LIMIT),
+        },
         Figure::against(
             SCENARIO,
             format!("{n} nodes: most connections held by a node"),
@@ -347,13 +367,8 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
     ])
 }
 
-/// Traffic, connections and spread of a converged mesh.
-async fn spread(
-    nodes: &[Member],
-    n: usize,
-    rounds: usize,
-    converged: Duration,
-) -> Result<Measured, BenchError> {
+/// Traffic, connections and spread of a mesh once started.
+async fn spread(nodes: &[Member], n: usize, rounds: usize) -> Result<Measured, BenchError> {
     let fail = |error: crate::network::NetworkStopped| BenchError::scenario(SCENARIO, error);
     let (mut mesh_peers, mut connected, mut most_connections, mut max_connections) =
         (0usize, 0usize, 0usize, 0usize);
@@ -402,7 +417,6 @@ async fn spread(
         advert_bytes += extra.max(0.0) / n.max(1) as f64;
     }
     Ok(Measured {
-        converged,
         spreads: Samples::new(samples),
         mesh_peers: mesh_peers as f64 / n.max(1) as f64,
         connected: connected as f64 / n.max(1) as f64,

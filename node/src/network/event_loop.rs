@@ -638,7 +638,14 @@ impl EventLoop {
         let mut batch =
             suanli_protocol::signed::SignatureBatch::new(self.parts.keypair.secret_bytes());
         let mut adverts = Vec::with_capacity(page.adverts.len());
-        for signed in &page.adverts {
+        let mut last = None;
+        let page_adverts: Vec<_> = page
+            .adverts
+            .into_iter()
+            .inspect(|signed| last = Some(signed.signer()))
+            .filter(|signed| !self.parts.mesh.already_holds(signed))
+            .collect();
+        for signed in &page_adverts {
             match signed.verify_deferred(&mut batch) {
                 Ok(advert) => adverts.push(advert),
                 Err(error) => {
@@ -652,9 +659,7 @@ impl EventLoop {
             return;
         }
         let mut stored = 0;
-        let mut last = None;
-        for (signed, advert) in page.adverts.into_iter().zip(adverts) {
-            last = Some(advert.node);
+        for (signed, advert) in page_adverts.into_iter().zip(adverts) {
             // Expired on the way or not newer: skipped, like a late gossiped advert.
             if advert.validate(now).is_ok()
                 && self.parts.mesh.offer(Arc::new(signed), advert, now) == Offered::Stored
@@ -1075,7 +1080,17 @@ impl EventLoop {
         message: &gossipsub::Message,
     ) -> gossipsub::MessageAcceptance {
         let now = now_ms();
-        match validate_advert(message, now) {
+        let signed = match GossipMessage::from_bytes(&message.data) {
+            Ok(GossipMessage::Advert(signed)) => signed,
+            Ok(_) => return self.reject_advert(message, propagation_source, "not an advert"),
+            Err(error) => {
+                return self.reject_advert(message, propagation_source, &error.to_string());
+            }
+        };
+        if self.parts.mesh.already_holds(&signed) {
+            return gossipsub::MessageAcceptance::Ignore;
+        }
+        match validate_advert(message, signed, now) {
             Ok((signed, advert)) => {
                 let node = advert.node;
                 match self.parts.mesh.offer(signed, advert, now) {
@@ -1096,15 +1111,24 @@ impl EventLoop {
                 gossipsub::MessageAcceptance::Ignore
             }
             Err(AdvertRefusal::Invalid(reason)) => {
-                warn!(
-                    source = ?message.source,
-                    via = %propagation_source,
-                    %reason,
-                    "rejected advert; sender penalised"
-                );
-                gossipsub::MessageAcceptance::Reject
+                self.reject_advert(message, propagation_source, &reason)
             }
         }
+    }
+
+    fn reject_advert(
+        &self,
+        message: &gossipsub::Message,
+        propagation_source: PeerId,
+        reason: &str,
+    ) -> gossipsub::MessageAcceptance {
+        warn!(
+            source = ?message.source,
+            via = %propagation_source,
+            %reason,
+            "rejected advert; sender penalised"
+        );
+        gossipsub::MessageAcceptance::Reject
     }
 
     /// Checkpoints must be signed by the node that published them, which must be in the capacity
@@ -1231,14 +1255,10 @@ enum AdvertRefusal {
 /// The checks every received advert passes before use.
 fn validate_advert(
     message: &gossipsub::Message,
+    signed: Signed<CapacityAdvert>,
     now_ms: u64,
 ) -> Result<(Arc<Signed<CapacityAdvert>>, CapacityAdvert), AdvertRefusal> {
     let invalid = AdvertRefusal::Invalid;
-    let GossipMessage::Advert(signed) =
-        GossipMessage::from_bytes(&message.data).map_err(|error| invalid(error.to_string()))?
-    else {
-        return Err(invalid("not an advert".into()));
-    };
     let advert = signed
         .verify()
         .map_err(|error| invalid(error.to_string()))?;
