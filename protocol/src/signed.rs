@@ -304,24 +304,9 @@ impl<T: CoSignedDocument> CoSigned<T> {
     /// caller can check its terms.
     pub fn countersign(signed: Signed<T>, key: &Keypair) -> Result<(CoSigned<T>, T), CoSignError> {
         let document = signed.verify()?;
-        let expected = document.countersigner();
-        if expected != key.node_id() {
-            return Err(CoSignError::WrongSigner(SignError::WrongSigner {
-                kind: T::KIND,
-                expected,
-                actual: key.node_id(),
-            }));
-        }
-        #[cfg(test)]
-        counts::signed();
-        let countersignature = key.sign_raw(&signed.message());
-        Ok((
-            CoSigned {
-                signed,
-                countersignature,
-            },
-            document,
-        ))
+        let cosigned =
+            Self::countersign_verified(signed, &document, key).map_err(CoSignError::WrongSigner)?;
+        Ok((cosigned, document))
     }
 
     /// [`countersign`](Self::countersign) of a half the caller has verified already (its

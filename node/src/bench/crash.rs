@@ -113,7 +113,7 @@ impl Sizing {
 pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
     let sizing = Sizing::of(context);
     let seed = context.options.seed;
-    let exe = suanli_exe()?;
+    let exe = super::suanli_exe(SCENARIO)?;
     let mut rng = Rng(seed);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
@@ -335,21 +335,6 @@ async fn measure(
         ),
     ]);
     Ok(figures)
-}
-
-/// The running binary, which must be `suanli` (its `run` command starts the nodes).
-fn suanli_exe() -> Result<PathBuf, BenchError> {
-    let exe = std::env::current_exe().map_err(fail)?;
-    if exe
-        .file_stem()
-        .is_none_or(|stem| stem.to_string_lossy() != "suanli")
-    {
-        return Err(fail(format!(
-            "not running as the suanli binary ({}): the scenario starts `suanli run` processes",
-            exe.display()
-        )));
-    }
-    Ok(exe)
 }
 
 /// The jobs streamed, each pinned to the provider (an unpinned job that finds its only

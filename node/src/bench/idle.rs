@@ -86,7 +86,7 @@ impl Resident {
 }
 
 pub async fn run(context: &mut Context) -> Result<Vec<Figure>, BenchError> {
-    let exe = suanli_exe()?;
+    let exe = super::suanli_exe(SCENARIO)?;
     let jobs = context.options.pick(20, 100);
     let entries = context.options.pick(3_000, 30_000);
 
@@ -150,21 +150,6 @@ fn figures_of(what: &str, reading: Resident, floor: Resident) -> [Figure; 3] {
             floor_metric("file-backed"),
         ),
     ]
-}
-
-/// The running binary, which must be `suanli` (the scenario starts `suanli` processes).
-fn suanli_exe() -> Result<PathBuf, BenchError> {
-    let exe = std::env::current_exe().map_err(fail)?;
-    if exe
-        .file_stem()
-        .is_none_or(|stem| stem.to_string_lossy() != "suanli")
-    {
-        return Err(fail(format!(
-            "not running as the suanli binary ({}): the scenario starts `suanli` processes",
-            exe.display()
-        )));
-    }
-    Ok(exe)
 }
 
 /// The floor: `suanli bench-gossip-floor` blocked on its stdin, settled.

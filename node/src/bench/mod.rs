@@ -556,3 +556,19 @@ fn verdict(what: &str, value: f64, target: f64, unit: &str, higher_is_better: bo
         how_far,
     ]
 }
+
+/// The running binary, which must be `suanli`: `scenario` starts `suanli` processes.
+fn suanli_exe(scenario: &'static str) -> Result<std::path::PathBuf, BenchError> {
+    let fail = |message: String| BenchError::scenario(scenario, message);
+    let exe = std::env::current_exe().map_err(|error| fail(error.to_string()))?;
+    if exe
+        .file_stem()
+        .is_none_or(|stem| stem.to_string_lossy() != "suanli")
+    {
+        return Err(fail(format!(
+            "not running as the suanli binary ({}): the scenario starts `suanli` processes",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
