@@ -46,6 +46,17 @@ fn total_memory_bytes() -> Option<u64> {
     proc_kib_field("/proc/meminfo", "MemTotal:")
 }
 
+/// This process's user + system CPU time from `/proc/self/stat`, microseconds.
+pub(crate) fn own_cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s to user space (USER_HZ).
+    Some((utime + stime) * 10_000)
+}
+
 /// A `KEY: N kB` field of a `/proc` file (`/proc/meminfo`, `/proc/self/status`), in bytes.
 pub(crate) fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;

@@ -121,6 +121,17 @@ impl MeshView {
             .collect()
     }
 
+    /// The nodes with a live entry at `now_ms`, in node-id order (without copying the entries:
+    /// the peer manager reads this every second).
+    pub fn live_nodes(&self, now_ms: u64) -> Vec<NodeId> {
+        let table = self.read();
+        table
+            .iter()
+            .filter(|(_, entry)| entry.is_live(now_ms))
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
     /// The live adverts as signed, in node-id order, of the nodes after `after`, until their
     /// bytes reach `budget`; and whether live adverts remain after the last one.
     pub fn page(
@@ -155,7 +166,6 @@ impl MeshView {
         table.values().filter(|entry| entry.is_live(now_ms)).count()
     }
 
-    /// The sequence number of the advert held for `node` (no copying).
     /// Whether the view holds `signed`'s node at its sequence number or later, judged from the
     /// advert's unchecked contents: then it can be dropped without checking its signature, since
     /// a valid one would change nothing (gossip and view sync deliver most adverts twice, and
@@ -167,6 +177,7 @@ impl MeshView {
         })
     }
 
+    /// The sequence number of the advert held for `node` (no copying).
     pub fn seq_of(&self, node: &NodeId) -> Option<u64> {
         let table = self.read();
         table.get(node).map(|entry| entry.advert.seq)

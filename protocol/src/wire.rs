@@ -27,9 +27,9 @@ pub const LEDGER_PROTOCOL: &str = "/suanli/ledger/1";
 /// The libp2p protocol name of view sync (a joining node pulls the capacity view).
 pub const VIEW_PROTOCOL: &str = "/suanli/view/1";
 /// The gossipsub topic of capacity adverts.
-pub const ADVERT_TOPIC: &str = "suanli/adverts/1";
+pub const ADVERT_TOPIC: &str = "suanli/adverts/2";
 /// The gossipsub topic of signed ledger checkpoints and equivocation proofs.
-pub const CHECKPOINT_TOPIC: &str = "suanli/checkpoints/1";
+pub const CHECKPOINT_TOPIC: &str = "suanli/checkpoints/2";
 
 /// Cap on a market message: a module, stdin and overhead (16 MiB).
 pub const MAX_MARKET_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -275,9 +275,9 @@ impl WireMessage for LedgerResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum GossipMessage {
-    /// On [`ADVERT_TOPIC`], published by the advertised node.
+    /// On [`ADVERT_TOPIC`], signed by the advertised node.
     Advert(Signed<CapacityAdvert>),
-    /// On [`CHECKPOINT_TOPIC`], published by the node whose ledger it commits to: a signed
+    /// On [`CHECKPOINT_TOPIC`], signed by the node whose ledger it commits to: a signed
     /// checkpoint note of at most [`MAX_GOSSIPED_NOTE_BYTES`].
     Checkpoint { note: String },
     /// On [`CHECKPOINT_TOPIC`], published by any witness: proof that a node signed two

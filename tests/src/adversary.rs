@@ -10,7 +10,9 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, noise, ping, tcp, yamux,
 };
-use suanli_node::network::{FrameCodec, advert_topic, checkpoint_topic, gossipsub_config};
+use suanli_node::network::{
+    FrameCodec, advert_topic, checkpoint_topic, gossipsub_config, new_gossipsub,
+};
 use suanli_protocol::Keypair;
 use suanli_protocol::wire::{LEDGER_PROTOCOL, MAX_LEDGER_MESSAGE_BYTES};
 use tokio::sync::{mpsc, oneshot};
@@ -61,13 +63,9 @@ impl Adversary {
                 yamux::Config::default,
             )
             .expect("tcp")
-            .with_behaviour(|key| Behaviour {
+            .with_behaviour(|_| Behaviour {
                 ping: ping::Behaviour::default(),
-                gossipsub: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossipsub_config().expect("config"),
-                )
-                .expect("gossipsub"),
+                gossipsub: new_gossipsub(gossipsub_config().expect("config")).expect("gossipsub"),
                 ledger: request_response::Behaviour::with_codec(
                     FrameCodec::new(MAX_LEDGER_MESSAGE_BYTES),
                     [(StreamProtocol::new(LEDGER_PROTOCOL), ProtocolSupport::Full)],

@@ -8,9 +8,10 @@
 //! with production advert timing (re-publication every 10 s); above, network-only nodes
 //! ([`NetNode`]: the real network task, advert validation and capacity view, without executor
 //! or ledger) over the in-process memory transport, re-publishing every
-//! [`LARGE_ADVERT_INTERVAL_SECS`] (two cores cannot verify a thousand nodes' ten-second
-//! adverts a thousand times over). Both run the default peer limits (target 25, at most 50).
-//! Then: the bytes read per node per second over a quiet window, and `ROUNDS` times one node
+//! [`LARGE_ADVERT_INTERVAL_SECS`] and pinging every [`LARGE_PING_INTERVAL_SECS`] (two cores
+//! cannot verify a thousand nodes' ten-second adverts a thousand times over, nor carry their
+//! five-second pings); they join one after another, each once its view sync is done. Both run
+//! the default peer limits (target 25, at most 50). Then: the bytes read per node per second over a quiet window, and `ROUNDS` times one node
 //! publishes a new advert, timed until every view holds its sequence number (polled in place
 //! every millisecond). Memory = growth of the resident set / N.
 //!
@@ -36,7 +37,10 @@ const SCENARIO: &str = "gossip";
 /// the memory transport.
 pub const MAX_FULL_NODES: usize = 100;
 /// Advert re-publication interval of the network-only nodes.
-pub const LARGE_ADVERT_INTERVAL_SECS: u64 = 120;
+pub const LARGE_ADVERT_INTERVAL_SECS: u64 = 300;
+/// Ping interval of the network-only nodes (dead-peer detection; 5 s in production): a
+/// thousand nodes' ~13,000 connections pinging both ways every 5 s are a third of a core.
+pub const LARGE_PING_INTERVAL_SECS: u64 = 30;
 /// Largest mesh run at all.
 pub const MAX_NODES: usize = 2_000;
 /// How long bytes are counted with no advert changing.
@@ -183,9 +187,25 @@ async fn start_member(
         return Ok(Member::Full(BenchNode::start(dir, config).await?));
     }
     let mut config = loopback_config(bootstrap, LARGE_ADVERT_INTERVAL_SECS);
+    config.network.ping_interval_secs = LARGE_PING_INTERVAL_SECS;
+    config.network.ping_timeout_secs = 2 * LARGE_PING_INTERVAL_SECS;
     config.network.listen = vec![crate::network::memory::unique_addr().to_string()];
     let dir = context.workspace.subdir("gossip")?;
     Ok(Member::Net(NetNode::start(dir, config, detected).await?))
+}
+
+/// How long a network-only joiner is given to sync its view before the next one starts.
+const JOIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until a network-only joiner's view holds what its bootstrap peer's did when it started
+/// (its view sync is done), for at most [`JOIN_WAIT`]. A thousand in-process nodes started at
+/// once would all sync from peers that know nobody yet, and then learn each other only from
+/// re-publications; data centers join a running grid one at a time.
+async fn joined(member: &Member, known: usize) {
+    let until = Instant::now() + JOIN_WAIT;
+    while member.mesh_size() < known && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The node that node `index` (> 0) bootstraps from: a pseudo-random earlier one, deterministic
@@ -203,6 +223,8 @@ struct Measured {
     most_connections: usize,
     max_connections: usize,
     quiet_bytes_per_node_s: f64,
+    /// CPU time of the whole process in the quiet window, per node per second.
+    quiet_cpu_ms_per_node_s: f64,
     bytes_per_advert_per_node: f64,
 }
 
@@ -212,14 +234,18 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
     let rss_before = rss_bytes();
     let mut nodes: Vec<Member> = Vec::with_capacity(n);
     for index in 0..n {
-        let bootstrap = match index {
-            0 => Vec::new(),
+        let (bootstrap, known) = match index {
+            0 => (Vec::new(), 0),
             _ => match nodes.get(earlier(index)) {
-                Some(earlier) => vec![earlier.addr()?],
-                None => Vec::new(),
+                Some(earlier) => (vec![earlier.addr()?], earlier.mesh_size()),
+                None => (Vec::new(), 0),
             },
         };
-        nodes.push(start_member(context, n, &bootstrap, &detected).await?);
+        let member = start_member(context, n, &bootstrap, &detected).await?;
+        if memory {
+            joined(&member, known).await;
+        }
+        nodes.push(member);
         if index % 100 == 99 {
             info!(started = index + 1, n, "gossip nodes starting");
         }
@@ -237,7 +263,9 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         if Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Each look reads every view whole: a thousand of them every 20 ms would be a load
+        // of its own.
+        tokio::time::sleep(Duration::from_millis(if memory { 200 } else { 20 })).await;
     }
     // Views that did not fill are a figure of their own; spread, connections and memory are
     // still measured (a published advert reaching everyone does not need full views).
@@ -360,6 +388,12 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         ),
         Figure::plain(
             SCENARIO,
+            format!("{n} nodes: CPU per node per second, quiet (whole process / N)"),
+            measured.quiet_cpu_ms_per_node_s,
+            "ms/s",
+        ),
+        Figure::plain(
+            SCENARIO,
             format!("{n} nodes: bytes read per node per advert published"),
             measured.bytes_per_advert_per_node,
             "bytes",
@@ -382,9 +416,14 @@ async fn spread(nodes: &[Member], n: usize, rounds: usize) -> Result<Measured, B
     }
     // Bytes are counted on the memory transport only (full nodes use sockets).
     let bytes = || crate::network::memory::BYTES_READ.load(std::sync::atomic::Ordering::Relaxed);
-    let quiet_started = (Instant::now(), bytes());
+    let cpu_us = || crate::capacity::own_cpu_us().unwrap_or(0);
+    let quiet_started = (Instant::now(), bytes(), cpu_us());
     tokio::time::sleep(QUIET_WINDOW).await;
     let quiet_bytes = bytes() - quiet_started.1;
+    let quiet_cpu_ms_per_node_s = cpu_us().saturating_sub(quiet_started.2) as f64
+        / 1000.0
+        / n.max(1) as f64
+        / quiet_started.0.elapsed().as_secs_f64();
     let quiet_per_node_s =
         quiet_bytes as f64 / n.max(1) as f64 / quiet_started.0.elapsed().as_secs_f64();
     let mut samples = Vec::with_capacity(rounds);
@@ -423,6 +462,7 @@ async fn spread(nodes: &[Member], n: usize, rounds: usize) -> Result<Measured, B
         most_connections,
         max_connections,
         quiet_bytes_per_node_s: quiet_per_node_s,
+        quiet_cpu_ms_per_node_s,
         bytes_per_advert_per_node: advert_bytes / rounds.max(1) as f64,
     })
 }

@@ -17,7 +17,9 @@ pub fn loopback_config(bootstrap: &[String], advert_interval_secs: u64) -> Confi
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.network.bootstrap = bootstrap.to_vec();
     config.network.advert_interval_secs = advert_interval_secs;
-    config.network.advert_ttl_secs = advert_interval_secs * 3;
+    // Three intervals, within the protocol's bound.
+    config.network.advert_ttl_secs =
+        (advert_interval_secs * 3).min(suanli_protocol::advert::MAX_TTL_MS / 1000);
     config.api.listen = "127.0.0.1:0".into();
     config
 }

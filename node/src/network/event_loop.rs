@@ -23,7 +23,7 @@ use suanli_protocol::wire::{
 use suanli_protocol::{CapacityAdvert, NodeId, Signed};
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, MESH_LOW, MESH_N, advert_topic, build_swarm,
+    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, MESH_N, advert_topic, build_swarm,
     checkpoint_topic,
 };
 use super::peer_manager::{GRACE, PeerState, plan_prune};
@@ -75,6 +75,9 @@ pub struct EventLoop {
     /// When the last tick ran (a stall of this loop shows as a late tick).
     last_tick: Instant,
     publish_pending: bool,
+    /// Whether the current advert was handed to at least one subscribed peer (gossip takes it
+    /// on from there; until then every new subscriber triggers a re-publication).
+    advert_delivered: bool,
     view_sync: ViewSync,
     counters: Arc<GossipCounters>,
     holds: Arc<PeerHolds>,
@@ -152,6 +155,7 @@ impl EventLoop {
             last_publish: None,
             last_tick: Instant::now(),
             publish_pending: false,
+            advert_delivered: false,
             view_sync: ViewSync::Wanted,
             counters,
             holds,
@@ -266,6 +270,11 @@ impl EventLoop {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    // Readers skip expired entries themselves; dropping them once a second
+                    // keeps the table small without a write lock four times a second.
+                    for node in self.parts.mesh.prune(now_ms()) {
+                        info!(%node, "advert expired; node left the capacity view");
+                    }
                     self.prune_excess();
                     self.fill_from_view();
                 }
@@ -728,9 +737,6 @@ impl EventLoop {
             self.dial(peer_id, addrs);
         }
         self.banned_until.retain(|_, until| *until > now);
-        for node in self.parts.mesh.prune(now_ms()) {
-            info!(%node, "advert expired; node left the capacity view");
-        }
     }
 
     fn dial(&mut self, peer_id: PeerId, addrs: Vec<Multiaddr>) {
@@ -800,9 +806,8 @@ impl EventLoop {
         let mut candidates: Vec<NodeId> = self
             .parts
             .mesh
-            .snapshot(now_ms())
+            .live_nodes(now_ms())
             .into_iter()
-            .map(|entry| entry.advert.node)
             .filter(|node| {
                 let peer = node.to_peer_id();
                 peer != local
@@ -982,12 +987,13 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
                 if topic == advert_topic().hash() =>
             {
-                // A node whose advert mesh is still short (it is new) publishes as peers
-                // subscribe; one with a healthy mesh does not re-flood on every new connection
-                // (newcomers pull the view instead: see `sync_view`).
-                let mesh = self.swarm.behaviour().gossipsub.mesh_peers(&topic).count();
-                debug!(%peer_id, mesh, "peer subscribed to adverts");
-                if mesh < MESH_LOW {
+                // A node whose advert has reached nobody yet (it is new, or was alone) publishes
+                // when a peer subscribes. Once one peer has it, gossip carries it to the rest,
+                // and newcomers pull the view (see `sync_view`): re-publishing on every new
+                // subscriber would make every node verify a joiner's advert once per
+                // connection the joiner makes.
+                debug!(%peer_id, delivered = self.advert_delivered, "peer subscribed to adverts");
+                if !self.advert_delivered {
                     self.publish_pending = true;
                 }
             }
@@ -1082,15 +1088,15 @@ impl EventLoop {
         let now = now_ms();
         let signed = match GossipMessage::from_bytes(&message.data) {
             Ok(GossipMessage::Advert(signed)) => signed,
-            Ok(_) => return self.reject_advert(message, propagation_source, "not an advert"),
+            Ok(_) => return self.reject_advert(propagation_source, "not an advert"),
             Err(error) => {
-                return self.reject_advert(message, propagation_source, &error.to_string());
+                return self.reject_advert(propagation_source, &error.to_string());
             }
         };
         if self.parts.mesh.already_holds(&signed) {
             return gossipsub::MessageAcceptance::Ignore;
         }
-        match validate_advert(message, signed, now) {
+        match validate_advert(signed, now) {
             Ok((signed, advert)) => {
                 let node = advert.node;
                 match self.parts.mesh.offer(signed, advert, now) {
@@ -1107,27 +1113,19 @@ impl EventLoop {
             Err(AdvertRefusal::Late(reason)) => {
                 // Valid, but it aged out on its way: the forwarder is not at fault. (Rejecting it
                 // penalised honest forwarders under load until the mesh partitioned.)
-                debug!(source = ?message.source, via = %propagation_source, %reason, "late advert ignored");
+                debug!(via = %propagation_source, %reason, "late advert ignored");
                 gossipsub::MessageAcceptance::Ignore
             }
-            Err(AdvertRefusal::Invalid(reason)) => {
-                self.reject_advert(message, propagation_source, &reason)
-            }
+            Err(AdvertRefusal::Invalid(reason)) => self.reject_advert(propagation_source, &reason),
         }
     }
 
     fn reject_advert(
         &self,
-        message: &gossipsub::Message,
         propagation_source: PeerId,
         reason: &str,
     ) -> gossipsub::MessageAcceptance {
-        warn!(
-            source = ?message.source,
-            via = %propagation_source,
-            %reason,
-            "rejected advert; sender penalised"
-        );
+        warn!(via = %propagation_source, %reason, "rejected advert; sender penalised");
         gossipsub::MessageAcceptance::Reject
     }
 
@@ -1154,7 +1152,6 @@ impl EventLoop {
             }
             Err(reason) => {
                 warn!(
-                    source = ?message.source,
                     via = %propagation_source,
                     %reason,
                     "rejected checkpoint-topic message; sender penalised"
@@ -1213,12 +1210,19 @@ impl EventLoop {
             .gossipsub
             .publish(advert_topic(), bytes)
         {
-            Ok(_) => debug!(seq = self.advert_seq, "advert published"),
-            // Normal right after start or while alone: the next tick or subscription retries.
+            Ok(_) => {
+                self.advert_delivered = true;
+                debug!(seq = self.advert_seq, "advert published");
+            }
+            // Normal right after start or while alone: the next subscription retries.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                self.advert_delivered = false;
                 debug!("no subscribed peer for the advert yet");
             }
-            Err(error) => warn!(%error, "advert not published"),
+            Err(error) => {
+                self.advert_delivered = false;
+                warn!(%error, "advert not published");
+            }
         }
     }
 }
@@ -1254,7 +1258,6 @@ enum AdvertRefusal {
 
 /// The checks every received advert passes before use.
 fn validate_advert(
-    message: &gossipsub::Message,
     signed: Signed<CapacityAdvert>,
     now_ms: u64,
 ) -> Result<(Arc<Signed<CapacityAdvert>>, CapacityAdvert), AdvertRefusal> {
@@ -1263,13 +1266,6 @@ fn validate_advert(
         .verify()
         .map_err(|error| invalid(error.to_string()))?;
     let signed = Arc::new(signed);
-    let sender = gossip_author(message).map_err(invalid)?;
-    if sender != advert.node {
-        return Err(invalid(format!(
-            "advert for {} published by {sender}",
-            advert.node
-        )));
-    }
     match advert.validate(now_ms) {
         Ok(()) => Ok((signed, advert)),
         Err(error @ suanli_protocol::advert::AdvertError::Expired { .. }) => {
@@ -1296,13 +1292,6 @@ fn validate_checkpoint_topic(message: &gossipsub::Message) -> Result<CheckpointT
             }
             let checkpoint =
                 SignedCheckpoint::from_note(&note).map_err(|error| error.to_string())?;
-            let sender = gossip_author(message)?;
-            if sender != checkpoint.signer() {
-                return Err(format!(
-                    "checkpoint of {} published by {sender}",
-                    checkpoint.signer()
-                ));
-            }
             Ok(CheckpointTopic::Checkpoint(checkpoint))
         }
         GossipMessage::Equivocation(proof) => {
@@ -1316,12 +1305,6 @@ fn validate_checkpoint_topic(message: &gossipsub::Message) -> Result<CheckpointT
         }
         GossipMessage::Advert(_) => Err("an advert on the checkpoint topic".into()),
     }
-}
-
-/// The node that signed a gossip message (strict mode: every message is signed by its author).
-fn gossip_author(message: &gossipsub::Message) -> Result<NodeId, String> {
-    let source = message.source.ok_or("unsigned gossip message")?;
-    NodeId::from_peer_id(&source).map_err(|error| error.to_string())
 }
 
 fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {

@@ -183,10 +183,9 @@ pub async fn request_response_round_trips(
 
 /// Bare gossipsub: the node's gossipsub parameters (mesh sizes, no flood publishing, message
 /// ids, heartbeat, size cap), without application validation or peer scoring.
-fn gossip_behaviour(key: &libp2p::identity::Keypair) -> Result<gossipsub::Behaviour, FloorError> {
+fn gossip_behaviour(_: &libp2p::identity::Keypair) -> Result<gossipsub::Behaviour, FloorError> {
     let config = super::gossipsub_base().build().map_err(floor_error)?;
-    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
-        .map_err(floor_error)
+    super::new_gossipsub(config).map_err(floor_error)
 }
 
 /// What one bare gossip swarm reports to the measurement.

@@ -17,8 +17,8 @@
 //! about `target_peers` peers and never more than `max_connections` connections (see
 //! [`peer_manager`]); re-dials lost peers with exponential backoff while below its target;
 //! publishes this node's signed capacity advert every `advert_interval`, on load changes, and when
-//! a peer subscribes while its advert mesh is short; validates every advert it
-//! receives (signature, sender = gossip source, sizes, TTL, clock skew) before it enters the
+//! a peer subscribes while its current advert has reached no peer; validates every advert it
+//! receives (signature, sizes, TTL, clock skew) before it enters the
 //! [`MeshView`], and reports invalid ones to gossipsub, which lowers the
 //! sender's score.
 //!
@@ -34,8 +34,7 @@
 //! Two request-response protocols carry what must arrive: `/suanli/market/1` (inbound requests
 //! go to the market as [`NetworkEvent`]s) and `/suanli/ledger/1` (inbound requests go to the
 //! transparency module as [`LedgerEvent`]s). The checkpoint topic carries signed ledger
-//! checkpoints (checked here: size, signature, published by their own node, which must hold a
-//! live advert) and equivocation proofs (verified here); both reach the transparency module as
+//! checkpoints (checked here: size, signature, their node must hold a live advert) and equivocation proofs (verified here); both reach the transparency module as
 //! [`LedgerEvent`]s. A third, `/suanli/view/1`, is the network's own: a joining node pulls the
 //! capacity view from its first suanli peer, page by page, verifying every advert as if
 //! gossiped, so that it sees the whole mesh within seconds rather than after every node's next
@@ -64,7 +63,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
-    IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_base, gossipsub_config, peer_score,
+    IDENTIFY_PROTOCOL, advert_topic, checkpoint_topic, gossipsub_base, gossipsub_config,
+    new_gossipsub, peer_score,
 };
 pub use frame_codec::FrameCodec;
 

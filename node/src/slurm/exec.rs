@@ -189,7 +189,7 @@ async fn run_task(job: ExecJob, task: u32) -> Result<TaskOutcome, String> {
         outcome: result.outcome,
         usage: result.usage,
         stdout: result.stdout,
-        cpu_us: own_cpu_us().unwrap_or(0),
+        cpu_us: crate::capacity::own_cpu_us().unwrap_or(0),
         peak_rss_bytes: own_peak_rss_bytes().unwrap_or(0),
     })
 }
@@ -199,24 +199,13 @@ fn own_peak_rss_bytes() -> Option<u64> {
     crate::capacity::proc_kib_field("/proc/self/status", "VmHWM:")
 }
 
-/// This process's user + system CPU time from `/proc/self/stat`, microseconds.
-fn own_cpu_us() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // Linux reports clock ticks of 1/100 s to user space (USER_HZ).
-    Some((utime + stime) * 10_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn own_cpu_time_and_memory_are_read() {
-        assert!(own_cpu_us().is_some());
+        assert!(crate::capacity::own_cpu_us().is_some());
         assert!(own_peak_rss_bytes().is_some_and(|bytes| bytes > 0));
     }
 

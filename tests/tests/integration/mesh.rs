@@ -113,7 +113,6 @@ async fn forged_and_malformed_adverts_are_rejected() {
         .await;
 
         let attacker = Keypair::generate().expect("key");
-        let impersonated = Keypair::generate().expect("key");
         let adversary = Adversary::connect(attacker.clone(), victim.tcp_addr()).await;
 
         // 1. Valid encoding, wrong signature: the attacker's own advert with a flipped signature bit.
@@ -121,10 +120,7 @@ async fn forged_and_malformed_adverts_are_rejected() {
         let mut bad_signature = GossipMessage::Advert(signed).to_bytes().expect("encode");
         let last = bad_signature.len() - 1;
         bad_signature[last] ^= 0x01;
-        // 2. Wrong sender: an advert validly signed by another node, published by the attacker.
-        let other = Signed::sign(&advert_of(&impersonated, 1), &impersonated).expect("sign");
-        let wrong_sender = GossipMessage::Advert(other).to_bytes().expect("encode");
-        // 3. Malformed: not a message at all, and an unknown protocol version.
+        // 2. Malformed: not a message at all, and an unknown protocol version.
         let garbage = vec![0xff; 300];
         let mut future_version =
             GossipMessage::Advert(Signed::sign(&advert_of(&attacker, 2), &attacker).expect("sign"))
@@ -133,7 +129,7 @@ async fn forged_and_malformed_adverts_are_rejected() {
         future_version[0] = 9;
 
         let rejected_before = victim.handle.network.gossip_stats().rejected;
-        for bytes in [bad_signature, wrong_sender, garbage, future_version] {
+        for bytes in [bad_signature, garbage, future_version] {
             // The first rejection graylists the attacker, after which the victim may drop its
             // messages before validation; either way none may be accepted.
             adversary.publish(bytes).await.expect("published");
@@ -168,7 +164,6 @@ async fn forged_and_malformed_adverts_are_rejected() {
         .await;
         for node in [&victim, &honest] {
             assert!(node.handle.mesh.get(&attacker.node_id()).is_none());
-            assert!(node.handle.mesh.get(&impersonated.node_id()).is_none());
             assert_eq!(node.mesh_size(), 2);
         }
         victim.stop().await;
