@@ -112,6 +112,9 @@ impl From<BenchError> for MeshError {
     }
 }
 
+/// How long one spread round waits for every view to hold the new advert.
+const ROUND_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long a mesh may take to converge after its last node started.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 
@@ -218,6 +221,8 @@ fn earlier(index: usize) -> usize {
 /// What the nodes measured before the floor runs.
 struct Measured {
     spreads: Samples,
+    /// Rounds whose advert had not reached every node after [`ROUND_LIMIT`].
+    missed_rounds: usize,
     mesh_peers: f64,
     connected: f64,
     most_connections: usize,
@@ -376,6 +381,15 @@ async fn measure(context: &Context, n: usize, rounds: usize) -> Result<Vec<Figur
         ),
         Figure::plain(
             SCENARIO,
+            format!(
+                "{n} nodes: rounds whose advert missed a node for {} s (counted at {0} s)",
+                ROUND_LIMIT.as_secs()
+            ),
+            measured.missed_rounds as f64,
+            "rounds",
+        ),
+        Figure::plain(
+            SCENARIO,
             format!("{n} nodes: advert message size"),
             payload as f64,
             "bytes",
@@ -427,6 +441,7 @@ async fn spread(nodes: &[Member], n: usize, rounds: usize) -> Result<Measured, B
     let quiet_per_node_s =
         quiet_bytes as f64 / n.max(1) as f64 / quiet_started.0.elapsed().as_secs_f64();
     let mut samples = Vec::with_capacity(rounds);
+    let mut missed_rounds = 0;
     let mut advert_bytes = 0.0;
     for round in 0..rounds {
         let Some(publisher) = nodes.get((round * 31) % n.max(1)) else {
@@ -436,26 +451,38 @@ async fn spread(nodes: &[Member], n: usize, rounds: usize) -> Result<Measured, B
         let (started, before) = (Instant::now(), bytes());
         publisher.network().publish_advert().await.map_err(fail)?;
         let seq = publisher.mesh().seq_of(&id).unwrap_or(0);
-        while !nodes
-            .iter()
-            .all(|node| node.mesh().seq_of(&id).is_some_and(|s| s >= seq))
-        {
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(BenchError::scenario(
-                    SCENARIO,
-                    format!("an advert did not reach all {n} nodes in 30 s"),
-                ));
+        let has_it = |node: &Member| node.mesh().seq_of(&id).is_some_and(|s| s >= seq);
+        while !nodes.iter().all(has_it) {
+            if started.elapsed() > ROUND_LIMIT {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        samples.push(started.elapsed());
+        // Gossip is lossy: a node that missed the advert gets it with the next re-publication.
+        // Such a round counts at the limit (so the percentiles stay honest) and is reported.
+        let missing = nodes.iter().filter(|node| !has_it(node)).count();
+        if missing > 0 {
+            warn!(
+                n,
+                round, missing, "an advert did not reach every node in time"
+            );
+            missed_rounds += 1;
+        }
+        samples.push(started.elapsed().min(ROUND_LIMIT));
         tokio::time::sleep(Duration::from_millis(300)).await;
         // The round's bytes beyond the quiet rate, per node.
         let extra = (bytes() - before) as f64
             - quiet_per_node_s * n as f64 * started.elapsed().as_secs_f64();
         advert_bytes += extra.max(0.0) / n.max(1) as f64;
     }
+    if missed_rounds == samples.len() {
+        return Err(BenchError::scenario(
+            SCENARIO,
+            format!("no advert reached all {n} nodes within {ROUND_LIMIT:?}"),
+        ));
+    }
     Ok(Measured {
+        missed_rounds,
         spreads: Samples::new(samples),
         mesh_peers: mesh_peers as f64 / n.max(1) as f64,
         connected: connected as f64 / n.max(1) as f64,
