@@ -11,9 +11,11 @@
 //! [`LARGE_ADVERT_INTERVAL_SECS`] and pinging every [`LARGE_PING_INTERVAL_SECS`] (two cores
 //! cannot verify a thousand nodes' ten-second adverts a thousand times over, nor carry their
 //! five-second pings); they join one after another, each once its view sync is done. Both run
-//! the default peer limits (target 25, at most 50). Then: the bytes read per node per second over a quiet window, and `ROUNDS` times one node
-//! publishes a new advert, timed until every view holds its sequence number (polled in place
-//! every millisecond). Memory = growth of the resident set / N.
+//! the default peer limits (target 25, at most 50). Then: the bytes read per node per second and
+//! the process's CPU time per node over a quiet window, and `ROUNDS` times one node publishes a
+//! new advert, timed until every view holds its sequence number (polled in place every
+//! millisecond; a round still missing a node after [`ROUND_LIMIT`] counts at the limit and is
+//! reported). Memory = growth of the resident set / N.
 //!
 //! Floor: N bare gossipsub swarms (`network::floor`) wired exactly like the nodes ended up
 //! (each node's connected peers, read after convergence), publishing payloads of the size of a
