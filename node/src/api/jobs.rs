@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -13,7 +13,7 @@ use suanli_protocol::{Credits, ExecutorKind, JobId, Limits, NodeId, Placement};
 use super::types::{
     ExecutorName, JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse,
 };
-use super::{ApiError, ApiJson, ApiQuery, ApiState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
 use crate::market::{CancelError, JobRecord, JobStoreError, Submission, SubmitError};
 
 /// Defaults for limits a submission leaves out.
@@ -143,7 +143,7 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 
 pub async fn status(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let Some(wait_ms) = query.wait_ms else {
@@ -164,7 +164,7 @@ pub async fn status(
 /// ended already.
 pub async fn cancel(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let job_id = parse_job_id(&id)?;
     state
@@ -185,7 +185,7 @@ pub async fn cancel(
 
 pub async fn output(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = record(&state, &id)?;
     let Some(hash) = record.output_hash else {

@@ -6,7 +6,7 @@
 //! arguments beyond it are a 400 (a 404 for an entry that does not exist yet).
 
 use axum::Router;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{FromRef, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,7 +20,7 @@ use super::types::{
     EntryView, InclusionProof, InclusionQuery, LedgerQuery, RawEntriesPage, RawEntry,
     VerifyFailure, VerifyReport,
 };
-use super::{ApiError, ApiQuery, ApiState};
+use super::{ApiError, ApiPath, ApiQuery, ApiState};
 
 /// The ledger routes, for any state holding the ledger.
 pub fn routes<S>() -> Router<S>
@@ -268,7 +268,7 @@ pub async fn consistency_proof(
 /// `GET /v1/ledger/entry/{index}[?raw=1]`: one entry as JSON, or its exact stored bytes.
 pub async fn entry(
     State(ledger): State<LedgerHandle>,
-    Path(index): Path<String>,
+    ApiPath(index): ApiPath<String>,
     ApiQuery(query): ApiQuery<EntryQuery>,
 ) -> Result<Response, ApiError> {
     let index: u64 = index.parse().map_err(|_| {

@@ -332,6 +332,17 @@ fn the_cli_runs_jobs_on_a_mesh_of_processes() {
     let unknown =
         reqwest::blocking::get(format!("{api}/v1/jobs/{}", "0".repeat(64))).expect("http");
     assert_eq!(unknown.status(), 404);
+    // A path that is not UTF-8 once decoded: a 400 with a JSON body, like every other error.
+    for path in [
+        "/v1/jobs/%FF",
+        "/v1/jobs/%FF/output",
+        "/v1/ledger/entry/%C3%28",
+    ] {
+        let bad_path = reqwest::blocking::get(format!("{api}{path}")).expect("http");
+        assert_eq!(bad_path.status(), 400, "{path}");
+        let body: Value = bad_path.json().expect("json");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
     // A compile bomb (200,000 empty functions) is refused before it is compiled.
     let bomb = format!(
         r#"{{"module_wat": "(module (func (export \"_start\")) {})"}}"#,
