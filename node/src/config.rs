@@ -398,14 +398,31 @@ impl Default for NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// `HOST:PORT` the API listens on. Keep it on loopback unless a proxy guards it.
+    /// `HOST:PORT` the API listens on. An address other than loopback needs API tokens
+    /// (`suanli token create`): the node does not start without one.
     pub listen: String,
+    /// Whether a request over loopback without a token acts as the operator (every route, every
+    /// job). Off: loopback needs tokens too.
+    pub local_without_token: bool,
+    /// Host names a request's `Host` header may name besides IP literals and `localhost` (the
+    /// names the node is reached by, e.g. behind a proxy).
+    pub hosts: Vec<String>,
+    /// Seconds a client may take to send a request's head, and its body.
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:7070".into(),
+            local_without_token: true,
+            hosts: Vec::new(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -496,6 +513,8 @@ pub struct CheckedConfig {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub api_listen: SocketAddr,
+    /// `[api]` as given (listen parsed into `api_listen`).
+    pub api: ApiConfig,
     pub capacity: CapacityConfig,
     pub executors: Vec<ExecutorKind>,
     pub prices: PriceTerms,
@@ -585,6 +604,26 @@ impl Config {
             self.api.listen.parse().map_err(|error| {
                 invalid("api.listen", format!("{:?}: {error}", self.api.listen))
             })?;
+        let api = &self.api;
+        for (key, secs) in [
+            ("api.header_timeout_secs", api.header_timeout_secs),
+            ("api.body_timeout_secs", api.body_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(key, "must be 1..=3600 seconds"));
+            }
+        }
+        if !(1..=65_536).contains(&api.max_connections) {
+            return Err(invalid("api.max_connections", "must be 1..=65536"));
+        }
+        if let Some(host) = api.hosts.iter().find(|host| {
+            host.is_empty() || host.contains(|c: char| c == ':' || c == '/' || c.is_whitespace())
+        }) {
+            return Err(invalid(
+                "api.hosts",
+                format!("{host:?}: a host name, without port or scheme"),
+            ));
+        }
         let provider = &self.provider;
         if provider.slots == Some(0) {
             return Err(invalid("provider.slots", "must be at least 1"));
@@ -671,6 +710,7 @@ impl Config {
             ping_interval: Duration::from_secs(network.ping_interval_secs),
             ping_timeout: Duration::from_secs(network.ping_timeout_secs),
             api_listen,
+            api: self.api.clone(),
             capacity: capacity.clone(),
             executors,
             prices: PriceTerms {
@@ -837,8 +877,19 @@ ping_interval_secs = 5
 ping_timeout_secs = 10
 
 [api]
-# HTTP API address. Keep it on loopback unless a proxy guards it.
+# HTTP API address. Any address but loopback needs API tokens (`suanli token create`): the node
+# refuses to start without one.
 listen = "127.0.0.1:7070"
+# A loopback request without a token acts as the operator (all routes, all jobs). false: tokens
+# are needed on loopback too.
+local_without_token = true
+# Names the API is reached by (checked against the Host header), besides IP literals and
+# localhost: e.g. ["node1.example.org"].
+hosts = []
+# Seconds a client may take to send a request's head, and its body; connections served at once.
+header_timeout_secs = 10
+body_timeout_secs = 30
+max_connections = 1024
 
 [capacity]
 # Region label shown to the mesh.

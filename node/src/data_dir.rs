@@ -6,6 +6,8 @@
 //!   config.toml   commented configuration (written by `suanli init`)
 //!   peers.json    peers seen recently, re-dialled on start (written by the node)
 //!   run.json      node id, API address and listen addresses of the running node
+//!   api-tokens.json  API tokens' SHA-256 digests, names, quotas (written by `suanli token`;
+//!                 see the auth module), and api-tokens.lock beside it
 //!   db/           the ledger, job records and blobs (sled; see the ledger module)
 //!   checkpoint    the latest signed checkpoint of the ledger (C2SP signed note)
 //! ```
@@ -241,7 +243,7 @@ fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
 
 /// Writes a file readable by its owner only (mode 0600), replacing any old one atomically and
 /// durably (the file and its directory are fsynced).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -19,6 +19,7 @@
 //! holds signed documents with fixed keys for tests and benchmarks.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod capacity;
 pub mod cli;
@@ -93,6 +94,14 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("API tokens: {0}")]
+    Tokens(#[from] auth::StoreError),
+    #[error(
+        "the API would listen on {0}, which is not loopback, and no API token exists: anyone who \
+         reaches it could spend this node's credit. Create one with `suanli token create --name \
+         NAME` (or listen on 127.0.0.1 behind a proxy)"
+    )]
+    OpenApiWithoutTokens(SocketAddr),
 }
 
 /// A running node.
@@ -128,6 +137,15 @@ impl Node {
     pub async fn start(data_dir: DataDir, config: CheckedConfig) -> Result<NodeHandle, NodeError> {
         let keypair = data_dir.load_or_init()?;
         let node_id = keypair.node_id();
+        // An API open beyond loopback without a token is refused before anything starts.
+        let tokens_path = auth::store::tokens_path(&data_dir);
+        if !auth::is_loopback(config.api_listen.ip()) {
+            let file = auth::store::load(&tokens_path)?;
+            let now = clock::now_ms();
+            if !file.tokens.iter().any(|token| token.refusal(now).is_none()) {
+                return Err(NodeError::OpenApiWithoutTokens(config.api_listen));
+            }
+        }
         let mut capacity = Capacity::from_config(&config, &Detected::probe());
         // Models load first: one that cannot is a start-up error, before anything listens.
         let offered = tokens::load_models(&config.tokens.models).await?;
@@ -202,6 +220,7 @@ impl Node {
         let jobs_config = config.jobs.clone();
         let (prices, executors) = (config.prices, capacity.executors.clone());
         let tokens_config = config.tokens.clone();
+        let api_config = config.api.clone();
         let (network, network_task, listen_addrs) = network::start(NetworkParts {
             config,
             keypair: keypair.clone(),
@@ -281,6 +300,15 @@ impl Node {
             cancel: cancel.clone(),
         });
 
+        let access = auth::Access::open(
+            auth::AccessConfig {
+                tokens_path,
+                local_without_token: api_config.local_without_token,
+                hosts: api_config.hosts.clone(),
+                body_timeout: Duration::from_secs(api_config.body_timeout_secs),
+            },
+            auth::Spend::new(&storage, market.jobs().clone()),
+        )?;
         let listener = tokio::net::TcpListener::bind(api_listen)
             .await
             .map_err(|source| NodeError::Api {
@@ -302,24 +330,19 @@ impl Node {
             storage: storage.clone(),
             transparency: transparency.clone(),
             tokens: token_router.clone(),
+            access,
         });
-        let api_cancel = cancel.clone();
-        tasks.spawn(async move {
-            let stopping = api_cancel.clone();
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { api_cancel.cancelled().await });
-            // Requests in flight (an audit, an export) get API_DRAIN to finish, not longer.
-            let drained = async move {
-                stopping.cancelled().await;
-                tokio::time::sleep(API_DRAIN).await;
-            };
-            tokio::select! {
-                served = serve => if let Err(error) = served {
-                    warn!(%error, "API server failed");
-                },
-                () = drained => warn!(limit = ?API_DRAIN, "API requests still running at the stop; dropped"),
-            }
-        });
+        let limits = api::serve::ServeLimits {
+            header_timeout: Duration::from_secs(api_config.header_timeout_secs),
+            max_connections: api_config.max_connections as usize,
+        };
+        tasks.spawn(api::serve::serve(
+            listener,
+            router,
+            limits,
+            cancel.clone(),
+            API_DRAIN,
+        ));
         info!(%node_id, api = %api_addr, "node started");
         let run_info = RunInfo {
             node_id: node_id.to_string(),

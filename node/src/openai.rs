@@ -517,6 +517,25 @@ impl ApiError {
             .with_code("rate_limit_exceeded")
     }
 
+    /// 429 `insufficient_quota` (OpenAI's code for a spent quota; retrying does not help).
+    pub fn insufficient_quota(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimit, message)
+            .with_code("insufficient_quota")
+    }
+
+    /// 408: the body did not arrive within `limit`.
+    pub fn request_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::InvalidRequest,
+            format!(
+                "The request body did not arrive within {} s.",
+                limit.as_secs()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     /// 502 `provider_failed`: the engine or upstream server generating failed.
     pub fn provider_failed(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, ErrorKind::Server, message)

@@ -34,6 +34,7 @@ pub fn suanli(args: &[&str]) -> Output {
     Command::new(suanli_binary())
         .args(args)
         .env_remove("SUANLI_API")
+        .env_remove("SUANLI_TOKEN")
         .output()
         .expect("run suanli")
 }

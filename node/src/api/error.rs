@@ -43,6 +43,24 @@ pub enum ApiError {
     /// The node's storage failed; it takes no new work until it is restarted.
     #[error("{0}")]
     StorageFailed(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    ForbiddenHost(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The token's rate is used up: try again after `retry_after_secs`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    QuotaExhausted(String),
 }
 
 impl ApiError {
@@ -70,6 +88,22 @@ impl ApiError {
             ),
             ApiError::StorageFailed(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::StorageFailed)
+            }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthorized),
+            ApiError::ForbiddenHost(_) => (StatusCode::FORBIDDEN, ApiErrorCode::ForbiddenHost),
+            ApiError::RequestTimeout(_) => {
+                (StatusCode::REQUEST_TIMEOUT, ApiErrorCode::RequestTimeout)
+            }
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, ApiErrorCode::UriTooLong),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ApiErrorCode::HeadersTooLarge,
+            ),
+            ApiError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::RateLimited)
+            }
+            ApiError::QuotaExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QuotaExhausted)
             }
         }
     }
@@ -112,6 +146,25 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }

@@ -13,7 +13,9 @@ use suanli_protocol::{Credits, ExecutorKind, JobId, Limits, NodeId, Placement};
 use super::types::{
     ExecutorName, JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse,
 };
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Who};
+use crate::auth::Principal;
+use crate::auth::spend::QuotaError;
 use crate::market::{CancelError, JobRecord, JobStoreError, Submission, SubmitError};
 
 /// Defaults for limits a submission leaves out.
@@ -97,14 +99,37 @@ fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
             provider,
             exclude_self: request.placement.remote_only,
         },
+        api_token: None,
     })
 }
 
 pub async fn submit(
     State(state): State<ApiState>,
+    Who(principal): Who,
     ApiJson(request): ApiJson<SubmitRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let submission = submission(request)?;
+    let mut submission = submission(request)?;
+    submission.api_token = principal.token_id().map(str::to_owned);
+    // Held until the job is in the token's index (or refused), so that concurrent submissions
+    // cannot overspend the quota together.
+    let _reservation = match &principal {
+        Principal::Token(record) => match record.quota_micro {
+            Some(quota) => Some(
+                state
+                    .access
+                    .spend()
+                    .reserve(&record.id, quota, submission.max_price.micro())
+                    .map_err(|error| match error {
+                        QuotaError::Exhausted { .. } => {
+                            ApiError::QuotaExhausted(format!("token {:?}: {error}", record.name))
+                        }
+                        QuotaError::Store(error) => ApiError::Internal(error.to_string()),
+                    })?,
+            ),
+            None => None,
+        },
+        _ => None,
+    };
     let job_id = state
         .market
         .submit(submission)
@@ -128,13 +153,16 @@ fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("not a job id: {text:?} (64 hex digits)")))
 }
 
-fn record(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
+/// The job's record, if the principal may see it (another token's job is "no job", as is one
+/// that does not exist: a token learns nothing of others' jobs).
+fn record(state: &ApiState, principal: &Principal, id: &str) -> Result<JobRecord, ApiError> {
     let job_id = parse_job_id(id)?;
     state
         .market
         .jobs()
         .get(&job_id)
         .map_err(|error| ApiError::Internal(error.to_string()))?
+        .filter(|record| principal.may_see(record.api_token.as_deref()))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
@@ -143,13 +171,15 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 
 pub async fn status(
     State(state): State<ApiState>,
+    Who(principal): Who,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    let record = record(&state, &principal, &id)?;
     let Some(wait_ms) = query.wait_ms else {
-        return Ok(axum::Json(JobView::from(record(&state, &id)?)));
+        return Ok(axum::Json(JobView::from(record)));
     };
-    let job_id = parse_job_id(&id)?;
+    let job_id = record.job_id;
     let waited = state
         .market
         .wait_finished(&job_id, Duration::from_millis(wait_ms.min(MAX_WAIT_MS)))
@@ -164,9 +194,10 @@ pub async fn status(
 /// ended already.
 pub async fn cancel(
     State(state): State<ApiState>,
+    Who(principal): Who,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_id = parse_job_id(&id)?;
+    let job_id = record(&state, &principal, &id)?.job_id;
     state
         .market
         .cancel_job(&job_id)
@@ -179,15 +210,16 @@ pub async fn cancel(
         })?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(JobView::from(record(&state, &id)?)),
+        axum::Json(JobView::from(record(&state, &principal, &id)?)),
     ))
 }
 
 pub async fn output(
     State(state): State<ApiState>,
+    Who(principal): Who,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = record(&state, &id)?;
+    let record = record(&state, &principal, &id)?;
     let Some(hash) = record.output_hash else {
         return Err(ApiError::NotFound(format!(
             "job {id} has no output yet (state: {:?})",
@@ -204,27 +236,27 @@ pub async fn output(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
+/// `GET /v1/jobs`: the operator's view lists every job, a token's only its own.
 pub async fn list(
     State(state): State<ApiState>,
+    Who(principal): Who,
     ApiQuery(query): ApiQuery<JobListQuery>,
 ) -> Result<axum::Json<JobPage>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let after = query.after.as_deref().map(parse_job_id).transpose()?;
-    if let Some(after) = &after
-        && state
-            .market
-            .jobs()
-            .get(after)
-            .map_err(|error| ApiError::Internal(error.to_string()))?
-            .is_none()
-    {
-        return Err(ApiError::NotFound(format!("no job {after} to list after")));
+    let after = match query.after.as_deref() {
+        Some(id) => Some(
+            record(&state, &principal, id)
+                .map_err(|_| ApiError::NotFound(format!("no job {id} to list after")))?
+                .job_id,
+        ),
+        None => None,
+    };
+    let book = state.market.jobs();
+    let jobs = match principal.token_id() {
+        Some(token) => book.list_for_token(token, after.as_ref(), limit),
+        None => book.list(after.as_ref(), limit),
     }
-    let jobs = state
-        .market
-        .jobs()
-        .list(after.as_ref(), limit)
-        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    .map_err(|error| ApiError::Internal(error.to_string()))?;
     let next = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|job| job.job_id))
         .flatten();

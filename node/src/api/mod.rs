@@ -25,6 +25,7 @@
 //! | `GET /v1/ledger/equivocations` | equivocation proofs held |
 //! | `GET /v1/ledger/audit?peer=` | audit of a peer's ledger against this one |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
+//! | `GET /v1/tokens` | API tokens and their spending (a token sees only itself) |
 //! | `GET /v1/models` | models the mesh offers (OpenAI's shape, with a `suanli` object) |
 //! | `POST /v1/chat/completions` | an OpenAI chat completion, streamed (SSE) or not, routed to the mesh |
 //! | `POST /v1/completions` | an OpenAI text completion, likewise |
@@ -35,10 +36,12 @@
 //! Handlers only read shared state or ask the network task and the market; they never block them,
 //! and never hand out a stored record as an answer.
 
+mod access;
 mod error;
 mod jobs;
 pub mod ledger;
 pub mod openai;
+pub mod serve;
 mod transparency;
 pub mod types;
 
@@ -56,6 +59,7 @@ use types::{
     NodeView, PeerInfo, PricesView, ResourcesView, StorageState, StorageView,
 };
 
+use crate::auth::{Access, Principal};
 use crate::capacity::Capacity;
 use crate::clock::now_ms;
 use crate::ledger::LedgerHandle;
@@ -81,6 +85,7 @@ pub struct ApiState {
     pub storage: Storage,
     pub transparency: Transparency,
     pub tokens: crate::tokens::Router,
+    pub access: Access,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -98,9 +103,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ledger/witnessed", get(transparency::witnessed))
         .route("/v1/ledger/equivocations", get(transparency::equivocations))
         .route("/v1/ledger/audit", get(transparency::audit))
+        .route("/v1/tokens", get(access::tokens))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Every request, unknown routes included, passes the access guard first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            crate::auth::guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -116,6 +127,24 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Api
             .await
             .map(|Query(value)| ApiQuery(value))
             .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}
+
+/// Who is asking, as the access guard ([`crate::auth::guard`]) found; a request no guard saw is
+/// refused (500), never served as anyone.
+#[derive(Debug, Clone)]
+pub struct Who(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Who)
+            .ok_or_else(|| ApiError::Internal("no access check ran for this request".into()))
     }
 }
 
@@ -135,27 +164,86 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
-/// A JSON body whose rejections (bad JSON, wrong type, too large) are [`ApiError`]s.
+/// A JSON body whose rejections (bad JSON, wrong type, too large, too slow) are [`ApiError`]s.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let too_large =
-            || ApiError::TooLarge(format!("request body exceeds {MAX_BODY_BYTES} bytes"));
-        let request = refuse_announced_too_large(request, MAX_BODY_BYTES)
-            .await
-            .map_err(|()| too_large())?;
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(too_large())
-            }
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                let essence = value.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case("application/json")
+                    || (essence.starts_with("application/") && essence.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body with `Content-Type: application/json`".into(),
+            ));
         }
+        let body = read_body(request, MAX_BODY_BYTES)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => {
+                    ApiError::TooLarge(format!("request body exceeds {MAX_BODY_BYTES} bytes"))
+                }
+                BodyError::Timeout(limit) => ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs()
+                )),
+                BodyError::Failed(message) => ApiError::BadRequest(message),
+            })?;
+        Json::<T>::from_bytes(&body)
+            .map(|Json(value)| ApiJson(value))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
     }
+}
+
+/// Longest time a body may take where no guard set a deadline (handler tests).
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    /// It did not arrive before the request's deadline (this long after its head).
+    Timeout(std::time::Duration),
+    Failed(String),
+}
+
+/// Reads a whole request body of at most `max` bytes before the request's deadline
+/// ([`crate::auth::guard::BodyDeadline`]): a client that sends a head and then trickles or
+/// withholds its body holds a connection only that long.
+pub async fn read_body(request: Request, max: usize) -> Result<axum::body::Bytes, BodyError> {
+    let left = crate::auth::guard::body_time_left(&request, DEFAULT_BODY_TIMEOUT);
+    let limit = request
+        .extensions()
+        .get::<crate::auth::guard::BodyDeadline>()
+        .map_or(DEFAULT_BODY_TIMEOUT, |_| left);
+    let reading = async {
+        let request = refuse_announced_too_large(request, max)
+            .await
+            .map_err(|()| BodyError::TooLarge)?;
+        let mut body = request.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            let chunk = chunk
+                .map_err(|error| BodyError::Failed(format!("reading the request body: {error}")))?;
+            if bytes.len() + chunk.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(axum::body::Bytes::from(bytes))
+    };
+    tokio::time::timeout(left, reading)
+        .await
+        .unwrap_or(Err(BodyError::Timeout(limit)))
 }
 
 /// Most of a refused body read (and dropped) so that its sender gets to read the answer.

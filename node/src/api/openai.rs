@@ -19,10 +19,12 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 use suanli_protocol::tokens::{Finish, GenerateRequest, MAX_PROMPT_BYTES};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::ApiState;
 use super::types::ModelView;
+use super::{ApiState, BodyError};
+use crate::auth::spend::QuotaError;
+use crate::auth::{Principal, Spend};
 use crate::clock::now_ms;
 use crate::openai::{
     ApiError, ChatChunks, ChatCompletionRequest, CompletionRequest, ModelEntry, Options,
@@ -107,6 +109,9 @@ impl OpenAiRequest for CompletionRequest {
 }
 
 async fn handle<T: OpenAiRequest>(state: ApiState, request: Request, shape: Shape) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return ApiError::internal("no access check ran for this request").into_response();
+    };
     let parsed = match read_body(request)
         .await
         .and_then(|body| parse_body::<T>(&body))
@@ -118,7 +123,28 @@ async fn handle<T: OpenAiRequest>(state: ApiState, request: Request, shape: Shap
         Ok(generate) => generate,
         Err(error) => return error.into_response(),
     };
-    serve(state, generate, shape, parsed.options()).await
+    // A model request's cost is known only when it ends: the quota admits it while any of the
+    // token's quota is left, and its cost is added when it ends.
+    let charge_to = match &principal {
+        Principal::Token(record) => {
+            if let Some(quota) = record.quota_micro {
+                match state.access.spend().reserve(&record.id, quota, 0) {
+                    Ok(_reservation) => {}
+                    Err(QuotaError::Exhausted { .. }) => {
+                        return ApiError::insufficient_quota(format!(
+                            "the quota of token {:?} is used up",
+                            record.name
+                        ))
+                        .into_response();
+                    }
+                    Err(error) => return ApiError::internal(error.to_string()).into_response(),
+                }
+            }
+            Some(record.id.clone())
+        }
+        _ => None,
+    };
+    serve(state, generate, shape, parsed.options(), charge_to).await
 }
 
 /// Which endpoint's answer shape.
@@ -151,12 +177,35 @@ impl Shape {
 
 /// Reads a body of at most [`MAX_BODY_BYTES`], refusing a larger one with 413.
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
-    let request = super::refuse_announced_too_large(request, MAX_BODY_BYTES)
+    super::read_body(request, MAX_BODY_BYTES)
         .await
-        .map_err(|()| ApiError::body_too_large(MAX_BODY_BYTES))?;
-    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::body_too_large(MAX_BODY_BYTES))
+        .map_err(|error| match error {
+            BodyError::TooLarge => ApiError::body_too_large(MAX_BODY_BYTES),
+            BodyError::Timeout(limit) => ApiError::request_timeout(limit),
+            BodyError::Failed(message) => ApiError::bad_request(None, message),
+        })
+}
+
+/// Hands on a request's end, having added its cost to the token's spending (on a task of its
+/// own, so that a client gone before the end is still charged for what was generated).
+fn charged(
+    done: oneshot::Receiver<Result<Completed, RouteError>>,
+    spend: Spend,
+    token: String,
+) -> oneshot::Receiver<Result<Completed, RouteError>> {
+    let (forward, receiver) = oneshot::channel();
+    tokio::spawn(async move {
+        let Ok(result) = done.await else {
+            return;
+        };
+        if let Ok(completed) = &result
+            && let Err(error) = spend.add_model_cost(&token, completed.cost.micro())
+        {
+            tracing::warn!(%error, token, "could not add a model request's cost to its token");
+        }
+        let _ = forward.send(result);
+    });
+    receiver
 }
 
 fn route_error(error: RouteError, shape: Shape, model: &str) -> ApiError {
@@ -198,10 +247,15 @@ async fn serve(
     request: GenerateRequest,
     shape: Shape,
     options: &Options,
+    charge_to: Option<String>,
 ) -> Response {
     let (streaming, include_usage) = (options.streaming(), options.include_usage());
     let model = request.model.clone();
-    let Generating { mut text, mut done } = state.tokens.serve(request);
+    let Generating { mut text, done } = state.tokens.serve(request);
+    let mut done = match charge_to {
+        Some(token) => charged(done, state.access.spend().clone(), token),
+        None => done,
+    };
     if !streaming {
         let mut answer = String::new();
         while let Some(piece) = text.recv().await {

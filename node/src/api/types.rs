@@ -22,6 +22,7 @@
 //! | `GET /v1/ledger/equivocations` | | `Vec<`[`EquivocationRecord`]`>` |
 //! | `GET /v1/ledger/audit` | [`AuditQuery`] | [`AuditReport`] |
 //! | `GET /v1/balances` | | `Vec<`[`Balance`]`>` |
+//! | `GET /v1/tokens` | | `Vec<`[`TokenView`]`>` |
 //! | every error | | [`ErrorBody`] |
 //!
 //! A view is separate from what the node stores: [`JobView`] is built from the market's
@@ -100,9 +101,91 @@ pub enum ApiErrorCode {
     StorageFailed,
     /// 507: the disk is (nearly) full; no new work until space is freed.
     InsufficientStorage,
+    /// 401: the route needs an API token (`Authorization: Bearer`), or the token given is
+    /// unknown, revoked or expired.
+    Unauthorized,
+    /// 403: the `Host` header names a host this node does not serve (`api.hosts`).
+    ForbiddenHost,
+    /// 408: the request's body did not arrive in time (`api.body_timeout_secs`).
+    RequestTimeout,
+    /// 414: the request's target is longer than the node reads.
+    UriTooLong,
+    /// 431: the request's headers are larger than the node reads.
+    HeadersTooLarge,
+    /// 429: the token's request rate is used up; `Retry-After` says when to try again.
+    RateLimited,
+    /// 429: the token's credit quota is spent or reserved by its unfinished work.
+    QuotaExhausted,
     /// A code this client does not know (a newer node).
     #[serde(other)]
     Unknown,
+}
+
+// ---------------------------------------------------------------------------------------------
+// API tokens
+
+/// `GET /v1/tokens`: one API token (never its text) and what it has spent. The operator sees
+/// every token, a token only itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub state: TokenState,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    /// Micro-credits.
+    pub quota: Option<u64>,
+    /// Requests per second.
+    pub rate_per_sec: Option<f64>,
+    pub revoked_ms: Option<u64>,
+    /// Jobs submitted with it.
+    pub jobs: u64,
+    /// Micro-credits its ended jobs cost.
+    pub jobs_spent: u64,
+    /// Micro-credits its unended jobs can still cost.
+    pub reserved: u64,
+    /// Micro-credits its model requests cost.
+    pub model_spent: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Active,
+    Expired,
+    Revoked,
+    #[serde(other)]
+    Unknown,
+}
+
+impl TokenView {
+    pub fn new(
+        record: &crate::auth::TokenRecord,
+        spend: crate::auth::SpendView,
+        now_ms: u64,
+    ) -> TokenView {
+        let state = if record.revoked_ms.is_some() {
+            TokenState::Revoked
+        } else if record.refusal(now_ms).is_some() {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        };
+        TokenView {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            state,
+            created_ms: record.created_ms,
+            expires_ms: record.expires_ms,
+            quota: record.quota_micro,
+            rate_per_sec: record.rate_per_sec,
+            revoked_ms: record.revoked_ms,
+            jobs: spend.jobs,
+            jobs_spent: spend.jobs_spent,
+            reserved: spend.reserved,
+            model_spent: spend.model_spent,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,6 +559,9 @@ pub struct JobView {
     pub attempts: Vec<AttemptView>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The id of the API token that submitted it (none: the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -500,6 +586,7 @@ impl From<&JobRecord> for JobView {
             attempts: record.attempts.iter().map(AttemptView::from).collect(),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
+            api_token: record.api_token.clone(),
         }
     }
 }
@@ -858,6 +945,7 @@ mod tests {
             ],
             created_at_ms: 1_795_866_911_301,
             updated_at_ms: 1_795_866_911_342,
+            api_token: Some("0123456789abcdef".into()),
         }
     }
 

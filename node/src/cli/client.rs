@@ -19,18 +19,34 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// Most time a request may take by default.
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
     pub fn new(base: &str) -> anyhow::Result<ApiClient> {
-        ApiClient::with_timeout(base, Duration::from_secs(30))
+        ApiClient::connect(base, None, ApiClient::TIMEOUT)
     }
 
-    /// A client whose requests may take up to `timeout` (e.g. an audit of a large ledger).
-    pub fn with_timeout(base: &str, timeout: Duration) -> anyhow::Result<ApiClient> {
+    /// A client that sends `token` as `Authorization: Bearer` with every request, and whose
+    /// requests may take up to `timeout` (e.g. an audit of a large ledger).
+    pub fn connect(
+        base: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<ApiClient> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--api must be an http:// URL, got {base:?}");
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("--token: not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .default_headers(headers)
             .build()
             .map_err(|error| anyhow!("HTTP client: {error}"))?;
         Ok(ApiClient { base, http })

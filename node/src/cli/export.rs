@@ -105,7 +105,7 @@ impl Entries {
                 Ok((Entries::Offline { store, data_dir }, owner))
             }
             None => {
-                let client = ApiClient::new(&source.client.api)?;
+                let client = source.client.client()?;
                 let node: NodeView = client.get_json("/v1/node").await?;
                 Ok((Entries::Api(client), node.node_id))
             }
@@ -815,6 +815,7 @@ mod tests {
             data_dir: Some(dir.to_owned()),
             client: ClientArgs {
                 api: "http://127.0.0.1:9".into(),
+                token: None,
                 json: false,
             },
         }
@@ -1153,7 +1154,11 @@ mod tests {
         let out = TempDir::new().unwrap();
         let online = Source {
             data_dir: None,
-            client: ClientArgs { api, json: false },
+            client: ClientArgs {
+                api,
+                token: None,
+                json: false,
+            },
         };
         export(args(
             ExportFormat::Jsonl,

@@ -111,7 +111,8 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
     match command {
         JobCommand::Submit(args) => submit(*args).await,
         JobCommand::Cancel { id, client } => {
-            let job: JobView = ApiClient::new(&client.api)?
+            let job: JobView = client
+                .client()?
                 .delete_json(&format!("/v1/jobs/{id}"))
                 .await?;
             if client.json {
@@ -125,9 +126,7 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Status { id, client } => {
-            let job: JobView = ApiClient::new(&client.api)?
-                .get_json(&format!("/v1/jobs/{id}"))
-                .await?;
+            let job: JobView = client.client()?.get_json(&format!("/v1/jobs/{id}")).await?;
             if client.json {
                 output::json(&job)
             } else {
@@ -135,7 +134,8 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Output { id, client } => {
-            let bytes = ApiClient::new(&client.api)?
+            let bytes = client
+                .client()?
                 .get_bytes(&format!("/v1/jobs/{id}/output"))
                 .await?;
             let mut out = std::io::stdout().lock();
@@ -152,7 +152,7 @@ pub async fn execute(command: JobCommand) -> anyhow::Result<()> {
             if let Some(after) = after {
                 path.push_str(&format!("&after={after}"));
             }
-            let page: JobPage = ApiClient::new(&client.api)?.get_json(&path).await?;
+            let page: JobPage = client.client()?.get_json(&path).await?;
             if client.json {
                 return output::json(&page);
             }
@@ -235,7 +235,7 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let request = submission(&args)?;
-    let client = ApiClient::new(&args.client.api)?;
+    let client = args.client.client()?;
     let SubmitResponse { job_id } = client.post_json("/v1/jobs", &request).await?;
     if !args.wait {
         return if args.client.json {

@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::json;
 use suanli_protocol::NodeId;
 
-use super::client::ApiClient;
 use super::export::{ExportArgs, export, verify_export};
 use super::output::{self, or_dash};
 use super::proof::{self, ProofCommand};
@@ -92,7 +91,9 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
                     entries
                 }
                 None => {
-                    let page: EntriesPage = ApiClient::new(&source.client.api)?
+                    let page: EntriesPage = source
+                        .client
+                        .client()?
                         .get_json(&format!("/v1/ledger?from={from}&limit={limit}"))
                         .await?;
                     if source.client.json {
@@ -166,7 +167,9 @@ pub async fn execute(command: LedgerCommand) -> anyhow::Result<()> {
                     verify_offline(&data_dir.db_path(), owner)?
                 }
                 None => {
-                    ApiClient::new(&source.client.api)?
+                    source
+                        .client
+                        .client()?
                         .get_json("/v1/ledger/verify")
                         .await?
                 }
@@ -207,9 +210,7 @@ fn short(id: &str) -> String {
 }
 
 pub async fn balances(client: ClientArgs) -> anyhow::Result<()> {
-    let balances: Vec<Balance> = ApiClient::new(&client.api)?
-        .get_json("/v1/balances")
-        .await?;
+    let balances: Vec<Balance> = client.client()?.get_json("/v1/balances").await?;
     if client.json {
         return output::json(&balances);
     }

@@ -6,6 +6,7 @@
 //! handlers serialize, and tables are made from their typed fields; `--json` prints the typed
 //! answer back, keys sorted as before the types existed.
 
+mod access;
 mod bench;
 mod client;
 mod export;
@@ -71,6 +72,9 @@ pub enum Command {
     Ledger(ledger::LedgerCommand),
     /// Net credits per peer, derived from settlements.
     Balances(ClientArgs),
+    /// Create, list and revoke the API tokens of this data dir.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
     /// Measure this machine: in-process nodes on loopback, each figure next to its floor.
     Bench(bench::BenchArgs),
     /// Internal to `suanli bench`: the bare-gossipsub floor in a process of its own (request
@@ -131,9 +135,25 @@ pub struct ClientArgs {
     /// URL of the node's HTTP API.
     #[arg(long, env = "SUANLI_API", default_value = "http://127.0.0.1:7070")]
     pub api: String,
+    /// API token, sent as `Authorization: Bearer` (not needed over loopback unless the node's
+    /// `api.local_without_token` is off).
+    #[arg(long, env = "SUANLI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// A client of the node's API with these arguments.
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        self.client_with_timeout(ApiClient::TIMEOUT)
+    }
+
+    /// The same, for requests that may take up to `timeout`.
+    pub fn client_with_timeout(&self, timeout: std::time::Duration) -> anyhow::Result<ApiClient> {
+        ApiClient::connect(&self.api, self.token.as_deref(), timeout)
+    }
 }
 
 /// Runs a parsed command. Output goes to stdout; errors are returned to `main`.
@@ -153,20 +173,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args).await,
         Command::Status(args) => {
-            let node: NodeView = ApiClient::new(&args.api)?.get_json("/v1/node").await?;
+            let node: NodeView = args.client()?.get_json("/v1/node").await?;
             output::status(&node, args.json)
         }
         Command::Peers(args) => {
-            let peers: Vec<PeerInfo> = ApiClient::new(&args.api)?.get_json("/v1/peers").await?;
+            let peers: Vec<PeerInfo> = args.client()?.get_json("/v1/peers").await?;
             output::peers(&peers, args.json)
         }
         Command::Mesh(args) => {
-            let mesh: Vec<MeshNodeView> = ApiClient::new(&args.api)?.get_json("/v1/mesh").await?;
+            let mesh: Vec<MeshNodeView> = args.client()?.get_json("/v1/mesh").await?;
             output::mesh(&mesh, args.json)
         }
         Command::Job(command) => jobs::execute(command).await,
         Command::Ledger(command) => ledger::execute(command).await,
         Command::Balances(args) => ledger::balances(args).await,
+        Command::Token(command) => access::execute(command).await,
         Command::Models(args) => tokens::models(args).await,
         Command::Chat(args) => tokens::chat(args).await,
         Command::Bench(args) => bench::execute(args).await,

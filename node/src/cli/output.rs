@@ -16,6 +16,13 @@ pub fn line(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes one line to stderr: a note beside the output (which stays alone on stdout).
+pub fn note(text: &str) -> anyhow::Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "{text}")?;
+    Ok(())
+}
+
 /// Prints `value` as pretty JSON. It goes through a [`Value`], whose keys are sorted, so the
 /// output does not depend on the field order of the type that holds it.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@ use serde_json::Value;
 use suanli_protocol::checkpoint::SignedCheckpoint;
 use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
 
-use super::client::ApiClient;
 use super::ledger::Source;
 use super::{SilentExit, output};
 use crate::api::types::EntryView;
@@ -77,7 +76,9 @@ pub async fn execute(command: ProofCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let size = size.map(|size| format!("&size={size}")).unwrap_or_default();
-                    ApiClient::new(&source.client.api)?
+                    source
+                        .client
+                        .client()?
                         .get_json(&format!("/v1/ledger/proof/inclusion?index={index}{size}"))
                         .await?
                 }
@@ -93,7 +94,9 @@ pub async fn execute(command: ProofCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
-                    ApiClient::new(&source.client.api)?
+                    source
+                        .client
+                        .client()?
                         .get_json(&format!("/v1/ledger/proof/consistency?from={from}{to}"))
                         .await?
                 }
@@ -217,7 +220,9 @@ pub async fn entry(index: u64, raw: bool, source: Source) -> anyhow::Result<()> 
             .raw_entry(index)?
             .ok_or_else(|| anyhow!("no entry {index} in the ledger of {}", dir.display()))?,
         None => {
-            ApiClient::new(&source.client.api)?
+            source
+                .client
+                .client()?
                 .get_bytes(&format!("/v1/ledger/entry/{index}?raw=1"))
                 .await?
         }

@@ -40,7 +40,7 @@ pub struct ChatArgs {
 }
 
 pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.api)?;
+    let client = args.client()?;
     let list: ModelList = client.get_json("/v1/models").await?;
     if args.json {
         return output::json(&list);
@@ -87,7 +87,7 @@ pub async fn models(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let client = ApiClient::with_timeout(&args.client.api, Duration::from_secs(600))?;
+    let client = args.client.client_with_timeout(Duration::from_secs(600))?;
     let model = match &args.model {
         Some(model) => model.clone(),
         None => {

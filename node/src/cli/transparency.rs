@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Deserialize;
 
-use super::client::ApiClient;
 use super::output::{self, label, or_dash};
 use super::{ClientArgs, SilentExit};
 use crate::api::types::{
@@ -54,16 +53,12 @@ pub enum TransparencyCommand {
 pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
     match command {
         TransparencyCommand::Checkpoint { client } => {
-            let note = ApiClient::new(&client.api)?
-                .get_bytes("/v1/ledger/checkpoint")
-                .await?;
+            let note = client.client()?.get_bytes("/v1/ledger/checkpoint").await?;
             let note = String::from_utf8_lossy(&note);
             output::line(note.trim_end_matches('\n'))
         }
         TransparencyCommand::Witnessed { client } => {
-            let list: Vec<Witnessed> = ApiClient::new(&client.api)?
-                .get_json("/v1/ledger/witnessed")
-                .await?;
+            let list: Vec<Witnessed> = client.client()?.get_json("/v1/ledger/witnessed").await?;
             if client.json {
                 return output::json(&list);
             }
@@ -80,7 +75,8 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
             output::table(&["NODE", "SIZE", "ROOT"], &rows)
         }
         TransparencyCommand::Equivocations { client } => {
-            let list: Vec<EquivocationRecord> = ApiClient::new(&client.api)?
+            let list: Vec<EquivocationRecord> = client
+                .client()?
                 .get_json("/v1/ledger/equivocations")
                 .await?;
             if client.json {
@@ -100,7 +96,8 @@ pub async fn execute(command: TransparencyCommand) -> anyhow::Result<()> {
             output::table(&["NODE", "PROOF"], &rows)
         }
         TransparencyCommand::Audit { peer, client } => {
-            let report: AuditReport = ApiClient::with_timeout(&client.api, AUDIT_TIMEOUT)?
+            let report: AuditReport = client
+                .client_with_timeout(AUDIT_TIMEOUT)?
                 .get_json(&format!("/v1/ledger/audit?peer={peer}"))
                 .await?;
             if client.json {

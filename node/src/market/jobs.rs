@@ -399,6 +399,9 @@ pub struct JobRecord {
     pub attempts: Vec<Attempt>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The id of the API token that submitted the job (none: the operator, or an older record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
 }
 
 /// Most attempts kept in one record (the newest are kept).
@@ -465,9 +468,19 @@ pub struct JobBook {
     /// Jobs their submitter cancelled (a marker each; the job's task owns its record).
     cancels: RecordTree,
     index: RecordTree,
+    /// The same index per API token: token id, then the submission-time key.
+    by_token: RecordTree,
     outputs: RecordTree,
     blobs: Blobs,
     storage: Storage,
+}
+
+/// The prefix of a token's keys in the per-token index (the id's length first, so that one id
+/// is never a prefix of another's keys).
+fn token_prefix(token: &str) -> Vec<u8> {
+    let mut key = vec![u8::try_from(token.len()).unwrap_or(u8::MAX)];
+    key.extend_from_slice(token.as_bytes());
+    key
 }
 
 fn index_key(created_at_ms: u64, job_id: &JobId) -> Vec<u8> {
@@ -482,6 +495,7 @@ impl JobBook {
             jobs: storage.records("jobs"),
             cancels: storage.records("job_cancels"),
             index: storage.records("jobs_by_time"),
+            by_token: storage.records("jobs_by_token"),
             outputs: storage.records("contract_outputs"),
             blobs: storage.blobs(),
             storage: storage.clone(),
@@ -490,11 +504,71 @@ impl JobBook {
 
     /// Stores a new job's first record and indexes it by submission time.
     pub fn create(&self, record: &JobRecord) -> Result<(), JobStoreError> {
-        self.index.insert(
-            &index_key(record.created_at_ms, &record.job_id),
-            record.job_id.0.as_bytes(),
-        )?;
+        let key = index_key(record.created_at_ms, &record.job_id);
+        self.index.insert(&key, record.job_id.0.as_bytes())?;
+        if let Some(token) = &record.api_token {
+            let mut token_key = token_prefix(token);
+            token_key.extend_from_slice(&key);
+            self.by_token
+                .insert(&token_key, record.job_id.0.as_bytes())?;
+        }
         self.save(record)
+    }
+
+    /// Up to `limit` entries of the token's index after the key `after` (from its start when
+    /// `None`): each entry's key and job id, in submission order.
+    pub fn token_index(
+        &self,
+        token: &str,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, JobId)>, JobStoreError> {
+        let prefix = token_prefix(token);
+        let start = match after {
+            Some(key) => {
+                let mut start = key.to_vec();
+                start.push(0); // strictly after
+                start
+            }
+            None => prefix.clone(),
+        };
+        Ok(self
+            .by_token
+            .iter_from(&start, limit)?
+            .into_iter()
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(key, id)| {
+                let id = <[u8; 32]>::try_from(id.as_slice()).ok()?;
+                Some((key, JobId(Hash32(id))))
+            })
+            .collect())
+    }
+
+    /// Up to `limit` of the token's records in submission order, after the job `after`.
+    pub fn list_for_token(
+        &self,
+        token: &str,
+        after: Option<&JobId>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, JobStoreError> {
+        let after_key = match after {
+            Some(job_id) => match self.get(job_id)? {
+                Some(record) if record.api_token.as_deref() == Some(token) => {
+                    let mut key = token_prefix(token);
+                    key.extend_from_slice(&index_key(record.created_at_ms, job_id));
+                    Some(key)
+                }
+                _ => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let mut records = Vec::new();
+        for (_, job_id) in self.token_index(token, after_key.as_deref(), limit)? {
+            if let Some(record) = self.get(&job_id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     /// Replaces a job's record (not durable until the next barrier: see [`Self::save_final`]).

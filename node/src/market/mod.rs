@@ -86,6 +86,8 @@ pub struct Submission {
     pub limits: Limits,
     pub max_price: Credits,
     pub placement: Placement,
+    /// The API token the job is attributed to (none: the operator).
+    pub api_token: Option<String>,
 }
 
 /// Why a job could not be cancelled.
@@ -555,8 +557,14 @@ impl Market {
             placement: submission.placement,
             replicas: 1,
         };
-        self.store_job(spec, module, Arc::new(submission.stdin), None)
-            .await
+        self.store_job(
+            spec,
+            module,
+            Arc::new(submission.stdin),
+            None,
+            submission.api_token,
+        )
+        .await
     }
 
     /// Whether `module` may run as a WebAssembly job with a fuel budget of `fuel`: it compiles
@@ -591,6 +599,7 @@ impl Market {
         module: Arc<Vec<u8>>,
         stdin: Arc<Vec<u8>>,
         signed: Option<SignedHook>,
+        api_token: Option<String>,
     ) -> Result<JobId, SubmitError> {
         let inner = &self.inner;
         spec.validate()
@@ -628,6 +637,7 @@ impl Market {
             attempts: Vec::new(),
             created_at_ms: now,
             updated_at_ms: now,
+            api_token,
         };
         inner.jobs.create(&record)?;
         let cancel = self.job_cancel_token(job_id);
@@ -688,6 +698,7 @@ impl Market {
             Arc::new(Vec::new()),
             Arc::new(Vec::new()),
             Some(signed_tx),
+            None,
         );
         let job_id = self
             .in_flight(stored)
