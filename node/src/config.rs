@@ -266,8 +266,15 @@ pub struct ProviderConfig {
     /// ledger's settlements) plus the most its open contracts and offers can cost. Beyond it
     /// quotes are declined with the signed reason `credit_limit`.
     pub credit_limit: u64,
-    /// Credit lines of particular requesters, by node id, micro-credits.
+    /// Credit lines of particular requesters, by node id, micro-credits (they are never
+    /// treated as new).
     pub credit_limits: BTreeMap<String, u64>,
+    /// A requester with fewer contracts settled with this node is new: its credit line is
+    /// `new_peer_credit_limit` (shared by every new requester connecting from the same IP
+    /// address) and its jobs may cost at most `new_peer_max_job_cost`.
+    pub history_settlements: u64,
+    pub new_peer_credit_limit: u64,
+    pub new_peer_max_job_cost: u64,
 }
 
 impl Default for ProviderConfig {
@@ -283,6 +290,9 @@ impl Default for ProviderConfig {
             offer_validity_secs: 10,
             credit_limit: 1_000_000_000,
             credit_limits: BTreeMap::new(),
+            history_settlements: 3,
+            new_peer_credit_limit: 10_000_000,
+            new_peer_max_job_cost: 1_000_000,
         }
     }
 }
@@ -919,6 +929,13 @@ offer_validity_secs = 10
 # A requester's credit line, micro-credits (1,000 credits): what it may owe this node plus the most
 # its open contracts can cost. Beyond it, quotes are declined with the reason credit_limit.
 credit_limit = 1000000000
+# A requester with fewer than history_settlements contracts settled here is new: its credit line
+# is new_peer_credit_limit (10 credits), shared by every new requester connecting from the same IP
+# address, and each of its jobs may cost at most new_peer_max_job_cost (1 credit). Requesters this
+# node's ledger shows to be dishonest get no credit.
+history_settlements = 3
+new_peer_credit_limit = 10000000
+new_peer_max_job_cost = 1000000
 
 [provider.credit_limits]
 # Credit lines of particular requesters, by node id:

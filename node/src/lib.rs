@@ -36,6 +36,7 @@ pub mod market;
 pub mod mesh;
 pub mod network;
 pub mod openai;
+pub mod reputation;
 mod serde_text;
 pub mod slurm;
 pub mod storage;
@@ -271,6 +272,13 @@ impl Node {
             serving.clone(),
             cancel.clone(),
         ));
+        let reputation = reputation::Reputation::start(
+            node_id,
+            ledger.clone(),
+            Some(transparency.clone()),
+            cancel.clone(),
+            &mut tasks,
+        );
         let market = Market::start(MarketParts {
             keypair: keypair.clone(),
             network: network.clone(),
@@ -286,6 +294,7 @@ impl Node {
             prices,
             executors,
             load: load_sender,
+            reputation,
             cancel: cancel.clone(),
         });
         tasks.spawn(market.clone().serve(events));

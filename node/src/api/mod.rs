@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime, storage health |
-//! | `GET /v1/peers` | connected peers |
+//! | `GET /v1/peers` | connected peers, each with its standing in this node's ledger and why |
 //! | `GET /v1/mesh` | every node in the capacity view (this one included) |
 //! | `POST /v1/jobs` | submit a job → `202 {"job_id"}` |
 //! | `GET /v1/jobs` | jobs submitted here, paged |
@@ -327,7 +327,13 @@ async fn node(State(state): State<ApiState>) -> Result<Json<NodeView>, ApiError>
 }
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
-    Ok(Json(state.network.peers().await?))
+    let mut peers = state.network.peers().await?;
+    for peer in &mut peers {
+        if let Ok(node) = peer.node_id.parse::<suanli_protocol::NodeId>() {
+            peer.standing = Some(state.market.reputation().standing(&node));
+        }
+    }
+    Ok(Json(peers))
 }
 
 fn mesh_node_view(entry: &MeshEntry, now_ms: u64) -> MeshNodeView {

@@ -1137,6 +1137,7 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/7102".into()],
             agent_version: Some("suanli/0.1.0".into()),
             connections: 1,
+            standing: Some(crate::reputation::Standing::new(Default::default(), false)),
         }]);
         assert_eq!(
             round_trip(&HealthView {

@@ -4,8 +4,8 @@
 //! 2. `Host`: an IP literal, `localhost` or a name in `api.hosts` (403 otherwise), so that a web
 //!    page cannot reach a loopback node through a name it re-binds to 127.0.0.1;
 //! 3. who is asking ([`Principal`]): a valid bearer token, else the operator over loopback where
-//!    `api.local_without_token` allows it, else anonymous; a bad token is a 401 even where none
-//!    is needed;
+//!    `api.local_without_token` allows it and no browser marked the request as another site's
+//!    ([`from_another_site`]), else anonymous; a bad token is a 401 even where none is needed;
 //! 4. whether the route needs a token ([`needs_token`]): an anonymous request gets 401;
 //! 5. the token's rate (429 with `Retry-After`).
 //!
@@ -40,10 +40,13 @@ pub fn needs_token(method: &Method, path: &str) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return true;
     }
+    // The audit (it asks a peer for its ledger) and a whole verification cost this node work
+    // out of proportion to the request.
     let public = matches!(
         path,
         "/healthz" | "/v1/node" | "/v1/mesh" | "/v1/peers" | "/v1/models" | "/v1/ledger"
-    ) || (path.starts_with("/v1/ledger/") && path != "/v1/ledger/audit");
+    ) || (path.starts_with("/v1/ledger/")
+        && !matches!(path, "/v1/ledger/audit" | "/v1/ledger/verify"));
     !public
 }
 
@@ -114,11 +117,37 @@ fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))
 }
 
+/// Whether a browser marked the request as sent by another site's page: an `Origin` other than
+/// the API's own, or `Sec-Fetch-Site` saying so. Such a request never acts as the operator, so a
+/// page open in the operator's browser cannot spend this node's credit through its loopback API
+/// (a form post or an image tag needs no CORS permission to be sent).
+pub fn from_another_site(request: &Request) -> bool {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|value: &axum::http::HeaderValue| value.to_str().unwrap_or("?"))
+    };
+    if let Some(origin) = text(header::ORIGIN) {
+        let own = text(header::HOST).unwrap_or("");
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if origin_host != Some(own) {
+            return true;
+        }
+    }
+    text(axum::http::HeaderName::from_static("sec-fetch-site"))
+        .is_some_and(|site| !matches!(site, "same-origin" | "none"))
+}
+
 fn principal(request: &Request, access: &Access) -> Result<Principal, ApiError> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| *peer);
+        .map(|ConnectInfo(peer)| *peer)
+        // A page's request is never the operator's, whatever address it comes from.
+        .filter(|_| !from_another_site(request));
     access
         .principal(peer, bearer(request)?)
         .map_err(|error| match error {
@@ -224,7 +253,7 @@ mod tests {
             "/v1/peers",
             "/v1/models",
             "/v1/ledger",
-            "/v1/ledger/verify",
+            "/v1/ledger/entry/0",
             "/v1/ledger/checkpoint",
         ] {
             assert!(!needs_token(&Method::GET, path), "{path}");
@@ -234,6 +263,7 @@ mod tests {
             "/v1/jobs/x",
             "/v1/balances",
             "/v1/ledger/audit",
+            "/v1/ledger/verify",
             "/v1/ledgers",
             "/v1/tokens",
         ] {
@@ -242,5 +272,47 @@ mod tests {
         assert!(needs_token(&Method::POST, "/v1/chat/completions"));
         assert!(needs_token(&Method::POST, "/v1/node"));
         assert!(needs_token(&Method::DELETE, "/v1/jobs/x"));
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut builder = axum::http::Request::builder().uri("/v1/jobs");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn pages_of_other_sites_are_told_apart_from_tools_and_the_api_s_own() {
+        for tool in [
+            vec![],
+            vec![("host", "127.0.0.1:7070")],
+            vec![
+                ("host", "127.0.0.1:7070"),
+                ("origin", "http://127.0.0.1:7070"),
+            ],
+            vec![
+                ("host", "localhost:7070"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            vec![("sec-fetch-site", "none")],
+        ] {
+            assert!(!from_another_site(&request(&tool)), "{tool:?}");
+        }
+        for page in [
+            vec![
+                ("host", "127.0.0.1:7070"),
+                ("origin", "https://evil.example"),
+            ],
+            vec![("host", "127.0.0.1:7070"), ("origin", "null")],
+            vec![
+                ("host", "127.0.0.1:7070"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            vec![("host", "127.0.0.1:7070"), ("sec-fetch-site", "cross-site")],
+            vec![("sec-fetch-site", "same-site")],
+        ] {
+            assert!(from_another_site(&request(&page)), "{page:?}");
+        }
     }
 }

@@ -122,14 +122,24 @@ pub fn peers(peers: &[PeerInfo], as_json: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|peer| {
+            let standing = peer.standing.as_ref();
             vec![
                 peer.node_id.clone(),
                 or_dash(peer.agent_version.as_ref()),
                 or_dash(peer.addrs.first()),
+                or_dash(standing.map(|standing| {
+                    let mark = if standing.distrusted {
+                        " distrusted"
+                    } else {
+                        ""
+                    };
+                    format!("{:.2}{mark}", standing.score)
+                })),
+                or_dash(standing.map(|standing| standing.counts.settled)),
             ]
         })
         .collect();
-    table(&["NODE", "AGENT", "ADDRESS"], &rows)
+    table(&["NODE", "AGENT", "ADDRESS", "STANDING", "SETTLED"], &rows)
 }
 
 pub fn mesh(mesh: &[MeshNodeView], as_json: bool) -> anyhow::Result<()> {

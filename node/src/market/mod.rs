@@ -62,6 +62,7 @@ use crate::executor::{Executor, ExecutorError};
 use crate::ledger::LedgerHandle;
 use crate::mesh::MeshView;
 use crate::network::{NetworkEvent, NetworkHandle, RequestError};
+use crate::reputation::Reputation;
 use crate::storage::{Health, Storage};
 use crate::tokens::Serving;
 use tokio::sync::broadcast::error::RecvError;
@@ -172,6 +173,7 @@ struct Inner {
     nonce: AtomicU64,
     /// Jobs submitted here and not final yet.
     in_flight: AtomicUsize,
+    reputation: Reputation,
     cancel: CancellationToken,
     /// Every task the market spawns: job tasks, contract drivers, the outbox worker.
     tasks: TaskTracker,
@@ -218,6 +220,9 @@ pub struct MarketParts {
     pub executors: Vec<ExecutorKind>,
     /// Where the provider publishes its load (read by the network for adverts).
     pub load: watch::Sender<Load>,
+    /// Peers' standings: placement skips distrusted providers, admission gives new and
+    /// distrusted requesters little or no credit.
+    pub reputation: Reputation,
     pub cancel: CancellationToken,
 }
 
@@ -253,6 +258,7 @@ impl Market {
                 finished: tokio::sync::broadcast::channel(FINISHED_QUEUE).0,
                 nonce: AtomicU64::new(now_ms()),
                 in_flight: AtomicUsize::new(0),
+                reputation: parts.reputation,
                 cancel: parts.cancel,
                 tasks: TaskTracker::new(),
             }),
@@ -437,6 +443,11 @@ impl Market {
         if let Err(error) = self.inner.jobs.save(&record) {
             warn!(job_id = %record.job_id, %error, "cannot close an unresumable job");
         }
+    }
+
+    /// Peers' standings, from this node's ledger.
+    pub fn reputation(&self) -> &Reputation {
+        &self.inner.reputation
     }
 
     pub fn jobs(&self) -> &JobBook {
@@ -840,7 +851,9 @@ impl Market {
                     let Some(NetworkEvent::Market(inbound)) = event else { break };
                     let market = self.clone();
                     self.inner.tasks.spawn(async move {
-                        let response = market.handle_request(inbound.peer, inbound.request).await;
+                        let response = market
+                            .handle_request(inbound.peer, inbound.ip, inbound.request)
+                            .await;
                         if market.inner.network.respond(inbound.id, &response).await.is_err() {
                             debug!("network stopped before the response was sent");
                         }
@@ -854,10 +867,16 @@ impl Market {
         debug!("market stopped");
     }
 
-    /// Answers one market request from `peer` (authenticated by the transport, or this node).
-    pub async fn handle_request(&self, peer: NodeId, request: MarketRequest) -> MarketResponse {
+    /// Answers one market request from `peer` (authenticated by the transport, or this node),
+    /// whose connection came from `ip`.
+    pub async fn handle_request(
+        &self,
+        peer: NodeId,
+        ip: Option<std::net::IpAddr>,
+        request: MarketRequest,
+    ) -> MarketResponse {
         match request {
-            MarketRequest::Quote(quote) => self.handle_quote(peer, quote),
+            MarketRequest::Quote(quote) => self.handle_quote(peer, ip, quote),
             MarketRequest::Propose(proposal) => self.handle_propose(peer, proposal).await,
             MarketRequest::Execute(execute) => {
                 let route = Route::provider(execute.contract_id);
@@ -902,7 +921,7 @@ impl Market {
         request: MarketRequest,
     ) -> Result<MarketResponse, RequestError> {
         if peer == self.inner.node_id {
-            Ok(Box::pin(self.handle_request(peer, request)).await)
+            Ok(Box::pin(self.handle_request(peer, None, request)).await)
         } else {
             self.inner.network.market_request(peer, &request).await
         }

@@ -299,7 +299,7 @@ impl JobTask {
                     .await;
                 return true;
             }
-            let candidates = ranking::candidates(
+            let mut candidates = ranking::candidates(
                 &inner.mesh,
                 &self.terms.spec,
                 inner.node_id,
@@ -307,6 +307,12 @@ impl JobTask {
                 &excluded,
                 salt,
             );
+            // A provider this node's ledger shows to be dishonest gets no more work, unless the
+            // submitter named it.
+            candidates.retain(|candidate| {
+                self.terms.spec.placement.provider == Some(candidate.node)
+                    || !inner.reputation.distrusted(&candidate.node)
+            });
             if candidates.is_empty() && self.record.attempts.is_empty() {
                 debug!(job_id = %self.record.job_id, "no node in the capacity view fits the job yet");
             }

@@ -10,8 +10,18 @@
 //! `provider.credit_limits`): what it owes this node by the ledger's settlements, plus the most
 //! its open contracts and offers can still cost, plus the new job's most, must stay within it.
 //! Beyond it the quote is declined with the signed reason `credit_limit`.
+//!
+//! Admission: a requester with fewer than `provider.history_settlements` contracts settled here is
+//! new. Its jobs may cost at most `provider.new_peer_max_job_cost`, and its line is
+//! `provider.new_peer_credit_limit`, shared with every other new requester whose connection comes
+//! from the same IP address (their debts and open contracts count against it together). Every
+//! identity at one address, new or not, also shares one `provider.credit_limit`: fresh identities
+//! cost an attacker nothing, and gain it no more credit, before or after they have history. A requester whose
+//! standing ([`crate::reputation`]) is distrusted gets no credit at all. Requesters listed in
+//! `provider.credit_limits` are never new.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +43,11 @@ use crate::tokens::Serving;
 
 /// Most offers one requester may hold at once: a peer cannot take all places by quoting.
 const MAX_RESERVATIONS_PER_REQUESTER: usize = 16;
+/// Most requesters whose address is remembered (see [`State::requester_ips`]).
+const MAX_REQUESTERS: usize = 4096;
+/// Most identities at one address whose debts a quote adds up; beyond them the quote is declined
+/// (a thousand fresh identities behind one address get no more than a few).
+const MAX_IDENTITIES_PER_IP: usize = 64;
 /// Most time a contract's deadline may leave beyond its job's time limit.
 const MAX_DEADLINE_SLACK_MS: u64 = 10 * 60 * 1000;
 
@@ -67,6 +82,9 @@ struct State {
     open: HashMap<ContractId, Open>,
     /// By offer digest.
     proposing: HashMap<Hash32, Proposing>,
+    /// The IP address each requester not listed by the operator last quoted from: every
+    /// identity at one address shares one credit line, new ones a smaller one too.
+    requester_ips: HashMap<NodeId, IpAddr>,
 }
 
 impl State {
@@ -105,6 +123,15 @@ impl State {
     fn purge(&mut self, now: u64) {
         self.reservations.retain(|_, r| r.expires_at_ms > now);
     }
+
+    /// The other requesters last seen at `ip`.
+    fn requesters_at(&self, ip: IpAddr, except: NodeId) -> Vec<NodeId> {
+        self.requester_ips
+            .iter()
+            .filter(|(node, at)| **at == ip && **node != except)
+            .map(|(node, _)| *node)
+            .collect()
+    }
 }
 
 /// The provider side's configuration and state.
@@ -120,6 +147,9 @@ pub(super) struct ProviderSide {
     batch_requesters: Vec<NodeId>,
     credit_limit: Credits,
     credit_limits: HashMap<NodeId, Credits>,
+    history_settlements: u64,
+    new_peer_credit_limit: Credits,
+    new_peer_max_job_cost: Credits,
     state: Mutex<State>,
     run_slots: Arc<Semaphore>,
     load: watch::Sender<Load>,
@@ -174,6 +204,9 @@ impl ProviderSide {
                 .iter()
                 .filter_map(|(node, limit)| Some((node.parse().ok()?, Credits(*limit))))
                 .collect(),
+            history_settlements: config.history_settlements,
+            new_peer_credit_limit: Credits(config.new_peer_credit_limit),
+            new_peer_max_job_cost: Credits(config.new_peer_max_job_cost),
             state: Mutex::new(State::default()),
             run_slots: Arc::new(Semaphore::new(slots as usize)),
             load,
@@ -300,6 +333,80 @@ impl ProviderSide {
 }
 
 impl Market {
+    /// What `peer` owes this node by the ledger's settlements (0 when this node owes it).
+    fn owed_by(&self, peer: NodeId) -> Result<u128, crate::ledger::LedgerError> {
+        Ok(self.inner.ledger.balance_with(peer)?.max(0).unsigned_abs())
+    }
+
+    /// Checks the lines `peer`'s address shares, with `own` its own exposure with this job: the
+    /// debts and open contracts of every identity at the address against `provider.credit_limit`,
+    /// and, for a new requester, those of the new identities there against
+    /// `provider.new_peer_credit_limit`. `Err` is the reason to decline.
+    fn address_line(
+        &self,
+        state: &mut State,
+        peer: NodeId,
+        ip: IpAddr,
+        own: u128,
+        newcomer: bool,
+    ) -> Result<(), String> {
+        let provider = &self.inner.provider;
+        if !state.requester_ips.contains_key(&peer) && state.requester_ips.len() >= MAX_REQUESTERS {
+            // Forget identities that owe nothing and have nothing open; never one in debt.
+            let idle: Vec<NodeId> = state
+                .requester_ips
+                .keys()
+                .filter(|node| state.outstanding(**node) == 0)
+                .filter(|node| self.owed_by(**node).is_ok_and(|owed| owed == 0))
+                .copied()
+                .collect();
+            for node in idle {
+                state.requester_ips.remove(&node);
+            }
+            if state.requester_ips.len() >= MAX_REQUESTERS {
+                return Err(format!(
+                    "this node already extends credit to {MAX_REQUESTERS} requesters"
+                ));
+            }
+        }
+        state.requester_ips.insert(peer, ip);
+        let others = state.requesters_at(ip, peer);
+        if others.len() >= MAX_IDENTITIES_PER_IP {
+            return Err(format!(
+                "{} identities at {ip} already have credit here",
+                others.len()
+            ));
+        }
+        let (mut address, mut new_at_address, mut new_others) = (own, own, 0);
+        for other in others {
+            let debt = self
+                .owed_by(other)
+                .unwrap_or(0)
+                .saturating_add(state.outstanding(other));
+            address = address.saturating_add(debt);
+            if self.inner.reputation.standing(&other).history() < provider.history_settlements {
+                new_at_address = new_at_address.saturating_add(debt);
+                new_others += 1;
+            }
+        }
+        if address > u128::from(provider.credit_limit.micro()) {
+            return Err(format!(
+                "this job could bring what the identities at your address owe this node to \
+                 {address} µcr, above the credit line of an address, {} µcr",
+                provider.credit_limit.micro()
+            ));
+        }
+        if newcomer && new_at_address > u128::from(provider.new_peer_credit_limit.micro()) {
+            return Err(format!(
+                "this job could bring what new requesters at your address owe this node to \
+                 {new_at_address} µcr, above the credit line of a new requester, {} µcr, shared \
+                 with {new_others} other new requesters at your address",
+                provider.new_peer_credit_limit.micro()
+            ));
+        }
+        Ok(())
+    }
+
     fn decline(
         &self,
         requester: NodeId,
@@ -317,7 +424,12 @@ impl Market {
         }
     }
 
-    pub(super) fn handle_quote(&self, peer: NodeId, quote: QuoteRequest) -> MarketResponse {
+    pub(super) fn handle_quote(
+        &self,
+        peer: NodeId,
+        ip: Option<IpAddr>,
+        quote: QuoteRequest,
+    ) -> MarketResponse {
         if quote.requester != peer {
             return wire_error(ErrorCode::Forbidden, "requester is not the sending node");
         }
@@ -351,12 +463,43 @@ impl Market {
         let Ok(max_cost) = price.max_cost(&spec.limits) else {
             return decline(DeclineCode::LimitsExceeded, "cost overflows");
         };
+        // Admission: a requester this node's ledger shows to be dishonest gets no credit; one
+        // without history here is new, and gets small jobs and a small line (unless the operator
+        // listed it).
+        let listed = provider.credit_limits.contains_key(&peer);
+        let mut newcomer = false;
+        if peer != self.inner.node_id && !listed {
+            let standing = self.inner.reputation.standing(&peer);
+            if standing.distrusted {
+                return decline(
+                    DeclineCode::CreditLimit,
+                    &format!(
+                        "this node extends no credit to you: {}",
+                        standing.reasons.join("; ")
+                    ),
+                );
+            }
+            newcomer = standing.history() < provider.history_settlements;
+            if newcomer && max_cost > provider.new_peer_max_job_cost {
+                return decline(
+                    DeclineCode::LimitsExceeded,
+                    &format!(
+                        "until {} contracts are settled here ({} so far), a job may cost at most \
+                         {} µcr; this one may cost {} µcr",
+                        provider.history_settlements,
+                        standing.history(),
+                        provider.new_peer_max_job_cost.micro(),
+                        max_cost.micro()
+                    ),
+                );
+            }
+        }
         // What the requester owes this node already (its settlements), before taking the lock.
         let owed = if peer == self.inner.node_id {
             0
         } else {
-            match self.inner.ledger.balance_with(peer) {
-                Ok(balance) => balance.max(0).unsigned_abs(),
+            match self.owed_by(peer) {
+                Ok(owed) => owed,
                 // Credit is not extended on a balance that cannot be read.
                 Err(error) => {
                     return decline(
@@ -374,17 +517,32 @@ impl Market {
             .reservations
             .retain(|_, r| !(r.quote.requester == peer && r.quote.job_id == quote.job_id));
         if peer != self.inner.node_id {
-            let limit = provider.credit_limit_of(peer);
-            let exposure = owed
+            let own = owed
                 .saturating_add(state.outstanding(peer))
                 .saturating_add(u128::from(max_cost.micro()));
-            if exposure > u128::from(limit.micro()) {
+            if !listed
+                && let Some(ip) = ip
+                && let Err(reason) = self.address_line(&mut state, peer, ip, own, newcomer)
+            {
                 provider.publish_load(&state);
+                return decline(DeclineCode::CreditLimit, &reason);
+            }
+            let mut limit = provider.credit_limit_of(peer);
+            if newcomer {
+                limit = limit.min(provider.new_peer_credit_limit);
+            }
+            if own > u128::from(limit.micro()) {
+                provider.publish_load(&state);
+                let kind = if newcomer {
+                    "a new requester's"
+                } else {
+                    "your"
+                };
                 return decline(
                     DeclineCode::CreditLimit,
                     &format!(
-                        "this job could bring what you owe this node to {exposure} µcr, above \
-                         your credit line of {} µcr (owed now: {owed} µcr)",
+                        "this job could bring what you owe this node to {own} µcr, above {kind} \
+                         credit line of {} µcr (owed now: {owed} µcr)",
                         limit.micro()
                     ),
                 );

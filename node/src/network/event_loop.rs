@@ -91,6 +91,8 @@ pub struct EventLoop {
     next_inbound_id: u64,
     strikes: HashMap<PeerId, u32>,
     banned_until: HashMap<PeerId, Instant>,
+    /// The IP address of each connected peer's latest connection (bounded by the connections).
+    peer_ips: HashMap<PeerId, std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -168,6 +170,7 @@ impl EventLoop {
             next_inbound_id: 0,
             strikes: HashMap::new(),
             banned_until: HashMap::new(),
+            peer_ips: HashMap::new(),
         })
     }
 
@@ -546,6 +549,7 @@ impl EventLoop {
                         .try_send(NetworkEvent::Market(InboundRequest {
                             id,
                             peer: node,
+                            ip: self.peer_ips.get(&peer).copied(),
                             request,
                         }))
                         .is_ok()
@@ -558,6 +562,7 @@ impl EventLoop {
                         .try_send(LedgerEvent::Request(InboundRequest {
                             id,
                             peer: node,
+                            ip: self.peer_ips.get(&peer).copied(),
                             request,
                         }))
                         .is_ok()
@@ -936,6 +941,9 @@ impl EventLoop {
                 ..
             } => {
                 debug!(%peer_id, %connection_id, address = %endpoint.get_remote_address(), "connected");
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
                 if endpoint.is_dialer() {
                     self.peers
                         .learn(peer_id, [endpoint.get_remote_address().clone()]);
@@ -958,6 +966,7 @@ impl EventLoop {
                 debug!(%peer_id, %connection_id, ?cause, "connection closed");
                 if self.peers.closed(&peer_id, connection_id, Instant::now()) {
                     debug!(%peer_id, "peer lost; re-dial scheduled");
+                    self.peer_ips.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -1310,6 +1319,15 @@ fn validate_checkpoint_topic(message: &gossipsub::Message) -> Result<CheckpointT
 fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|protocol| match protocol {
         libp2p::multiaddr::Protocol::P2p(peer_id) => Some(peer_id),
+        _ => None,
+    })
+}
+
+/// The IP address of a multiaddr (`/ip4/…` or `/ip6/…` first).
+fn ip_of(address: &Multiaddr) -> Option<std::net::IpAddr> {
+    address.iter().find_map(|part| match part {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
         _ => None,
     })
 }

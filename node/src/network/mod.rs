@@ -93,6 +93,9 @@ pub struct InboundRequest<R = MarketRequest> {
     pub id: u64,
     /// The authenticated sender (from the connection's noise/TLS handshake).
     pub peer: NodeId,
+    /// The IP address its latest connection came from (admission shares one credit line among
+    /// new identities behind one address).
+    pub ip: Option<std::net::IpAddr>,
     pub request: R,
 }
 
@@ -141,12 +144,15 @@ pub enum RequestError {
 }
 
 /// A connected peer, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     pub node_id: String,
     pub addrs: Vec<String>,
     pub agent_version: Option<String>,
     pub connections: u32,
+    /// Its standing in this node's ledger, and why (filled in by the API, not the network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<crate::reputation::Standing>,
 }
 
 /// Requests to the network task.

@@ -473,6 +473,7 @@ impl PeerBook {
                 addrs: peer.addrs.iter().map(ToString::to_string).collect(),
                 agent_version: peer.agent_version.clone(),
                 connections: u32::try_from(peer.alive.len()).unwrap_or(u32::MAX),
+                standing: None,
             })
             .collect()
     }

@@ -269,8 +269,14 @@ impl Router {
             .into_iter()
             .filter_map(|entry| {
                 let info = entry.advert.models.iter().find(|m| m.name == model)?;
-                (entry.advert.load_permille < 1000)
-                    .then(|| (entry.advert.node, info.clone(), entry.advert.load_permille))
+                // A provider this node's ledger shows to be dishonest gets no more requests.
+                (entry.advert.load_permille < 1000
+                    && !self
+                        .inner
+                        .market
+                        .reputation()
+                        .distrusted(&entry.advert.node))
+                .then(|| (entry.advert.node, info.clone(), entry.advert.load_permille))
             })
             .collect();
         let max_tokens = u128::from(request.max_tokens);

@@ -1,6 +1,7 @@
 //! suanli's cross-crate integration tests, built into one test binary.
 
 mod access;
+mod admission;
 mod crash;
 mod faults;
 mod jobs;
