@@ -292,7 +292,7 @@ impl Default for ProviderConfig {
             credit_limits: BTreeMap::new(),
             history_settlements: 3,
             new_peer_credit_limit: 10_000_000,
-            new_peer_max_job_cost: 1_000_000,
+            new_peer_max_job_cost: 5_000_000,
         }
     }
 }
@@ -931,11 +931,11 @@ offer_validity_secs = 10
 credit_limit = 1000000000
 # A requester with fewer than history_settlements contracts settled here is new: its credit line
 # is new_peer_credit_limit (10 credits), shared by every new requester connecting from the same IP
-# address, and each of its jobs may cost at most new_peer_max_job_cost (1 credit). Requesters this
+# address, and each of its jobs may cost at most new_peer_max_job_cost (5 credits). Requesters this
 # node's ledger shows to be dishonest get no credit.
 history_settlements = 3
 new_peer_credit_limit = 10000000
-new_peer_max_job_cost = 1000000
+new_peer_max_job_cost = 5000000
 
 [provider.credit_limits]
 # Credit lines of particular requesters, by node id:
