@@ -356,3 +356,19 @@ fn push_varint(out: &mut Vec<u8>, value: u64) {
         }
     }
 }
+
+/// A `CoSigned<T>` over `signed` with a countersignature by `key`, whether or not the first
+/// signature verifies (`CoSigned::countersign` refuses to make one that does not).
+pub fn forge_cosigned<T: suanli_protocol::signed::CoSignedDocument>(
+    signed: &suanli_protocol::Signed<T>,
+    key: &Keypair,
+) -> suanli_protocol::CoSigned<T> {
+    let signature = key
+        .to_libp2p()
+        .sign(&signed.message())
+        .expect("ed25519 signs");
+    let mut raw = suanli_protocol::codec::encode(signed).expect("encodable");
+    push_varint(&mut raw, signature.len() as u64);
+    raw.extend_from_slice(&signature);
+    suanli_protocol::codec::decode(&raw, raw.len()).expect("a well-formed CoSigned")
+}

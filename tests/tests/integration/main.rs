@@ -1,5 +1,6 @@
 //! suanli's cross-crate integration tests, built into one test binary.
 
+mod adversary;
 mod crash;
 mod faults;
 mod jobs;
