@@ -78,7 +78,14 @@ impl Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_bytes).await
+        match read_frame(io, self.max_bytes).await {
+            // libp2p-request-response tells no one of a request that failed to read (it logs it
+            // at debug level), so its sender could not be penalised. An over-long request is
+            // handed on as the empty request instead, which no protocol accepts: the event loop
+            // refuses it and strikes its sender like any malformed request, unread.
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => Ok(Vec::new()),
+            read => read,
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -136,6 +143,21 @@ mod tests {
         assert!(read_frame(&mut short, 16).await.is_err());
         let mut sink = Cursor::new(Vec::new());
         assert!(write_frame(&mut sink, &[0; 17], 16).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_over_long_request_reads_as_the_empty_request() {
+        let protocol = StreamProtocol::new("/test/1");
+        let mut codec = FrameCodec::new(16);
+        let mut huge = Cursor::new(vec![0, 0, 0, 17, 1, 2, 3]);
+        let request = codec.read_request(&protocol, &mut huge).await.unwrap();
+        assert!(request.is_empty());
+        // A truncated request stays an error (a broken stream, not a malformed message), and an
+        // over-long response too (the requester's own request fails).
+        let mut short = Cursor::new(vec![0, 0, 0, 9, 1, 2]);
+        assert!(codec.read_request(&protocol, &mut short).await.is_err());
+        let mut huge = Cursor::new(vec![0, 0, 0, 17, 1, 2, 3]);
+        assert!(codec.read_response(&protocol, &mut huge).await.is_err());
     }
 
     /// Serves a length prefix and then `body`, and remembers the largest buffer it was asked to
