@@ -8,22 +8,32 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::{AsyncReadExt, AsyncWriteExt};
+
 use suanli_node::clock::now_ms;
-use suanli_node::market::JobState;
+use suanli_node::market::{AttemptOutcome, JobState};
 use suanli_protocol::ledger::EntryBody;
+use suanli_protocol::negotiation::AttemptFailure;
 use suanli_protocol::wire::{
-    Delivery, ErrorCode, ExecuteRequest, MarketRequest, MarketResponse, WireMessage,
+    Delivery, ErrorCode, ExecuteRequest, GossipMessage, MAX_MARKET_MESSAGE_BYTES, MarketRequest,
+    MarketResponse, WireMessage,
 };
 use suanli_protocol::{
-    CoSigned, Contract, ContractDocs, ContractId, Credits, ExecutorKind, Hash32, JobSpec, Keypair,
-    NodeId, Offer, Outcome, Placement, QuoteRequest, Receipt, Settlement, Signed, Usage,
+    CapacityAdvert, CoSigned, Contract, ContractDocs, ContractId, Credits, ExecutorKind, Hash32,
+    JobSpec, Keypair, NodeId, Offer, Outcome, Placement, PriceTerms, QuoteRequest, Receipt,
+    Resources, Settlement, Signed, Usage,
 };
 use suanli_tests::adversary::{Adversary, MarketInbound, forge_cosigned, forge_signed};
-use suanli_tests::{TestNode, wait_until, wat_job, with_timeout};
+use suanli_tests::{TestNode, test_config, wait_until, wat_job, with_timeout};
 
 const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
 const CONVERGE: Duration = Duration::from_secs(30);
 const JOB: Duration = Duration::from_secs(60);
+/// More than the market streams a node handles at once on one connection (256).
+const STALLED_STREAMS: usize = 300;
+/// Contracts never made that one test asks about, and requests about each at once.
+const UNKNOWN_CONTRACTS: usize = 20;
+const BURST: usize = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -509,6 +519,435 @@ async fn replayed_and_reordered_market_messages_change_nothing() {
             victim.handle.market.stats().contracts_driven == 0
         })
         .await;
+        honest_job_runs_on(&victim, &honest).await;
+        victim.stop().await;
+        honest.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversized and slow frames
+
+/// Sends a length of `announced` and `body` bytes on a raw market stream, and reads what the node
+/// answers until it closes the stream. The write half stays open (the node need not read on).
+async fn refused_unread(adversary: &Adversary, announced: u32, body: usize) -> Vec<u8> {
+    let stream = adversary.open_market_stream().await.expect("a stream");
+    let (mut reader, mut writer) = stream.split();
+    let write = async move {
+        let _ = writer.write_all(&announced.to_be_bytes()).await;
+        let _ = writer.write_all(&vec![1u8; body]).await;
+        let _ = writer.flush().await;
+        std::future::pending::<()>().await
+    };
+    let read = async {
+        let mut answer = Vec::new();
+        let _ = reader.read_to_end(&mut answer).await;
+        answer
+    };
+    tokio::select! {
+        answer = read => answer,
+        () = write => unreachable!("the write half never ends"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_stalled_market_frames_are_dropped() {
+    with_timeout(async {
+        let (victim, honest) = victim_and_honest().await;
+        let attacker = Keypair::generate().expect("key");
+        let adversary = Adversary::connect(attacker.clone(), victim.tcp_addr()).await;
+        let before = ledger_state(&victim);
+        let cap = u32::try_from(MAX_MARKET_MESSAGE_BYTES).expect("fits");
+
+        // Slow: more streams than a connection may hold at once, each announcing a whole frame
+        // of the cap and sending two bytes of it, then nothing; and one trickling a byte at a
+        // time. The node must drop every one (at once beyond its per-connection bound, the rest
+        // by its request timeout) without striking anyone: slowness is not malice.
+        let mut trickled = adversary.open_market_stream().await.expect("a stream");
+        trickled.write_all(&cap.to_be_bytes()).await.expect("write");
+        let trickle = async move {
+            // Writes until the node drops the stream; what it read back says the stream ended.
+            let mut ended_after = 0usize;
+            while trickled.write_all(&[1]).await.is_ok() && trickled.flush().await.is_ok() {
+                ended_after += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ended_after
+        };
+        let trickler = tokio::spawn(trickle);
+        let mut stalled = Vec::new();
+        for _ in 0..STALLED_STREAMS {
+            let mut stream = adversary.open_market_stream().await.expect("a stream");
+            // Beyond the bound the node drops a stream as it arrives: writing may fail.
+            let mut head = cap.to_be_bytes().to_vec();
+            head.extend_from_slice(&[1, 0]);
+            if stream.write_all(&head).await.is_ok() {
+                let _ = stream.flush().await;
+            }
+            stalled.push(stream);
+        }
+
+        // Meanwhile the node serves others.
+        honest_job_runs_on(&victim, &honest).await;
+        let honest_length = ledger_state(&victim);
+
+        // Every stalled stream ends: the node reads EOF or a reset, never the answer to a frame.
+        let ends = stalled.into_iter().map(|mut stream| async move {
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            rest.len()
+        });
+        let answered: Vec<usize> = futures::future::join_all(ends).await;
+        assert!(answered.iter().all(|bytes| *bytes == 0), "{answered:?}");
+        let trickled_bytes = trickler.await.expect("trickler");
+        assert!(
+            (trickled_bytes as u64) < u64::from(cap),
+            "the node read a trickled frame to its end"
+        );
+        assert!(
+            !is_banned(&adversary).await,
+            "slow streams are dropped, not struck"
+        );
+
+        // Oversized: a length above the cap on a raw stream, then the largest length followed by
+        // a mebibyte of bytes, then bytes that are no market request. Three strikes ban the
+        // sender.
+        for (announced, body) in [(cap + 1, 0), (u32::MAX, 1 << 20)] {
+            // Refused unread: the answer, a frame of its own, is an error.
+            let answer = refused_unread(&adversary, announced, body).await;
+            assert!(answer.len() > 4, "answered {answer:?}");
+            let answer = MarketResponse::from_bytes(&answer[4..]).expect("a response");
+            assert!(is_error(&answer, ErrorCode::BadRequest), "{answer:?}");
+        }
+        let garbage = vec![0x01, 0xff, 0xff, 0xff];
+        if let Ok(bytes) = adversary.market_request(garbage).await {
+            let answer = MarketResponse::from_bytes(&bytes).expect("a response");
+            assert!(is_error(&answer, ErrorCode::BadRequest), "{answer:?}");
+        }
+        assert!(
+            is_banned(&adversary).await,
+            "three malformed frames ban the sender"
+        );
+
+        assert_eq!(ledger_state(&victim), honest_length);
+        assert_eq!(honest_length, before + 3);
+        assert!(kinds_with(&victim, attacker.node_id()).is_empty());
+        honest_job_runs_on(&victim, &honest).await;
+        victim.stop().await;
+        honest.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile provider against a requester
+
+/// An advert that makes the adversary the cheapest provider of WebAssembly jobs.
+fn cheapest_advert(key: &Keypair, seq: u64) -> Vec<u8> {
+    let resources = Resources {
+        cpu_cores: 64,
+        memory_bytes: 1 << 40,
+        gpus: Vec::new(),
+    };
+    let advert = CapacityAdvert {
+        node: key.node_id(),
+        seq,
+        issued_at_ms: now_ms(),
+        ttl_ms: 600_000,
+        region: "hostile".into(),
+        listen_addrs: Vec::new(),
+        total: resources.clone(),
+        free: resources,
+        executors: vec![ExecutorKind::Wasm],
+        prices: PriceTerms::default(),
+        load_permille: 0,
+        software_version: "hostile".into(),
+        models: Vec::new(),
+        cluster: None,
+    };
+    GossipMessage::Advert(Signed::sign(&advert, key).expect("sign"))
+        .to_bytes()
+        .expect("encode")
+}
+
+/// How the hostile provider treats one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provides {
+    /// Answers the quote with an offer whose signature is broken.
+    ForgedOffer,
+    /// Never answers the quote.
+    Silence,
+    /// Signs the contract, accepts the run, never delivers.
+    NoDelivery,
+    /// Delivers a receipt whose cost is not what the contract's prices make of its usage.
+    WrongCost,
+}
+
+/// Serves the requester's market requests for one job as `mode` says, until the requester is
+/// done with this provider; returns the requester's last word on the contract, if one was made,
+/// and the requests held unanswered.
+async fn provide(
+    adversary: &Adversary,
+    mode: Provides,
+) -> (Option<ContractDocs>, Vec<MarketInbound>) {
+    let key = adversary.key.clone();
+    let mut held = Vec::new();
+    let mut contract: Option<CoSigned<Contract>> = None;
+    loop {
+        let (request, inbound) = next_request(adversary).await;
+        match request {
+            MarketRequest::Quote(quote) => {
+                let spec = quote.decode_spec().expect("an honest quote");
+                let price = PriceTerms::default();
+                let offer = Offer {
+                    provider: key.node_id(),
+                    requester: quote.requester,
+                    job_id: quote.job_id,
+                    price,
+                    max_cost: price.max_cost(&spec.limits).expect("cost"),
+                    valid_until_ms: now_ms() + 30_000,
+                    reservation: 1,
+                };
+                let signed = Signed::sign(&offer, &key).expect("sign");
+                let answer = MarketResponse::Offer(signed);
+                match mode {
+                    Provides::ForgedOffer => {
+                        let mut bytes = answer.to_bytes().expect("encode");
+                        let last = bytes.len() - 1;
+                        bytes[last] ^= 0x01;
+                        inbound.answer(bytes);
+                        return (None, held);
+                    }
+                    Provides::Silence => {
+                        held.push(inbound);
+                        return (None, held);
+                    }
+                    _ => inbound.answer(answer.to_bytes().expect("encode")),
+                }
+            }
+            MarketRequest::Propose(proposal) => {
+                let (cosigned, _) = CoSigned::countersign(proposal, &key).expect("countersign");
+                contract = Some(cosigned.clone());
+                inbound.answer(
+                    MarketResponse::Countersigned(cosigned)
+                        .to_bytes()
+                        .expect("encode"),
+                );
+            }
+            MarketRequest::Execute(execute) => {
+                inbound.answer(
+                    MarketResponse::Accepted {
+                        contract_id: execute.contract_id,
+                    }
+                    .to_bytes()
+                    .expect("encode"),
+                );
+                if mode == Provides::WrongCost {
+                    let cosigned = contract.clone().expect("a contract before its run");
+                    let terms = cosigned.decode_unverified().expect("decodes");
+                    let output = b"hello from suanli\n".to_vec();
+                    let usage = Usage {
+                        fuel: 1_000,
+                        output_bytes: output.len() as u64,
+                        ..Usage::default()
+                    };
+                    let receipt = Receipt {
+                        contract_id: execute.contract_id,
+                        job_id: terms.job_id,
+                        provider: key.node_id(),
+                        requester: terms.requester,
+                        outcome: Outcome::Succeeded {
+                            exit_code: 0,
+                            output_hash: Hash32::of(&output),
+                            output_len: output.len() as u64,
+                        },
+                        usage,
+                        // The prices are zero: this bills what was never agreed.
+                        cost: Credits(5_000_000),
+                        finished_at_ms: now_ms(),
+                    };
+                    let receipt = Signed::sign(&receipt, &key).expect("sign");
+                    let settlement = Settlement {
+                        contract_id: execute.contract_id,
+                        receipt: receipt.digest(),
+                        provider: key.node_id(),
+                        requester: terms.requester,
+                        cost: Credits(5_000_000),
+                        settled_at_ms: now_ms(),
+                    };
+                    let delivery = Delivery {
+                        receipt,
+                        settlement: Signed::sign(&settlement, &key).expect("sign"),
+                        output,
+                    };
+                    let answer = ask(adversary, &MarketRequest::Deliver(delivery)).await;
+                    let MarketResponse::Reconciled(docs) = answer else {
+                        panic!("a delivery is answered with the requester's decision: {answer:?}");
+                    };
+                    return (Some(*docs), held);
+                }
+            }
+            MarketRequest::Reconcile(docs) => {
+                // The requester ended the contract alone and says how; this provider records the
+                // same end (a real one would sign its own failure record). A word on an earlier
+                // job's contract is answered the same way and is not this job's end.
+                let ours = contract
+                    .as_ref()
+                    .is_some_and(|ours| ours.digest() == docs.contract.digest());
+                let answer = ContractDocs {
+                    contract: docs.contract.clone(),
+                    receipt: None,
+                    settlement: None,
+                    failure: None,
+                };
+                inbound.answer(
+                    MarketResponse::Reconciled(Box::new(answer))
+                        .to_bytes()
+                        .expect("encode"),
+                );
+                if ours {
+                    return (Some(*docs), held);
+                }
+            }
+            MarketRequest::Deliver(_) => panic!("a requester never delivers"),
+        }
+    }
+}
+
+/// The victim as a requester, with short contract deadlines; the honest node as the fallback
+/// provider; the adversary as the cheapest provider in the victim's view.
+async fn requester_with_a_hostile_provider() -> (TestNode, TestNode, Adversary) {
+    let mut config = test_config(&[]);
+    config.jobs.deadline_grace_secs = 1;
+    let victim = TestNode::start_with(tempfile::tempdir().expect("dir"), config).await;
+    let honest = TestNode::start(&[victim.tcp_addr()]).await;
+    wait_until("both nodes see each other", CONVERGE, || {
+        victim.mesh_size() == 2 && honest.mesh_size() == 2
+    })
+    .await;
+    let key = Keypair::generate().expect("key");
+    let adversary = Adversary::connect(key.clone(), victim.tcp_addr()).await;
+    let mut seq = 1;
+    while victim.handle.mesh.get(&key.node_id()).is_none() {
+        // Gossip may not carry the first publication (no mesh yet): publish until it arrives.
+        let _ = adversary.publish(cheapest_advert(&key, seq)).await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (victim, honest, adversary)
+}
+
+/// A job the victim places on anyone but itself, done within a few seconds.
+fn short_remote_job() -> suanli_node::market::Submission {
+    let mut job = wat_job(HELLO);
+    job.placement.exclude_self = true;
+    job.limits.wall_time_ms = 2_000;
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_provider_is_refused_and_the_requester_fails_over() {
+    with_timeout(async {
+        let (victim, honest, adversary) = requester_with_a_hostile_provider().await;
+        let hostile = adversary.key.node_id();
+        let honest_id = honest.handle.node_id;
+        let mut expected: Vec<&str> = Vec::new();
+
+        for mode in [
+            Provides::ForgedOffer,
+            Provides::NoDelivery,
+            Provides::WrongCost,
+            Provides::Silence,
+        ] {
+            let before = ledger_state(&victim);
+            let job_id = victim.submit(short_remote_job()).await;
+            let ((docs, held), record) = tokio::join!(provide(&adversary, mode), async {
+                victim.wait_job(&job_id, JOB).await
+            });
+            drop(held);
+            // The job failed over to the honest provider and succeeded there.
+            assert_eq!(record.state, JobState::Succeeded, "{mode:?}: {record:?}");
+            assert_eq!(record.provider, Some(honest_id), "{mode:?}");
+            let first = record.attempts.first().expect("attempts");
+            assert_eq!(first.provider, hostile, "{mode:?}: {record:?}");
+            let (outcome, added): (AttemptOutcome, &[&str]) = match mode {
+                Provides::ForgedOffer => (AttemptOutcome::Rejected, &[]),
+                Provides::Silence => (AttemptOutcome::Unreachable, &[]),
+                Provides::NoDelivery => (AttemptOutcome::DeadlineMissed, &["contract", "failure"]),
+                Provides::WrongCost => (
+                    AttemptOutcome::Rejected,
+                    &["contract", "misbehaviour", "failure"],
+                ),
+            };
+            assert_eq!(first.outcome, outcome, "{mode:?}: {first:?}");
+            expected.extend(added);
+            let mut with_hostile = kinds_with(&victim, hostile);
+            with_hostile.sort_unstable();
+            let mut wanted = expected.clone();
+            wanted.sort_unstable();
+            assert_eq!(with_hostile, wanted, "{mode:?}");
+            // Never a settlement with the hostile provider.
+            assert!(!with_hostile.contains(&"settlement"), "{mode:?}");
+            // Both sides end the contract alike: the requester tells the provider its own
+            // failure record, with the protocol's reason.
+            if let Some(docs) = docs {
+                assert!(docs.settlement.is_none(), "{mode:?}");
+                let failure = docs
+                    .failure
+                    .expect("the requester's failure record")
+                    .verify()
+                    .expect("signed by the requester");
+                assert_eq!(failure.recorder, victim.handle.node_id);
+                let reason = match mode {
+                    Provides::NoDelivery => AttemptFailure::DeadlineMissed,
+                    _ => AttemptFailure::Misbehaved,
+                };
+                assert_eq!(failure.failure, reason, "{mode:?}");
+            }
+            // Besides, only the honest contract, receipt and settlement.
+            assert_eq!(ledger_state(&victim), before + added.len() + 3, "{mode:?}");
+        }
+        wait_until("no contract driver is left", CONVERGE, || {
+            victim.handle.market.stats().contracts_driven == 0
+        })
+        .await;
+        victim.stop().await;
+        honest.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_about_contracts_never_made_leave_nothing_behind() {
+    with_timeout(async {
+        let (victim, honest) = victim_and_honest().await;
+        let attacker = Keypair::generate().expect("key");
+        let adversary = Adversary::connect(attacker.clone(), victim.tcp_addr()).await;
+        let before = ledger_state(&victim);
+        let quote = quote_for(&attacker);
+        // Bursts of requests about contracts that do not exist, several at once per contract:
+        // each is answered, and none may leave a route to a driver behind (the registry would
+        // grow with every contract id an attacker makes up).
+        for round in 0..UNKNOWN_CONTRACTS {
+            let id = ContractId(Hash32::of(format!("made up {round}").as_bytes()));
+            let execute = MarketRequest::Execute(ExecuteRequest {
+                contract_id: id,
+                spec: quote.spec.clone(),
+                module: HELLO.as_bytes().to_vec(),
+                stdin: Vec::new(),
+            });
+            let answers = futures::future::join_all((0..BURST).map(|_| ask(&adversary, &execute)));
+            for answer in answers.await {
+                assert!(matches!(answer, MarketResponse::Error(_)), "{answer:?}");
+            }
+        }
+        wait_until("no route to a contract driver is left", CONVERGE, || {
+            victim.handle.market.stats().contracts_driven == 0
+        })
+        .await;
+        assert!(!is_banned(&adversary).await, "asking is not a strike");
+        assert_eq!(ledger_state(&victim), before);
         honest_job_runs_on(&victim, &honest).await;
         victim.stop().await;
         honest.stop().await;
