@@ -205,15 +205,20 @@ impl Market {
     /// A driver started for a request about a contract that had none: from the ledger (a final
     /// contract, or an open one whose driver was not started yet), or adopted from the request.
     async fn drive_on_demand(self, id: Route, mut inbox: mpsc::Receiver<Mail>) {
-        let machine = match self.on_demand_machine(id, &mut inbox).await {
-            Some(machine) => machine,
-            None => {
-                self.inner.registry.leave(id, &mut inbox);
-                return;
+        loop {
+            match self.on_demand_machine(id, &mut inbox).await {
+                Some(machine) => {
+                    let driver = Driver::new(self.clone(), machine, None);
+                    driver.run_registered(id, inbox).await;
+                    return;
+                }
+                None if self.inner.registry.leave(id, &mut inbox) => return,
+                // Mail came meanwhile: it is handled the same way before the route goes.
+                // Returning here would drop it unanswered and leave its route behind, one for
+                // every contract id a peer makes up and asks about twice at once.
+                None => {}
             }
-        };
-        let driver = Driver::new(self.clone(), machine, None);
-        driver.run_registered(id, inbox).await;
+        }
     }
 
     /// The machine for a driver started on demand; `None` when the first mail was answered

@@ -465,12 +465,10 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                // A stream that broke off or sent an over-long frame.
+                // An answer that could not be sent, or a request that timed out (slowness is not
+                // struck). An over-long request never gets here: the codec hands it on as the
+                // empty request, refused and struck like any malformed one.
                 debug!(%peer, %error, ?protocol, "inbound request failed");
-                if matches!(error, request_response::InboundFailure::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData)
-                {
-                    self.strike(peer, "oversized or malformed frame");
-                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -9,6 +9,9 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response::Codec;
 
+/// What a frame's buffer holds before its bytes arrive; it grows as they do.
+const FIRST_READ_BYTES: usize = 64 * 1024;
+
 /// A length-prefixed byte frame codec with a size cap.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
@@ -32,8 +35,19 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             format!("frame of {len} bytes exceeds the cap of {max}"),
         ));
     }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
+    // The buffer grows with the bytes that arrive, never to the announced length up front: a
+    // peer announcing the cap on every stream and sending nothing would otherwise make this node
+    // reserve the cap per stream (256 streams a connection) for as long as the streams last.
+    let mut bytes = Vec::with_capacity(len.min(FIRST_READ_BYTES));
+    let announced = u64::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame length"))?;
+    io.take(announced).read_to_end(&mut bytes).await?;
+    if bytes.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes ended after {}", bytes.len()),
+        ));
+    }
     Ok(bytes)
 }
 
@@ -64,7 +78,14 @@ impl Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_bytes).await
+        match read_frame(io, self.max_bytes).await {
+            // libp2p-request-response tells no one of a request that failed to read (it logs it
+            // at debug level), so its sender could not be penalised. An over-long request is
+            // handed on as the empty request instead, which no protocol accepts: the event loop
+            // refuses it and strikes its sender like any malformed request, unread.
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => Ok(Vec::new()),
+            read => read,
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -122,5 +143,69 @@ mod tests {
         assert!(read_frame(&mut short, 16).await.is_err());
         let mut sink = Cursor::new(Vec::new());
         assert!(write_frame(&mut sink, &[0; 17], 16).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_over_long_request_reads_as_the_empty_request() {
+        let protocol = StreamProtocol::new("/test/1");
+        let mut codec = FrameCodec::new(16);
+        let mut huge = Cursor::new(vec![0, 0, 0, 17, 1, 2, 3]);
+        let request = codec.read_request(&protocol, &mut huge).await.unwrap();
+        assert!(request.is_empty());
+        // A truncated request stays an error (a broken stream, not a malformed message), and an
+        // over-long response too (the requester's own request fails).
+        let mut short = Cursor::new(vec![0, 0, 0, 9, 1, 2]);
+        assert!(codec.read_request(&protocol, &mut short).await.is_err());
+        let mut huge = Cursor::new(vec![0, 0, 0, 17, 1, 2, 3]);
+        assert!(codec.read_response(&protocol, &mut huge).await.is_err());
+    }
+
+    /// Serves a length prefix and then `body`, and remembers the largest buffer it was asked to
+    /// fill: what the codec had allocated for the frame before its bytes came.
+    struct Announcing {
+        bytes: Vec<u8>,
+        at: usize,
+        largest_ask: usize,
+    }
+
+    impl AsyncRead for Announcing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let this = &mut *self;
+            this.largest_ask = this.largest_ask.max(buf.len());
+            let n = buf.len().min(this.bytes.len() - this.at);
+            buf[..n].copy_from_slice(&this.bytes[this.at..this.at + n]);
+            this.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        let cap = 16 << 20;
+        let mut bytes = u32::try_from(cap).unwrap().to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"only this");
+        let mut reader = Announcing {
+            bytes,
+            at: 0,
+            largest_ask: 0,
+        };
+        let error = read_frame(&mut reader, cap).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            reader.largest_ask <= FIRST_READ_BYTES,
+            "a buffer of {} bytes for 9 bytes received",
+            reader.largest_ask
+        );
+        // A whole frame still reads back exactly.
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut framed = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        framed.extend_from_slice(b"next frame");
+        let mut reader = Cursor::new(framed);
+        assert_eq!(read_frame(&mut reader, cap).await.unwrap(), body);
     }
 }

@@ -2,6 +2,7 @@
 
 mod access;
 mod admission;
+mod adversary;
 mod crash;
 mod faults;
 mod jobs;
