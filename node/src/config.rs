@@ -268,6 +268,13 @@ pub struct ProviderConfig {
     pub credit_limit: u64,
     /// Credit lines of particular requesters, by node id, micro-credits.
     pub credit_limits: BTreeMap<String, u64>,
+    /// TEST ONLY: sign for an output other than the one each WebAssembly run wrote (every byte
+    /// flipped), to play a dishonest provider in the replicated-job tests. It cannot be set
+    /// from a config file or flag (it is never read from or written to TOML), only by code that
+    /// builds a `Config` itself, such as the integration tests' in-process nodes.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_corrupt_output: bool,
 }
 
 impl Default for ProviderConfig {
@@ -283,6 +290,7 @@ impl Default for ProviderConfig {
             offer_validity_secs: 10,
             credit_limit: 1_000_000_000,
             credit_limits: BTreeMap::new(),
+            test_corrupt_output: false,
         }
     }
 }
@@ -625,6 +633,12 @@ impl Config {
             ));
         }
         let provider = &self.provider;
+        if provider.test_corrupt_output {
+            tracing::warn!(
+                "provider.test_corrupt_output is set: this node signs for outputs its runs did \
+                 not write (tests only)"
+            );
+        }
         if provider.slots == Some(0) {
             return Err(invalid("provider.slots", "must be at least 1"));
         }
