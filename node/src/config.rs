@@ -275,6 +275,13 @@ pub struct ProviderConfig {
     pub history_settlements: u64,
     pub new_peer_credit_limit: u64,
     pub new_peer_max_job_cost: u64,
+    /// TEST ONLY: sign for an output other than the one each WebAssembly run wrote (every byte
+    /// flipped), to play a dishonest provider in the replicated-job tests. It cannot be set
+    /// from a config file or flag (it is never read from or written to TOML), only by code that
+    /// builds a `Config` itself, such as the integration tests' in-process nodes.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub test_corrupt_output: bool,
 }
 
 impl Default for ProviderConfig {
@@ -293,6 +300,7 @@ impl Default for ProviderConfig {
             history_settlements: 3,
             new_peer_credit_limit: 10_000_000,
             new_peer_max_job_cost: 5_000_000,
+            test_corrupt_output: false,
         }
     }
 }
@@ -635,6 +643,12 @@ impl Config {
             ));
         }
         let provider = &self.provider;
+        if provider.test_corrupt_output {
+            tracing::warn!(
+                "provider.test_corrupt_output is set: this node signs for outputs its runs did \
+                 not write (tests only)"
+            );
+        }
         if provider.slots == Some(0) {
             return Err(invalid("provider.slots", "must be at least 1"));
         }

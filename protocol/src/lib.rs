@@ -17,6 +17,8 @@
 //! - [`negotiation`] — quote requests, offers, declines, contracts, receipts, settlements.
 //! - [`engine`] — the contract engine: the requester's and the provider's pure state machines,
 //!   the checks of every document, reconciliation.
+//! - [`replicas`] — replicated jobs: the majority rule and portable evidence that one
+//!   provider's signed output disagreed with the majority's.
 //! - [`tokens`] — model requests, per-request usage receipts, the `/suanli/tokens/1` frames and
 //!   model adverts: what a standing contract (a model session) adds to a contract.
 //! - [`wire`] — request/response enums of `/suanli/market/1` and `/suanli/ledger/1` and gossip
@@ -40,6 +42,7 @@ pub mod ledger;
 pub mod merkle;
 pub mod money;
 pub mod negotiation;
+pub mod replicas;
 pub mod signed;
 pub mod tiles;
 pub mod tokens;

@@ -83,6 +83,7 @@ pub fn wat_job(wat: &str) -> Submission {
         max_price: Credits(1_000_000_000),
         placement: Placement::default(),
         api_token: None,
+        replicas: 1,
     }
 }
 

@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use suanli_protocol::{Credits, ExecutorKind, JobId, Limits, NodeId, Placement};
 
 use super::types::{
-    ExecutorName, JobListQuery, JobPage, JobQuery, JobView, SubmitRequest, SubmitResponse,
+    EvidencePage, EvidenceQuery, EvidenceView, ExecutorName, JobListQuery, JobPage, JobQuery,
+    JobView, ReplicaView, SubmitRequest, SubmitResponse,
 };
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Who};
 use crate::auth::Principal;
@@ -100,6 +101,7 @@ fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
             exclude_self: request.placement.remote_only,
         },
         api_token: None,
+        replicas: request.replicas.unwrap_or(1),
     })
 }
 
@@ -118,7 +120,15 @@ pub async fn submit(
                 state
                     .access
                     .spend()
-                    .reserve(&record.id, quota, submission.max_price.micro())
+                    .reserve(
+                        &record.id,
+                        quota,
+                        // Every replica runs, and pays, on its own.
+                        submission
+                            .max_price
+                            .micro()
+                            .saturating_mul(u64::from(submission.replicas.max(1))),
+                    )
                     .map_err(|error| match error {
                         QuotaError::Exhausted { .. } => {
                             ApiError::QuotaExhausted(format!("token {:?}: {error}", record.name))
@@ -177,7 +187,7 @@ pub async fn status(
 ) -> Result<axum::Json<JobView>, ApiError> {
     let record = record(&state, &principal, &id)?;
     let Some(wait_ms) = query.wait_ms else {
-        return Ok(axum::Json(JobView::from(record)));
+        return Ok(axum::Json(view(&state, &record)));
     };
     let job_id = record.job_id;
     let waited = state
@@ -186,7 +196,7 @@ pub async fn status(
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     waited
-        .map(|record| axum::Json(JobView::from(record)))
+        .map(|record| axum::Json(view(&state, &record)))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
@@ -210,7 +220,7 @@ pub async fn cancel(
         })?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(JobView::from(record(&state, &principal, &id)?)),
+        axum::Json(view(&state, &record(&state, &principal, &id)?)),
     ))
 }
 
@@ -261,7 +271,68 @@ pub async fn list(
         .then(|| jobs.last().map(|job| job.job_id))
         .flatten();
     Ok(axum::Json(JobPage {
-        jobs: jobs.iter().map(JobView::from).collect(),
+        jobs: jobs.iter().map(|record| view(&state, record)).collect(),
         next,
     }))
+}
+
+/// A job's view; a replicated job's with its runs and the evidence its verdict stored.
+fn view(state: &ApiState, record: &JobRecord) -> JobView {
+    let mut view = JobView::from(record);
+    if let (Some(replicas), Some(group)) = (view.replicas.as_mut(), record.replicas.as_ref()) {
+        let book = state.market.jobs();
+        replicas.runs = group
+            .children
+            .iter()
+            .filter_map(|child| book.get(child).ok().flatten())
+            .map(|child| ReplicaView::from(&child))
+            .collect();
+        replicas.evidence = book
+            .mismatches_of(&record.job_id)
+            .unwrap_or_default()
+            .iter()
+            .map(EvidenceView::from)
+            .collect();
+    }
+    view
+}
+
+/// `GET /v1/evidence`: evidence against providers of replicated jobs, by job; a token sees
+/// only its own jobs'.
+pub async fn evidence(
+    State(state): State<ApiState>,
+    Who(principal): Who,
+    ApiQuery(query): ApiQuery<EvidenceQuery>,
+) -> Result<axum::Json<EvidencePage>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let after = query
+        .after
+        .as_deref()
+        .map(|text| {
+            hex::decode(text)
+                .ok()
+                .filter(|key| key.len() == 64)
+                .ok_or_else(|| ApiError::BadRequest(format!("after: not a page key: {text:?}")))
+        })
+        .transpose()?;
+    let book = state.market.jobs();
+    let records = book
+        .mismatch_records(after.as_deref(), limit)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let next = (records.len() == limit as usize)
+        .then(|| records.last().map(|(key, _)| hex::encode(key)))
+        .flatten();
+    let evidence = records
+        .iter()
+        .filter(|(_, record)| {
+            matches!(principal, Principal::Operator)
+                || book
+                    .get(&record.group)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|group| principal.may_see(group.api_token.as_deref()))
+        })
+        .map(|(_, record)| EvidenceView::from(record))
+        .collect();
+    Ok(axum::Json(EvidencePage { evidence, next }))
 }

@@ -12,6 +12,7 @@
 //! | `GET /v1/jobs` | [`JobListQuery`] | [`JobPage`] |
 //! | `GET /v1/jobs/{id}` | [`JobQuery`] | [`JobView`] |
 //! | `GET /v1/jobs/{id}/output` | | raw bytes |
+//! | `GET /v1/evidence` | [`EvidenceQuery`] | [`EvidencePage`] |
 //! | `GET /v1/ledger` | [`LedgerQuery`] | [`EntriesPage`], or [`RawEntriesPage`] with `fields=raw` |
 //! | `GET /v1/ledger/verify` | | [`VerifyReport`] |
 //! | `GET /v1/ledger/entry/{index}` | [`EntryQuery`] | [`EntryView`], or raw bytes with `raw=1` |
@@ -45,7 +46,7 @@ use suanli_protocol::{
 };
 
 pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
-use crate::market::{Attempt, JobError, JobLimits, JobRecord, JobUsage};
+use crate::market::{Attempt, JobError, JobLimits, JobRecord, JobUsage, MismatchRecord};
 pub use crate::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, MarketStats};
 pub use crate::network::{GossipStats, PeerInfo};
 pub use crate::transparency::{
@@ -456,6 +457,10 @@ pub struct SubmitRequest {
     /// it is, by providers that list this node).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorName>,
+    /// Run it on this many distinct providers (default 1); with more than one, a strict
+    /// majority of their results decides (executor `wasm` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,6 +567,125 @@ pub struct JobView {
     /// The id of the API token that submitted it (none: the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+    /// A replicated job: its runs and the evidence its verdict recorded (absent for an
+    /// ordinary job). Its state, output and error above are the group's verdict; its cost is
+    /// every run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicasView>,
+    /// The replicated job this job is one run of.
+    #[serde(
+        with = "crate::serde_text::display_option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub group: Option<JobId>,
+}
+
+/// The runs of a replicated job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicasView {
+    /// Replicas asked for.
+    pub count: usize,
+    /// One per replica, in the order they were created.
+    pub runs: Vec<ReplicaView>,
+    /// The providers whose signed result differed from the majority's.
+    #[serde(with = "crate::serde_text::display_vec")]
+    pub odd: Vec<NodeId>,
+    /// The evidence stored against them.
+    pub evidence: Vec<EvidenceView>,
+}
+
+/// One run of a replicated job (itself a job: `GET /v1/jobs/{job_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    #[serde(with = "crate::serde_text::display")]
+    pub job_id: JobId,
+    pub state: JobState,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub provider: Option<NodeId>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub contract_id: Option<ContractId>,
+    pub exit_code: Option<i32>,
+    #[serde(with = "crate::serde_text::display_option", default)]
+    pub output_hash: Option<Hash32>,
+    pub error: Option<JobErrorView>,
+}
+
+impl From<&JobRecord> for ReplicaView {
+    fn from(record: &JobRecord) -> Self {
+        ReplicaView {
+            job_id: record.job_id,
+            state: record.state,
+            provider: record.provider,
+            contract_id: record.contract_id,
+            exit_code: record.exit_code,
+            output_hash: record.output_hash,
+            error: record.error.as_ref().map(JobErrorView::from),
+        }
+    }
+}
+
+/// Evidence that a provider of a replicated job signed a result other than the majority's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceView {
+    /// The replicated job.
+    #[serde(with = "crate::serde_text::display")]
+    pub group: JobId,
+    /// The provider whose result differed.
+    #[serde(with = "crate::serde_text::display")]
+    pub provider: NodeId,
+    /// Its contract.
+    #[serde(with = "crate::serde_text::display")]
+    pub contract_id: ContractId,
+    pub at_ms: u64,
+    /// The providers of the majority, as the evidence names them (empty if it does not verify).
+    #[serde(with = "crate::serde_text::display_vec")]
+    pub majority: Vec<NodeId>,
+    /// Whether the evidence verified when this answer was made
+    /// (`suanli_protocol::replicas::ReplicaMismatch::verify`).
+    pub verified: bool,
+    /// The evidence: the encoded `ReplicaMismatch` (hex), every contract and receipt exactly as
+    /// signed, for anyone to verify again.
+    pub evidence: String,
+}
+
+impl From<&MismatchRecord> for EvidenceView {
+    fn from(record: &MismatchRecord) -> Self {
+        let verified = suanli_protocol::replicas::ReplicaMismatch::decode(&record.evidence)
+            .ok()
+            .and_then(|evidence| evidence.verify().ok())
+            .filter(|verified| verified.offender == record.provider);
+        EvidenceView {
+            group: record.group,
+            provider: record.provider,
+            contract_id: record.contract_id,
+            at_ms: record.at_ms,
+            majority: verified
+                .as_ref()
+                .map(|verified| verified.majority.clone())
+                .unwrap_or_default(),
+            verified: verified.is_some(),
+            evidence: hex::encode(&record.evidence),
+        }
+    }
+}
+
+/// `GET /v1/evidence?after=&limit=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceQuery {
+    /// A page's `next`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/evidence`: one page of the evidence this node stored, by replicated job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidencePage {
+    pub evidence: Vec<EvidenceView>,
+    /// The `after` of the following page; `null` on the last one.
+    pub next: Option<String>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -587,6 +711,14 @@ impl From<&JobRecord> for JobView {
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             api_token: record.api_token.clone(),
+            // The runs and evidence are other records: the handler adds them.
+            replicas: record.replicas.as_ref().map(|group| ReplicasView {
+                count: group.children.len(),
+                runs: Vec::new(),
+                odd: group.odd.clone(),
+                evidence: Vec::new(),
+            }),
+            group: record.group,
         }
     }
 }
@@ -946,6 +1078,8 @@ mod tests {
             created_at_ms: 1_795_866_911_301,
             updated_at_ms: 1_795_866_911_342,
             api_token: Some("0123456789abcdef".into()),
+            replicas: None,
+            group: None,
         }
     }
 
@@ -1039,8 +1173,9 @@ mod tests {
                 region: Some("eu-west".into()),
             },
             executor: Some(ExecutorName::Slurm),
+            replicas: Some(3),
         };
-        round_trip(&full);
+        assert_eq!(round_trip(&full)["replicas"], 3);
         let minimal = SubmitRequest {
             module_base64: Some("AGFzbQ==".into()),
             ..SubmitRequest::default()

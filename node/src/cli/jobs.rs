@@ -100,6 +100,10 @@ pub struct SubmitArgs {
     /// Only on nodes of this region.
     #[arg(long)]
     pub region: Option<String>,
+    /// Run it on K distinct providers; a strict majority of their results decides, and a
+    /// provider whose result differs is recorded with evidence (executor wasm only).
+    #[arg(long, value_name = "K")]
+    pub replicas: Option<u8>,
     /// Wait for the job to finish and print its stdout.
     #[arg(long)]
     pub wait: bool,
@@ -225,6 +229,7 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
         _ => None,
     };
     request.max_price = args.max_price;
+    request.replicas = args.replicas;
     request.placement = PlacementRequest {
         provider: args.provider.clone(),
         remote_only: args.remote,
@@ -347,6 +352,30 @@ fn print_status(job: &JobView) -> anyhow::Result<()> {
         ("message", or_dash(error.map(|error| &error.message))),
     ] {
         output::line(&format!("{label_text:<10} {value}"))?;
+    }
+    if let Some(replicas) = &job.replicas {
+        output::line(&format!("replicas ({}):", replicas.count))?;
+        for run in &replicas.runs {
+            output::line(&format!(
+                "  {} {} {} {}",
+                run.job_id,
+                label(&run.state),
+                or_dash(run.provider),
+                or_dash(run.output_hash),
+            ))?;
+        }
+        for evidence in &replicas.evidence {
+            output::line(&format!(
+                "  evidence against {} (contract {}): {}",
+                evidence.provider,
+                evidence.contract_id,
+                if evidence.verified {
+                    "verifies"
+                } else {
+                    "DOES NOT VERIFY"
+                }
+            ))?;
+        }
     }
     if !job.attempts.is_empty() {
         output::line("attempts:")?;

@@ -878,13 +878,29 @@ impl Driver {
                 })
                 .await;
             drop(permit);
+            let (mut outcome, mut output) = (result.outcome, result.stdout);
+            if market.inner.corrupt_output {
+                corrupt(&mut outcome, &mut output);
+            }
             RunReport {
-                outcome: result.outcome,
+                outcome,
                 usage: result.usage,
-                output: result.stdout,
+                output,
             }
         };
         self.run = Some((cancel, Box::pin(future)));
+    }
+}
+
+/// Test only (`provider.test_corrupt_output`): turns a completed run's output into another of
+/// the same length and signs for that, as a provider that cheats would. Everything after it
+/// (receipt, signatures, delivery) is the real protocol.
+fn corrupt(outcome: &mut suanli_protocol::Outcome, output: &mut [u8]) {
+    if let suanli_protocol::Outcome::Succeeded { output_hash, .. } = outcome {
+        for byte in output.iter_mut() {
+            *byte ^= 0x20;
+        }
+        *output_hash = suanli_protocol::Hash32::of(output);
     }
 }
 

@@ -55,6 +55,9 @@ pub enum JobErrorCode {
     OutputTooLarge,
     Cancelled,
     ModuleTooComplex,
+    /// The replicas of a replicated job returned different results and no strict majority of
+    /// them agreed.
+    ReplicasDisagree,
     /// A value written by another version of suanli.
     #[serde(other)]
     Unknown,
@@ -402,6 +405,70 @@ pub struct JobRecord {
     /// The id of the API token that submitted the job (none: the operator, or an older record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+    /// A replicated job (a group): its runs, one child job each, and its verdict once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaGroup>,
+    /// The replicated job this job is one run of (a child of that group).
+    #[serde(
+        with = "crate::serde_text::display_option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub group: Option<JobId>,
+}
+
+/// What a replicated job's record holds besides an ordinary job's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaGroup {
+    /// The child jobs, one per replica, each placed on its own provider.
+    #[serde(with = "crate::serde_text::display_vec")]
+    pub children: Vec<JobId>,
+    /// The providers whose result differed from the majority's (evidence is stored against
+    /// each: [`JobBook::mismatches`]).
+    #[serde(default, with = "crate::serde_text::display_vec")]
+    pub odd: Vec<NodeId>,
+}
+
+/// One stored piece of evidence that a provider's signed result differed from the majority's
+/// of a replicated job ([`suanli_protocol::replicas::ReplicaMismatch`], encoded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MismatchRecord {
+    /// The replicated job.
+    #[serde(with = "crate::serde_text::display")]
+    pub group: JobId,
+    /// The provider whose result differed.
+    #[serde(with = "crate::serde_text::display")]
+    pub provider: NodeId,
+    /// The odd provider's contract.
+    #[serde(with = "crate::serde_text::display")]
+    pub contract_id: ContractId,
+    /// When the group was decided.
+    pub at_ms: u64,
+    /// The encoded [`suanli_protocol::replicas::ReplicaMismatch`] (hex).
+    #[serde(with = "hex_bytes")]
+    pub evidence: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One mismatch counted against a provider: what reputation code reads
+/// ([`JobBook::mismatches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    pub provider: NodeId,
+    pub group: JobId,
+    pub at_ms: u64,
 }
 
 /// Most attempts kept in one record (the newest are kept).
@@ -471,6 +538,8 @@ pub struct JobBook {
     /// The same index per API token: token id, then the submission-time key.
     by_token: RecordTree,
     outputs: RecordTree,
+    /// Evidence against providers of replicated jobs: group id then the odd contract's id.
+    mismatches: RecordTree,
     blobs: Blobs,
     storage: Storage,
 }
@@ -497,6 +566,7 @@ impl JobBook {
             index: storage.records("jobs_by_time"),
             by_token: storage.records("jobs_by_token"),
             outputs: storage.records("contract_outputs"),
+            mismatches: storage.records("replica_mismatches"),
             blobs: storage.blobs(),
             storage: storage.clone(),
         }
@@ -569,6 +639,86 @@ impl JobBook {
             }
         }
         Ok(records)
+    }
+
+    /// Stores a record that is not listed on its own (a replicated job's child: its group is
+    /// listed, and counted against a token's quota, instead).
+    pub fn create_unlisted(&self, record: &JobRecord) -> Result<(), JobStoreError> {
+        self.save(record)
+    }
+
+    /// Stores evidence against a provider of a replicated job (again: the same group and
+    /// contract replace it, so deciding a group twice after a crash stores it once).
+    pub fn put_mismatch(&self, record: &MismatchRecord) -> Result<(), JobStoreError> {
+        let mut key = record.group.0.as_bytes().to_vec();
+        key.extend_from_slice(record.contract_id.0.as_bytes());
+        let bytes = serde_json::to_vec(record)
+            .map_err(|error| JobStoreError::Corrupt(error.to_string()))?;
+        Ok(self.mismatches.insert(&key, &bytes)?)
+    }
+
+    /// Up to `limit` evidence records, by group id, after the key `after` (group id then
+    /// contract id, 64 bytes), with the key of each.
+    pub fn mismatch_records(
+        &self,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, MismatchRecord)>, JobStoreError> {
+        let start = match after {
+            Some(key) => {
+                let mut start = key.to_vec();
+                start.push(0); // strictly after
+                start
+            }
+            None => Vec::new(),
+        };
+        self.mismatches
+            .iter_from(&start, limit)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice(&bytes)
+                    .map(|record| (key, record))
+                    .map_err(|error| JobStoreError::Corrupt(error.to_string()))
+            })
+            .collect()
+    }
+
+    /// The evidence stored against providers of one replicated job.
+    pub fn mismatches_of(&self, group: &JobId) -> Result<Vec<MismatchRecord>, JobStoreError> {
+        let mut records = Vec::new();
+        for item in self
+            .mismatches
+            .scan::<&[u8], _>(group.0.as_bytes().as_slice()..)
+        {
+            let (key, bytes) = item?;
+            if !key.starts_with(group.0.as_bytes()) {
+                break;
+            }
+            records.push(
+                serde_json::from_slice(&bytes)
+                    .map_err(|error| JobStoreError::Corrupt(error.to_string()))?,
+            );
+        }
+        Ok(records)
+    }
+
+    /// Every mismatch this node recorded against a provider, one per replicated job in which
+    /// its signed result differed from the majority's: what a reputation score counts. Each
+    /// has verifiable evidence behind it ([`JobBook::mismatch_records`]). Unreadable records
+    /// are skipped.
+    pub fn mismatches(&self) -> Result<Vec<Mismatch>, JobStoreError> {
+        let mut found = Vec::new();
+        for item in self.mismatches.scan::<&[u8], _>(..) {
+            let (_, bytes) = item?;
+            if let Ok(record) = serde_json::from_slice::<MismatchRecord>(&bytes) {
+                found.push(Mismatch {
+                    provider: record.provider,
+                    group: record.group,
+                    at_ms: record.at_ms,
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Replaces a job's record (not durable until the next barrier: see [`Self::save_final`]).

@@ -28,6 +28,7 @@ mod outbox;
 mod placement;
 mod provider;
 mod ranking;
+mod replicas;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,13 +49,14 @@ use tracing::{debug, info, warn};
 
 pub use jobs::{
     Attempt, AttemptOutcome, AttemptReason, JobBook, JobError, JobErrorCode, JobLimits, JobRecord,
-    JobState, JobStoreError, JobUsage,
+    JobState, JobStoreError, JobUsage, Mismatch, MismatchRecord, ReplicaGroup,
 };
 
 use self::contracts::{Driver, Machine, Payload, Registry, Route, Side};
 use self::outbox::Outbox;
 use self::placement::JobTask;
 use self::provider::ProviderSide;
+use self::replicas::{GroupShare, GroupTask};
 use crate::capacity::Load;
 use crate::clock::now_ms;
 use crate::config::{JobsConfig, ProviderConfig};
@@ -89,6 +91,9 @@ pub struct Submission {
     pub placement: Placement,
     /// The API token the job is attributed to (none: the operator).
     pub api_token: Option<String>,
+    /// How many distinct providers run it (1: an ordinary job). More than one makes a
+    /// replicated job, decided by a strict majority of the runs' results (WebAssembly only).
+    pub replicas: u8,
 }
 
 /// Why a job could not be cancelled.
@@ -177,6 +182,9 @@ struct Inner {
     cancel: CancellationToken,
     /// Every task the market spawns: job tasks, contract drivers, the outbox worker.
     tasks: TaskTracker,
+    /// Test only: this provider returns a different output than its runs wrote
+    /// (`ProviderConfig::test_corrupt_output`).
+    corrupt_output: bool,
 }
 
 impl Inner {
@@ -261,6 +269,7 @@ impl Market {
                 reputation: parts.reputation,
                 cancel: parts.cancel,
                 tasks: TaskTracker::new(),
+                corrupt_output: parts.provider.test_corrupt_output,
             }),
         };
         market.recover();
@@ -292,10 +301,43 @@ impl Market {
             warn!(key = %hex::encode(key), "unreadable job record skipped");
         }
         let mut resumed_jobs = HashSet::new();
+        // Replicated jobs: each unfinished group's task, and a share of claimed providers its
+        // children's tasks use, seeded from the ledger before any of them places anything.
+        let mut shares: HashMap<JobId, Arc<GroupShare>> = HashMap::new();
+        for record in &unfinished {
+            if let Some(group) = &record.replicas {
+                let share = GroupShare::from_ledger(self, &group.children);
+                shares.insert(record.job_id, Arc::new(share));
+                inner.in_flight.fetch_add(1, Ordering::AcqRel);
+                inner.tasks.spawn(
+                    GroupTask {
+                        market: self.clone(),
+                        record: record.clone(),
+                    }
+                    .run(),
+                );
+            }
+        }
         for record in unfinished {
+            if record.replicas.is_some() {
+                continue;
+            }
             let job_id = record.job_id;
+            let share = match record.group {
+                Some(group) => match shares.get(&group) {
+                    Some(share) => Some(share.clone()),
+                    None => {
+                        // Its group was never stored (a crash before the submission was
+                        // acknowledged) or has ended: nobody waits for this run.
+                        self.close_unresumable(record);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             match self.job_task(record.clone()) {
-                Some(task) => {
+                Some(mut task) => {
+                    task.group = share;
                     resumed_jobs.insert(job_id);
                     inner.in_flight.fetch_add(1, Ordering::AcqRel);
                     inner.tasks.spawn(task.run());
@@ -383,6 +425,7 @@ impl Market {
                 stdin: Arc::new(stdin),
             }),
             signed: None,
+            group: None,
         })
     }
 
@@ -419,15 +462,23 @@ impl Market {
         if record.state.is_final() {
             return Err(CancelError::Final(record.state));
         }
-        self.inner.jobs.request_cancel(job_id).await?;
-        if let Some(token) = self
-            .inner
-            .job_cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(job_id)
-        {
-            token.cancel();
+        // A replicated job is cancelled through its runs; it ends when they have.
+        let children = record
+            .replicas
+            .as_ref()
+            .map(|group| group.children.clone())
+            .unwrap_or_default();
+        for job_id in children.iter().chain(std::iter::once(job_id)) {
+            self.inner.jobs.request_cancel(job_id).await?;
+            if let Some(token) = self
+                .inner
+                .job_cancels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(job_id)
+            {
+                token.cancel();
+            }
         }
         info!(%job_id, "job cancelled by its submitter");
         Ok(record.state)
@@ -550,6 +601,28 @@ impl Market {
                 suanli_protocol::job::MAX_STDIN_BYTES
             )));
         }
+        let replicas = submission.replicas;
+        if replicas == 0 || replicas > suanli_protocol::job::MAX_REPLICAS {
+            return Err(SubmitError::Invalid(format!(
+                "replicas must be between 1 and {}, got {replicas}",
+                suanli_protocol::job::MAX_REPLICAS
+            )));
+        }
+        if replicas > 1 {
+            // Only a deterministic executor gives honest replicas the same output.
+            if submission.executor != ExecutorKind::Wasm {
+                return Err(SubmitError::Invalid(format!(
+                    "replicas > 1 needs executor wasm (its runs are deterministic), not {:?}",
+                    submission.executor
+                )));
+            }
+            if submission.placement.provider.is_some() {
+                return Err(SubmitError::Invalid(
+                    "replicas > 1 run on distinct providers: placement.provider cannot pin one"
+                        .into(),
+                ));
+            }
+        }
         let module = Arc::new(submission.module);
         if submission.executor == ExecutorKind::Batch {
             // A batch script: a cluster's shell runs it; nothing is compiled or metered here.
@@ -568,6 +641,17 @@ impl Market {
             placement: submission.placement,
             replicas: 1,
         };
+        if replicas > 1 {
+            return self
+                .store_group(
+                    spec,
+                    module,
+                    Arc::new(submission.stdin),
+                    replicas,
+                    submission.api_token,
+                )
+                .await;
+        }
         self.store_job(
             spec,
             module,
@@ -649,6 +733,8 @@ impl Market {
             created_at_ms: now,
             updated_at_ms: now,
             api_token,
+            replicas: None,
+            group: None,
         };
         inner.jobs.create(&record)?;
         let cancel = self.job_cancel_token(job_id);
@@ -668,6 +754,7 @@ impl Market {
                 stdin,
             }),
             signed,
+            group: None,
         };
         // Placing starts while the record and blobs are made durable (one barrier fewer on the
         // job's path); the job id is handed out only once they are. Nothing placing records can
@@ -679,6 +766,121 @@ impl Market {
             return Err(JobStoreError::from(error).into());
         }
         Ok(job_id)
+    }
+
+    /// Stores a replicated job durably, its group record and one child job per replica (each
+    /// an ordinary job of `spec`, with its own nonce, id and contract), then starts placing the
+    /// children and the task that decides the group. Returns the group's id, once all of it is
+    /// durable.
+    async fn store_group(
+        &self,
+        spec: JobSpec,
+        module: Arc<Vec<u8>>,
+        stdin: Arc<Vec<u8>>,
+        replicas: u8,
+        api_token: Option<String>,
+    ) -> Result<JobId, SubmitError> {
+        let inner = &self.inner;
+        spec.validate()
+            .map_err(|error| SubmitError::Invalid(error.to_string()))?;
+        let spec_bytes = spec
+            .encode()
+            .map_err(|error| SubmitError::Invalid(error.to_string()))?;
+        let blobs = inner.jobs.blobs();
+        let stored = blobs
+            .put(&module)
+            .and_then(|_| blobs.put(&stdin))
+            .and_then(|_| blobs.put(&spec_bytes));
+        let spec_hash = stored.map_err(|error| SubmitError::Store(error.into()))?;
+        let now = now_ms();
+        let next_nonce =
+            || (u128::from(now) << 64) | u128::from(inner.nonce.fetch_add(1, Ordering::Relaxed));
+        let record_of = |job_id, nonce, max_price| JobRecord {
+            job_id,
+            state: JobState::Queued,
+            module_hash: spec.module_hash,
+            stdin_hash: spec.stdin_hash,
+            spec_hash: Some(spec_hash),
+            nonce: Some(nonce),
+            args: spec.args.clone(),
+            limits: spec.limits.into(),
+            max_price,
+            provider: None,
+            contract_id: None,
+            exit_code: None,
+            usage: None,
+            cost: None,
+            output_hash: None,
+            error: None,
+            attempts: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            api_token: api_token.clone(),
+            replicas: None,
+            group: None,
+        };
+        let group_nonce = next_nonce();
+        let group_id = suanli_protocol::job_id_from_bytes(&spec_bytes, group_nonce);
+        let mut children = Vec::with_capacity(usize::from(replicas));
+        for _ in 0..replicas {
+            let nonce = next_nonce();
+            let job_id = suanli_protocol::job_id_from_bytes(&spec_bytes, nonce);
+            let mut record = record_of(job_id, nonce, spec.max_price.micro());
+            record.group = Some(group_id);
+            children.push(record);
+        }
+        // The group is listed (and counted against a token's quota) for what all its runs can
+        // cost together; its runs are reached through it.
+        let mut group = record_of(
+            group_id,
+            group_nonce,
+            spec.max_price.micro().saturating_mul(u64::from(replicas)),
+        );
+        group.replicas = Some(replicas::group_of(
+            children.iter().map(|child| child.job_id).collect(),
+        ));
+        for child in &children {
+            inner.jobs.create_unlisted(child)?;
+        }
+        // The group last: a group record implies its children's.
+        inner.jobs.create(&group)?;
+        inner.storage.sync().await.map_err(JobStoreError::from)?;
+        let share = Arc::new(GroupShare::default());
+        let payload = Arc::new(Payload {
+            spec: spec_bytes,
+            module,
+            stdin,
+        });
+        for record in children {
+            let job_id = record.job_id;
+            let nonce = record.nonce.unwrap_or_default();
+            let task = JobTask {
+                market: self.clone(),
+                cancel: self.job_cancel_token(job_id),
+                record,
+                terms: JobTerms {
+                    job_id,
+                    spec: spec.clone(),
+                    nonce,
+                    deadline_grace_ms: inner.jobs_config.deadline_grace_secs.saturating_mul(1000),
+                },
+                payload: payload.clone(),
+                signed: None,
+                group: Some(share.clone()),
+            };
+            inner.in_flight.fetch_add(1, Ordering::AcqRel);
+            inner.tasks.spawn(task.run());
+        }
+        info!(group = %group_id, replicas, "replicated job submitted");
+        // The submission's own count of in-flight work is the group task's.
+        inner.tasks.spawn(
+            GroupTask {
+                market: self.clone(),
+                record: group,
+            }
+            .run(),
+        );
+        Ok(group_id)
     }
 
     /// Negotiates a standing contract for `model` with `provider` (a model session: one job whose

@@ -36,6 +36,9 @@ pub(super) struct JobTask {
     pub(super) payload: Arc<Payload>,
     /// Hears of the first contract signed (a model session waits for it).
     pub(super) signed: Option<super::SignedHook>,
+    /// The providers claimed by the runs of this job's replicated job, when it is one of its
+    /// runs: this run claims its provider there before offering it a contract.
+    pub(super) group: Option<Arc<super::replicas::GroupShare>>,
 }
 
 impl JobTask {
@@ -135,6 +138,12 @@ impl JobTask {
         }
         for held in open {
             let provider = held.contract().provider;
+            if let Some(group) = &self.group {
+                // Claimed at the group's start from the same ledger; a conflict is logged.
+                if !group.claim(provider, self.record.job_id) {
+                    warn!(job_id = %self.record.job_id, %provider, "a replica resumes on a provider another replica holds");
+                }
+            }
             info!(job_id = %self.record.job_id, contract = %held.id(), %provider, "resuming a contract");
             self.running(provider, held.id());
             let (machine, effects) = {
@@ -155,6 +164,9 @@ impl JobTask {
             };
             if self.attempt_ended(provider, end).await {
                 return true;
+            }
+            if let Some(group) = &self.group {
+                group.release(provider, self.record.job_id);
             }
         }
         false
@@ -313,11 +325,21 @@ impl JobTask {
                 self.terms.spec.placement.provider == Some(candidate.node)
                     || !inner.reputation.distrusted(&candidate.node)
             });
+            if let Some(group) = &self.group {
+                // A replica runs where no other replica of its job does.
+                let others = group.held_by_others(self.record.job_id);
+                candidates.retain(|candidate| !others.contains(&candidate.node));
+            }
             if candidates.is_empty() && self.record.attempts.is_empty() {
                 debug!(job_id = %self.record.job_id, "no node in the capacity view fits the job yet");
             }
             for candidate in candidates.into_iter().take(CANDIDATES_PER_ROUND) {
                 let provider = candidate.node;
+                if let Some(group) = &self.group
+                    && !group.claim(provider, self.record.job_id)
+                {
+                    continue; // another replica claimed it since the candidates were ranked
+                }
                 let (machine, effects) = {
                     let ctx = Context {
                         keypair: &inner.keypair,
@@ -349,6 +371,9 @@ impl JobTask {
                 };
                 if self.attempt_ended(provider, end.clone()).await {
                     return true;
+                }
+                if let Some(group) = &self.group {
+                    group.release(provider, self.record.job_id);
                 }
                 if self.cancel.is_cancelled() {
                     break;

@@ -9,6 +9,7 @@ mod jobs;
 mod mesh;
 mod process;
 mod protocol;
+mod replicas;
 mod slurm;
 mod storage;
 mod tokens;

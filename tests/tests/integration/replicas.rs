@@ -1,0 +1,384 @@
+//! Replicated jobs end to end: one requester and three providers on loopback, one of which signs
+//! for an output its runs did not write (`provider.test_corrupt_output`, the only test hook:
+//! everything after it is the real protocol with real signatures). The majority's result wins,
+//! evidence against the odd provider is stored and verifies from its documents alone, and the
+//! verdict survives a `kill -9` of the requester.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use suanli_node::market::{JobState, SubmitError};
+use suanli_protocol::NodeId;
+use suanli_protocol::replicas::ReplicaMismatch;
+use suanli_tests::process::NodeProcess;
+use suanli_tests::{TestNode, test_config, wait_until, wat_job, with_timeout};
+
+const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
+const JOB: Duration = Duration::from_secs(60);
+
+/// Starts three providers in this process, the last of them dishonest, all joined through the
+/// first; `bootstrap` adds an address for the first to join.
+async fn providers(bootstrap: &[libp2p::Multiaddr]) -> Vec<TestNode> {
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for index in 0..3 {
+        let mut joined: Vec<_> = nodes.first().map(TestNode::tcp_addr).into_iter().collect();
+        if index == 0 {
+            joined.extend_from_slice(bootstrap);
+        }
+        let mut config = test_config(&joined);
+        config.provider.test_corrupt_output = index == 2;
+        let dir = tempfile::tempdir().expect("temp dir");
+        nodes.push(TestNode::start_with(dir, config).await);
+    }
+    nodes
+}
+
+/// Checks stored evidence as anyone holding it would: it decodes, verifies, names `odd` and is
+/// backed by the runs of `honest`.
+fn check_evidence(bytes: &[u8], odd: NodeId, honest: &BTreeSet<NodeId>) {
+    let evidence = ReplicaMismatch::decode(bytes).expect("evidence decodes");
+    let verified = evidence.verify().expect("evidence verifies");
+    assert_eq!(verified.offender, odd);
+    let majority: BTreeSet<NodeId> = verified.majority.iter().copied().collect();
+    assert_eq!(&majority, honest);
+    assert!(!majority.contains(&odd));
+    assert_ne!(verified.odd_vote, verified.majority_vote);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_one_dishonest_provider_end_with_the_majority_and_evidence() {
+    with_timeout(async {
+        let requester = TestNode::start(&[]).await;
+        let providers = providers(&[requester.tcp_addr()]).await;
+        wait_until(
+            "every node sees the whole mesh",
+            Duration::from_secs(30),
+            || requester.mesh_size() == 4 && providers.iter().all(|p| p.mesh_size() == 4),
+        )
+        .await;
+        let odd = providers[2].handle.node_id;
+        let honest: BTreeSet<NodeId> = providers[..2].iter().map(|p| p.handle.node_id).collect();
+
+        // Refused before anything runs: a pinned provider, another executor.
+        let mut pinned = wat_job(HELLO);
+        pinned.replicas = 3;
+        pinned.placement.provider = Some(odd);
+        let refused = requester.handle.market.submit(pinned).await;
+        assert!(
+            matches!(refused, Err(SubmitError::Invalid(_))),
+            "{refused:?}"
+        );
+        let mut batch = wat_job("#!/bin/sh\necho hi\n");
+        batch.executor = suanli_protocol::ExecutorKind::Batch;
+        batch.replicas = 3;
+        let refused = requester.handle.market.submit(batch).await;
+        assert!(
+            matches!(refused, Err(SubmitError::Invalid(_))),
+            "{refused:?}"
+        );
+
+        let mut job = wat_job(HELLO);
+        job.replicas = 3;
+        job.placement.exclude_self = true;
+        let group_id = requester.submit(job).await;
+        let group = requester.wait_job(&group_id, JOB).await;
+        assert_eq!(group.state, JobState::Succeeded, "{group:?}");
+        let output = requester
+            .handle
+            .market
+            .jobs()
+            .blobs()
+            .get(&group.output_hash.expect("output"))
+            .expect("blob store")
+            .expect("output stored");
+        assert_eq!(output, b"hello from suanli\n");
+
+        // Three runs, on the three providers, each its own job and contract.
+        let replicas = group.replicas.clone().expect("a group");
+        assert_eq!(replicas.children.len(), 3);
+        let runs: Vec<_> = replicas
+            .children
+            .iter()
+            .map(|child| requester.job(child))
+            .collect();
+        let used: BTreeSet<NodeId> = runs.iter().filter_map(|run| run.provider).collect();
+        assert_eq!(used.len(), 3, "distinct providers: {runs:?}");
+        assert!(!used.contains(&requester.handle.node_id));
+        for run in &runs {
+            assert_eq!(run.group, Some(group_id));
+            assert_eq!(run.state, JobState::Succeeded, "{run:?}");
+            let same = run.output_hash == group.output_hash;
+            assert_eq!(same, run.provider != Some(odd), "{run:?}");
+        }
+        // The group costs what its three runs cost; each settled on its own.
+        let costs: u64 = runs.iter().filter_map(|run| run.cost).sum();
+        assert_eq!(group.cost, Some(costs));
+
+        // Evidence against the odd provider only, verifiable from its documents alone.
+        assert_eq!(replicas.odd, vec![odd]);
+        let book = requester.handle.market.jobs();
+        let mismatches = book.mismatches().expect("mismatches");
+        assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+        assert_eq!(mismatches[0].provider, odd);
+        assert_eq!(mismatches[0].group, group_id);
+        let stored = book.mismatches_of(&group_id).expect("evidence");
+        assert_eq!(stored.len(), 1);
+        check_evidence(&stored[0].evidence, odd, &honest);
+
+        // The same through the HTTP API.
+        let http = reqwest::Client::new();
+        let api = format!("http://{}", requester.handle.api_addr);
+        let view: Value = http
+            .get(format!("{api}/v1/jobs/{group_id}"))
+            .send()
+            .await
+            .expect("GET job")
+            .json()
+            .await
+            .expect("job view");
+        assert_eq!(view["state"], "succeeded", "{view}");
+        assert_eq!(view["replicas"]["count"], 3);
+        assert_eq!(view["replicas"]["odd"], json!([odd.to_string()]));
+        assert_eq!(view["replicas"]["runs"].as_array().map(Vec::len), Some(3));
+        assert_eq!(view["replicas"]["evidence"][0]["verified"], true, "{view}");
+        let page: Value = http
+            .get(format!("{api}/v1/evidence"))
+            .send()
+            .await
+            .expect("GET evidence")
+            .json()
+            .await
+            .expect("evidence page");
+        let listed = page["evidence"].as_array().expect("a list");
+        assert_eq!(listed.len(), 1, "{page}");
+        assert_eq!(listed[0]["provider"], odd.to_string());
+        assert_eq!(listed[0]["group"], group_id.to_string());
+        let bytes = hex_decode(listed[0]["evidence"].as_str().expect("hex"));
+        check_evidence(&bytes, odd, &honest);
+        let output = http
+            .get(format!("{api}/v1/jobs/{group_id}/output"))
+            .send()
+            .await
+            .expect("GET output")
+            .bytes()
+            .await
+            .expect("output");
+        assert_eq!(output.as_ref(), b"hello from suanli\n");
+
+        requester.stop().await;
+        for provider in providers {
+            provider.stop().await;
+        }
+    })
+    .await;
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Counts to `ITERATIONS` (seconds of work), then prints "done".
+const SLOW: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "done\n")
+  (func (export "_start") (local $i i64)
+    (block $out (loop $again
+      (br_if $out (i64.ge_u (local.get $i) (i64.const ITERATIONS)))
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br $again)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// The requester, a `suanli run` process on fixed loopback ports, restartable on its data dir.
+struct Requester {
+    dir: tempfile::TempDir,
+    tcp: u16,
+    api: u16,
+    bootstrap: String,
+    process: Option<NodeProcess>,
+}
+
+impl Requester {
+    fn start(&mut self) -> String {
+        let args = [
+            "--listen".to_owned(),
+            format!("/ip4/127.0.0.1/tcp/{}", self.tcp),
+            "--api".to_owned(),
+            format!("127.0.0.1:{}", self.api),
+            "--bootstrap".to_owned(),
+            self.bootstrap.clone(),
+        ];
+        let mut process = NodeProcess::spawn_exact(self.dir.path(), &args);
+        let info = process.wait_ready(Duration::from_secs(60));
+        self.process = Some(process);
+        info["node_id"].as_str().expect("node id").to_owned()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api)
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+fn write_config(dir: &Path) {
+    std::fs::write(
+        dir.join("config.toml"),
+        "[jobs]\nprovider_lost_after_secs = 2\ndeadline_grace_secs = 30\n\
+         placement_timeout_secs = 60\n",
+    )
+    .expect("config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
+    with_timeout(async {
+        let providers = providers(&[]).await;
+        let odd = providers[2].handle.node_id;
+        let honest: BTreeSet<NodeId> = providers[..2].iter().map(|p| p.handle.node_id).collect();
+        let [tcp, api] = suanli_node::fixtures::loopback_ports::<2>().expect("ports");
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_config(dir.path());
+        let mut requester = Requester {
+            dir,
+            tcp,
+            api,
+            bootstrap: providers[0].tcp_addr().to_string(),
+            process: None,
+        };
+        requester.start();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get_json(&http, &requester.url("/v1/mesh"))
+            .await
+            .and_then(|mesh| mesh.as_array().map(Vec::len))
+            != Some(4)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the requester never saw the mesh"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Long enough a run that the kill lands while the replicas run.
+        let body = json!({
+            "module_wat": SLOW.replace("ITERATIONS", "1500000000"),
+            "replicas": 3,
+            "max_price": 1_000_000_000u64,
+            "placement": { "remote_only": true },
+            "limits": { "fuel": 60_000_000_000u64, "timeout_ms": 60_000 },
+        });
+        let answer: Value = http
+            .post(requester.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST job")
+            .json()
+            .await
+            .expect("submit answer");
+        let group = answer["job_id"].as_str().expect("job id").to_owned();
+        let job_url = requester.url(&format!("/v1/jobs/{group}"));
+
+        // kill -9 once every replica has a contract.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = get_json(&http, &job_url).await.expect("job view");
+            let runs = view["replicas"]["runs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if runs.len() == 3 && runs.iter().all(|run| run["state"] == "running") {
+                break;
+            }
+            assert!(
+                !view["state"]
+                    .as_str()
+                    .is_some_and(|s| s == "succeeded" || s == "failed"),
+                "the group ended before the kill: {view}"
+            );
+            assert!(Instant::now() < deadline, "replicas never all ran: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        requester.kill();
+        requester.start();
+
+        // The group ends, once, with the majority's output and one piece of evidence.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let view = loop {
+            if let Some(view) = get_json(&http, &format!("{job_url}?wait_ms=5000")).await
+                && view["state"]
+                    .as_str()
+                    .is_some_and(|s| s == "succeeded" || s == "failed")
+            {
+                break view;
+            }
+            assert!(Instant::now() < deadline, "the group never ended");
+        };
+        assert_eq!(view["state"], "succeeded", "{view}");
+        assert_eq!(view["replicas"]["odd"], json!([odd.to_string()]), "{view}");
+        let output = http
+            .get(format!("{job_url}/output"))
+            .send()
+            .await
+            .expect("GET output")
+            .bytes()
+            .await
+            .expect("output");
+        assert_eq!(output.as_ref(), b"done\n");
+        let page = get_json(&http, &requester.url("/v1/evidence"))
+            .await
+            .expect("evidence");
+        let listed = page["evidence"].as_array().expect("a list");
+        assert_eq!(listed.len(), 1, "{page}");
+        check_evidence(
+            &hex_decode(listed[0]["evidence"].as_str().expect("hex")),
+            odd,
+            &honest,
+        );
+        // The group is listed once, and reads the same after another restart.
+        let jobs = get_json(&http, &requester.url("/v1/jobs"))
+            .await
+            .expect("jobs");
+        assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+        requester.kill();
+        requester.start();
+        let again = get_json(&http, &job_url).await.expect("job view");
+        assert_eq!(again["state"], view["state"]);
+        assert_eq!(again["output_hash"], view["output_hash"]);
+        assert_eq!(again["replicas"]["odd"], view["replicas"]["odd"]);
+        let page = get_json(&http, &requester.url("/v1/evidence"))
+            .await
+            .expect("evidence");
+        assert_eq!(page["evidence"].as_array().map(Vec::len), Some(1));
+        requester.kill();
+        for provider in providers {
+            provider.stop().await;
+        }
+    })
+    .await;
+}
