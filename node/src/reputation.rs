@@ -14,13 +14,13 @@
 //! without history (or a distrusted one) a small credit line, or none (`market::provider`);
 //! `GET /v1/peers` shows each standing and why.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use suanli_protocol::ledger::{EntryBody, LedgerEntry};
 use suanli_protocol::negotiation::AttemptFailure;
-use suanli_protocol::{ContractId, NodeId, Outcome};
+use suanli_protocol::{ContractId, JobId, NodeId, Outcome};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -157,6 +157,9 @@ struct Inner {
     counts: Mutex<HashMap<NodeId, Counts>>,
     /// The provider of each contract this node requested that has not ended yet.
     open: Mutex<HashMap<ContractId, NodeId>>,
+    /// The replicated jobs in which each provider's result was the odd one out (from the job
+    /// book's stored evidence: read at start, then told of each new one).
+    mismatches: Mutex<HashMap<NodeId, HashSet<JobId>>>,
     transparency: Option<Transparency>,
 }
 
@@ -175,6 +178,7 @@ impl Reputation {
                 me,
                 counts: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
+                mismatches: Mutex::new(HashMap::new()),
                 transparency,
             }),
         };
@@ -183,9 +187,29 @@ impl Reputation {
         reputation
     }
 
+    /// Counts a replicated job in which `provider`'s result was the odd one out (once per job,
+    /// however often it is told).
+    pub fn record_mismatch(&self, provider: NodeId, group: JobId) {
+        let mut mismatches = self
+            .inner
+            .mismatches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if mismatches.len() < MAX_PEERS || mismatches.contains_key(&provider) {
+            mismatches.entry(provider).or_default().insert(group);
+        }
+    }
+
     /// The standing of `peer` now.
     pub fn standing(&self, peer: &NodeId) -> Standing {
-        let counts = self.lock().get(peer).copied().unwrap_or_default();
+        let mut counts = self.lock().get(peer).copied().unwrap_or_default();
+        counts.mismatched = self
+            .inner
+            .mismatches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .map_or(0, |groups| groups.len() as u64);
         let equivocated = self
             .inner
             .transparency

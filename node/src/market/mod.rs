@@ -272,6 +272,18 @@ impl Market {
                 corrupt_output: parts.provider.test_corrupt_output,
             }),
         };
+        // The standings count the mismatches stored before this start.
+        match market.inner.jobs.mismatches() {
+            Ok(found) => {
+                for mismatch in found {
+                    market
+                        .inner
+                        .reputation
+                        .record_mismatch(mismatch.provider, mismatch.group);
+                }
+            }
+            Err(error) => warn!(%error, "cannot read the stored replica mismatches"),
+        }
         market.recover();
         let worker = market.clone();
         market.inner.tasks.spawn(worker.run_outbox());

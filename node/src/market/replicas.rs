@@ -257,6 +257,9 @@ impl GroupTask {
                     }
                 }
                 warn!(group = %self.record.job_id, provider = %record.provider, "a replica's result differs from the majority's; evidence stored");
+                inner
+                    .reputation
+                    .record_mismatch(record.provider, record.group);
                 odd_providers.push(record.provider);
             }
         }

@@ -854,11 +854,12 @@ async fn a_hostile_provider_is_refused_and_the_requester_fails_over() {
         let honest_id = honest.handle.node_id;
         let mut expected: Vec<&str> = Vec::new();
 
+        // In this order: the last one's signed misbehaviour makes the provider distrusted.
         for mode in [
             Provides::ForgedOffer,
             Provides::NoDelivery,
-            Provides::WrongCost,
             Provides::Silence,
+            Provides::WrongCost,
         ] {
             let before = ledger_state(&victim);
             let job_id = victim.submit(short_remote_job()).await;
@@ -908,6 +909,22 @@ async fn a_hostile_provider_is_refused_and_the_requester_fails_over() {
             // Besides, only the honest contract, receipt and settlement.
             assert_eq!(ledger_state(&victim), before + added.len() + 3, "{mode:?}");
         }
+        // The victim's own ledger now shows the provider's misbehaviour: it is distrusted, and
+        // the next job goes to the honest provider without asking it.
+        wait_until("the hostile provider is distrusted", CONVERGE, || {
+            victim.handle.market.reputation().distrusted(&hostile)
+        })
+        .await;
+        let job_id = victim.submit(short_remote_job()).await;
+        let record = victim.wait_job(&job_id, JOB).await;
+        assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+        assert!(
+            record
+                .attempts
+                .iter()
+                .all(|attempt| attempt.provider == honest_id),
+            "{record:?}"
+        );
         wait_until("no contract driver is left", CONVERGE, || {
             victim.handle.market.stats().contracts_driven == 0
         })

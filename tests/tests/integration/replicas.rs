@@ -127,6 +127,24 @@ async fn three_replicas_with_one_dishonest_provider_end_with_the_majority_and_ev
         assert_eq!(stored.len(), 1);
         check_evidence(&stored[0].evidence, odd, &honest);
 
+        // The odd provider's standing falls below trust; the honest ones' does not. Placement
+        // then passes it over: six more jobs run on the honest two.
+        let standing = requester.handle.market.reputation().standing(&odd);
+        assert_eq!(standing.counts.mismatched, 1, "{standing:?}");
+        assert!(standing.distrusted, "{standing:?}");
+        for provider in &honest {
+            let standing = requester.handle.market.reputation().standing(provider);
+            assert!(!standing.distrusted, "{standing:?}");
+        }
+        for _ in 0..6 {
+            let mut job = wat_job(HELLO);
+            job.placement.exclude_self = true;
+            let id = requester.submit(job).await;
+            let run = requester.wait_job(&id, JOB).await;
+            assert_eq!(run.state, JobState::Succeeded, "{run:?}");
+            assert_ne!(run.provider, Some(odd), "{run:?}");
+        }
+
         // The same through the HTTP API.
         let http = reqwest::Client::new();
         let api = format!("http://{}", requester.handle.api_addr);
