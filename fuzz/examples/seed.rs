@@ -366,12 +366,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "chat-parts",
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":8,"top_p":0.5,"stop":["
-","END"],"stream":true,"stream_options":{"include_usage":true},"n":1,"user":"x"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":8,"top_p":0.5,"stop":["\n","END"],"stream":true,"stream_options":{"include_usage":true},"n":1,"user":"x"}"#,
         ),
         (
             "completion",
             r#"{"model":"m","prompt":"Once upon a time","max_tokens":32,"stop":"."}"#,
+        ),
+        // Refused as a bad temperature until the smallest nucleus was kept (docs/fuzzing.md).
+        (
+            "chat-tiny-top-p",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":0.0001}"#,
         ),
         (
             "completion-array",

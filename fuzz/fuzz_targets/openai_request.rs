@@ -8,7 +8,7 @@
 //! Properties: nothing panics; a parsed body re-serialises to JSON that parses again; a request
 //! `to_generate` accepts is valid (`GenerateRequest::validate`), keeps OpenAI's bounds on
 //! sampling, and fits the `/suanli/tokens/1` frame it travels in; a refused one is a 400 whose
-//! error body serialises.
+//! error body serialises, and in-range sampling fields are never what it names as at fault.
 #![no_main]
 
 #[path = "../../node/src/openai/requests.rs"]
@@ -24,7 +24,8 @@ use suanli_protocol::wire::WireMessage;
 
 const DEFAULT_MAX_TOKENS: u32 = 256;
 
-fn check(result: Result<GenerateRequest, ApiError>) {
+/// Checks what `to_generate` made of a request whose sampling fields are `options`.
+fn check(options: &requests::Options, result: Result<GenerateRequest, ApiError>) {
     match result {
         Ok(request) => {
             assert_eq!(request.validate(), Ok(()));
@@ -44,6 +45,17 @@ fn check(result: Result<GenerateRequest, ApiError>) {
         Err(error) => {
             assert_eq!(error.status, http::StatusCode::BAD_REQUEST);
             assert!(error.body().is_object());
+            // A refusal names the field at fault: sampling fields within OpenAI's ranges are
+            // never the reason.
+            let temperature = options.temperature.unwrap_or(1.0);
+            let top_p = options.top_p.unwrap_or(1.0);
+            if (0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0 {
+                assert!(
+                    !matches!(error.param.as_deref(), Some("temperature" | "top_p")),
+                    "refused in-range sampling (temperature {temperature}, top_p {top_p}): {}",
+                    error.message
+                );
+            }
         }
     }
 }
@@ -54,11 +66,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(parse_body::<ChatCompletionRequest>(&text).is_ok());
         let _ = request.options.streaming();
         let _ = request.options.include_usage();
-        check(request.to_generate(DEFAULT_MAX_TOKENS));
+        check(&request.options, request.to_generate(DEFAULT_MAX_TOKENS));
     }
     if let Ok(request) = parse_body::<CompletionRequest>(data) {
         let text = serde_json::to_vec(&request).expect("a parsed body serialises");
         assert!(parse_body::<CompletionRequest>(&text).is_ok());
-        check(request.to_generate(DEFAULT_MAX_TOKENS));
+        check(&request.options, request.to_generate(DEFAULT_MAX_TOKENS));
     }
 });

@@ -524,6 +524,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tiny_top_p_is_the_smallest_nucleus_not_a_refusal() {
+        // Below half a thousandth: it used to round to 0 and be refused as a bad `temperature`.
+        for top_p in [0.0001, 1e-12, f64::MIN_POSITIVE] {
+            let generate = chat(json!({
+                "model": "m", "messages": [{"role": "user", "content": "hi"}], "top_p": top_p
+            }))
+            .unwrap();
+            assert_eq!(generate.sampling.top_p_milli, 1);
+        }
+        let error = chat(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "top_p": 0.0
+        }))
+        .unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("top_p"));
+    }
+
+    #[test]
     fn sampling_fields_convert_to_thousandths() {
         let generate = chat(json!({
             "model": "m", "messages": [{"role": "user", "content": "hi"}],

@@ -185,7 +185,11 @@ impl Options {
             max_tokens,
             sampling: Sampling {
                 temperature_milli: to_milli(temperature),
-                top_p_milli: to_milli(top_p),
+                // A top_p below 0.0005 rounds to 0 thousandths, which the protocol refuses
+                // (an empty nucleus); OpenAI accepts any top_p above 0, so it is the smallest
+                // nucleus the protocol carries. Refusing it blamed `temperature` (the fuzz
+                // target openai_request found the misnamed refusal).
+                top_p_milli: to_milli(top_p).max(1),
                 // Two's complement keeps every OpenAI seed distinct (and reversible).
                 seed: self.seed.unwrap_or(0) as u64,
             },
