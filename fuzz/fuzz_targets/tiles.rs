@@ -6,7 +6,8 @@
 //! - 0: the rest is an entry bundle (`read_bundle`);
 //! - 1: a tree size and tile contents, all fuzzed: `root_from_tiles` reads each tile's file
 //!   from the input;
-//! - 2: a real tree of up to 600 leaves and its tiles, one of which the input may corrupt.
+//! - 2: a real tree of 600 leaves at a size the input picks, and its tiles, one of which the
+//!   input may corrupt.
 //!
 //! Properties: nothing panics; a bundle that reads re-bundles to the same bytes and holds at
 //! most 256 entries; the root from a tree's own tiles is the tree's root, and from tiles that
@@ -14,6 +15,7 @@
 #![no_main]
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use suanli_fuzz::split_selector;
@@ -22,6 +24,17 @@ use suanli_protocol::merkle::MerkleTree;
 use suanli_protocol::tiles::{
     Tile, TileBuilder, TileId, push_bundle_entry, read_bundle, root_from_tiles, tiles_of_tree,
 };
+
+/// One tree of 600 leaves (two full level-0 tiles, a partial one and a partial level-1 tile),
+/// built once: the input picks the size and the corruption.
+fn tree() -> &'static (Vec<Hash32>, MerkleTree) {
+    static TREE: OnceLock<(Vec<Hash32>, MerkleTree)> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let leaves: Vec<Hash32> = (0..600u64).map(|i| Hash32::of(&i.to_le_bytes())).collect();
+        let tree = MerkleTree::from_leaf_hashes(leaves.iter().copied());
+        (leaves, tree)
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = split_selector(data) else {
@@ -56,30 +69,26 @@ fuzz_target!(|data: &[u8]| {
             });
         }
         _ => {
-            let Some((header, corruption)) = rest.split_first_chunk::<4>() else {
+            let Some((header, corruption)) = rest.split_first_chunk::<2>() else {
                 return;
             };
-            let leaves = u64::from(u16::from_le_bytes([header[0], header[1]]) % 601);
-            let size = u64::from(u16::from_le_bytes([header[2], header[3]])) % (leaves + 1);
-            let hashes: Vec<Hash32> = (0..leaves).map(|i| Hash32::of(&i.to_le_bytes())).collect();
-            let tree = MerkleTree::from_leaf_hashes(hashes.iter().copied());
-            let tiles = tiles_of_tree(&tree, size).expect("size within the tree");
-            // The streaming builder agrees with the tree's tiles at its full size.
-            if size == leaves {
-                let mut builder = TileBuilder::new();
-                let mut streamed = Vec::new();
-                for hash in &hashes {
-                    streamed.extend(builder.push(*hash));
-                }
-                streamed.extend(builder.finish());
-                let by_id = |tiles: &[Tile]| -> BTreeMap<TileId, Vec<u8>> {
-                    tiles
-                        .iter()
-                        .map(|tile| (tile.id, tile.to_bytes()))
-                        .collect()
-                };
-                assert_eq!(by_id(&streamed), by_id(&tiles));
+            let (leaves, tree) = tree();
+            let size = u64::from(u16::from_le_bytes(*header)) % (leaves.len() as u64 + 1);
+            let tiles = tiles_of_tree(tree, size).expect("size within the tree");
+            // The streaming builder, fed the first `size` leaves, makes the same tiles.
+            let mut builder = TileBuilder::new();
+            let mut streamed = Vec::new();
+            for hash in leaves.iter().take(size as usize) {
+                streamed.extend(builder.push(*hash));
             }
+            streamed.extend(builder.finish());
+            let by_id = |tiles: &[Tile]| -> BTreeMap<TileId, Vec<u8>> {
+                tiles
+                    .iter()
+                    .map(|tile| (tile.id, tile.to_bytes()))
+                    .collect()
+            };
+            assert_eq!(by_id(&streamed), by_id(&tiles));
             let mut files: BTreeMap<TileId, Vec<u8>> = tiles
                 .iter()
                 .map(|tile| (tile.id, tile.to_bytes()))
