@@ -15,7 +15,7 @@
 //! [`network`] (libp2p), [`market`] (placing and running jobs), [`executor`] (wasmtime),
 //! [`storage`] (sled: record trees, blobs, the durability barrier, the free-space reserve),
 //! [`ledger`] (the chain, its writer and Merkle tree), [`transparency`] (checkpoints, witnessing,
-//! audits), [`api`] (HTTP), [`cli`] (the command line), [`bench`](mod@bench) (`suanli bench`); `fixtures`
+//! audits), [`api`] (HTTP), [`submission`] (the job body a developer submits and its checks), [`cli`] (the command line), [`bench`](mod@bench) (`suanli bench`); `fixtures`
 //! holds signed documents with fixed keys for tests and benchmarks.
 
 pub mod api;
@@ -40,6 +40,7 @@ pub mod reputation;
 mod serde_text;
 pub mod slurm;
 pub mod storage;
+pub mod submission;
 pub mod tokens;
 pub mod transparency;
 

@@ -6,102 +6,22 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use suanli_protocol::{Credits, ExecutorKind, JobId, Limits, NodeId, Placement};
+use suanli_protocol::JobId;
 
 use super::types::{
-    EvidencePage, EvidenceQuery, EvidenceView, ExecutorName, JobListQuery, JobPage, JobQuery,
-    JobView, ReplicaView, SubmitRequest, SubmitResponse,
+    EvidencePage, EvidenceQuery, EvidenceView, JobListQuery, JobPage, JobQuery, JobView,
+    ReplicaView, SubmitRequest, SubmitResponse,
 };
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Who};
 use crate::auth::Principal;
 use crate::auth::spend::QuotaError;
-use crate::market::{CancelError, JobRecord, JobStoreError, Submission, SubmitError};
-
-/// Defaults for limits a submission leaves out.
-pub const DEFAULT_FUEL: u64 = 1_000_000_000;
-pub const DEFAULT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
-pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
-/// Default most a job pays, micro-credits (100 credits).
-pub const DEFAULT_MAX_PRICE: u64 = 100_000_000;
+use crate::market::{CancelError, JobRecord, JobStoreError, SubmitError};
+use crate::submission::{Submission, SubmissionError};
 
 fn submission(request: SubmitRequest) -> Result<Submission, ApiError> {
-    let module = match (request.module_base64, request.module_wat) {
-        (Some(encoded), None) => BASE64
-            .decode(encoded)
-            .map_err(|error| ApiError::BadRequest(format!("module_base64: {error}")))?,
-        (None, Some(text)) => text.into_bytes(),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "give exactly one of module_base64 and module_wat".into(),
-            ));
-        }
-    };
-    if module.len() > suanli_protocol::job::MAX_MODULE_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "module of {} bytes exceeds {} bytes",
-            module.len(),
-            suanli_protocol::job::MAX_MODULE_BYTES
-        )));
-    }
-    let stdin = match request.stdin_base64 {
-        Some(encoded) => BASE64
-            .decode(encoded)
-            .map_err(|error| ApiError::BadRequest(format!("stdin_base64: {error}")))?,
-        None => Vec::new(),
-    };
-    if stdin.len() > suanli_protocol::job::MAX_STDIN_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "stdin of {} bytes exceeds {} bytes",
-            stdin.len(),
-            suanli_protocol::job::MAX_STDIN_BYTES
-        )));
-    }
-    let provider = request
-        .placement
-        .provider
-        .map(|text| {
-            text.parse::<NodeId>()
-                .map_err(|error| ApiError::BadRequest(format!("placement.provider: {error}")))
-        })
-        .transpose()?;
-    let limits = Limits {
-        fuel: request.limits.fuel.unwrap_or(DEFAULT_FUEL),
-        memory_bytes: request.limits.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
-        wall_time_ms: request.limits.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-        output_bytes: request
-            .limits
-            .max_output_bytes
-            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-        tasks: request.limits.tasks.unwrap_or(1),
-    };
-    let executor = match request.executor {
-        None | Some(ExecutorName::Wasm) => ExecutorKind::Wasm,
-        Some(ExecutorName::Slurm) => ExecutorKind::Slurm,
-        Some(ExecutorName::Batch) => ExecutorKind::Batch,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "executor: {other:?} runs no submitted module (wasm, slurm or batch)"
-            )));
-        }
-    };
-    Ok(Submission {
-        executor,
-        module,
-        args: request.args,
-        env: request.env,
-        stdin,
-        limits,
-        max_price: Credits(request.max_price.unwrap_or(DEFAULT_MAX_PRICE)),
-        placement: Placement {
-            region: request.placement.region,
-            provider,
-            exclude_self: request.placement.remote_only,
-        },
-        api_token: None,
-        replicas: request.replicas.unwrap_or(1),
+    Submission::from_request(request).map_err(|error| match error {
+        SubmissionError::Invalid(message) => ApiError::BadRequest(message),
+        SubmissionError::TooLarge(message) => ApiError::TooLarge(message),
     })
 }
 

@@ -38,12 +38,8 @@
 //!
 //! This module holds data and pure conversions only: it never reads node state or does I/O.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use suanli_protocol::{
-    ClusterInfo, ContractId, ExecutorKind, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources,
-};
+use suanli_protocol::{ClusterInfo, ContractId, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources};
 
 pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
 use crate::market::{Attempt, JobError, JobLimits, JobRecord, JobUsage, MismatchRecord};
@@ -282,29 +278,7 @@ impl From<PriceTerms> for PricesView {
     }
 }
 
-/// A sandbox a node runs jobs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecutorName {
-    Wasm,
-    Llm,
-    Slurm,
-    Batch,
-    /// An executor this client does not know (a newer node).
-    #[serde(other)]
-    Unknown,
-}
-
-impl From<ExecutorKind> for ExecutorName {
-    fn from(kind: ExecutorKind) -> Self {
-        match kind {
-            ExecutorKind::Wasm => ExecutorName::Wasm,
-            ExecutorKind::Llm => ExecutorName::Llm,
-            ExecutorKind::Slurm => ExecutorName::Slurm,
-            ExecutorKind::Batch => ExecutorName::Batch,
-        }
-    }
-}
+pub use crate::submission::ExecutorName;
 
 /// The node's database: whether it takes new work, and its free space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,68 +404,7 @@ impl From<&suanli_protocol::tokens::ModelInfo> for ModelView {
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
-/// `POST /v1/jobs`: a job. Exactly one of `module_base64` and `module_wat`; everything else is
-/// optional (the defaults are in docs/api.md).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub module_base64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub module_wat: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stdin_base64: Option<String>,
-    #[serde(default)]
-    pub limits: LimitsRequest,
-    /// Micro-credits.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_price: Option<u64>,
-    #[serde(default)]
-    pub placement: PlacementRequest,
-    /// `wasm` (the default), `slurm` (on a provider's cluster, through its scheduler, in the
-    /// same sandbox) or `batch` (the module is a batch script, run on a provider's cluster as
-    /// it is, by providers that list this node).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub executor: Option<ExecutorName>,
-    /// Run it on this many distinct providers (default 1); with more than one, a strict
-    /// majority of their results decides (executor `wasm` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u8>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsRequest {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fuel: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_output_bytes: Option<u64>,
-    /// Tasks, each with its index (executor `slurm`: one job array); default 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tasks: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlacementRequest {
-    /// Run only on this node (a node id; checked by the handler, which names the field).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    /// Never run on the node the job was submitted to.
-    #[serde(default)]
-    pub remote_only: bool,
-    /// Run only on nodes advertising this region.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-}
+pub use crate::submission::{LimitsRequest, PlacementRequest, SubmitRequest};
 
 /// The `202` answer to `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -998,6 +911,7 @@ pub struct AuditQuery {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::fmt::Debug;
 
     use serde::de::DeserializeOwned;

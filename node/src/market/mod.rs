@@ -30,7 +30,7 @@ mod provider;
 mod ranking;
 mod replicas;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +40,7 @@ use suanli_protocol::engine::{Context, Effect, Held};
 use suanli_protocol::ledger::EntryBody;
 use suanli_protocol::wire::{ErrorCode, MarketRequest, MarketResponse, WireError};
 use suanli_protocol::{
-    ContractId, Credits, ExecutorKind, Hash32, JobId, JobSpec, Keypair, Limits, NodeId, Placement,
+    ContractId, Credits, ExecutorKind, Hash32, JobId, JobSpec, Keypair, NodeId, Placement,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -77,24 +77,7 @@ pub const MAX_JOBS_IN_FLIGHT: usize = 4096;
 /// Finished-job announcements buffered for slow long-pollers (who then re-read their record).
 const FINISHED_QUEUE: usize = 1024;
 
-/// A job as a developer submits it.
-#[derive(Debug, Clone)]
-pub struct Submission {
-    /// `Wasm`, or `Slurm` (on a provider's cluster).
-    pub executor: ExecutorKind,
-    pub module: Vec<u8>,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub stdin: Vec<u8>,
-    pub limits: Limits,
-    pub max_price: Credits,
-    pub placement: Placement,
-    /// The API token the job is attributed to (none: the operator).
-    pub api_token: Option<String>,
-    /// How many distinct providers run it (1: an ordinary job). More than one makes a
-    /// replicated job, decided by a strict majority of the runs' results (WebAssembly only).
-    pub replicas: u8,
-}
+pub use crate::submission::Submission;
 
 /// Why a job could not be cancelled.
 #[derive(Debug, thiserror::Error)]
@@ -635,6 +618,7 @@ impl Market {
                 ));
             }
         }
+        let spec = submission.spec();
         let module = Arc::new(submission.module);
         if submission.executor == ExecutorKind::Batch {
             // A batch script: a cluster's shell runs it; nothing is compiled or metered here.
@@ -642,17 +626,6 @@ impl Market {
         } else {
             self.check_module(&module, submission.limits.fuel).await?;
         }
-        let spec = JobSpec {
-            executor: submission.executor,
-            module_hash: Hash32::of(&module),
-            args: submission.args,
-            env: submission.env,
-            stdin_hash: Hash32::of(&submission.stdin),
-            limits: submission.limits,
-            max_price: submission.max_price,
-            placement: submission.placement,
-            replicas: 1,
-        };
         if replicas > 1 {
             return self
                 .store_group(

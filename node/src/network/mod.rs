@@ -46,6 +46,7 @@
 mod behaviour;
 mod event_loop;
 pub mod floor;
+mod frame;
 mod frame_codec;
 pub mod memory;
 pub mod peer_manager;
