@@ -155,23 +155,29 @@ pub enum TokenState {
     Unknown,
 }
 
+impl TokenState {
+    /// The state of `record` at `now_ms`.
+    pub fn of(record: &crate::auth::TokenRecord, now_ms: u64) -> TokenState {
+        if record.revoked_ms.is_some() {
+            TokenState::Revoked
+        } else if record.refusal(now_ms).is_some() {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        }
+    }
+}
+
 impl TokenView {
     pub fn new(
         record: &crate::auth::TokenRecord,
         spend: crate::auth::SpendView,
         now_ms: u64,
     ) -> TokenView {
-        let state = if record.revoked_ms.is_some() {
-            TokenState::Revoked
-        } else if record.refusal(now_ms).is_some() {
-            TokenState::Expired
-        } else {
-            TokenState::Active
-        };
         TokenView {
             id: record.id.clone(),
             name: record.name.clone(),
-            state,
+            state: TokenState::of(record, now_ms),
             created_ms: record.created_ms,
             expires_ms: record.expires_ms,
             quota: record.quota_micro,

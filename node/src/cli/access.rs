@@ -181,17 +181,10 @@ struct TokenListing {
 
 impl TokenListing {
     fn new(record: &TokenRecord, spent: Option<&HashMap<String, TokenView>>, now: u64) -> Self {
-        let state = if record.revoked_ms.is_some() {
-            TokenState::Revoked
-        } else if record.refusal(now).is_some() {
-            TokenState::Expired
-        } else {
-            TokenState::Active
-        };
         TokenListing {
             id: record.id.clone(),
             name: record.name.clone(),
-            state,
+            state: TokenState::of(record, now),
             created_ms: record.created_ms,
             expires_ms: record.expires_ms,
             quota: record.quota_micro,
