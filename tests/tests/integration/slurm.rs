@@ -187,12 +187,17 @@ fn running_on_slurm(lab: &SlurmLab, api: &str, job_id: &str) -> String {
             .as_str()
             .map(str::to_owned)
     });
-    wait_for("Slurm runs the job", Duration::from_secs(30), || {
-        slurm_jobs_of(lab, &contract)
-            .iter()
-            .any(|line| line.ends_with("|RUNNING"))
-            .then_some(())
-    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|line: &String| line.ends_with("|RUNNING")) {
+        assert!(
+            Instant::now() < deadline,
+            "Slurm never ran the job: sacct lists {seen:?}; the job: {}",
+            get(api, &format!("/v1/jobs/{job_id}"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        seen = slurm_jobs_of(lab, &contract);
+    }
     contract
 }
 
@@ -203,12 +208,12 @@ fn a_nodes_slurm_cluster_runs_mesh_jobs() {
     }
     let lab = SlurmLab::up();
     let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
-    // B runs A's batch scripts (not C's), and takes jobs of up to 100 G fuel (the long one
+    // B runs A's batch scripts (not C's), and takes jobs of up to 200 G fuel (the long one
     // below spins for several seconds).
     let init = suanli(&["init", "--data-dir", &dirs[0].path().display().to_string()]);
     let a_id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
     let config = format!(
-        "{}batch_requesters = [\"{a_id}\"]\n[provider]\nmax_fuel = 100000000000\n",
+        "{}batch_requesters = [\"{a_id}\"]\n[provider]\nmax_fuel = 200000000000\n",
         lab.node_config()
     );
     std::fs::write(dirs[1].path().join("config.toml"), config).unwrap();
@@ -325,14 +330,16 @@ fn a_nodes_slurm_cluster_runs_mesh_jobs() {
     assert_eq!(accounted_by_name(&lab, &["0".repeat(64).as_str()]), [None]);
 
     // 3. Cancelling the job fails its contract on both sides and cancels the Slurm job.
-    let long = module(dirs[0].path(), 6_000_000_000);
+    // Long enough (about 8 fuel per iteration, several seconds on any machine) that the test
+    // sees it run on the cluster before it ends.
+    let long = module(dirs[0].path(), 20_000_000_000);
     let long_args = [
         "--executor",
         "slurm",
         "--arg",
         "x",
         "--fuel",
-        "100000000000",
+        "200000000000",
         "--timeout",
         "60",
     ];
