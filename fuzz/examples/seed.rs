@@ -381,6 +381,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "completion-array",
             r#"{"model":"m","prompt":["one"],"echo":false,"temperature":1.5}"#,
         ),
+        // suanli's own field: a replicated greedy request.
+        (
+            "chat-replicas",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"replicas":3}"#,
+        ),
     ];
     for (name, body) in &requests {
         write(dir, "openai_request", name, body.as_bytes())?;

@@ -7,7 +7,8 @@
 //!
 //! Properties: nothing panics; a parsed body re-serialises to JSON that parses again; a request
 //! `to_generate` accepts is valid (`GenerateRequest::validate`), keeps OpenAI's bounds on
-//! sampling, and fits the `/suanli/tokens/1` frame it travels in; a refused one is a 400 whose
+//! sampling, and fits the `/suanli/tokens/1` frame it travels in, and asks for replicas only
+//! greedy and unstreamed; a refused one is a 400 whose
 //! error body serialises, and in-range sampling fields are never what it names as at fault.
 #![no_main]
 
@@ -29,6 +30,13 @@ fn check(options: &requests::Options, result: Result<GenerateRequest, ApiError>)
     match result {
         Ok(request) => {
             assert_eq!(request.validate(), Ok(()));
+            // Replicas are accepted only where their runs can be compared.
+            let replicas = options.replica_count().expect("an accepted request's replicas");
+            assert!((1..=8).contains(&replicas));
+            if replicas > 1 {
+                assert_eq!(request.sampling.temperature_milli, 0);
+                assert!(!options.streaming());
+            }
             assert!(request.sampling.temperature_milli <= 2000);
             assert!((1..=1000).contains(&request.sampling.top_p_milli));
             assert!(request.stop.len() <= MAX_STOP_SEQUENCES);

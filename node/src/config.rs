@@ -275,8 +275,9 @@ pub struct ProviderConfig {
     pub history_settlements: u64,
     pub new_peer_credit_limit: u64,
     pub new_peer_max_job_cost: u64,
-    /// TEST ONLY: sign for an output other than the one each WebAssembly run wrote (every byte
-    /// flipped), to play a dishonest provider in the replicated-job tests. It cannot be set
+    /// TEST ONLY: sign for an output other than the one each run wrote (a WebAssembly run's
+    /// every byte flipped, a model's text with its ASCII letters' case swapped), to play a
+    /// dishonest provider in the replica tests. It cannot be set
     /// from a config file or flag (it is never read from or written to TOML), only by code that
     /// builds a `Config` itself, such as the integration tests' in-process nodes.
     #[doc(hidden)]
@@ -339,6 +340,10 @@ pub struct JobsConfig {
     /// Seconds a provider running a job may stay disconnected before this node gives the
     /// contract up (it fails it, tells the provider when it is back, and tries another).
     pub provider_lost_after_secs: u64,
+    /// The share (0 to 1) of submitted WebAssembly jobs checked after they succeed: run again on
+    /// another provider at this node's cost, and on a different result a third time, the odd
+    /// provider then recorded with evidence (docs/rfcs/010-replicas.md, "Spot checks").
+    pub spot_check_fraction: f64,
 }
 
 impl Default for JobsConfig {
@@ -347,6 +352,7 @@ impl Default for JobsConfig {
             placement_timeout_secs: 60,
             deadline_grace_secs: 30,
             provider_lost_after_secs: 5,
+            spot_check_fraction: 0.0,
         }
     }
 }
@@ -688,6 +694,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !(0.0..=1.0).contains(&self.jobs.spot_check_fraction) {
+            return Err(invalid(
+                "jobs.spot_check_fraction",
+                "must be between 0 and 1 (the share of jobs checked)",
+            ));
+        }
         if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_interval_secs == 0 {
             return Err(invalid("ledger.checkpoint_*", "must be at least 1"));
         }
@@ -971,6 +983,10 @@ deadline_grace_secs = 30
 # Seconds a provider running a job may stay disconnected before the contract is given up (failed,
 # the provider told when it is back) and the job tries another provider.
 provider_lost_after_secs = 5
+# The share (0 to 1) of WebAssembly jobs checked after they succeed: run again on another provider
+# at this node's cost, a third time when the two disagree, and the odd provider recorded with
+# evidence that lowers its standing. 0.05 checks one job in twenty.
+spot_check_fraction = 0.0
 
 [ledger]
 # Sign and publish a ledger checkpoint after this many new entries...

@@ -266,6 +266,7 @@ impl Node {
             offered,
             tokens_config.clone(),
             streams,
+            provider_config.test_corrupt_output,
             cancel.clone(),
         );
         tasks.spawn(tokens::accept_streams(

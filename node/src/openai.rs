@@ -491,6 +491,49 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_for_greedy_unstreamed_requests_only() {
+        let body = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            body
+        };
+        let count = |extra: Value| {
+            let request: ChatCompletionRequest =
+                parse_body(body(extra).to_string().as_bytes()).unwrap();
+            request.options.replica_count()
+        };
+        assert_eq!(count(json!({})).unwrap(), 1);
+        assert_eq!(
+            count(json!({"replicas": 1, "temperature": 0.7})).unwrap(),
+            1
+        );
+        assert_eq!(count(json!({"replicas": 3, "temperature": 0})).unwrap(), 3);
+        assert_eq!(
+            count(json!({"replicas": 8, "temperature": 0.0})).unwrap(),
+            8
+        );
+        for refused in [
+            json!({"replicas": 0, "temperature": 0}),
+            json!({"replicas": 9, "temperature": 0}),
+            json!({"replicas": 4294967295u64, "temperature": 0}),
+            // Sampled text differs between honest providers; the default temperature is 1.
+            json!({"replicas": 3}),
+            json!({"replicas": 3, "temperature": 0.2}),
+            json!({"replicas": 3, "temperature": 0, "stream": true}),
+        ] {
+            assert_eq!(
+                param_of(chat(body(refused.clone()))),
+                (StatusCode::BAD_REQUEST, Some("replicas".into())),
+                "{refused}"
+            );
+        }
+        // A replicas field of another type is not the JSON this route takes.
+        assert!(chat(body(json!({"replicas": "3"}))).is_err());
+    }
+
+    #[test]
     fn python_client_chat_body_converts() {
         let body = br#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"model":"m","max_completion_tokens":5,"stream":true,"stream_options":{"include_usage":true},"user":"u-1","logprobs":false}"#;
         let request: ChatCompletionRequest = parse_body(body).unwrap();

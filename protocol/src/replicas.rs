@@ -14,6 +14,11 @@
 //! it cannot prove which side ran the job wrongly (a requester running its own providers could
 //! outvote an honest one). Whoever counts it weighs it as a majority's word, not a proof of
 //! fraud. Performs no I/O.
+//!
+//! A replicated *token request* (greedy decoding, `temperature` 0) is served by several
+//! providers of one model file under their standing contracts; honest runs of one engine on one
+//! model file give the same text. [`TokenMismatch`] is the evidence for it: the request and the
+//! usage receipts both parties signed, the odd one's output hash differing from the majority's.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +28,7 @@ use crate::identity::NodeId;
 use crate::job::MAX_REPLICAS;
 use crate::negotiation::{Contract, ContractId, MAX_DOCUMENT_BYTES, Outcome, Receipt};
 use crate::signed::{CoSigned, Signed, VerifyError};
+use crate::tokens::{Finish, GenerateRequest, MAX_TOKENS_FRAME_BYTES, UsageReceipt, model_hash};
 
 /// What one replica's run says: how it exited and the hash of its output. Two honest runs of one
 /// WebAssembly job give the same vote.
@@ -52,8 +58,12 @@ impl Vote {
 /// The vote a strict majority of `replicas` cast, if any: more than half of the replicas asked
 /// for (not of the votes cast), so that runs which failed weaken a verdict instead of letting a
 /// lone run decide it.
-pub fn majority<'a>(votes: impl IntoIterator<Item = &'a Vote>, replicas: usize) -> Option<Vote> {
-    let mut counts: Vec<(Vote, usize)> = Vec::new();
+/// Generic over what a vote is: a job's [`Vote`], or a token request's output hash.
+pub fn majority<'a, T: PartialEq + Copy + 'a>(
+    votes: impl IntoIterator<Item = &'a T>,
+    replicas: usize,
+) -> Option<T> {
+    let mut counts: Vec<(T, usize)> = Vec::new();
     for vote in votes {
         match counts.iter_mut().find(|(seen, _)| seen == vote) {
             Some((_, count)) => *count += 1,
@@ -124,6 +134,12 @@ pub enum MismatchError {
     MajorityDisagrees,
     #[error("the odd run agrees with the majority")]
     NoMismatch,
+    #[error("the request is not greedy (temperature {0} thousandths): its runs may differ")]
+    NotGreedy(u32),
+    #[error("the model is served by an upstream server, whose runs may differ")]
+    Upstream,
+    #[error("the request does not encode: {0}")]
+    Request(String),
 }
 
 impl ReplicaMismatch {
@@ -203,6 +219,142 @@ impl ReplicaMismatch {
             majority_vote,
             majority: providers.split_off(1),
             odd_contract: ContractId(self.odd.contract.digest()),
+        })
+    }
+}
+
+/// Evidence that `odd`'s provider returned other text than a majority of the providers that
+/// served the same greedy request on the same model file: the request and each provider's usage
+/// receipt, countersigned by the requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenMismatch {
+    pub request: GenerateRequest,
+    pub odd: CoSigned<UsageReceipt>,
+    /// At least two receipts, from distinct providers, with the same output hash.
+    pub majority: Vec<CoSigned<UsageReceipt>>,
+}
+
+/// The most bytes an encoded [`TokenMismatch`] may take: a request as its frame carries it and
+/// at most [`MAX_REPLICAS`] co-signed receipts.
+pub const MAX_TOKEN_MISMATCH_BYTES: usize =
+    MAX_TOKENS_FRAME_BYTES + MAX_REPLICAS as usize * (MAX_DOCUMENT_BYTES + 256);
+
+/// What a verified [`TokenMismatch`] establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedTokenMismatch {
+    pub offender: NodeId,
+    pub requester: NodeId,
+    /// [`GenerateRequest::hash`] of the request every receipt answers.
+    pub request_hash: Hash32,
+    /// The model file every provider generated with.
+    pub model_sha256: Hash32,
+    pub odd_output: Hash32,
+    pub majority_output: Hash32,
+    /// The providers of the majority, in the evidence's order.
+    pub majority: Vec<NodeId>,
+    /// The odd receipt's standing contract.
+    pub odd_contract: ContractId,
+}
+
+impl TokenMismatch {
+    /// Encodes the evidence canonically (bincode).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let bytes = codec::encode(self)?;
+        if bytes.len() > MAX_TOKEN_MISMATCH_BYTES {
+            return Err(EncodeError::too_large(
+                bytes.len(),
+                MAX_TOKEN_MISMATCH_BYTES,
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes evidence of at most [`MAX_TOKEN_MISMATCH_BYTES`]; nothing in it is verified yet.
+    pub fn decode(bytes: &[u8]) -> Result<TokenMismatch, DecodeError> {
+        codec::decode(bytes, MAX_TOKEN_MISMATCH_BYTES)
+    }
+
+    /// Checks the evidence from its documents alone (run 0 is the odd receipt, then the
+    /// majority's): both signatures of every receipt; the request is greedy, for a model file
+    /// (not an upstream server), and every receipt answers it (its hash) for the same requester
+    /// and model file, from distinct providers; no run was cancelled; the majority (two or more)
+    /// delivered the same text and the odd one other text.
+    pub fn verify(&self) -> Result<VerifiedTokenMismatch, MismatchError> {
+        let size = self.majority.len();
+        if !(2..usize::from(MAX_REPLICAS)).contains(&size) {
+            return Err(MismatchError::MajoritySize { got: size });
+        }
+        if self.request.sampling.temperature_milli != 0 {
+            return Err(MismatchError::NotGreedy(
+                self.request.sampling.temperature_milli,
+            ));
+        }
+        let request_hash = self
+            .request
+            .hash()
+            .map_err(|error| MismatchError::Request(error.to_string()))?;
+        let odd = self
+            .odd
+            .verify()
+            .map_err(|source| MismatchError::Verify { run: 0, source })?;
+        if odd.model_sha256 == model_hash(&self.request.model, Hash32::ZERO) {
+            return Err(MismatchError::Upstream);
+        }
+        let mut receipts = Vec::with_capacity(size + 1);
+        receipts.push(odd.clone());
+        for (index, signed) in self.majority.iter().enumerate() {
+            let run = index + 1;
+            receipts.push(
+                signed
+                    .verify()
+                    .map_err(|source| MismatchError::Verify { run, source })?,
+            );
+        }
+        let mut providers = Vec::with_capacity(size + 1);
+        let mut outputs = Vec::with_capacity(size + 1);
+        for (run, receipt) in receipts.into_iter().enumerate() {
+            let other = |field| MismatchError::OtherJob { run, field };
+            if receipt.request_hash != request_hash {
+                return Err(other("request_hash"));
+            }
+            if receipt.model_sha256 != odd.model_sha256 {
+                return Err(other("model_sha256"));
+            }
+            if receipt.requester != odd.requester {
+                return Err(other("requester"));
+            }
+            if receipt.finish == Finish::Cancelled {
+                return Err(MismatchError::NoVote { run });
+            }
+            if providers.contains(&receipt.provider) {
+                return Err(MismatchError::SameProvider(receipt.provider));
+            }
+            providers.push(receipt.provider);
+            outputs.push(receipt.output_hash);
+        }
+        let (Some(odd_output), Some(majority_output)) = (outputs.first(), outputs.get(1)) else {
+            return Err(MismatchError::MajoritySize { got: 0 });
+        };
+        let majority_output = *majority_output;
+        if outputs
+            .iter()
+            .skip(1)
+            .any(|output| *output != majority_output)
+        {
+            return Err(MismatchError::MajorityDisagrees);
+        }
+        if *odd_output == majority_output {
+            return Err(MismatchError::NoMismatch);
+        }
+        Ok(VerifiedTokenMismatch {
+            offender: odd.provider,
+            requester: odd.requester,
+            request_hash,
+            model_sha256: odd.model_sha256,
+            odd_output: *odd_output,
+            majority_output,
+            majority: providers.split_off(1),
+            odd_contract: odd.contract_id,
         })
     }
 }

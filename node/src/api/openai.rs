@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
+use suanli_protocol::Credits;
 use suanli_protocol::tokens::{Finish, GenerateRequest, MAX_PROMPT_BYTES};
 use tokio::sync::{mpsc, oneshot};
 
@@ -144,7 +145,11 @@ async fn handle<T: OpenAiRequest>(state: ApiState, request: Request, shape: Shap
         }
         _ => None,
     };
-    serve(state, generate, shape, parsed.options(), charge_to).await
+    match parsed.options().replica_count() {
+        Ok(1) => serve(state, generate, shape, parsed.options(), charge_to).await,
+        Ok(replicas) => serve_replicated(state, generate, shape, replicas, charge_to).await,
+        Err(error) => error.into_response(),
+    }
 }
 
 /// Which endpoint's answer shape.
@@ -186,20 +191,22 @@ async fn read_body(request: Request) -> Result<Bytes, ApiError> {
         })
 }
 
-/// Hands on a request's end, having added its cost to the token's spending (on a task of its
-/// own, so that a client gone before the end is still charged for what was generated).
-fn charged(
-    done: oneshot::Receiver<Result<Completed, RouteError>>,
+/// Hands on a request's end, having added its cost (`cost_of` it, if any) to the token's
+/// spending (on a task of its own, so that a client gone before the end is still charged for
+/// what was generated).
+fn charged<T: Send + 'static>(
+    done: oneshot::Receiver<Result<T, RouteError>>,
     spend: Spend,
     token: String,
-) -> oneshot::Receiver<Result<Completed, RouteError>> {
+    cost_of: fn(&Result<T, RouteError>) -> Option<Credits>,
+) -> oneshot::Receiver<Result<T, RouteError>> {
     let (forward, receiver) = oneshot::channel();
     tokio::spawn(async move {
         let Ok(result) = done.await else {
             return;
         };
-        if let Ok(completed) = &result
-            && let Err(error) = spend.add_model_cost(&token, completed.cost.micro())
+        if let Some(cost) = cost_of(&result)
+            && let Err(error) = spend.add_model_cost(&token, cost.micro())
         {
             tracing::warn!(%error, token, "could not add a model request's cost to its token");
         }
@@ -217,6 +224,8 @@ fn route_error(error: RouteError, shape: Shape, model: &str) -> ApiError {
         RouteError::BadRequest(message) => ApiError::bad_request(None, message),
         RouteError::NoProvider(reasons) => ApiError::no_provider(model, &reasons),
         RouteError::Failed(message) => ApiError::provider_failed(message),
+        RouteError::NotEnoughProviders(message) => ApiError::not_enough_providers(message),
+        RouteError::ReplicasDisagree { message, .. } => ApiError::replicas_disagree(message),
         RouteError::ShuttingDown => {
             ApiError::no_provider(model, &["this node is shutting down".into()])
         }
@@ -253,7 +262,9 @@ async fn serve(
     let model = request.model.clone();
     let Generating { mut text, done } = state.tokens.serve(request);
     let mut done = match charge_to {
-        Some(token) => charged(done, state.access.spend().clone(), token),
+        Some(token) => charged(done, state.access.spend().clone(), token, |result| {
+            result.as_ref().ok().map(|completed| completed.cost)
+        }),
         None => done,
     };
     if !streaming {
@@ -286,16 +297,75 @@ async fn serve(
         piece = text.recv() => piece,
         result = &mut done => match result {
             Ok(Err(error)) => return route_error(error, shape, &model).into_response(),
-            Ok(Ok(completed)) => return stream_response(shape, model, include_usage, None, text, Ended::Now(completed)),
+            Ok(Ok(completed)) => return stream_response(shape, model, include_usage, None, text, Ended::Now(Box::new(completed))),
             Err(_) => return ApiError::internal("the request's task ended").into_response(),
         },
     };
     stream_response(shape, model, include_usage, first, text, Ended::Later(done))
 }
 
+/// A request with `replicas` above 1 (greedy, unstreamed): the majority's text, with the
+/// `suanli` provenance of a provider of the majority, the cost of every run and the verdict.
+async fn serve_replicated(
+    state: ApiState,
+    request: GenerateRequest,
+    shape: Shape,
+    replicas: u8,
+    charge_to: Option<String>,
+) -> Response {
+    let model = request.model.clone();
+    let done = state.tokens.serve_replicated(request, replicas);
+    let done = match charge_to {
+        Some(token) => charged(
+            done,
+            state.access.spend().clone(),
+            token,
+            |result| match result {
+                Ok(replicated) => Some(replicated.cost),
+                Err(RouteError::ReplicasDisagree { cost, .. }) => Some(*cost),
+                Err(_) => None,
+            },
+        ),
+        None => done,
+    };
+    let replicated = match done.await {
+        Ok(Ok(replicated)) => replicated,
+        Ok(Err(error)) => return route_error(error, shape, &model).into_response(),
+        Err(_) => return ApiError::internal("the request's task ended").into_response(),
+    };
+    let completed = &replicated.completed;
+    let usage = Usage::new(completed.prompt_tokens, completed.completion_tokens);
+    let (id, created) = (shape.id(), now_ms() / 1000);
+    let text = replicated.text.clone();
+    let mut body = match shape {
+        Shape::Chat => with_provenance(
+            &chat_completion(&id, created, &model, text, completed.finish, usage),
+            completed,
+        ),
+        Shape::Text => with_provenance(
+            &text_completion(&id, created, &model, text, completed.finish, usage),
+            completed,
+        ),
+    };
+    if let Some(suanli) = body.get_mut("suanli").and_then(Value::as_object_mut) {
+        suanli.insert("cost_micro".into(), json!(replicated.cost.micro()));
+        let odd: Vec<String> = replicated.odd.iter().map(ToString::to_string).collect();
+        suanli.insert(
+            "replicas".into(),
+            json!({
+                "id": replicated.id.to_string(),
+                "asked": replicated.asked,
+                "agreeing": replicated.agreeing,
+                "odd": odd,
+            }),
+        );
+    }
+    axum::Json(body).into_response()
+}
+
 /// How a streamed request ends: known already, or still to come.
 enum Ended {
-    Now(Completed),
+    Now(Box<Completed>),
     Later(tokio::sync::oneshot::Receiver<Result<Completed, RouteError>>),
 }
 
@@ -377,7 +447,7 @@ impl SseEvents {
                 return Some(self.piece(&piece));
             }
             let result = match self.ended.take()? {
-                Ended::Now(completed) => Ok(completed),
+                Ended::Now(completed) => Ok(*completed),
                 Ended::Later(done) => done
                     .await
                     .unwrap_or_else(|_| Err(RouteError::Failed("the request's task ended".into()))),

@@ -42,7 +42,9 @@ use serde::{Deserialize, Serialize};
 use suanli_protocol::{ClusterInfo, ContractId, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources};
 
 pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
-use crate::market::{Attempt, JobError, JobLimits, JobRecord, JobUsage, MismatchRecord};
+use crate::market::{
+    Attempt, EvidenceKind, JobError, JobLimits, JobRecord, JobUsage, MismatchRecord,
+};
 pub use crate::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, MarketStats};
 pub use crate::network::{GossipStats, PeerInfo};
 pub use crate::transparency::{
@@ -491,7 +493,7 @@ pub struct JobView {
     /// every run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicasView>,
-    /// The replicated job this job is one run of.
+    /// The replicated job this job is one run of, or the spot check that checks it.
     #[serde(
         with = "crate::serde_text::display_option",
         default,
@@ -503,8 +505,11 @@ pub struct JobView {
 /// The runs of a replicated job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicasView {
-    /// Replicas asked for.
+    /// Replicas asked for (for a spot check: the runs it has needed so far).
     pub count: usize,
+    /// A spot check of an ordinary job (its first run), paid by this node, not a job of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot_check: bool,
     /// One per replica, in the order they were created.
     pub runs: Vec<ReplicaView>,
     /// The providers whose signed result differed from the majority's.
@@ -544,12 +549,15 @@ impl From<&JobRecord> for ReplicaView {
     }
 }
 
-/// Evidence that a provider of a replicated job signed a result other than the majority's.
+/// Evidence that a provider of a replicated job or token request signed a result other than
+/// the majority's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvidenceView {
-    /// The replicated job.
+    /// The replicated job, or the id of the replicated token request.
     #[serde(with = "crate::serde_text::display")]
     pub group: JobId,
+    /// `job` (the evidence is a `ReplicaMismatch`) or `tokens` (a `TokenMismatch`).
+    pub kind: EvidenceKind,
     /// The provider whose result differed.
     #[serde(with = "crate::serde_text::display")]
     pub provider: NodeId,
@@ -561,29 +569,24 @@ pub struct EvidenceView {
     #[serde(with = "crate::serde_text::display_vec")]
     pub majority: Vec<NodeId>,
     /// Whether the evidence verified when this answer was made
-    /// (`suanli_protocol::replicas::ReplicaMismatch::verify`).
+    /// (`suanli_protocol::replicas::ReplicaMismatch::verify` or `TokenMismatch::verify`).
     pub verified: bool,
-    /// The evidence: the encoded `ReplicaMismatch` (hex), every contract and receipt exactly as
-    /// signed, for anyone to verify again.
+    /// The evidence, encoded (hex): every document in it exactly as signed, for anyone to
+    /// verify again.
     pub evidence: String,
 }
 
 impl From<&MismatchRecord> for EvidenceView {
     fn from(record: &MismatchRecord) -> Self {
-        let verified = suanli_protocol::replicas::ReplicaMismatch::decode(&record.evidence)
-            .ok()
-            .and_then(|evidence| evidence.verify().ok())
-            .filter(|verified| verified.offender == record.provider);
+        let majority = record.verified_majority();
         EvidenceView {
             group: record.group,
+            kind: record.kind,
             provider: record.provider,
             contract_id: record.contract_id,
             at_ms: record.at_ms,
-            majority: verified
-                .as_ref()
-                .map(|verified| verified.majority.clone())
-                .unwrap_or_default(),
-            verified: verified.is_some(),
+            verified: majority.is_some(),
+            majority: majority.unwrap_or_default(),
             evidence: hex::encode(&record.evidence),
         }
     }
@@ -633,6 +636,7 @@ impl From<&JobRecord> for JobView {
             // The runs and evidence are other records: the handler adds them.
             replicas: record.replicas.as_ref().map(|group| ReplicasView {
                 count: group.children.len(),
+                spot_check: group.spot_check,
                 runs: Vec::new(),
                 odd: group.odd.clone(),
                 evidence: Vec::new(),

@@ -427,15 +427,34 @@ pub struct ReplicaGroup {
     /// each: [`JobBook::mismatches`]).
     #[serde(default, with = "crate::serde_text::display_vec")]
     pub odd: Vec<NodeId>,
+    /// A spot check of an ordinary job (its first child), not a job of its own: it grows by
+    /// one run while its verdict needs one (a check, then a tie-break), is paid by this node,
+    /// and leaves the checked job as it ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot_check: bool,
+}
+
+/// What a piece of stored evidence is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceKind {
+    /// A replicated WebAssembly job ([`suanli_protocol::replicas::ReplicaMismatch`]).
+    #[default]
+    Job,
+    /// A replicated greedy token request ([`suanli_protocol::replicas::TokenMismatch`]).
+    Tokens,
 }
 
 /// One stored piece of evidence that a provider's signed result differed from the majority's
-/// of a replicated job ([`suanli_protocol::replicas::ReplicaMismatch`], encoded).
+/// of a replicated job or token request (the protocol's evidence, encoded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MismatchRecord {
-    /// The replicated job.
+    /// The replicated job, or the id of the replicated token request.
     #[serde(with = "crate::serde_text::display")]
     pub group: JobId,
+    /// What the evidence is about (records written before token replicas have none: jobs).
+    #[serde(default)]
+    pub kind: EvidenceKind,
     /// The provider whose result differed.
     #[serde(with = "crate::serde_text::display")]
     pub provider: NodeId,
@@ -444,9 +463,32 @@ pub struct MismatchRecord {
     pub contract_id: ContractId,
     /// When the group was decided.
     pub at_ms: u64,
-    /// The encoded [`suanli_protocol::replicas::ReplicaMismatch`] (hex).
+    /// The encoded evidence (hex): a [`suanli_protocol::replicas::ReplicaMismatch`] or a
+    /// [`suanli_protocol::replicas::TokenMismatch`], by `kind`.
     #[serde(with = "hex_bytes")]
     pub evidence: Vec<u8>,
+}
+
+impl MismatchRecord {
+    /// The providers of the majority, if the evidence verifies now (as anyone would verify
+    /// it) and names this record's provider as the odd one.
+    pub fn verified_majority(&self) -> Option<Vec<NodeId>> {
+        use suanli_protocol::replicas::{ReplicaMismatch, TokenMismatch};
+        let (offender, majority) = match self.kind {
+            EvidenceKind::Job => {
+                let verified = ReplicaMismatch::decode(&self.evidence)
+                    .ok()?
+                    .verify()
+                    .ok()?;
+                (verified.offender, verified.majority)
+            }
+            EvidenceKind::Tokens => {
+                let verified = TokenMismatch::decode(&self.evidence).ok()?.verify().ok()?;
+                (verified.offender, verified.majority)
+            }
+        };
+        (offender == self.provider).then_some(majority)
+    }
 }
 
 mod hex_bytes {
@@ -475,6 +517,42 @@ pub struct Mismatch {
 pub const MAX_ATTEMPTS_KEPT: usize = 64;
 
 impl JobRecord {
+    /// The first record of a job just submitted: queued, nothing run, nothing paid.
+    pub fn queued(
+        job_id: JobId,
+        spec: &suanli_protocol::JobSpec,
+        spec_hash: Hash32,
+        nonce: u128,
+        max_price: u64,
+        now_ms: u64,
+        api_token: Option<String>,
+    ) -> JobRecord {
+        JobRecord {
+            job_id,
+            state: JobState::Queued,
+            module_hash: spec.module_hash,
+            stdin_hash: spec.stdin_hash,
+            spec_hash: Some(spec_hash),
+            nonce: Some(nonce),
+            args: spec.args.clone(),
+            limits: spec.limits.into(),
+            max_price,
+            provider: None,
+            contract_id: None,
+            exit_code: None,
+            usage: None,
+            cost: None,
+            output_hash: None,
+            error: None,
+            attempts: Vec::new(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            api_token,
+            replicas: None,
+            group: None,
+        }
+    }
+
     pub fn push_attempt(&mut self, attempt: Attempt) {
         if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
             self.attempts.remove(0);
@@ -655,6 +733,12 @@ impl JobBook {
         let bytes = serde_json::to_vec(record)
             .map_err(|error| JobStoreError::Corrupt(error.to_string()))?;
         Ok(self.mismatches.insert(&key, &bytes)?)
+    }
+
+    /// [`Self::put_mismatch`], returning once the record is durable.
+    pub async fn put_mismatch_durably(&self, record: &MismatchRecord) -> Result<(), JobStoreError> {
+        self.put_mismatch(record)?;
+        Ok(self.storage.sync().await?)
     }
 
     /// Up to `limit` evidence records, by group id, after the key `after` (group id then

@@ -48,8 +48,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use jobs::{
-    Attempt, AttemptOutcome, AttemptReason, JobBook, JobError, JobErrorCode, JobLimits, JobRecord,
-    JobState, JobStoreError, JobUsage, Mismatch, MismatchRecord, ReplicaGroup,
+    Attempt, AttemptOutcome, AttemptReason, EvidenceKind, JobBook, JobError, JobErrorCode,
+    JobLimits, JobRecord, JobState, JobStoreError, JobUsage, Mismatch, MismatchRecord,
+    ReplicaGroup,
 };
 
 use self::contracts::{Driver, Machine, Payload, Registry, Route, Side};
@@ -298,33 +299,35 @@ impl Market {
         let mut resumed_jobs = HashSet::new();
         // Replicated jobs: each unfinished group's task, and a share of claimed providers its
         // children's tasks use, seeded from the ledger before any of them places anything.
-        let mut shares: HashMap<JobId, Arc<GroupShare>> = HashMap::new();
+        let mut shares: HashMap<JobId, (Arc<GroupShare>, &[JobId])> = HashMap::new();
         for record in &unfinished {
             if let Some(group) = &record.replicas {
-                let share = GroupShare::from_ledger(self, &group.children);
-                shares.insert(record.job_id, Arc::new(share));
+                let share = Arc::new(GroupShare::from_ledger(self, &group.children));
+                shares.insert(record.job_id, (share.clone(), &group.children));
                 inner.in_flight.fetch_add(1, Ordering::AcqRel);
                 inner.tasks.spawn(
                     GroupTask {
                         market: self.clone(),
                         record: record.clone(),
+                        share,
                     }
                     .run(),
                 );
             }
         }
-        for record in unfinished {
+        for record in &unfinished {
             if record.replicas.is_some() {
                 continue;
             }
             let job_id = record.job_id;
             let share = match record.group {
                 Some(group) => match shares.get(&group) {
-                    Some(share) => Some(share.clone()),
-                    None => {
-                        // Its group was never stored (a crash before the submission was
-                        // acknowledged) or has ended: nobody waits for this run.
-                        self.close_unresumable(record);
+                    Some((share, children)) if children.contains(&job_id) => Some(share.clone()),
+                    _ => {
+                        // Its group was never stored, or stored without it (a crash before the
+                        // submission was acknowledged or before a spot check's run was added),
+                        // or has ended: nobody waits for this run.
+                        self.close_unresumable(record.clone());
                         continue;
                     }
                 },
@@ -337,7 +340,7 @@ impl Market {
                     inner.in_flight.fetch_add(1, Ordering::AcqRel);
                     inner.tasks.spawn(task.run());
                 }
-                None => self.close_unresumable(record),
+                None => self.close_unresumable(record.clone()),
             }
         }
         let ctx = Context {
@@ -457,11 +460,15 @@ impl Market {
         if record.state.is_final() {
             return Err(CancelError::Final(record.state));
         }
-        // A replicated job is cancelled through its runs; it ends when they have.
+        // A replicated job is cancelled through its runs; it ends when they have. A spot check
+        // stops its own runs, not the job it checks.
         let children = record
             .replicas
             .as_ref()
-            .map(|group| group.children.clone())
+            .map(|group| {
+                let checked = usize::from(group.spot_check);
+                group.children.get(checked..).unwrap_or_default().to_vec()
+            })
             .unwrap_or_default();
         for job_id in children.iter().chain(std::iter::once(job_id)) {
             self.inner.jobs.request_cancel(job_id).await?;
@@ -688,8 +695,7 @@ impl Market {
             .encode()
             .map_err(|error| SubmitError::Invalid(error.to_string()))?;
         let now = now_ms();
-        let nonce =
-            (u128::from(now) << 64) | u128::from(inner.nonce.fetch_add(1, Ordering::Relaxed));
+        let nonce = self.next_nonce(now);
         let job_id = suanli_protocol::job_id_from_bytes(&spec_bytes, nonce);
         let blobs = inner.jobs.blobs();
         let stored = blobs
@@ -697,31 +703,39 @@ impl Market {
             .and_then(|_| blobs.put(&stdin))
             .and_then(|_| blobs.put(&spec_bytes));
         let spec_hash = stored.map_err(|error| SubmitError::Store(error.into()))?;
-        let record = JobRecord {
+        let mut record = JobRecord::queued(
             job_id,
-            state: JobState::Queued,
-            module_hash: spec.module_hash,
-            stdin_hash: spec.stdin_hash,
-            spec_hash: Some(spec_hash),
-            nonce: Some(nonce),
-            args: spec.args.clone(),
-            limits: spec.limits.into(),
-            max_price: spec.max_price.micro(),
-            provider: None,
-            contract_id: None,
-            exit_code: None,
-            usage: None,
-            cost: None,
-            output_hash: None,
-            error: None,
-            attempts: Vec::new(),
-            created_at_ms: now,
-            updated_at_ms: now,
+            &spec,
+            spec_hash,
+            nonce,
+            spec.max_price.micro(),
+            now,
             api_token,
-            replicas: None,
-            group: None,
-        };
+        );
+        // A sampled job gets a spot check: a group whose first run is this job, stored with it.
+        let check = (signed.is_none() && self.spot_checks(&spec)).then(|| {
+            let nonce = self.next_nonce(now);
+            let id = suanli_protocol::job_id_from_bytes(&spec_bytes, nonce);
+            // This node's own work: no token pays it; a check and a tie-break at most.
+            let mut group = JobRecord::queued(
+                id,
+                &spec,
+                spec_hash,
+                nonce,
+                spec.max_price.micro().saturating_mul(2),
+                now,
+                None,
+            );
+            group.replicas = Some(replicas::spot_check_of(job_id));
+            group
+        });
+        record.group = check.as_ref().map(|group| group.job_id);
         inner.jobs.create(&record)?;
+        if let Some(group) = &check {
+            // Its group after the job: a group record implies its runs' records.
+            inner.jobs.create_unlisted(group)?;
+        }
+        let share = check.as_ref().map(|_| Arc::new(GroupShare::default()));
         let cancel = self.job_cancel_token(job_id);
         let task = JobTask {
             market: self.clone(),
@@ -739,7 +753,7 @@ impl Market {
                 stdin,
             }),
             signed,
-            group: None,
+            group: share.clone(),
         };
         // Placing starts while the record and blobs are made durable (one barrier fewer on the
         // job's path); the job id is handed out only once they are. Nothing placing records can
@@ -750,7 +764,98 @@ impl Market {
             cancel.cancel();
             return Err(JobStoreError::from(error).into());
         }
+        if let (Some(record), Some(share)) = (check, share) {
+            info!(%job_id, check = %record.job_id, "job sampled for a spot check");
+            inner.in_flight.fetch_add(1, Ordering::AcqRel);
+            inner.tasks.spawn(
+                GroupTask {
+                    market: self.clone(),
+                    record,
+                    share,
+                }
+                .run(),
+            );
+        }
         Ok(job_id)
+    }
+
+    /// A fresh nonce for a job id: the time, and a counter that differs within a millisecond.
+    fn next_nonce(&self, now: u64) -> u128 {
+        (u128::from(now) << 64) | u128::from(self.inner.nonce.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether a job of `spec` is sampled for a spot check (`jobs.spot_check_fraction`): only
+    /// WebAssembly jobs, whose honest runs agree, and not those pinned to one provider (its
+    /// check runs elsewhere under the same spec).
+    fn spot_checks(&self, spec: &JobSpec) -> bool {
+        let fraction = self.inner.jobs_config.spot_check_fraction;
+        if fraction <= 0.0
+            || spec.executor != ExecutorKind::Wasm
+            || spec.replicas > 1
+            || spec.placement.provider.is_some()
+        {
+            return false;
+        }
+        let mut random = [0u8; 8];
+        if getrandom::fill(&mut random).is_err() {
+            return false;
+        }
+        // 53 random bits as a number in [0, 1).
+        let sample = (u64::from_le_bytes(random) >> 11) as f64 / (1u64 << 53) as f64;
+        sample < fraction
+    }
+
+    /// Adds one run to the spot check `group` (a new run of the checked job's spec, on a
+    /// provider none of its runs holds), stores it and then the group, durably, and starts
+    /// placing it. `Ok(false)`: the run cannot be made (its spec is unreadable), nothing stored.
+    async fn add_check_run(
+        &self,
+        group: &mut JobRecord,
+        share: &Arc<GroupShare>,
+    ) -> Result<bool, JobStoreError> {
+        let inner = &self.inner;
+        let (Some(spec_hash), Some(checks)) = (group.spec_hash, group.replicas.as_ref()) else {
+            return Ok(false);
+        };
+        let Some(spec_bytes) = inner.jobs.blobs().get(&spec_hash)? else {
+            return Ok(false);
+        };
+        let Ok(spec) = JobSpec::decode(&spec_bytes) else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        let nonce = self.next_nonce(now);
+        let job_id = suanli_protocol::job_id_from_bytes(&spec_bytes, nonce);
+        let mut record = JobRecord::queued(
+            job_id,
+            &spec,
+            spec_hash,
+            nonce,
+            spec.max_price.micro(),
+            now,
+            None,
+        );
+        record.group = Some(group.job_id);
+        let Some(mut task) = self.job_task(record.clone()) else {
+            return Ok(false);
+        };
+        task.group = Some(share.clone());
+        let mut grown = group.clone();
+        let mut children = checks.children.clone();
+        children.push(job_id);
+        if let Some(checks) = grown.replicas.as_mut() {
+            checks.children = children;
+        }
+        grown.updated_at_ms = now;
+        // The run first: a group record implies its runs' records.
+        inner.jobs.create_unlisted(&record)?;
+        inner.jobs.save(&grown)?;
+        inner.storage.sync().await.map_err(JobStoreError::from)?;
+        *group = grown;
+        info!(check = %group.job_id, run = %job_id, "spot check run added");
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        inner.tasks.spawn(task.run());
+        Ok(true)
     }
 
     /// Stores a replicated job durably, its group record and one child job per replica (each
@@ -778,31 +883,17 @@ impl Market {
             .and_then(|_| blobs.put(&spec_bytes));
         let spec_hash = stored.map_err(|error| SubmitError::Store(error.into()))?;
         let now = now_ms();
-        let next_nonce =
-            || (u128::from(now) << 64) | u128::from(inner.nonce.fetch_add(1, Ordering::Relaxed));
-        let record_of = |job_id, nonce, max_price| JobRecord {
-            job_id,
-            state: JobState::Queued,
-            module_hash: spec.module_hash,
-            stdin_hash: spec.stdin_hash,
-            spec_hash: Some(spec_hash),
-            nonce: Some(nonce),
-            args: spec.args.clone(),
-            limits: spec.limits.into(),
-            max_price,
-            provider: None,
-            contract_id: None,
-            exit_code: None,
-            usage: None,
-            cost: None,
-            output_hash: None,
-            error: None,
-            attempts: Vec::new(),
-            created_at_ms: now,
-            updated_at_ms: now,
-            api_token: api_token.clone(),
-            replicas: None,
-            group: None,
+        let next_nonce = || self.next_nonce(now);
+        let record_of = |job_id, nonce, max_price| {
+            JobRecord::queued(
+                job_id,
+                &spec,
+                spec_hash,
+                nonce,
+                max_price,
+                now,
+                api_token.clone(),
+            )
         };
         let group_nonce = next_nonce();
         let group_id = suanli_protocol::job_id_from_bytes(&spec_bytes, group_nonce);
@@ -862,6 +953,7 @@ impl Market {
             GroupTask {
                 market: self.clone(),
                 record: group,
+                share,
             }
             .run(),
         );

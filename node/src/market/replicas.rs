@@ -11,6 +11,11 @@
 //!    → the group's final record (durable) → announced
 //! ```
 //!
+//! A *spot check* (`jobs.spot_check_fraction`) is a group that grows: its first child is an
+//! ordinary job, listed and answered as any other; once it has completed the group adds a check
+//! run on another provider, and a tie-break when the two disagree ([`spot_check_grows`]), then
+//! decides by the same majority rule. Its runs are this node's own work (no API token).
+//!
 //! The group task owns the group's record and never writes a child's; each child's job task
 //! owns its own, as for any job. The verdict is a pure function of the children's final records
 //! and the receipts in the ledger, both durable before the group decides, so a group decided
@@ -19,7 +24,7 @@
 //! contract settles like any other.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use suanli_protocol::replicas::{self as quorum, ReplicaMismatch, ReplicaRun, Vote};
@@ -28,7 +33,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
 use super::Market;
-use super::jobs::{JobError, JobErrorCode, JobRecord, JobState, MismatchRecord, ReplicaGroup};
+use super::jobs::{
+    EvidenceKind, JobError, JobErrorCode, JobRecord, JobState, MismatchRecord, ReplicaGroup,
+};
 use crate::clock::now_ms;
 
 /// How long a decided group waits before writing again what the storage refused.
@@ -101,6 +108,14 @@ struct Ballot {
     run: Option<(ReplicaRun, Vote)>,
 }
 
+/// The children's votes, in their order.
+fn votes_of(ballots: &[Ballot]) -> Vec<Option<Vote>> {
+    ballots
+        .iter()
+        .map(|ballot| ballot.run.as_ref().map(|(_, vote)| *vote))
+        .collect()
+}
+
 /// The verdict of a group whose children have all ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Verdict {
@@ -148,10 +163,23 @@ pub(super) fn decide(votes: &[Option<Vote>], asked: usize) -> Verdict {
     }
 }
 
+/// Whether a spot check needs one more run before it decides, from the votes of its runs so
+/// far (the checked job's first): a check once the job completed, and a tie-break when the check
+/// disagrees with it. Two runs that agree decide; a run that failed leaves it undecided.
+pub(super) fn spot_check_grows(votes: &[Option<Vote>]) -> bool {
+    match votes {
+        [Some(_)] => true,
+        [Some(job), Some(check)] => job != check,
+        _ => false,
+    }
+}
+
 /// The task that owns a group's record: it waits for the children and decides.
 pub(super) struct GroupTask {
     pub(super) market: Market,
     pub(super) record: JobRecord,
+    /// The providers its children hold (what a run added to a spot check avoids).
+    pub(super) share: Arc<GroupShare>,
 }
 
 impl GroupTask {
@@ -175,10 +203,62 @@ impl GroupTask {
 
     async fn wait_and_decide(&mut self) {
         let inner = self.market.inner.clone();
-        let children = self.children();
         // Subscribe before reading, so that a child ending in between is not missed.
         let mut finished = inner.finished.subscribe();
-        let records = loop {
+        let ballots = loop {
+            let Some(records) = self.wait_children(&mut finished).await else {
+                return;
+            };
+            let ballots: Vec<Ballot> = records
+                .into_iter()
+                .map(|record| {
+                    let run = self.run_of(&record);
+                    Ballot { record, run }
+                })
+                .collect();
+            if !self.grows(&ballots) {
+                break ballots;
+            }
+            match self
+                .market
+                .add_check_run(&mut self.record, &self.share)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(check = %self.record.job_id, "the checked job's spec is unreadable; the spot check decides as it is");
+                    break ballots;
+                }
+                Err(error) => {
+                    warn!(check = %self.record.job_id, %error, "cannot store a spot check's run; retried");
+                    if !self.pause().await {
+                        return;
+                    }
+                }
+            }
+        };
+        self.decide_and_store(ballots).await;
+    }
+
+    /// Whether this group is a spot check that needs another run and may have one (it was not
+    /// cancelled).
+    fn grows(&self, ballots: &[Ballot]) -> bool {
+        let spot_check = self.record.replicas.as_ref().is_some_and(|g| g.spot_check);
+        let votes = votes_of(ballots);
+        spot_check
+            && spot_check_grows(&votes)
+            && !self.market.inner.jobs.cancel_requested(&self.record.job_id)
+    }
+
+    /// Waits until every child's record is final and returns them, or `None` when the node
+    /// stops.
+    async fn wait_children(
+        &mut self,
+        finished: &mut tokio::sync::broadcast::Receiver<JobId>,
+    ) -> Option<Vec<JobRecord>> {
+        let inner = self.market.inner.clone();
+        let children = self.children();
+        loop {
             let mut records = Vec::with_capacity(children.len());
             for child in &children {
                 match inner.jobs.get(child) {
@@ -192,7 +272,7 @@ impl GroupTask {
                 }
             }
             if records.len() == children.len() && records.iter().all(|r| r.state.is_final()) {
-                break records;
+                return Some(records);
             }
             let running = records.iter().any(|r| r.state == JobState::Running);
             let state = if running {
@@ -206,7 +286,7 @@ impl GroupTask {
             }
             loop {
                 let announced = tokio::select! {
-                    () = inner.cancel.cancelled() => return,
+                    () = inner.cancel.cancelled() => return None,
                     announced = finished.recv() => announced,
                     // A record unreadable a moment ago is read again.
                     () = tokio::time::sleep(STORE_RETRY), if records.len() < children.len() => break,
@@ -214,22 +294,18 @@ impl GroupTask {
                 match announced {
                     Ok(id) if !children.contains(&id) => continue,
                     Ok(_) | Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return None,
                 }
             }
-        };
-        let ballots: Vec<Ballot> = records
-            .into_iter()
-            .map(|record| {
-                let run = self.run_of(&record);
-                Ballot { record, run }
-            })
-            .collect();
+        }
+    }
+
+    /// Decides from the children's ballots, stores the evidence and then the verdict durably,
+    /// and announces it.
+    async fn decide_and_store(&mut self, ballots: Vec<Ballot>) {
+        let inner = self.market.inner.clone();
         let replicas = ballots.len();
-        let votes: Vec<Option<Vote>> = ballots
-            .iter()
-            .map(|ballot| ballot.run.as_ref().map(|(_, vote)| *vote))
-            .collect();
+        let votes = votes_of(&ballots);
         let verdict = decide(&votes, replicas);
         let now = now_ms();
         let mut odd_providers = Vec::new();
@@ -322,6 +398,7 @@ impl GroupTask {
         };
         Some(MismatchRecord {
             group: self.record.job_id,
+            kind: EvidenceKind::Job,
             provider: verified.offender,
             contract_id: verified.odd_contract,
             at_ms: now,
@@ -332,8 +409,11 @@ impl GroupTask {
     /// Writes the verdict into the group's record (in memory).
     fn conclude(&mut self, ballots: &[Ballot], verdict: &Verdict, odd: Vec<NodeId>) {
         let record = &mut self.record;
+        // A spot check costs its own runs; the checked job's cost is its submitter's.
+        let checked = usize::from(record.replicas.as_ref().is_some_and(|g| g.spot_check));
         let cost = ballots
             .iter()
+            .skip(checked)
             .filter_map(|ballot| ballot.record.cost)
             .fold(0u64, u64::saturating_add);
         record.cost = Some(cost);
@@ -382,13 +462,18 @@ impl GroupTask {
                     .map_or((JobErrorCode::Internal, String::new()), |(code, _, m)| {
                         (code, m)
                     });
-                record.error = Some(JobError::new(
-                    code,
+                let message = if checked == 1 {
+                    format!(
+                        "the spot check is inconclusive: {votes} of its {replicas} runs \
+                         completed: {message}"
+                    )
+                } else {
                     format!(
                         "only {votes} of {replicas} replicas completed, too few for a majority: \
                          {message}"
-                    ),
-                ));
+                    )
+                };
+                record.error = Some(JobError::new(code, message));
             }
         }
     }
@@ -413,6 +498,16 @@ pub(super) fn group_of(children: Vec<JobId>) -> ReplicaGroup {
     ReplicaGroup {
         children,
         odd: Vec::new(),
+        spot_check: false,
+    }
+}
+
+/// A spot check's group part, before its check run: the checked job is its first run.
+pub(super) fn spot_check_of(job: JobId) -> ReplicaGroup {
+    ReplicaGroup {
+        children: vec![job],
+        odd: Vec::new(),
+        spot_check: true,
     }
 }
 
@@ -465,6 +560,38 @@ mod tests {
                 odd: vec![0, 2]
             }
         );
+    }
+
+    #[test]
+    fn a_spot_check_grows_until_two_runs_agree_or_a_tie_break_ran() {
+        let (a, b) = (vote(b"a"), vote(b"b"));
+        assert!(spot_check_grows(&[a]), "the job completed: check it");
+        assert!(
+            !spot_check_grows(&[None]),
+            "the job failed: nothing to check"
+        );
+        assert!(!spot_check_grows(&[a, a]), "the check agrees");
+        assert!(
+            spot_check_grows(&[a, b]),
+            "the check disagrees: break the tie"
+        );
+        assert!(
+            !spot_check_grows(&[a, None]),
+            "the check failed: inconclusive"
+        );
+        assert!(!spot_check_grows(&[a, b, a]), "the tie-break ran");
+        assert!(!spot_check_grows(&[a, b, None]));
+        // What the grown group then decides.
+        assert_eq!(
+            decide(&[a, b, b], 3),
+            Verdict::Majority {
+                vote: b.unwrap(),
+                winner: 1,
+                odd: vec![0]
+            }
+        );
+        assert!(matches!(decide(&[a, a], 2), Verdict::Majority { .. }));
+        assert_eq!(decide(&[a, None], 2), Verdict::TooFew { votes: 1 });
     }
 
     #[test]

@@ -13,6 +13,7 @@ use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use suanli_protocol::job::MAX_REPLICAS;
 use suanli_protocol::tokens::{
     ChatMessage, GenerateRequest, MAX_STOP_SEQUENCES, Prompt, RequestError, Sampling,
 };
@@ -54,6 +55,10 @@ pub struct Options {
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// suanli's own: serve the request on this many distinct providers and answer with the
+    /// text a majority of them returned (1 to 8; above 1 only for greedy decoding, unstreamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// One message of a chat request.
@@ -140,6 +145,7 @@ impl Options {
                 format!("n must be 1 (one choice per request); got {n}"),
             ));
         }
+        self.replica_count()?;
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::bad_request(
@@ -245,6 +251,37 @@ impl ChatCompletionRequest {
 }
 
 impl Options {
+    /// How many providers are to serve the request (`replicas`, 1 when absent): more than one
+    /// only with `temperature` 0, the one decoding whose text honest providers of one model
+    /// file reproduce, and not streamed, since the answer is the majority's once all ended.
+    pub fn replica_count(&self) -> Result<u8, ApiError> {
+        let replicas = self.replicas.unwrap_or(1);
+        let count = u8::try_from(replicas)
+            .ok()
+            .filter(|count| (1..=MAX_REPLICAS).contains(count))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("replicas"),
+                    format!("replicas must be between 1 and {MAX_REPLICAS}; got {replicas}"),
+                )
+            })?;
+        if count > 1 && self.temperature != Some(0.0) {
+            return Err(ApiError::bad_request(
+                Some("replicas"),
+                "replicas above 1 compare the providers' text, which only greedy decoding \
+                 reproduces: set temperature to 0",
+            ));
+        }
+        if count > 1 && self.streaming() {
+            return Err(ApiError::bad_request(
+                Some("replicas"),
+                "replicas above 1 answer with the majority's text once every provider ended: \
+                 they cannot be streamed",
+            ));
+        }
+        Ok(count)
+    }
+
     /// Whether the answer is to be streamed.
     pub fn streaming(&self) -> bool {
         self.stream == Some(true)
@@ -472,6 +509,19 @@ impl ApiError {
         }
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Server, message)
             .with_code("no_provider")
+    }
+
+    /// 503 `not_enough_providers`: fewer distinct providers of one model file than the
+    /// replicas asked for.
+    pub fn not_enough_providers(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Server, message)
+            .with_code("not_enough_providers")
+    }
+
+    /// 502 `replicas_disagree`: no majority of the replicas returned the same text.
+    pub fn replicas_disagree(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, ErrorKind::Server, message)
+            .with_code("replicas_disagree")
     }
 
     /// 413: the body exceeds `limit` bytes.

@@ -18,7 +18,7 @@ use suanli_protocol::Credits;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use route::{Completed, Generating, MeshModel, RouteError, Router, RouterParts};
+pub use route::{Completed, Generating, MeshModel, Replicated, RouteError, Router, RouterParts};
 pub use serve::{Offered, Serving};
 
 use crate::config::ModelConfig;

@@ -16,6 +16,9 @@
 //!   contract, request number, the request's hash, the model, the text received, the cost at the
 //!   contract's prices, the budget, a bound on the prompt tokens), countersigned, appended to
 //!   this node's ledger (durable before the client hears of the usage), and sent back.
+//! - **Replicas** ([`replicas`]): a greedy request may be served by several providers of one
+//!   model file at once and answered with the text a majority returned, evidence stored against
+//!   a provider whose text differed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+mod replicas;
+
+pub use replicas::Replicated;
 
 use super::serve::Serving;
 use crate::clock::now_ms;
@@ -63,6 +70,8 @@ pub struct Completed {
     pub completion_tokens: u32,
     pub finish: Finish,
     pub cost: Credits,
+    /// The provider's usage receipt, countersigned by this node and in its ledger.
+    pub receipt: CoSigned<UsageReceipt>,
 }
 
 /// Why a request was not served.
@@ -80,6 +89,12 @@ pub enum RouteError {
     /// It failed after text was sent.
     #[error("{0}")]
     Failed(String),
+    /// Fewer distinct providers of one model file than the replicas asked for.
+    #[error("{0}")]
+    NotEnoughProviders(String),
+    /// No majority of the replicas returned the same text; the runs that completed cost `cost`.
+    #[error("{message}")]
+    ReplicasDisagree { message: String, cost: Credits },
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -653,7 +668,7 @@ impl Router {
             .await
             .map_err(|error| Attempt::Fatal(RouteError::Failed(format!("ledger: {error}"))))?;
         if writer
-            .send(&TokensRequest::Countersigned(countersigned))
+            .send(&TokensRequest::Countersigned(countersigned.clone()))
             .await
             .is_ok()
         {
@@ -669,6 +684,7 @@ impl Router {
             completion_tokens: receipt.completion_tokens,
             finish: receipt.finish,
             cost: receipt.cost,
+            receipt: countersigned,
         })
     }
 

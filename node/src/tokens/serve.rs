@@ -113,6 +113,9 @@ struct Inner {
     /// Generation permits: requests decoded at once over all models.
     generate: Arc<Semaphore>,
     sessions: Mutex<HashMap<ContractId, Arc<Session>>>,
+    /// Test only (`provider.test_corrupt_output`): the text sent and signed for has its ASCII
+    /// letters' case swapped, so that a replicated request sees a provider disagree.
+    corrupt_output: bool,
     cancel: CancellationToken,
 }
 
@@ -167,6 +170,7 @@ impl Serving {
         models: Vec<Offered>,
         config: TokensConfig,
         streams: u32,
+        corrupt_output: bool,
         cancel: CancellationToken,
     ) -> Serving {
         Serving {
@@ -177,6 +181,7 @@ impl Serving {
                 config,
                 generate: Arc::new(Semaphore::new(streams.max(1) as usize)),
                 sessions: Mutex::new(HashMap::new()),
+                corrupt_output,
                 cancel,
             }),
         }
@@ -585,7 +590,7 @@ impl Serving {
             tokio::select! {
                 result = &mut generation => break result,
                 piece = pieces.recv() => {
-                    if let Some(piece) = piece
+                    if let Some(piece) = piece.map(|piece| self.as_sent(piece))
                         && sending
                         && writer.send(&TokensResponse::Text(piece)).await.is_err()
                     {
@@ -601,7 +606,7 @@ impl Serving {
         };
         drop(permit);
         // The pieces decoded before the end.
-        while let Ok(piece) = pieces.try_recv() {
+        while let Ok(piece) = pieces.try_recv().map(|piece| self.as_sent(piece)) {
             if sending && writer.send(&TokensResponse::Text(piece)).await.is_err() {
                 sending = false;
             }
@@ -649,6 +654,23 @@ impl Serving {
         Ok(())
     }
 
+    /// Generated text as this node sends and signs for it: itself, but for the test hook.
+    fn as_sent(&self, text: String) -> String {
+        if self.inner.corrupt_output {
+            text.chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect()
+        } else {
+            text
+        }
+    }
+
     fn sign_receipt(
         &self,
         session: &Session,
@@ -674,7 +696,7 @@ impl Serving {
             prompt_tokens: generation.prompt_tokens,
             completion_tokens: generation.completion_tokens,
             finish: generation.finish,
-            output_hash: Hash32::of(generation.text.as_bytes()),
+            output_hash: Hash32::of(self.as_sent(generation.text.clone()).as_bytes()),
             cost,
             finished_at_ms: now_ms(),
         };

@@ -65,7 +65,7 @@ fn a_strict_majority_of_the_replicas_asked_decides() {
     assert_eq!(majority(&[a, b], 2), None);
     assert_eq!(majority(&[a, a, b, b], 4), None);
     assert_eq!(majority(&[a, a, b, b, b], 5), Some(b));
-    assert_eq!(majority(&[], 3), None);
+    assert_eq!(majority::<Vote>(&[], 3), None);
     // An exit code is part of the vote.
     let exited = Vote { exit_code: 1, ..a };
     assert_eq!(majority(&[a, exited, exited], 3), Some(exited));
@@ -222,4 +222,177 @@ fn the_majority_must_be_distinct_providers_that_agree_against_a_different_result
     };
     failed.odd.receipt = Signed::sign(&failed_receipt, &provider(1)).unwrap();
     assert_eq!(failed.verify(), Err(MismatchError::NoVote { run: 0 }));
+}
+
+// Token requests.
+
+fn greedy_request() -> GenerateRequest {
+    GenerateRequest {
+        model: "smollm2-135m".into(),
+        prompt: crate::tokens::Prompt::Text("Count to five:".into()),
+        max_tokens: 16,
+        sampling: crate::tokens::Sampling::GREEDY,
+        stop: Vec::new(),
+    }
+}
+
+/// Provider `n`'s usage receipt for `request` whose text is `output`, countersigned by the
+/// fixture requester.
+fn usage_with(
+    n: u8,
+    request: &GenerateRequest,
+    output: &str,
+    edit: impl FnOnce(&mut UsageReceipt),
+) -> CoSigned<UsageReceipt> {
+    let key = provider(n);
+    let mut receipt = UsageReceipt {
+        contract_id: ContractId(Hash32::of(&[n])),
+        provider: key.node_id(),
+        requester: fixtures::requester().node_id(),
+        seq: 1,
+        request_hash: request.hash().unwrap(),
+        model_sha256: Hash32::of(b"model file"),
+        prompt_tokens: 5,
+        completion_tokens: 9,
+        finish: Finish::Stop,
+        output_hash: Hash32::of(output.as_bytes()),
+        cost: crate::money::Credits(14),
+        finished_at_ms: 1,
+    };
+    edit(&mut receipt);
+    let signed = Signed::sign(&receipt, &key).unwrap();
+    CoSigned::countersign(signed, &fixtures::requester())
+        .unwrap()
+        .0
+}
+
+fn usage(n: u8, output: &str) -> CoSigned<UsageReceipt> {
+    usage_with(n, &greedy_request(), output, |_| {})
+}
+
+fn token_evidence() -> TokenMismatch {
+    TokenMismatch {
+        request: greedy_request(),
+        odd: usage(1, "1, 2, 3, 5"),
+        majority: vec![usage(2, "1, 2, 3, 4, 5"), usage(3, "1, 2, 3, 4, 5")],
+    }
+}
+
+#[test]
+fn token_evidence_verifies_and_names_the_odd_provider() {
+    let evidence = token_evidence();
+    let verified = evidence.verify().unwrap();
+    assert_eq!(verified.offender, provider(1).node_id());
+    assert_eq!(verified.requester, fixtures::requester().node_id());
+    assert_eq!(
+        verified.majority,
+        vec![provider(2).node_id(), provider(3).node_id()]
+    );
+    assert_eq!(verified.request_hash, greedy_request().hash().unwrap());
+    assert_eq!(verified.odd_output, Hash32::of(b"1, 2, 3, 5"));
+    assert_eq!(verified.majority_output, Hash32::of(b"1, 2, 3, 4, 5"));
+    assert_eq!(verified.odd_contract, ContractId(Hash32::of(&[1])));
+    let bytes = evidence.encode().unwrap();
+    assert_eq!(TokenMismatch::decode(&bytes).unwrap(), evidence);
+    assert!(TokenMismatch::decode(&bytes[..bytes.len() - 1]).is_err());
+}
+
+#[test]
+fn token_evidence_needs_both_signatures_of_every_receipt() {
+    // The last bytes of the encoding are the last receipt's countersignature.
+    let mut bytes = token_evidence().encode().unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let forged = TokenMismatch::decode(&bytes).unwrap();
+    assert!(matches!(
+        forged.verify(),
+        Err(MismatchError::Verify {
+            run: 2,
+            source: VerifyError::BadSignature { .. }
+        })
+    ));
+    // A receipt countersigned by another requester than the others'.
+    let request = greedy_request();
+    let mut receipt = usage(3, "1, 2, 3, 4, 5").decode_unverified().unwrap();
+    receipt.requester = fixtures::stranger().node_id();
+    let signed = Signed::sign(&receipt, &provider(3)).unwrap();
+    let (other_requester, _) = CoSigned::countersign(signed, &fixtures::stranger()).unwrap();
+    let mut evidence = token_evidence();
+    evidence.majority[1] = other_requester;
+    assert_eq!(request.hash().unwrap(), receipt.request_hash);
+    assert_eq!(
+        evidence.verify(),
+        Err(MismatchError::OtherJob {
+            run: 2,
+            field: "requester"
+        })
+    );
+}
+
+#[test]
+fn token_runs_of_other_requests_models_or_requesters_prove_nothing() {
+    let request = greedy_request();
+    let mut other_request = token_evidence();
+    other_request.majority[1] = usage_with(3, &request, "1, 2, 3, 4, 5", |r| {
+        r.request_hash = Hash32::of(b"another request")
+    });
+    assert_eq!(
+        other_request.verify(),
+        Err(MismatchError::OtherJob {
+            run: 2,
+            field: "request_hash"
+        })
+    );
+    let mut other_model = token_evidence();
+    other_model.odd = usage_with(1, &request, "x", |r| r.model_sha256 = Hash32::of(b"other"));
+    assert_eq!(
+        other_model.verify(),
+        Err(MismatchError::OtherJob {
+            run: 1,
+            field: "model_sha256"
+        })
+    );
+    let mut same_provider = token_evidence();
+    same_provider.majority[1] = usage_with(2, &request, "1, 2, 3, 4, 5", |r| r.seq = 2);
+    assert_eq!(
+        same_provider.verify(),
+        Err(MismatchError::SameProvider(provider(2).node_id()))
+    );
+    let mut cancelled = token_evidence();
+    cancelled.odd = usage_with(1, &request, "1, 2", |r| r.finish = Finish::Cancelled);
+    assert_eq!(cancelled.verify(), Err(MismatchError::NoVote { run: 0 }));
+    let mut split = token_evidence();
+    split.majority[1] = usage(3, "something else");
+    assert_eq!(split.verify(), Err(MismatchError::MajorityDisagrees));
+    let mut agree = token_evidence();
+    agree.odd = usage(1, "1, 2, 3, 4, 5");
+    assert_eq!(agree.verify(), Err(MismatchError::NoMismatch));
+}
+
+#[test]
+fn only_greedy_requests_on_a_model_file_can_be_evidence() {
+    // Sampled text differs between honest runs.
+    let mut sampled = greedy_request();
+    sampled.sampling.temperature_milli = 700;
+    let evidence = TokenMismatch {
+        odd: usage_with(1, &sampled, "a", |_| {}),
+        majority: vec![
+            usage_with(2, &sampled, "b", |_| {}),
+            usage_with(3, &sampled, "b", |_| {}),
+        ],
+        request: sampled,
+    };
+    assert_eq!(evidence.verify(), Err(MismatchError::NotGreedy(700)));
+    // An upstream server's model has no file: its hash is the name's.
+    let request = greedy_request();
+    let upstream = crate::tokens::model_hash(&request.model, Hash32::ZERO);
+    let evidence = TokenMismatch {
+        odd: usage_with(1, &request, "a", |r| r.model_sha256 = upstream),
+        majority: vec![
+            usage_with(2, &request, "b", |r| r.model_sha256 = upstream),
+            usage_with(3, &request, "b", |r| r.model_sha256 = upstream),
+        ],
+        request,
+    };
+    assert_eq!(evidence.verify(), Err(MismatchError::Upstream));
 }

@@ -12,5 +12,6 @@ mod protocol;
 mod replicas;
 mod slurm;
 mod storage;
+mod token_replicas;
 mod tokens;
 mod transparency;

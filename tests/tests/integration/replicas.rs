@@ -21,14 +21,20 @@ const JOB: Duration = Duration::from_secs(60);
 /// Starts three providers in this process, the last of them dishonest, all joined through the
 /// first; `bootstrap` adds an address for the first to join.
 async fn providers(bootstrap: &[libp2p::Multiaddr]) -> Vec<TestNode> {
+    priced_providers(bootstrap, [100; 3]).await
+}
+
+/// [`providers`] with a fee per job each (`capacity.price_base`, micro-credits).
+async fn priced_providers(bootstrap: &[libp2p::Multiaddr], fees: [u64; 3]) -> Vec<TestNode> {
     let mut nodes: Vec<TestNode> = Vec::new();
-    for index in 0..3 {
+    for (index, fee) in fees.into_iter().enumerate() {
         let mut joined: Vec<_> = nodes.first().map(TestNode::tcp_addr).into_iter().collect();
         if index == 0 {
             joined.extend_from_slice(bootstrap);
         }
         let mut config = test_config(&joined);
         config.provider.test_corrupt_output = index == 2;
+        config.capacity.price_base = fee;
         let dir = tempfile::tempdir().expect("temp dir");
         nodes.push(TestNode::start_with(dir, config).await);
     }
@@ -259,13 +265,61 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
-fn write_config(dir: &Path) {
+fn write_config(dir: &Path, jobs: &str) {
     std::fs::write(
         dir.join("config.toml"),
-        "[jobs]\nprovider_lost_after_secs = 2\ndeadline_grace_secs = 30\n\
-         placement_timeout_secs = 60\n",
+        format!(
+            "[jobs]\nprovider_lost_after_secs = 2\ndeadline_grace_secs = 30\n\
+             placement_timeout_secs = 60\n{jobs}"
+        ),
     )
     .expect("config");
+}
+
+/// A requester process on `dir` joined to `providers`, once it sees the four nodes.
+async fn requester_of(
+    providers: &[TestNode],
+    dir: tempfile::TempDir,
+    http: &reqwest::Client,
+) -> Requester {
+    let [tcp, api] = suanli_node::fixtures::loopback_ports::<2>().expect("ports");
+    let mut requester = Requester {
+        dir,
+        tcp,
+        api,
+        bootstrap: providers[0].tcp_addr().to_string(),
+        process: None,
+    };
+    requester.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(http, &requester.url("/v1/mesh"))
+        .await
+        .and_then(|mesh| mesh.as_array().map(Vec::len))
+        != Some(4)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the requester never saw the mesh"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    requester
+}
+
+/// Waits until `url`'s job is final and returns its view.
+async fn wait_final(http: &reqwest::Client, url: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(view) = get_json(http, &format!("{url}?wait_ms=5000")).await
+            && view["state"]
+                .as_str()
+                .is_some_and(|s| s == "succeeded" || s == "failed")
+        {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{url} never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,33 +328,13 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
         let providers = providers(&[]).await;
         let odd = providers[2].handle.node_id;
         let honest: BTreeSet<NodeId> = providers[..2].iter().map(|p| p.handle.node_id).collect();
-        let [tcp, api] = suanli_node::fixtures::loopback_ports::<2>().expect("ports");
         let dir = tempfile::tempdir().expect("temp dir");
-        write_config(dir.path());
-        let mut requester = Requester {
-            dir,
-            tcp,
-            api,
-            bootstrap: providers[0].tcp_addr().to_string(),
-            process: None,
-        };
-        requester.start();
+        write_config(dir.path(), "");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while get_json(&http, &requester.url("/v1/mesh"))
-            .await
-            .and_then(|mesh| mesh.as_array().map(Vec::len))
-            != Some(4)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the requester never saw the mesh"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut requester = requester_of(&providers, dir, &http).await;
 
         // Long enough a run that the kill lands while the replicas run.
         let body = json!({
@@ -346,17 +380,7 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
         requester.start();
 
         // The group ends, once, with the majority's output and one piece of evidence.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let view = loop {
-            if let Some(view) = get_json(&http, &format!("{job_url}?wait_ms=5000")).await
-                && view["state"]
-                    .as_str()
-                    .is_some_and(|s| s == "succeeded" || s == "failed")
-            {
-                break view;
-            }
-            assert!(Instant::now() < deadline, "the group never ended");
-        };
+        let view = wait_final(&http, &job_url, Duration::from_secs(90)).await;
         assert_eq!(view["state"], "succeeded", "{view}");
         assert_eq!(view["replicas"]["odd"], json!([odd.to_string()]), "{view}");
         let output = http
@@ -393,6 +417,177 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
             .await
             .expect("evidence");
         assert_eq!(page["evidence"].as_array().map(Vec::len), Some(1));
+        requester.kill();
+        for provider in providers {
+            provider.stop().await;
+        }
+    })
+    .await;
+}
+
+/// Spot checks (`jobs.spot_check_fraction = 1`): a job that lands on the dishonest provider (the
+/// cheapest) keeps the result it got, but its check on an honest provider disagrees, a tie-break
+/// on the other honest one decides, and evidence is stored against the dishonest provider; the
+/// requester is killed (`kill -9`) while the check runs and the check still ends once. The next
+/// job runs on an honest provider and its check agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_check_catches_a_dishonest_provider_across_a_kill_of_its_requester() {
+    with_timeout(async {
+        let providers = priced_providers(&[], [100, 200, 50]).await;
+        let odd = providers[2].handle.node_id;
+        let honest: BTreeSet<NodeId> = providers[..2].iter().map(|p| p.handle.node_id).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_config(dir.path(), "spot_check_fraction = 1.0\n");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let mut requester = requester_of(&providers, dir, &http).await;
+
+        let body = json!({
+            "module_wat": SLOW.replace("ITERATIONS", "600000000"),
+            "max_price": 1_000_000_000u64,
+            "placement": { "remote_only": true },
+            "limits": { "fuel": 60_000_000_000u64, "timeout_ms": 60_000 },
+        });
+        let jobs_url = requester.url("/v1/jobs");
+        let submit = |body: Value| {
+            let http = http.clone();
+            let url = jobs_url.clone();
+            async move {
+                let answer: Value = http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("POST job")
+                    .json()
+                    .await
+                    .expect("submit answer");
+                answer["job_id"].as_str().expect("job id").to_owned()
+            }
+        };
+        let job = submit(body.clone()).await;
+        let job_url = requester.url(&format!("/v1/jobs/{job}"));
+
+        // The job ends on the cheapest provider with the result it signed; it names its check.
+        let view = wait_final(&http, &job_url, Duration::from_secs(60)).await;
+        assert_eq!(view["state"], "succeeded", "{view}");
+        assert_eq!(view["provider"], odd.to_string(), "{view}");
+        let check = view["group"].as_str().expect("a spot check").to_owned();
+        let check_url = requester.url(&format!("/v1/jobs/{check}"));
+
+        // kill -9 while the check's run is running.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = get_json(&http, &check_url).await.expect("check view");
+            let runs = view["replicas"]["runs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if runs.len() == 2 && runs[1]["state"] == "running" {
+                break;
+            }
+            assert!(
+                !view["state"]
+                    .as_str()
+                    .is_some_and(|s| s == "succeeded" || s == "failed"),
+                "the check ended before the kill: {view}"
+            );
+            assert!(Instant::now() < deadline, "the check never ran: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        requester.kill();
+        requester.start();
+
+        // The check disagreed, a tie-break decided, and the evidence names the odd provider.
+        let checked = wait_final(&http, &check_url, Duration::from_secs(120)).await;
+        assert_eq!(checked["state"], "succeeded", "{checked}");
+        assert_eq!(checked["replicas"]["spot_check"], true, "{checked}");
+        assert_eq!(checked["replicas"]["count"], 3, "{checked}");
+        assert_eq!(
+            checked["replicas"]["odd"],
+            json!([odd.to_string()]),
+            "{checked}"
+        );
+        assert!(checked.get("api_token").is_none(), "{checked}");
+        let runs = checked["replicas"]["runs"]
+            .as_array()
+            .expect("runs")
+            .clone();
+        assert_eq!(
+            runs[0]["job_id"],
+            job.as_str(),
+            "the checked job is the first run"
+        );
+        let used: BTreeSet<String> = runs
+            .iter()
+            .filter_map(|run| run["provider"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(used.len(), 3, "distinct providers: {checked}");
+        let output = http
+            .get(format!("{check_url}/output"))
+            .send()
+            .await
+            .expect("GET output")
+            .bytes()
+            .await
+            .expect("output");
+        assert_eq!(output.as_ref(), b"done\n");
+        let page = get_json(&http, &requester.url("/v1/evidence"))
+            .await
+            .expect("evidence");
+        let listed = page["evidence"].as_array().expect("a list");
+        assert_eq!(listed.len(), 1, "{page}");
+        assert_eq!(listed[0]["group"], check.as_str());
+        check_evidence(
+            &hex_decode(listed[0]["evidence"].as_str().expect("hex")),
+            odd,
+            &honest,
+        );
+        // The checked job is as it ended; only it is listed; the odd provider is distrusted.
+        let again = get_json(&http, &job_url).await.expect("job view");
+        assert_eq!(again["output_hash"], view["output_hash"]);
+        assert_eq!(again["cost"], view["cost"]);
+        let jobs = get_json(&http, &requester.url("/v1/jobs"))
+            .await
+            .expect("jobs");
+        assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+        let peers = get_json(&http, &requester.url("/v1/peers"))
+            .await
+            .expect("peers");
+        let standing = peers
+            .as_array()
+            .and_then(|peers| {
+                peers
+                    .iter()
+                    .find(|peer| peer["node_id"] == odd.to_string())
+                    .map(|peer| peer["standing"].clone())
+            })
+            .expect("the odd provider's standing");
+        assert_eq!(standing["distrusted"], true, "{standing}");
+
+        // The next job avoids it; its check runs on the other honest provider and agrees.
+        let job = submit(body).await;
+        let view = wait_final(
+            &http,
+            &requester.url(&format!("/v1/jobs/{job}")),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(view["state"], "succeeded", "{view}");
+        assert_ne!(view["provider"], odd.to_string(), "{view}");
+        let check = view["group"].as_str().expect("a spot check");
+        let checked = wait_final(
+            &http,
+            &requester.url(&format!("/v1/jobs/{check}")),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(checked["state"], "succeeded", "{checked}");
+        assert_eq!(checked["replicas"]["count"], 2, "{checked}");
+        assert_eq!(checked["replicas"]["odd"], json!([]), "{checked}");
+        assert_eq!(checked["output_hash"], view["output_hash"], "{checked}");
         requester.kill();
         for provider in providers {
             provider.stop().await;
