@@ -161,13 +161,20 @@ impl Market {
                 match routes.get(&id) {
                     Some(sender) if !sender.is_closed() => sender.clone(),
                     _ => {
+                        // The mail is in a new driver's inbox before the driver starts: a
+                        // driver that found its inbox empty would leave (an ended contract's
+                        // does at once), and the mail sent after it would find the route
+                        // closed, as often as it was tried (seen under load in CI).
                         let (sender, inbox) = mpsc::channel(MAILBOX);
-                        routes.insert(id, sender.clone());
+                        if sender.try_send(mail).is_err() {
+                            return false;
+                        }
+                        routes.insert(id, sender);
                         let market = self.clone();
                         self.inner
                             .tasks
                             .spawn(async move { market.drive_on_demand(id, inbox).await });
-                        sender
+                        return true;
                     }
                 }
             };
