@@ -306,6 +306,35 @@ async fn requester_of(
     requester
 }
 
+/// Waits until the runs of the replicated job at `url` are as `wanted` says (`what`), failing if
+/// the job ends first.
+async fn wait_runs(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    wanted: impl Fn(&[Value]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = get_json(http, url).await.expect("job view");
+        let runs = view["replicas"]["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if wanted(&runs) {
+            return;
+        }
+        assert!(
+            !view["state"]
+                .as_str()
+                .is_some_and(|s| s == "succeeded" || s == "failed"),
+            "the job ended before {what}: {view}"
+        );
+        assert!(Instant::now() < deadline, "never {what}: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `url`'s job is final and returns its view.
 async fn wait_final(http: &reqwest::Client, url: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -357,25 +386,10 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
         let job_url = requester.url(&format!("/v1/jobs/{group}"));
 
         // kill -9 once every replica has a contract.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let view = get_json(&http, &job_url).await.expect("job view");
-            let runs = view["replicas"]["runs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if runs.len() == 3 && runs.iter().all(|run| run["state"] == "running") {
-                break;
-            }
-            assert!(
-                !view["state"]
-                    .as_str()
-                    .is_some_and(|s| s == "succeeded" || s == "failed"),
-                "the group ended before the kill: {view}"
-            );
-            assert!(Instant::now() < deadline, "replicas never all ran: {view}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_runs(&http, &job_url, "all three replicas running", |runs| {
+            runs.len() == 3 && runs.iter().all(|run| run["state"] == "running")
+        })
+        .await;
         requester.kill();
         requester.start();
 
@@ -478,25 +492,10 @@ async fn a_spot_check_catches_a_dishonest_provider_across_a_kill_of_its_requeste
         let check_url = requester.url(&format!("/v1/jobs/{check}"));
 
         // kill -9 while the check's run is running.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let view = get_json(&http, &check_url).await.expect("check view");
-            let runs = view["replicas"]["runs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if runs.len() == 2 && runs[1]["state"] == "running" {
-                break;
-            }
-            assert!(
-                !view["state"]
-                    .as_str()
-                    .is_some_and(|s| s == "succeeded" || s == "failed"),
-                "the check ended before the kill: {view}"
-            );
-            assert!(Instant::now() < deadline, "the check never ran: {view}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_runs(&http, &check_url, "the check's run running", |runs| {
+            runs.len() == 2 && runs[1]["state"] == "running"
+        })
+        .await;
         requester.kill();
         requester.start();
 
