@@ -17,6 +17,8 @@
 //! equivocation that verifies is one the witness rule also refuses as equivocation.
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
 use suanli_fuzz::{REQUESTER, keypair, sign_note_text, split_selector};
 use suanli_protocol::checkpoint::{
@@ -57,6 +59,13 @@ fn signed_body(body: &str) -> Option<SignedCheckpoint> {
     Some(checkpoint)
 }
 
+/// The witness's checkpoint (the sample tree at size 3), built once: building the tree signs
+/// its entries.
+fn held() -> SignedCheckpoint {
+    static HELD: OnceLock<SignedCheckpoint> = OnceLock::new();
+    HELD.get_or_init(|| suanli_fuzz::checkpoint(3)).clone()
+}
+
 /// Splits at the first NUL: text before, bytes after.
 fn text_and_rest(data: &[u8]) -> Option<(&str, &[u8])> {
     let split = data
@@ -92,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(proof) = codec::decode::<PrefixProof>(proof, MAX_GOSSIPED_NOTE_BYTES) else {
                 return;
             };
-            let held = suanli_fuzz::checkpoint(3);
+            let held = held();
             let note = sign_note_text(body, REQUESTER);
             match witness(&held, &note, &proof) {
                 Ok(new) => {

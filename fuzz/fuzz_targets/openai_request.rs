@@ -31,7 +31,9 @@ fn check(options: &requests::Options, result: Result<GenerateRequest, ApiError>)
         Ok(request) => {
             assert_eq!(request.validate(), Ok(()));
             // Replicas are accepted only where their runs can be compared.
-            let replicas = options.replica_count().expect("an accepted request's replicas");
+            let replicas = options
+                .replica_count()
+                .expect("an accepted request's replicas");
             assert!((1..=8).contains(&replicas));
             if replicas > 1 {
                 assert_eq!(request.sampling.temperature_milli, 0);

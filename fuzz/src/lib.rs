@@ -5,7 +5,8 @@
 //! The targets never weaken a check to get deeper: a harness-signed document goes through the
 //! same `verify` a peer's document goes through, signature included.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde::Serialize;
@@ -31,14 +32,35 @@ pub const PROVIDER: [u8; 32] = [0x22; 32];
 /// The clock of every sample and of every target that checks against a clock.
 pub const NOW: u64 = 1_700_000_000_000;
 
+thread_local! {
+    /// Keys derived from their secrets once: the targets sign with a few fixed keys, and a
+    /// derivation (a scalar multiplication) cost as much as the signature itself on every input.
+    static KEYS: RefCell<HashMap<[u8; 32], (Keypair, SigningKey)>> = RefCell::new(HashMap::new());
+}
+
+/// The key of `secret`, as a node holds it and as raw signing key.
+fn keys(secret: [u8; 32]) -> (Keypair, SigningKey) {
+    KEYS.with(|keys| {
+        keys.borrow_mut()
+            .entry(secret)
+            .or_insert_with(|| {
+                (
+                    Keypair::from_secret_bytes(secret),
+                    SigningKey::from_bytes(&secret),
+                )
+            })
+            .clone()
+    })
+}
+
 pub fn keypair(secret: [u8; 32]) -> Keypair {
-    Keypair::from_secret_bytes(secret)
+    keys(secret).0
 }
 
 /// Signs `bytes` as a `T` document by the key `secret`, whatever the bytes hold: the `Signed`
 /// is decoded from its wire form, exactly as a peer's would be.
 pub fn sign_bytes<T: Document>(bytes: &[u8], secret: [u8; 32]) -> Option<Signed<T>> {
-    let key = SigningKey::from_bytes(&secret);
+    let key = keys(secret).1;
     let signature = key.sign(&signing_message(T::KIND, bytes)).to_bytes();
     let wire = (
         serde_bytes::Bytes::new(bytes),
@@ -52,7 +74,7 @@ pub fn sign_bytes<T: Document>(bytes: &[u8], secret: [u8; 32]) -> Option<Signed<
 /// Countersigns `signed` by the key `secret` without checking anything, as a dishonest or
 /// confused peer could.
 pub fn countersign_bytes<T: Document>(signed: &Signed<T>, secret: [u8; 32]) -> Option<CoSigned<T>> {
-    let key = SigningKey::from_bytes(&secret);
+    let key = keys(secret).1;
     let signature = key.sign(&signed.message());
     #[derive(Serialize)]
     struct Wire<'a, T> {
@@ -71,7 +93,7 @@ pub fn countersign_bytes<T: Document>(signed: &Signed<T>, secret: [u8; 32]) -> O
 /// A C2SP signed note of `text` (which should end in a newline) by the key `secret`, named by
 /// its node id, in the form `checkpoint::sign_note` writes.
 pub fn sign_note_text(text: &str, secret: [u8; 32]) -> String {
-    let key = SigningKey::from_bytes(&secret);
+    let key = keys(secret).1;
     let node = keypair(secret).node_id();
     let name = node.to_string();
     let mut blob = suanli_protocol::checkpoint::key_id(&name, &node).to_vec();
