@@ -158,6 +158,21 @@ async fn honest_job_runs_on(victim: &TestNode, honest: &TestNode) {
     let record = honest.wait_job(&job_id, JOB).await;
     assert_eq!(record.state, JobState::Succeeded, "{record:?}");
     assert_eq!(record.provider, Some(victim.handle.node_id));
+    // The provider records the settlement once the requester's countersignature reaches it,
+    // after the job has succeeded on the requester's side.
+    let contract_id = record
+        .contract_id
+        .expect("a succeeded job names its contract");
+    wait_until("the victim recorded the honest settlement", JOB, || {
+        victim
+            .handle
+            .ledger
+            .contract_docs(contract_id)
+            .ok()
+            .flatten()
+            .is_some_and(|docs| docs.settlement.is_some())
+    })
+    .await;
 }
 
 /// Ledger entries of `node` that name `peer` as counterparty, by kind.
