@@ -335,6 +335,37 @@ async fn wait_runs(
     }
 }
 
+/// Checks that the job at `url` wrote "done" and that the requester stored one piece of
+/// evidence, which checks against `odd` and `honest`; returns that evidence's view.
+async fn output_and_evidence(
+    http: &reqwest::Client,
+    url: &str,
+    requester: &Requester,
+    odd: NodeId,
+    honest: &BTreeSet<NodeId>,
+) -> Value {
+    let output = http
+        .get(format!("{url}/output"))
+        .send()
+        .await
+        .expect("GET output")
+        .bytes()
+        .await
+        .expect("output");
+    assert_eq!(output.as_ref(), b"done\n");
+    let page = get_json(http, &requester.url("/v1/evidence"))
+        .await
+        .expect("evidence");
+    let listed = page["evidence"].as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{page}");
+    check_evidence(
+        &hex_decode(listed[0]["evidence"].as_str().expect("hex")),
+        odd,
+        honest,
+    );
+    listed[0].clone()
+}
+
 /// Waits until `url`'s job is final and returns its view.
 async fn wait_final(http: &reqwest::Client, url: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -397,25 +428,7 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
         let view = wait_final(&http, &job_url, Duration::from_secs(90)).await;
         assert_eq!(view["state"], "succeeded", "{view}");
         assert_eq!(view["replicas"]["odd"], json!([odd.to_string()]), "{view}");
-        let output = http
-            .get(format!("{job_url}/output"))
-            .send()
-            .await
-            .expect("GET output")
-            .bytes()
-            .await
-            .expect("output");
-        assert_eq!(output.as_ref(), b"done\n");
-        let page = get_json(&http, &requester.url("/v1/evidence"))
-            .await
-            .expect("evidence");
-        let listed = page["evidence"].as_array().expect("a list");
-        assert_eq!(listed.len(), 1, "{page}");
-        check_evidence(
-            &hex_decode(listed[0]["evidence"].as_str().expect("hex")),
-            odd,
-            &honest,
-        );
+        output_and_evidence(&http, &job_url, &requester, odd, &honest).await;
         // The group is listed once, and reads the same after another restart.
         let jobs = get_json(&http, &requester.url("/v1/jobs"))
             .await
@@ -524,26 +537,8 @@ async fn a_spot_check_catches_a_dishonest_provider_across_a_kill_of_its_requeste
             .filter_map(|run| run["provider"].as_str().map(str::to_owned))
             .collect();
         assert_eq!(used.len(), 3, "distinct providers: {checked}");
-        let output = http
-            .get(format!("{check_url}/output"))
-            .send()
-            .await
-            .expect("GET output")
-            .bytes()
-            .await
-            .expect("output");
-        assert_eq!(output.as_ref(), b"done\n");
-        let page = get_json(&http, &requester.url("/v1/evidence"))
-            .await
-            .expect("evidence");
-        let listed = page["evidence"].as_array().expect("a list");
-        assert_eq!(listed.len(), 1, "{page}");
-        assert_eq!(listed[0]["group"], check.as_str());
-        check_evidence(
-            &hex_decode(listed[0]["evidence"].as_str().expect("hex")),
-            odd,
-            &honest,
-        );
+        let listed = output_and_evidence(&http, &check_url, &requester, odd, &honest).await;
+        assert_eq!(listed["group"], check.as_str());
         // The checked job is as it ended; only it is listed; the odd provider is distrusted.
         let again = get_json(&http, &job_url).await.expect("job view");
         assert_eq!(again["output_hash"], view["output_hash"]);
