@@ -1,11 +1,11 @@
 //! The `suanli` binary: parses the command line, sets up logging, runs the command.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use clap::Parser;
-use suanli_node::cli::{Cli, SilentExit, execute};
+use suanli_node::cli::{Cli, LogFormat, SilentExit, execute};
 
 /// candle sizes its thread pools from this variable, once per process. One thread per stream is
 /// what keeps streams from queueing for a shared pool on a busy machine (docs/benchmarks.md);
@@ -26,13 +26,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +42,24 @@ fn main() -> ExitCode {
             None if closed_pipe(&error) => ExitCode::SUCCESS,
             None => fail(&format!("{error:#}")),
         },
+    }
+}
+
+/// Log lines go to stderr (stdout is the command's output), filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -33,8 +33,21 @@ pub use client::ApiClient;
 #[derive(Debug, Parser)]
 #[command(name = "suanli", version)]
 pub struct Cli {
+    /// How log lines (stderr) are written: `text` for people, `json` (one object per line) for
+    /// log collectors. Their level comes from `RUST_LOG` (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, spans.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use suanli_tests::process::{NodeProcess, p2p_addr, suanli};
+use suanli_tests::process::{NodeProcess, p2p_addr, suanli, suanli_binary};
 use tempfile::TempDir;
 
 const JOBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs");
@@ -575,6 +575,55 @@ fn bench_floor_quick_prints_well_formed_json_lines() {
     // The run's temporary directory is gone.
     let left: Vec<_> = std::fs::read_dir(base.path()).expect("read dir").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The log lines (stderr) of `suanli init` with `format` (`None`: the default), at `info`.
+fn init_logs(format: Option<&str>) -> String {
+    let dir = TempDir::new().expect("temp dir");
+    let mut command = std::process::Command::new(suanli_binary());
+    if let Some(format) = format {
+        command.args(["--log-format", format]);
+    }
+    let output = command
+        .args(["init", "--data-dir", path_str(dir.path())])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run suanli init");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stderr).expect("utf-8 logs")
+}
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_lines_when_asked() {
+    // stderr is a pipe here: no colour codes.
+    let text = init_logs(None);
+    assert!(text.contains("initialised data dir"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes off a terminal: {text:?}"
+    );
+
+    let json = init_logs(Some("json"));
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per log line"))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|line| line["message"] == "initialised data dir")
+        .unwrap_or_else(|| panic!("no init line in {json}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(line["path"].is_string(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+    assert!(line["target"].is_string(), "{line}");
+
+    // An unknown format is refused with a reason, before anything runs.
+    let refused = suanli(&["--log-format", "xml", "id"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("xml"),
+        "{refused:?}"
+    );
 }
 
 /// `suanli run` processes whose data dir is under `dir`: the node processes a bench run started
