@@ -66,6 +66,25 @@ pub fn test_config(bootstrap: &[Multiaddr]) -> Config {
 }
 
 /// A submission of WAT text with roomy default limits.
+/// A job that counts to `iterations` (about 4.7 fuel and a third of a nanosecond each here: a
+/// billion is a second or so of work), then prints "done".
+pub fn slow_wat(iterations: u64) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "done\n")
+  (func (export "_start") (local $i i64)
+    (block $out (loop $again
+      (br_if $out (i64.ge_u (local.get $i) (i64.const {iterations})))
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br $again)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#
+    )
+}
+
 pub fn wat_job(wat: &str) -> Submission {
     Submission {
         executor: suanli_protocol::ExecutorKind::Wasm,

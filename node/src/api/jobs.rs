@@ -1,20 +1,25 @@
 //! Job routes: submit, status, output, list. Handlers answer with [`JobView`]s built from the
 //! market's stored records, never the records themselves.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use suanli_protocol::JobId;
+use tokio::sync::broadcast;
 
 use super::types::{
-    EvidencePage, EvidenceQuery, EvidenceView, JobListQuery, JobPage, JobQuery, JobView,
-    ReplicaView, SubmitRequest, SubmitResponse,
+    EvidencePage, EvidenceQuery, EvidenceView, JobEventView, JobListQuery, JobPage, JobQuery,
+    JobView, ReplicaView, SubmitRequest, SubmitResponse,
 };
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Who};
 use crate::auth::Principal;
 use crate::auth::spend::QuotaError;
+use crate::market::events::Announced;
 use crate::market::{CancelError, JobRecord, JobStoreError, SubmitError};
 use crate::submission::{Submission, SubmissionError};
 
@@ -255,4 +260,128 @@ pub async fn evidence(
         .map(|(_, record)| EvidenceView::from(record))
         .collect();
     Ok(axum::Json(EvidencePage { evidence, next }))
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's steps as server-sent events. The first event is a
+/// `snapshot` (the job's [`JobView`] as it stands); then every step as it happens, named as its
+/// [`JobEvent`] (`quote`, `offer`, `decline`, `contract`, `running`, `receipt`, `settlement`,
+/// `failover`; a replicated job's stream carries its runs' steps, each with the run's `job_id`);
+/// the last is `end`, the final [`JobView`], after which the stream closes. A reader that falls
+/// behind gets a new `snapshot`; a job already final answers `end` at once. Comments keep the
+/// connection alive every 15 s; the stream also ends when the node stops.
+pub async fn events(
+    State(state): State<ApiState>,
+    Who(principal): Who,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job_id = record(&state, &principal, &id)?.job_id;
+    // Subscribed before the snapshot is read: nothing between the two is missed.
+    let follow = Follow {
+        live: state.market.job_events().subscribe(),
+        finished: state.market.subscribe_finished(),
+        state,
+        job_id,
+        next_id: 0,
+        phase: Phase::Snapshot,
+    };
+    let stream = futures::stream::unfold(follow, |mut follow| async move {
+        let event = follow.next().await?;
+        Some((Ok(event), follow))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One reader of a job's events.
+struct Follow {
+    state: ApiState,
+    job_id: JobId,
+    live: broadcast::Receiver<Arc<Announced>>,
+    finished: broadcast::Receiver<JobId>,
+    /// The SSE id of the next event.
+    next_id: u64,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Send the job as it stands (at the start, and after falling behind).
+    Snapshot,
+    Live,
+    /// The job was announced final: send the steps still queued, then the `end`.
+    Draining,
+    Done,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Snapshot => return self.snapshot(),
+                // Its last steps were announced before it was: send those still queued first.
+                Phase::Draining => match self.live.try_recv() {
+                    Ok(announced) if announced.concerns(&self.job_id) => {
+                        return Some(self.step(&announced));
+                    }
+                    Ok(_) => continue,
+                    Err(_) => {
+                        self.phase = Phase::Snapshot;
+                        continue;
+                    }
+                },
+                Phase::Live => {}
+            }
+            tokio::select! {
+                announced = self.live.recv() => match announced {
+                    Ok(announced) if announced.concerns(&self.job_id) => {
+                        return Some(self.step(&announced));
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.phase = Phase::Snapshot,
+                },
+                finished = self.finished.recv() => match finished {
+                    Ok(id) if id != self.job_id => {}
+                    // Ours, or announcements were missed.
+                    _ => self.phase = Phase::Draining,
+                },
+                () = self.state.market.stopping().cancelled() => self.phase = Phase::Done,
+            }
+        }
+    }
+
+    /// The job as it stands: `snapshot`, or `end` when it is final (or gone).
+    fn snapshot(&mut self) -> Option<Event> {
+        let record = match self.state.market.jobs().get(&self.job_id) {
+            Ok(Some(record)) => record,
+            Ok(None) | Err(_) => {
+                self.phase = Phase::Done;
+                return None;
+            }
+        };
+        let name = if record.state.is_final() {
+            self.phase = Phase::Done;
+            "end"
+        } else {
+            self.phase = Phase::Live;
+            "snapshot"
+        };
+        Some(self.event(name, &view(&self.state, &record)))
+    }
+
+    fn step(&mut self, announced: &Announced) -> Event {
+        let data = JobEventView {
+            job_id: announced.job_id,
+            event: announced.event.clone(),
+        };
+        self.event(announced.event.name(), &data)
+    }
+
+    fn event(&mut self, name: &str, data: &impl serde::Serialize) -> Event {
+        let id = self.next_id;
+        self.next_id += 1;
+        let json = serde_json::to_string(data).unwrap_or_else(|error| {
+            format!(r#"{{"error":{{"code":"internal","message":"{error}"}}}}"#)
+        });
+        Event::default().event(name).id(id.to_string()).data(json)
+    }
 }

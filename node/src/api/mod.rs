@@ -15,6 +15,7 @@
 //! | `GET /v1/jobs` | jobs submitted here, paged |
 //! | `GET /v1/jobs/{id}` | one job: state, provider, contract, usage, cost, attempts |
 //! | `GET /v1/jobs/{id}/output` | its raw stdout |
+//! | `GET /v1/jobs/{id}/events` | its steps as they happen (server-sent events) |
 //! | `GET /v1/evidence` | evidence against providers of replicated jobs whose result differed |
 //! | `GET /v1/ledger` | ledger entries (`from`, `limit`) |
 //! | `GET /v1/ledger/verify` | full verification of chain and signatures |
@@ -98,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/evidence", get(jobs::evidence))
         .merge(ledger::routes())
         .merge(openai::routes())

@@ -12,6 +12,7 @@
 //! | `GET /v1/jobs` | [`JobListQuery`] | [`JobPage`] |
 //! | `GET /v1/jobs/{id}` | [`JobQuery`] | [`JobView`] |
 //! | `GET /v1/jobs/{id}/output` | | raw bytes |
+//! | `GET /v1/jobs/{id}/events` | | SSE: `snapshot`/`end` [`JobView`], else [`JobEventView`] |
 //! | `GET /v1/evidence` | [`EvidenceQuery`] | [`EvidencePage`] |
 //! | `GET /v1/ledger` | [`LedgerQuery`] | [`EntriesPage`], or [`RawEntriesPage`] with `fields=raw` |
 //! | `GET /v1/ledger/verify` | | [`VerifyReport`] |
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use suanli_protocol::{ClusterInfo, ContractId, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources};
 
 pub use crate::ledger::{Balance, VerifyFailure, VerifyReport};
+pub use crate::market::events::{JobEvent, Quote};
 use crate::market::{
     Attempt, EvidenceKind, JobError, JobLimits, JobRecord, JobUsage, MismatchRecord,
 };
@@ -446,6 +448,16 @@ pub struct JobPage {
     /// The `after` of the following page; `null` on the last one.
     #[serde(with = "crate::serde_text::display_option", default)]
     pub next: Option<JobId>,
+}
+
+/// One step of a job in `GET /v1/jobs/{id}/events`: the job it concerns (the job itself, or one
+/// run of a replicated job) and what happened (`event` names it, as the SSE event does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEventView {
+    #[serde(with = "crate::serde_text::display")]
+    pub job_id: JobId,
+    #[serde(flatten)]
+    pub event: JobEvent,
 }
 
 /// `GET /v1/jobs/{id}`: everything the node knows about one job it was given.

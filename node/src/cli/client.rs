@@ -33,6 +33,28 @@ impl ApiClient {
         token: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<ApiClient> {
+        ApiClient::build(base, token, |builder| builder.timeout(timeout))
+    }
+
+    /// A client for answers that stream for as long as they need (a job's events): no limit on
+    /// the whole request, only on each wait for the next bytes ([`Self::STREAM_READ_TIMEOUT`];
+    /// the node sends a keep-alive every 15 s).
+    pub fn connect_streaming(base: &str, token: Option<&str>) -> anyhow::Result<ApiClient> {
+        ApiClient::build(base, token, |builder| {
+            builder
+                .connect_timeout(Self::TIMEOUT)
+                .read_timeout(Self::STREAM_READ_TIMEOUT)
+        })
+    }
+
+    /// Longest silence of a streamed answer.
+    pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn build(
+        base: &str,
+        token: Option<&str>,
+        limits: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> anyhow::Result<ApiClient> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--api must be an http:// URL, got {base:?}");
@@ -44,8 +66,7 @@ impl ApiClient {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
+        let http = limits(reqwest::Client::builder())
             .default_headers(headers)
             .build()
             .map_err(|error| anyhow!("HTTP client: {error}"))?;
@@ -148,10 +169,24 @@ impl ApiClient {
         body: &B,
     ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
+        let request = self.http.post(&url).json(body);
+        self.stream(url, request).await
+    }
+
+    /// GETs `path` and returns the response as it streams (an error answer becomes a one-line
+    /// error).
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.get(&url);
+        self.stream(url, request).await
+    }
+
+    async fn stream(
+        &self,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = request
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;

@@ -1,6 +1,6 @@
 //! `suanli job …`: submit jobs and follow them through a node's API.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -11,10 +11,11 @@ use serde::Serialize;
 
 use super::client::ApiClient;
 use super::output::{self, label, or_dash};
+use super::sse::SseReader;
 use super::{ClientArgs, SilentExit};
 use crate::api::types::{
-    AttemptView, ExecutorName, JobErrorView, JobPage, JobState, JobView, LimitsRequest,
-    PlacementRequest, SubmitRequest, SubmitResponse, UsageView,
+    AttemptView, ExecutorName, JobErrorView, JobEvent, JobEventView, JobPage, JobState, JobView,
+    LimitsRequest, PlacementRequest, SubmitRequest, SubmitResponse, UsageView,
 };
 
 #[derive(Debug, Subcommand)]
@@ -250,7 +251,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             output::line(&job_id.to_string())
         };
     }
-    let job = wait(&client, &job_id.to_string()).await?;
+    let job = follow(&args.client, &client, &job_id.to_string()).await?;
     let stdout = if job.output_hash.is_some() {
         Some(
             client
@@ -275,6 +276,117 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut err = std::io::stderr().lock();
     writeln!(err, "error: job {job_id} failed: {code}: {message}")?;
     Err(SilentExit(1).into())
+}
+
+/// Follows the job's events to its end, shown as one progress line when stderr is a terminal;
+/// long-polls instead when the events cannot be read (a proxy that buffers them, a broken
+/// stream).
+async fn follow(args: &ClientArgs, client: &ApiClient, id: &str) -> anyhow::Result<JobView> {
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let followed = follow_events(args, id, &mut progress).await;
+    progress.clear();
+    match followed {
+        Ok(Some(job)) => return Ok(job),
+        Ok(None) => tracing::debug!(job_id = id, "the job's events ended early; polling"),
+        Err(error) => {
+            tracing::debug!(job_id = id, %error, "cannot follow the job's events; polling")
+        }
+    }
+    wait(client, id).await
+}
+
+/// The job's final view from its events, or `None` if they end before it does.
+async fn follow_events(
+    args: &ClientArgs,
+    id: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<Option<JobView>> {
+    let client = args.streaming_client()?;
+    let response = client.get_stream(&format!("/v1/jobs/{id}/events")).await?;
+    let mut events = SseReader::new(response);
+    while let Some(event) = events.next().await? {
+        match event.name.as_deref() {
+            Some("end") => return Ok(Some(serde_json::from_str(&event.data)?)),
+            Some("snapshot") => {
+                let job: JobView = serde_json::from_str(&event.data)?;
+                progress.show(&format!(
+                    "{} ({} attempts)",
+                    label(&job.state),
+                    job.attempts.len()
+                ))?;
+            }
+            // Steps this CLI does not know yet are skipped.
+            Some(_) => {
+                if let Ok(step) = serde_json::from_str::<JobEventView>(&event.data) {
+                    progress.show(&describe(&step.event))?;
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(None)
+}
+
+/// One line about a job's step.
+fn describe(event: &JobEvent) -> String {
+    let short = |id: &dyn std::fmt::Display| {
+        let id = id.to_string();
+        id.chars().take(16).collect::<String>()
+    };
+    match event {
+        JobEvent::Quote { candidates } => format!("{} providers fit", candidates.len()),
+        JobEvent::Offer { provider } => format!("offered to {}…", short(provider)),
+        JobEvent::Decline {
+            provider, message, ..
+        } => format!("declined by {}…: {message}", short(provider)),
+        JobEvent::Contract { provider, .. } => format!("contract with {}…", short(provider)),
+        JobEvent::Running { provider, .. } => format!("running on {}…", short(provider)),
+        JobEvent::Receipt { fuel, wall_ms, .. } => format!("receipt: {fuel} fuel, {wall_ms} ms"),
+        JobEvent::Settlement { state, cost, .. } => {
+            format!("{} ({} µcr)", label(state), or_dash(*cost))
+        }
+        JobEvent::Failover {
+            provider, outcome, ..
+        } => format!("{} on {}…, trying another", label(outcome), short(provider)),
+    }
+}
+
+/// The line `--wait` keeps rewriting on a terminal (nothing off one).
+#[derive(Debug)]
+struct Progress {
+    terminal: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Progress {
+        Progress {
+            terminal,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, text: &str) -> std::io::Result<()> {
+        if !self.terminal {
+            return Ok(());
+        }
+        let line: String = text.chars().take(100).collect();
+        let mut err = std::io::stderr().lock();
+        // Back to the line's start, clear it, write the new text.
+        write!(err, "\r\x1b[2K{line}")?;
+        err.flush()?;
+        self.shown = true;
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.shown = false;
+        }
+    }
 }
 
 /// Long-polls the job until it is final.

@@ -14,6 +14,7 @@ mod jobs;
 mod ledger;
 mod output;
 mod proof;
+mod sse;
 mod tokens;
 mod transparency;
 
@@ -161,6 +162,11 @@ impl ClientArgs {
     /// A client of the node's API with these arguments.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         self.client_with_timeout(ApiClient::TIMEOUT)
+    }
+
+    /// A client for streamed answers ([`ApiClient::connect_streaming`]).
+    pub fn streaming_client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::connect_streaming(&self.api, self.token.as_deref())
     }
 
     /// The same, for requests that may take up to `timeout`.

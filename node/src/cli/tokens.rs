@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::ClientArgs;
 use super::client::ApiClient;
 use super::output;
+use super::sse::SseReader;
 use crate::openai::ModelList;
 
 /// `suanli chat`.
@@ -148,47 +148,27 @@ async fn complete(
         body["seed"] = json!(seed);
     }
     let response = client.post_stream("/v1/chat/completions", &body).await?;
-    let mut bytes = response.bytes_stream();
-    let (mut buffer, mut answer, mut usage) = (Vec::new(), String::new(), Value::Null);
-    while let Some(chunk) = bytes.next().await {
-        buffer.extend_from_slice(&chunk.context("the answer stream broke")?);
-        while let Some(end) = find_event_end(&buffer) {
-            let event: Vec<u8> = buffer.drain(..end).collect();
-            for data in String::from_utf8_lossy(&event)
-                .lines()
-                .filter_map(|line| line.strip_prefix("data: "))
-            {
-                if data == "[DONE]" {
-                    return Ok((answer, usage));
-                }
-                let value: Value = serde_json::from_str(data).context("a malformed event")?;
-                if let Some(message) = value["error"]["message"].as_str() {
-                    bail!("the answer failed: {message}");
-                }
-                if !value["usage"].is_null() {
-                    usage = value["usage"].clone();
-                }
-                if let Some(piece) = value["choices"][0]["delta"]["content"].as_str() {
-                    answer.push_str(piece);
-                    if !args.client.json {
-                        print_raw(piece)?;
-                    }
-                }
-            }
+    let mut events = SseReader::new(response);
+    let (mut answer, mut usage) = (String::new(), Value::Null);
+    while let Some(event) = events.next().await? {
+        if event.data == "[DONE]" {
+            return Ok((answer, usage));
         }
-        if buffer.len() > 4 * 1024 * 1024 {
-            bail!("an event of more than 4 MiB");
+        let value: Value = serde_json::from_str(&event.data).context("a malformed event")?;
+        if let Some(message) = value["error"]["message"].as_str() {
+            bail!("the answer failed: {message}");
+        }
+        if !value["usage"].is_null() {
+            usage = value["usage"].clone();
+        }
+        if let Some(piece) = value["choices"][0]["delta"]["content"].as_str() {
+            answer.push_str(piece);
+            if !args.client.json {
+                print_raw(piece)?;
+            }
         }
     }
     bail!("the answer ended before [DONE]")
-}
-
-/// The end of the first whole SSE event in `buffer` (after its blank line).
-fn find_event_end(buffer: &[u8]) -> Option<usize> {
-    buffer
-        .windows(2)
-        .position(|pair| pair == b"\n\n")
-        .map(|at| at + 2)
 }
 
 fn end_answer(answer: &str, usage: &Value, as_json: bool) -> anyhow::Result<()> {

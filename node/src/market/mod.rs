@@ -23,6 +23,7 @@
 //! once, by its requester side). It never names libp2p, sled or wasmtime types.
 
 mod contracts;
+pub mod events;
 pub mod jobs;
 mod outbox;
 mod placement;
@@ -159,6 +160,8 @@ struct Inner {
     outbox: Outbox,
     /// Announces every job that reaches a final state (for long-polling readers).
     finished: tokio::sync::broadcast::Sender<JobId>,
+    /// Announces every step of placing a job (for live readers).
+    events: events::JobEvents,
     nonce: AtomicU64,
     /// Jobs submitted here and not final yet.
     in_flight: AtomicUsize,
@@ -248,6 +251,7 @@ impl Market {
                 provider,
                 registry: Registry::default(),
                 finished: tokio::sync::broadcast::channel(FINISHED_QUEUE).0,
+                events: events::JobEvents::default(),
                 nonce: AtomicU64::new(now_ms()),
                 in_flight: AtomicUsize::new(0),
                 reputation: parts.reputation,
@@ -523,6 +527,21 @@ impl Market {
             inner.outbox.wake();
         }
         noted
+    }
+
+    /// The live events of the jobs placed here ([`events`]).
+    pub fn job_events(&self) -> &events::JobEvents {
+        &self.inner.events
+    }
+
+    /// Hears of every job that reaches a final state, once its record says so.
+    pub fn subscribe_finished(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.inner.finished.subscribe()
+    }
+
+    /// Cancelled when the node stops.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.inner.cancel
     }
 
     pub fn stats(&self) -> MarketStats {

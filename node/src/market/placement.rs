@@ -17,7 +17,10 @@ use suanli_protocol::{ContractId, Hash32, JobSpec, NodeId, Outcome};
 use tracing::{debug, error, info, warn};
 
 use super::contracts::{Driver, Machine, Payload};
-use super::jobs::{Attempt, AttemptReason, JobError, JobErrorCode, JobRecord, JobState};
+use super::events::{JobEvent, Quote};
+use super::jobs::{
+    Attempt, AttemptOutcome, AttemptReason, JobError, JobErrorCode, JobRecord, JobState,
+};
 use super::{Market, ranking};
 use crate::clock::now_ms;
 
@@ -71,6 +74,14 @@ impl JobTask {
             }
         }
         true
+    }
+
+    /// Tells live readers of this job (and of its group) what it does.
+    fn emit(&self, event: JobEvent) {
+        self.market
+            .inner
+            .events
+            .announce(self.record.job_id, self.record.group, event);
     }
 
     /// Wakes whoever waits for this job to end.
@@ -235,23 +246,59 @@ impl JobTask {
             .settle(provider, contract_id, receipt, output_hash);
         info!(job_id = %self.record.job_id, %provider, state = ?self.record.state, "job finished");
         self.save();
+        self.emit(JobEvent::Receipt {
+            provider,
+            contract_id,
+            exit_code: self.record.exit_code,
+            fuel: receipt.usage.fuel,
+            wall_ms: receipt.usage.wall_time_ms,
+            output_hash,
+        });
+        self.emit(JobEvent::Settlement {
+            contract_id,
+            state: self.record.state,
+            cost: self.record.cost,
+        });
         self.announce();
         if self.save_durably().await {
             self.market.inner.jobs.drop_output(&contract_id);
         }
     }
 
+    /// A contract signed by both parties: the job is the provider's to run.
     fn running(&mut self, provider: NodeId, contract_id: ContractId) {
         self.record.state = JobState::Running;
         self.record.provider = Some(provider);
         self.record.contract_id = Some(contract_id);
         self.save();
+        self.emit(JobEvent::Contract {
+            provider,
+            contract_id,
+        });
+        self.emit(JobEvent::Running {
+            provider,
+            contract_id,
+        });
     }
 
     /// Records an attempt's end; `true` when it ended the job.
     async fn attempt_ended(&mut self, provider: NodeId, end: AttemptEnd) -> bool {
         let attempt = Attempt::from_end(provider, &end, now_ms());
         debug!(job_id = %self.record.job_id, %provider, outcome = ?attempt.outcome, reason = ?attempt.reason, message = %attempt.message, "attempt");
+        let event = match attempt.outcome {
+            AttemptOutcome::Succeeded | AttemptOutcome::Failed => None,
+            AttemptOutcome::Declined => Some(JobEvent::Decline {
+                provider,
+                reason: attempt.reason,
+                message: attempt.message.clone(),
+            }),
+            outcome => Some(JobEvent::Failover {
+                provider,
+                outcome,
+                reason: attempt.reason,
+                message: attempt.message.clone(),
+            }),
+        };
         self.record.push_attempt(attempt);
         if let AttemptEnd::Settled {
             contract_id,
@@ -270,6 +317,9 @@ impl JobTask {
             self.record.contract_id = None;
         }
         self.save();
+        if let Some(event) = event {
+            self.emit(event);
+        }
         false
     }
 
@@ -288,6 +338,7 @@ impl JobTask {
                 .saturating_mul(1000);
         let mut excluded: HashSet<NodeId> = HashSet::new();
         let mut backoff = Duration::from_millis(50);
+        let mut quoted: Vec<Quote> = Vec::new();
         let salt = u64::from_le_bytes(
             self.record.job_id.0.as_bytes()[..8]
                 .try_into()
@@ -333,7 +384,22 @@ impl JobTask {
             if candidates.is_empty() && self.record.attempts.is_empty() {
                 debug!(job_id = %self.record.job_id, "no node in the capacity view fits the job yet");
             }
-            for candidate in candidates.into_iter().take(CANDIDATES_PER_ROUND) {
+            candidates.truncate(CANDIDATES_PER_ROUND);
+            let quotes: Vec<Quote> = candidates
+                .iter()
+                .map(|candidate| Quote {
+                    provider: candidate.node,
+                    max_cost: candidate.max_cost.micro(),
+                    load_permille: candidate.load_permille,
+                })
+                .collect();
+            if quotes != quoted && !quotes.is_empty() {
+                self.emit(JobEvent::Quote {
+                    candidates: quotes.clone(),
+                });
+            }
+            quoted = quotes;
+            for candidate in candidates {
                 let provider = candidate.node;
                 if let Some(group) = &self.group
                     && !group.claim(provider, self.record.job_id)
@@ -356,6 +422,7 @@ impl JobTask {
                     Some(self.payload.clone()),
                 )
                 .cancelled_by(self.cancel.clone());
+                self.emit(JobEvent::Offer { provider });
                 let mut signed = self.signed.take();
                 let end = driver
                     .run_attempt(&mut |id| {

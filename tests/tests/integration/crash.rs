@@ -19,6 +19,7 @@ use suanli_node::fixtures::loopback_ports;
 use suanli_protocol::ledger::{EntryBody, LedgerEntry};
 use suanli_protocol::{Hash32, Outcome};
 use suanli_tests::process::{NodeProcess, suanli};
+use suanli_tests::slow_wat;
 
 const JOBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs");
 
@@ -454,20 +455,6 @@ fn contracts_end_the_same_way_on_both_sides_through_a_crash_storm() {
     provider.kill();
 }
 
-/// Counts to three billion (about 14 billion fuel, a second or two of work), then prints "done".
-const SLOW: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "done\n")
-  (func (export "_start") (local $i i64)
-    (block $out (loop $again
-      (br_if $out (i64.ge_u (local.get $i) (i64.const 3000000000)))
-      (local.set $i (i64.add (local.get $i) (i64.const 1)))
-      (br $again)))
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 /// Sends SIGTERM and returns how long the node took to exit, and whether it exited cleanly.
 fn terminate(node: &mut Node) -> (Duration, bool) {
     let mut process = node.process.take().expect("a running node");
@@ -498,7 +485,7 @@ fn sigterm_stops_a_node_with_a_job_running_and_the_contract_resumes() {
         .build()
         .expect("client");
     let body = json!({
-        "module_wat": SLOW,
+        "module_wat": slow_wat(3_000_000_000),
         "limits": { "fuel": 30_000_000_000u64, "timeout_ms": 60_000 },
         "placement": { "provider": provider.id },
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 use suanli_node::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, SubmitError};
 use suanli_protocol::ledger::EntryBody;
 use suanli_protocol::{ContractId, NodeId};
-use suanli_tests::{TestNode, wait_until, wat_job, with_timeout};
+use suanli_tests::{TestNode, slow_wat, wait_until, wat_job, with_timeout};
 
 const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
 const SPIN: &str = include_str!("../../../examples/jobs/spin.wat");
@@ -250,22 +250,8 @@ async fn two_hundred_concurrent_jobs_settle_exactly_once() {
     .await;
 }
 
-/// Counts to `ITERATIONS` (a few seconds of work), then prints "done".
-const SLOW: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "done\n")
-  (func (export "_start") (local $i i64)
-    (block $out (loop $again
-      (br_if $out (i64.ge_u (local.get $i) (i64.const ITERATIONS)))
-      (local.set $i (i64.add (local.get $i) (i64.const 1)))
-      (br $again)))
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 fn slow_job(iterations: u64) -> suanli_node::market::Submission {
-    let mut job = wat_job(&SLOW.replace("ITERATIONS", &iterations.to_string()));
+    let mut job = wat_job(&slow_wat(iterations));
     job.limits.fuel = 60_000_000_000;
     job.limits.wall_time_ms = 60_000;
     job.placement.exclude_self = true;

@@ -4,6 +4,7 @@ mod access;
 mod admission;
 mod adversary;
 mod crash;
+mod events;
 mod faults;
 mod jobs;
 mod mesh;

@@ -13,7 +13,7 @@ use suanli_node::market::{JobState, SubmitError};
 use suanli_protocol::NodeId;
 use suanli_protocol::replicas::ReplicaMismatch;
 use suanli_tests::process::NodeProcess;
-use suanli_tests::{TestNode, test_config, wait_until, wat_job, with_timeout};
+use suanli_tests::{TestNode, slow_wat, test_config, wait_until, wat_job, with_timeout};
 
 const HELLO: &str = include_str!("../../../examples/jobs/hello.wat");
 const JOB: Duration = Duration::from_secs(60);
@@ -206,20 +206,6 @@ fn hex_decode(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Counts to `ITERATIONS` (seconds of work), then prints "done".
-const SLOW: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "done\n")
-  (func (export "_start") (local $i i64)
-    (block $out (loop $again
-      (br_if $out (i64.ge_u (local.get $i) (i64.const ITERATIONS)))
-      (local.set $i (i64.add (local.get $i) (i64.const 1)))
-      (br $again)))
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 5))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 /// The requester, a `suanli run` process on fixed loopback ports, restartable on its data dir.
 struct Requester {
     dir: tempfile::TempDir,
@@ -398,7 +384,7 @@ async fn a_replicated_job_survives_a_kill_of_its_requester_with_one_verdict() {
 
         // Long enough a run that the kill lands while the replicas run.
         let body = json!({
-            "module_wat": SLOW.replace("ITERATIONS", "1500000000"),
+            "module_wat": slow_wat(1_500_000_000),
             "replicas": 3,
             "max_price": 1_000_000_000u64,
             "placement": { "remote_only": true },
@@ -472,7 +458,7 @@ async fn a_spot_check_catches_a_dishonest_provider_across_a_kill_of_its_requeste
         let mut requester = requester_of(&providers, dir, &http).await;
 
         let body = json!({
-            "module_wat": SLOW.replace("ITERATIONS", "600000000"),
+            "module_wat": slow_wat(600_000_000),
             "max_price": 1_000_000_000u64,
             "placement": { "remote_only": true },
             "limits": { "fuel": 60_000_000_000u64, "timeout_ms": 60_000 },
