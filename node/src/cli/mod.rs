@@ -9,6 +9,7 @@
 mod access;
 mod bench;
 mod client;
+mod devnet;
 mod export;
 mod jobs;
 mod ledger;
@@ -89,6 +90,8 @@ pub enum Command {
     /// Create, list and revoke the API tokens of this data dir.
     #[command(subcommand)]
     Token(access::TokenCommand),
+    /// Run a local mesh of N nodes on loopback and print their console URLs; Ctrl-C stops it.
+    Devnet(devnet::DevnetArgs),
     /// Measure this machine: in-process nodes on loopback, each figure next to its floor.
     Bench(bench::BenchArgs),
     /// Internal to `suanli bench`: the bare-gossipsub floor in a process of its own (request
@@ -209,6 +212,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => access::execute(command).await,
         Command::Models(args) => tokens::models(args).await,
         Command::Chat(args) => tokens::chat(args).await,
+        Command::Devnet(args) => devnet::run(args).await,
         Command::Bench(args) => bench::execute(args).await,
         Command::BenchGossipFloor => bench::gossip_floor_child().await,
         Command::Exec { dir, task } => {

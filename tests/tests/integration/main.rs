@@ -3,6 +3,7 @@
 mod access;
 mod admission;
 mod adversary;
+mod console;
 mod crash;
 mod events;
 mod faults;
