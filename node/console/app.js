@@ -333,8 +333,18 @@ function renderJobs(main, [selected]) {
     main.append(section('Job', h('p', null, h('a', { href: '#/jobs' }, '← all jobs')), detail, events));
     watchEvents(selected, detail, events);
   }
-  main.append(section('Chat sessions', h('p', { class: 'muted', testid: 'chat-sessions' },
-    'Model sessions (standing contracts) are not listed by this node\'s API yet; their usage entries are in the ledger.')));
+  const sessions = h('div', { testid: 'chat-sessions' });
+  main.append(section('Chat sessions: standing contracts for model requests, open now', sessions));
+  every(2000, sessions, () => fill(sessions, async () => {
+    const list = await api('/v1/sessions');
+    return table('sessions-table', ['contract', 'this node', 'peer', 'model', 'tokens used / budget', 'reserved', 'in flight', ''],
+      list.map((c) => h('tr', { testid: 'session-row', 'data-contract-id': c.contract_id },
+        h('td', null, ident(c.contract_id)), h('td', null, c.side), h('td', null, ident(c.peer)),
+        h('td', null, c.model), h('td', { class: 'num' }, `${num(c.used_tokens)} / ${num(c.budget_tokens)}`),
+        h('td', { class: 'num' }, num(c.reserved_tokens)), h('td', { class: 'num' }, c.in_flight),
+        h('td', null, c.closing ? badge('closing') : badge('open', 'succeeded')))),
+      'no model session is open (their usage entries stay in the ledger)');
+  }));
   // Every job read so far, oldest first (the API's order). The first refresh reads them all; the
   // next ones re-read only from just before the newest JOBS_SHOWN on, which also brings new jobs.
   let jobs = [];

@@ -34,6 +34,7 @@ pub mod inference;
 pub mod ledger;
 pub mod market;
 pub mod mesh;
+pub mod metrics;
 pub mod network;
 pub mod openai;
 pub mod reputation;
@@ -181,6 +182,17 @@ impl Node {
         // cancelled after the others end.
         let ledger_cancel = CancellationToken::new();
         let (ledger, ledger_task) = store.start(ledger_cancel.clone());
+        let metrics = metrics::Metrics::default();
+        metrics.register_histogram(
+            "ledger_append_duration",
+            "Time from an append's request to its durable answer",
+            ledger.append_seconds(),
+        );
+        metrics.register_histogram(
+            "storage_barrier_duration",
+            "Time of a durability barrier (sled flush and the fsyncs)",
+            storage.barrier_seconds(),
+        );
         let storage_monitor = storage.spawn_monitor(ledger_cancel.clone());
         let executor = Executor::new(ExecutorConfig {
             max_concurrency: config
@@ -260,15 +272,16 @@ impl Node {
             .streams
             .unwrap_or(capacity.total.cpu_cores.saturating_sub(1))
             .max(1);
-        let serving = Serving::new(
-            keypair.clone(),
-            ledger.clone(),
-            offered,
-            tokens_config.clone(),
+        let serving = Serving::new(tokens::ServingParts {
+            keypair: keypair.clone(),
+            ledger: ledger.clone(),
+            models: offered,
+            config: tokens_config.clone(),
             streams,
-            provider_config.test_corrupt_output,
-            cancel.clone(),
-        );
+            corrupt_output: provider_config.test_corrupt_output,
+            metrics: metrics.clone(),
+            cancel: cancel.clone(),
+        });
         tasks.spawn(tokens::accept_streams(
             network.clone(),
             serving.clone(),
@@ -297,6 +310,7 @@ impl Node {
             executors,
             load: load_sender,
             reputation,
+            metrics: metrics.clone(),
             cancel: cancel.clone(),
         });
         tasks.spawn(market.clone().serve(events));
@@ -308,6 +322,7 @@ impl Node {
             market: market.clone(),
             serving,
             config: tokens_config,
+            metrics: metrics.clone(),
             cancel: cancel.clone(),
         });
 
@@ -342,6 +357,7 @@ impl Node {
             transparency: transparency.clone(),
             tokens: token_router.clone(),
             access,
+            metrics,
         });
         let limits = api::serve::ServeLimits {
             header_timeout: Duration::from_secs(api_config.header_timeout_secs),

@@ -2,6 +2,7 @@
 //! dirs, a readiness wait instead of sleeps, a hostile gossip peer, and the real `suanli` binary.
 
 pub mod adversary;
+pub mod metrics;
 pub mod models;
 pub mod process;
 pub mod slurm;

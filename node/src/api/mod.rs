@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `GET /` | the web console (HTML; its script and style under `/console/`) |
 //! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `GET /v1/node` | this node: id, version, listen addresses, capacity, uptime, storage health |
 //! | `GET /v1/peers` | connected peers, each with its standing in this node's ledger and why |
 //! | `GET /v1/mesh` | every node in the capacity view (this one included) |
@@ -29,6 +30,7 @@
 //! | `GET /v1/ledger/audit?peer=` | audit of a peer's ledger against this one |
 //! | `GET /v1/balances` | net credits per peer, from settlements |
 //! | `GET /v1/tokens` | API tokens and their spending (a token sees only itself) |
+//! | `GET /v1/sessions` | standing contracts (model sessions) open here, either side |
 //! | `GET /v1/models` | models the mesh offers (OpenAI's shape, with a `suanli` object) |
 //! | `POST /v1/chat/completions` | an OpenAI chat completion, streamed (SSE) or not, routed to the mesh |
 //! | `POST /v1/completions` | an OpenAI text completion, likewise |
@@ -44,6 +46,7 @@ mod console;
 mod error;
 mod jobs;
 pub mod ledger;
+mod metrics;
 pub mod openai;
 pub mod serve;
 mod transparency;
@@ -61,7 +64,7 @@ pub use console::PATHS as CONSOLE_PATHS;
 pub use error::ApiError;
 use types::{
     ClusterView, ExecutorName, GpuView, HealthStatus, HealthView, MeshNodeView, ModelView,
-    NodeView, PeerInfo, PricesView, ResourcesView, StorageState, StorageView,
+    NodeView, PeerInfo, PricesView, ResourcesView, SessionView, StorageState, StorageView,
 };
 
 use crate::auth::{Access, Principal};
@@ -91,6 +94,7 @@ pub struct ApiState {
     pub transparency: Transparency,
     pub tokens: crate::tokens::Router,
     pub access: Access,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -112,6 +116,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ledger/equivocations", get(transparency::equivocations))
         .route("/v1/ledger/audit", get(transparency::audit))
         .route("/v1/tokens", get(access::tokens))
+        .route("/v1/sessions", get(sessions))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -369,6 +375,10 @@ fn mesh_node_view(entry: &MeshEntry, now_ms: u64) -> MeshNodeView {
         models: advert.models.iter().map(ModelView::from).collect(),
         cluster: advert.cluster.as_ref().map(ClusterView::from),
     }
+}
+
+async fn sessions(State(state): State<ApiState>) -> Json<Vec<SessionView>> {
+    Json(state.tokens.session_views())
 }
 
 async fn mesh(State(state): State<ApiState>) -> Json<Vec<MeshNodeView>> {

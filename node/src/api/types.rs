@@ -25,6 +25,8 @@
 //! | `GET /v1/ledger/audit` | [`AuditQuery`] | [`AuditReport`] |
 //! | `GET /v1/balances` | | `Vec<`[`Balance`]`>` |
 //! | `GET /v1/tokens` | | `Vec<`[`TokenView`]`>` |
+//! | `GET /v1/sessions` | | `Vec<`[`SessionView`]`>` |
+//! | `GET /metrics` | | OpenMetrics text |
 //! | every error | | [`ErrorBody`] |
 //!
 //! A view is separate from what the node stores: [`JobView`] is built from the market's
@@ -49,6 +51,7 @@ use crate::market::{
 };
 pub use crate::market::{AttemptOutcome, AttemptReason, JobErrorCode, JobState, MarketStats};
 pub use crate::network::{GossipStats, PeerInfo};
+pub use crate::tokens::{SessionSide, SessionView};
 pub use crate::transparency::{
     AuditReport, AuditVerdict, AuditedCheckpoint, ChainProblem, Discrepancy, DiscrepancyIssue,
     DocumentKind, EquivocationRecord, Observation, Witnessed,
@@ -1156,6 +1159,9 @@ mod tests {
                 accepted: 12,
                 ignored: 3,
                 rejected: 1,
+                received_bytes: 9000,
+                published: 40,
+                published_bytes: 30000,
             },
             storage: StorageView {
                 state: StorageState::Failed,

@@ -1110,6 +1110,9 @@ mod tests {
                 accepted: 0,
                 ignored: 0,
                 rejected: 0,
+                received_bytes: 0,
+                published: 0,
+                published_bytes: 0,
             },
             storage: StorageView {
                 state: StorageState::Healthy,

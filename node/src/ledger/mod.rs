@@ -423,12 +423,24 @@ impl LedgerHandle {
         if bodies.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let (reply, response) = oneshot::channel();
         self.commands
             .send(Command::Append { bodies, reply })
             .await
             .map_err(|_| self.shared.stopped())?;
-        response.await.map_err(|_| self.shared.stopped())?
+        let appended = response.await.map_err(|_| self.shared.stopped())?;
+        if appended.is_ok() {
+            self.shared
+                .append_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        appended
+    }
+
+    /// How long each append took, from the request to its durable answer (the node's metrics).
+    pub fn append_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.append_seconds.clone()
     }
 
     /// The documents this ledger holds of contract `id` (its contract, receipt, settlement and

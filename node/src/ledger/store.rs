@@ -72,6 +72,8 @@ pub(super) struct Shared {
     tree: RwLock<MerkleTree>,
     head_file: Mutex<HeadFile>,
     pub(super) counters: Counters,
+    /// How long each append took, from its caller's request to its durable answer, seconds.
+    pub(super) append_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Set once when the writer stops because storage failed; every later append reports it.
     halted: OnceLock<String>,
 }
@@ -112,6 +114,7 @@ impl Shared {
             tree: RwLock::new(tree),
             head_file: Mutex::new(head_file),
             counters: Counters::default(),
+            append_seconds: crate::metrics::duration_histogram(),
             halted: OnceLock::new(),
         };
         // Whatever sled recovered is made durable and becomes the recorded head (a crash can

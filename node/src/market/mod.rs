@@ -162,6 +162,7 @@ struct Inner {
     finished: tokio::sync::broadcast::Sender<JobId>,
     /// Announces every step of placing a job (for live readers).
     events: events::JobEvents,
+    metrics: crate::metrics::Metrics,
     nonce: AtomicU64,
     /// Jobs submitted here and not final yet.
     in_flight: AtomicUsize,
@@ -218,6 +219,8 @@ pub struct MarketParts {
     /// Peers' standings: placement skips distrusted providers, admission gives new and
     /// distrusted requesters little or no credit.
     pub reputation: Reputation,
+    /// Where jobs ending are counted.
+    pub metrics: crate::metrics::Metrics,
     pub cancel: CancellationToken,
 }
 
@@ -252,6 +255,7 @@ impl Market {
                 registry: Registry::default(),
                 finished: tokio::sync::broadcast::channel(FINISHED_QUEUE).0,
                 events: events::JobEvents::default(),
+                metrics: parts.metrics,
                 nonce: AtomicU64::new(now_ms()),
                 in_flight: AtomicUsize::new(0),
                 reputation: parts.reputation,
@@ -532,6 +536,16 @@ impl Market {
     /// The live events of the jobs placed here ([`events`]).
     pub fn job_events(&self) -> &events::JobEvents {
         &self.inner.events
+    }
+
+    /// The provider's places as it last published them (offers and contracts, slots, queue).
+    pub fn load(&self) -> Load {
+        self.inner.provider.load()
+    }
+
+    /// Standing contracts (model sessions) this node serves now.
+    pub fn sessions_served(&self) -> usize {
+        self.inner.serving.running()
     }
 
     /// Hears of every job that reaches a final state, once its record says so.

@@ -84,9 +84,17 @@ impl JobTask {
             .announce(self.record.job_id, self.record.group, event);
     }
 
-    /// Wakes whoever waits for this job to end.
+    /// Wakes whoever waits for this job to end, and counts its ending.
     fn announce(&self) {
-        let _ = self.market.inner.finished.send(self.record.job_id);
+        let record = &self.record;
+        let seconds = record.updated_at_ms.saturating_sub(record.created_at_ms) as f64 / 1000.0;
+        let state = if record.state == JobState::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.market.inner.metrics.job_finished(state, seconds);
+        let _ = self.market.inner.finished.send(record.job_id);
     }
 
     /// Waits [`STORE_RETRY`]; `false` when the node stops first.

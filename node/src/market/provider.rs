@@ -228,6 +228,11 @@ impl ProviderSide {
         self.publish_load(&state);
     }
 
+    /// The places as last published.
+    pub(super) fn load(&self) -> Load {
+        *self.load.borrow()
+    }
+
     fn publish_load(&self, state: &State) {
         self.load.send_if_modified(|load| {
             let in_use = state.in_use();

@@ -344,13 +344,17 @@ impl EventLoop {
                 }
             }
             Command::PublishCheckpointTopic(bytes) => {
+                let length = bytes.len();
                 match self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
                     .publish(checkpoint_topic(), bytes)
                 {
-                    Ok(_) => debug!("published on the checkpoint topic"),
+                    Ok(_) => {
+                        self.counters.count_published(length);
+                        debug!("published on the checkpoint topic");
+                    }
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                         debug!("no subscribed peer for the checkpoint topic yet");
                     }
@@ -1080,7 +1084,7 @@ impl EventLoop {
         } else {
             gossipsub::MessageAcceptance::Ignore
         };
-        self.counters.count(&acceptance);
+        self.counters.count(&acceptance, message.data.len());
         self.swarm
             .behaviour_mut()
             .gossipsub
@@ -1211,6 +1215,7 @@ impl EventLoop {
             }
         };
         self.parts.mesh.offer(signed, advert, now);
+        let length = bytes.len();
         match self
             .swarm
             .behaviour_mut()
@@ -1218,6 +1223,7 @@ impl EventLoop {
             .publish(advert_topic(), bytes)
         {
             Ok(_) => {
+                self.counters.count_published(length);
                 self.advert_delivered = true;
                 debug!(seq = self.advert_seq, "advert published");
             }

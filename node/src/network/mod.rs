@@ -256,6 +256,9 @@ pub struct GossipCounters {
     accepted: AtomicU64,
     ignored: AtomicU64,
     rejected: AtomicU64,
+    received_bytes: AtomicU64,
+    published: AtomicU64,
+    published_bytes: AtomicU64,
 }
 
 /// A snapshot of [`GossipCounters`].
@@ -267,10 +270,26 @@ pub struct GossipStats {
     pub ignored: u64,
     /// Invalid: dropped, logged, and the sender penalised.
     pub rejected: u64,
+    /// Bytes of the messages received (whatever their verdict).
+    #[serde(default)]
+    pub received_bytes: u64,
+    /// Messages this node published (its adverts and checkpoint-topic messages).
+    #[serde(default)]
+    pub published: u64,
+    #[serde(default)]
+    pub published_bytes: u64,
 }
 
 impl GossipCounters {
-    fn count(&self, verdict: &libp2p::gossipsub::MessageAcceptance) {
+    fn count_published(&self, bytes: usize) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.published_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count(&self, verdict: &libp2p::gossipsub::MessageAcceptance, bytes: usize) {
+        self.received_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         let counter = match verdict {
             libp2p::gossipsub::MessageAcceptance::Accept => &self.accepted,
             libp2p::gossipsub::MessageAcceptance::Ignore => &self.ignored,
@@ -284,6 +303,9 @@ impl GossipCounters {
             accepted: self.accepted.load(Ordering::Relaxed),
             ignored: self.ignored.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            received_bytes: self.received_bytes.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            published_bytes: self.published_bytes.load(Ordering::Relaxed),
         }
     }
 }

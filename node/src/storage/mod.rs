@@ -157,6 +157,8 @@ struct Inner {
     barriers: Barriers,
     space: Space,
     health: watch::Sender<Health>,
+    /// How long each barrier this storage ran took, seconds.
+    barrier_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Set once, when a barrier failed (or the ledger writer halted).
     failed: OnceLock<String>,
     /// Tests make the next barriers fail, to check that nobody is acknowledged.
@@ -225,6 +227,7 @@ impl Storage {
                 barriers: Barriers::default(),
                 space,
                 health: watch::Sender::new(health),
+                barrier_seconds: crate::metrics::duration_histogram(),
                 failed: OnceLock::new(),
                 #[cfg(test)]
                 fail_barriers: std::sync::atomic::AtomicBool::new(false),
@@ -394,6 +397,11 @@ impl Storage {
         self.inner.fail(reason);
     }
 
+    /// How long each barrier took (sled flush and fsyncs), for the node's metrics.
+    pub fn barrier_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.inner.barrier_seconds.clone()
+    }
+
     pub fn stats(&self) -> StorageStats {
         let barriers = &self.inner.barriers;
         StorageStats {
@@ -442,7 +450,10 @@ impl Inner {
             return Ok(());
         }
         let number = barriers.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let started = std::time::Instant::now();
         self.run_barrier()?;
+        self.barrier_seconds
+            .observe(started.elapsed().as_secs_f64());
         *completed = number;
         barriers.completed_copy.store(number, Ordering::SeqCst);
         barriers.run.fetch_add(1, Ordering::Relaxed);

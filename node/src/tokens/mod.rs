@@ -19,7 +19,38 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use route::{Completed, Generating, MeshModel, Replicated, RouteError, Router, RouterParts};
-pub use serve::{Offered, Serving};
+pub use serve::{Offered, Serving, ServingParts};
+
+/// A standing contract (a model session) open at this node, as `GET /v1/sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionView {
+    #[serde(with = "crate::serde_text::display")]
+    pub contract_id: suanli_protocol::ContractId,
+    /// This node's side: it sends requests under it, or serves them.
+    pub side: SessionSide,
+    /// The other party.
+    #[serde(with = "crate::serde_text::display")]
+    pub peer: suanli_protocol::NodeId,
+    pub model: String,
+    /// Tokens the contract covers.
+    pub budget_tokens: u64,
+    /// Tokens of its receipts both parties signed.
+    pub used_tokens: u64,
+    /// Tokens held by requests in flight (their prompt bound plus `max_tokens`).
+    pub reserved_tokens: u64,
+    /// Requests in flight under it now.
+    pub in_flight: u32,
+    /// No longer taking requests: being closed (its settlement is on its way).
+    pub closing: bool,
+}
+
+/// Which side of a standing contract this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionSide {
+    Requester,
+    Provider,
+}
 
 use crate::config::ModelConfig;
 use crate::inference::{self, InferenceError};

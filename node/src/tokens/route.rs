@@ -99,6 +99,22 @@ pub enum RouteError {
     ShuttingDown,
 }
 
+impl RouteError {
+    /// A short name of the kind of error (a metrics label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouteError::ModelNotFound(_) => "model_not_found",
+            RouteError::ContextLength(_) => "context_length",
+            RouteError::BadRequest(_) => "bad_request",
+            RouteError::NoProvider(_) => "no_provider",
+            RouteError::Failed(_) => "failed",
+            RouteError::NotEnoughProviders(_) => "not_enough_providers",
+            RouteError::ReplicasDisagree { .. } => "replicas_disagree",
+            RouteError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// A model as the mesh offers it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MeshModel {
@@ -168,6 +184,7 @@ struct Inner {
     opening: tokio::sync::Mutex<()>,
     failures: Mutex<HashMap<NodeId, Vec<u64>>>,
     negotiations: std::sync::atomic::AtomicU64,
+    metrics: crate::metrics::Metrics,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -182,6 +199,8 @@ pub struct RouterParts {
     pub market: Market,
     pub serving: Serving,
     pub config: TokensConfig,
+    /// Where requests are counted.
+    pub metrics: crate::metrics::Metrics,
     pub cancel: CancellationToken,
 }
 
@@ -203,6 +222,7 @@ impl Router {
                 opening: tokio::sync::Mutex::new(()),
                 failures: Mutex::new(HashMap::new()),
                 negotiations: std::sync::atomic::AtomicU64::new(0),
+                metrics: parts.metrics,
                 cancel: parts.cancel,
                 tasks: TaskTracker::new(),
             }),
@@ -212,6 +232,29 @@ impl Router {
             router.spawn_close(contract_id, provider);
         }
         router
+    }
+
+    /// The standing contracts open here: those this node holds as requester, then those it
+    /// serves.
+    pub fn session_views(&self) -> Vec<super::SessionView> {
+        let mut views: Vec<super::SessionView> = self
+            .pool()
+            .contracts
+            .values()
+            .map(|standing| super::SessionView {
+                contract_id: standing.contract_id,
+                side: super::SessionSide::Requester,
+                peer: standing.provider,
+                model: standing.model.clone(),
+                budget_tokens: standing.budget,
+                used_tokens: standing.used,
+                reserved_tokens: standing.reserved,
+                in_flight: standing.in_flight,
+                closing: standing.closing || !standing.usable,
+            })
+            .collect();
+        views.extend(self.inner.serving.session_views());
+        views
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
@@ -336,13 +379,31 @@ impl Router {
         let router = self.clone();
         let cancel = self.inner.cancel.child_token();
         self.inner.tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let result = router.generate(&request, text_tx, cancel).await;
             if let Err(error) = &result {
                 debug!(model = %request.model, %error, "request not served");
             }
+            router.count(&request.model, started, &result);
             let _ = done_tx.send(result);
         });
         Generating { text, done }
+    }
+
+    /// Counts a request that ended: its outcome, time and tokens.
+    fn count(
+        &self,
+        model: &str,
+        started: std::time::Instant,
+        result: &Result<Completed, RouteError>,
+    ) {
+        let (outcome, tokens) = match result {
+            Ok(done) => ("ok", Some((done.prompt_tokens, done.completion_tokens))),
+            Err(error) => (error.code(), None),
+        };
+        self.inner
+            .metrics
+            .token_request(model, outcome, started.elapsed().as_secs_f64(), tokens);
     }
 
     /// Serves `request` through the mesh, sending its text to `text` as it comes. When `text`

@@ -106,6 +106,8 @@ impl std::fmt::Debug for Serving {
 }
 
 struct Inner {
+    /// Where requests served are counted.
+    metrics: crate::metrics::Metrics,
     keypair: Keypair,
     ledger: LedgerHandle,
     models: Vec<Offered>,
@@ -163,26 +165,34 @@ impl Session {
 /// Why a request was refused: the wire error sent back.
 type Refusal = (ErrorCode, String);
 
+/// What serving models needs.
+#[derive(Debug)]
+pub struct ServingParts {
+    pub keypair: Keypair,
+    pub ledger: LedgerHandle,
+    pub models: Vec<Offered>,
+    pub config: TokensConfig,
+    /// Requests decoded at once over all models.
+    pub streams: u32,
+    /// Test only: return a different text than generated.
+    pub corrupt_output: bool,
+    pub metrics: crate::metrics::Metrics,
+    pub cancel: CancellationToken,
+}
+
 impl Serving {
-    pub fn new(
-        keypair: Keypair,
-        ledger: LedgerHandle,
-        models: Vec<Offered>,
-        config: TokensConfig,
-        streams: u32,
-        corrupt_output: bool,
-        cancel: CancellationToken,
-    ) -> Serving {
+    pub fn new(parts: ServingParts) -> Serving {
         Serving {
             inner: Arc::new(Inner {
-                keypair,
-                ledger,
-                models,
-                config,
-                generate: Arc::new(Semaphore::new(streams.max(1) as usize)),
+                metrics: parts.metrics,
+                keypair: parts.keypair,
+                ledger: parts.ledger,
+                models: parts.models,
+                config: parts.config,
+                generate: Arc::new(Semaphore::new(parts.streams.max(1) as usize)),
                 sessions: Mutex::new(HashMap::new()),
-                corrupt_output,
-                cancel,
+                corrupt_output: parts.corrupt_output,
+                cancel: parts.cancel,
             }),
         }
     }
@@ -210,6 +220,33 @@ impl Serving {
             .models
             .iter()
             .any(|m| model_hash(&m.model) == *sha256)
+    }
+
+    /// The standing contracts this node serves now.
+    pub fn session_views(&self) -> Vec<super::SessionView> {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        sessions
+            .iter()
+            .map(|session| {
+                let state = session.state();
+                super::SessionView {
+                    contract_id: session.contract_id,
+                    side: super::SessionSide::Provider,
+                    peer: session.requester,
+                    model: self
+                        .inner
+                        .models
+                        .get(session.model)
+                        .map(|offered| offered.model.name.clone())
+                        .unwrap_or_default(),
+                    budget_tokens: session.budget,
+                    used_tokens: state.used(),
+                    reserved_tokens: state.reserved,
+                    in_flight: u32::try_from(state.generating.len()).unwrap_or(u32::MAX),
+                    closing: state.closed || session.ended.is_cancelled(),
+                }
+            })
+            .collect()
     }
 
     /// Sessions running now.
@@ -768,6 +805,13 @@ impl Serving {
         if state.receipts.insert(usage.seq, receipt).is_none() {
             state.prompt += u64::from(usage.prompt_tokens);
             state.completion += u64::from(usage.completion_tokens);
+            if let Some(offered) = self.inner.models.get(session.model) {
+                self.inner.metrics.tokens_served(
+                    &offered.model.name,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                );
+            }
         }
         let remaining = session
             .budget

@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod jobs;
 mod mesh;
+mod metrics;
 mod process;
 mod protocol;
 mod replicas;

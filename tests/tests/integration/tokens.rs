@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use suanli_tests::metrics::{scrape, value};
 use suanli_tests::models::{model_path, openai_client_script, python};
 use suanli_tests::process::{RunningNode, suanli};
 use tempfile::TempDir;
@@ -242,6 +243,27 @@ fn the_openai_client_gets_tokens_from_another_node() {
         1,
         "one standing contract for every request"
     );
+    // It is open on both sides, each counting the tokens both signed for; so do the metrics.
+    let session = |api: &str, side: &str| {
+        get(api, "/v1/sessions")
+            .as_array()
+            .and_then(|list| list.iter().find(|s| s["side"] == side).cloned())
+            .unwrap_or_else(|| panic!("no {side} session at {api}"))
+    };
+    let signed_for = reported.0 + reported.1;
+    for (api, side, peer) in [(&a.api, "requester", &b.id), (&b.api, "provider", &a.id)] {
+        let open = session(api, side);
+        assert_eq!(open["contract_id"], contracts[0].as_str(), "{open}");
+        assert_eq!(open["peer"], peer.as_str(), "{open}");
+        assert_eq!(open["model"], MODEL, "{open}");
+        assert_eq!(open["used_tokens"].as_u64(), Some(signed_for), "{open}");
+        let counted = scrape(api);
+        for (kind, tokens) in [("prompt", reported.0), ("completion", reported.1)] {
+            let key =
+                format!("suanli_tokens_total{{kind=\"{kind}\",model=\"{MODEL}\",side=\"{side}\"}}");
+            assert_eq!(value(&counted, &key), tokens as f64, "{key}: {counted:?}");
+        }
+    }
 
     // A stops: it closes the contract; B delivers its receipt, and A settles it when it is back.
     assert!(a.process.terminate().success());
