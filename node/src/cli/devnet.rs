@@ -50,29 +50,26 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     if let Some(model) = &args.model {
         crate::config::ModelConfig::parse_flag(model)?;
     }
-    let temporary = match &args.dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
+    // A temporary folder is removed when this is dropped, after the nodes stopped.
+    let (root, _temporary) = match &args.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temporary = tempfile::Builder::new()
                 .prefix("suanli-devnet-")
                 .tempdir()
-                .context("create the devnet's folder")?,
-        ),
-    };
-    let root = match (&args.dir, &temporary) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(temporary)) => temporary.path().to_owned(),
-        (None, None) => unreachable!("a folder is given or made"),
+                .context("create the devnet's folder")?;
+            (temporary.path().to_owned(), Some(temporary))
+        }
     };
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let exe = std::env::current_exe().context("find the suanli binary")?;
     let mut nodes: Vec<DevNode> = Vec::new();
-    let started = start_all(&exe, &root, &args, &mut nodes).await;
-    let outcome = match started {
-        Ok(()) => {
-            print_nodes(&root, &nodes)?;
-            watch(&mut nodes).await
-        }
+    // Whatever happens, the nodes started are stopped below.
+    let outcome = match start_all(&exe, &root, &args, &mut nodes).await {
+        Ok(()) => match print_nodes(&root, &nodes) {
+            Ok(()) => watch(&mut nodes).await,
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
     stop_all(&mut nodes).await;

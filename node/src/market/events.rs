@@ -19,8 +19,8 @@ const QUEUE: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
-    /// A placement round ranked these providers (cheapest first); sent when the ranking
-    /// changes.
+    /// A placement round ranked these providers (cheapest first); sent when the providers
+    /// ranked change.
     Quote { candidates: Vec<Quote> },
     /// A contract was proposed to this provider.
     Offer {

@@ -346,7 +346,7 @@ impl JobTask {
                 .saturating_mul(1000);
         let mut excluded: HashSet<NodeId> = HashSet::new();
         let mut backoff = Duration::from_millis(50);
-        let mut quoted: Vec<Quote> = Vec::new();
+        let mut quoted: Vec<NodeId> = Vec::new();
         let salt = u64::from_le_bytes(
             self.record.job_id.0.as_bytes()[..8]
                 .try_into()
@@ -401,12 +401,12 @@ impl JobTask {
                     load_permille: candidate.load_permille,
                 })
                 .collect();
-            if quotes != quoted && !quotes.is_empty() {
-                self.emit(JobEvent::Quote {
-                    candidates: quotes.clone(),
-                });
+            // A new ranking is news; a load that moved is not.
+            let ranked: Vec<NodeId> = quotes.iter().map(|quote| quote.provider).collect();
+            if ranked != quoted && !ranked.is_empty() {
+                self.emit(JobEvent::Quote { candidates: quotes });
             }
-            quoted = quotes;
+            quoted = ranked;
             for candidate in candidates {
                 let provider = candidate.node;
                 if let Some(group) = &self.group

@@ -401,6 +401,11 @@ impl Router {
             Ok(done) => ("ok", Some((done.prompt_tokens, done.completion_tokens))),
             Err(error) => (error.code(), None),
         };
+        // A name the mesh does not serve is the client's text: never a label.
+        let model = match result {
+            Err(RouteError::ModelNotFound(_) | RouteError::BadRequest(_)) => "unknown",
+            _ => model,
+        };
         self.inner
             .metrics
             .token_request(model, outcome, started.elapsed().as_secs_f64(), tokens);
