@@ -83,7 +83,9 @@ impl IntoResponse for ApiError {
 // ---------------------------------------------------------------------------------------------
 
 /// `usage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -113,7 +115,7 @@ pub fn finish_reason(finish: Finish) -> &'static str {
 }
 
 /// A whole chat answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: &'static str,
@@ -123,7 +125,7 @@ pub struct ChatCompletion {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
@@ -132,7 +134,7 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
@@ -166,7 +168,7 @@ pub fn chat_completion(
 }
 
 /// A whole completion answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TextCompletion {
     pub id: String,
     pub object: &'static str,
@@ -176,7 +178,7 @@ pub struct TextCompletion {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
@@ -214,7 +216,7 @@ pub fn text_completion(
 // ---------------------------------------------------------------------------------------------
 
 /// One event of a streamed chat answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -226,7 +228,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -236,7 +238,7 @@ pub struct ChunkChoice {
 }
 
 /// What a chunk adds to the message.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, schemars::JsonSchema)]
 pub struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -319,7 +321,7 @@ impl ChatChunks {
 }
 
 /// One event of a streamed completion answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TextCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -331,7 +333,7 @@ pub struct TextCompletionChunk {
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TextChoiceChunk {
     pub index: u32,
     pub text: String,
@@ -418,7 +420,7 @@ pub fn error_event(error: &ApiError) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelList {
     #[serde(default)]
     pub object: String,
@@ -427,7 +429,7 @@ pub struct ModelList {
 
 /// One model of the list; `extra` holds fields beyond OpenAI's (e.g. a `suanli` object with
 /// providers, prices and `context`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelEntry {
     pub id: String,
     #[serde(default)]

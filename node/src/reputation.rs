@@ -38,7 +38,9 @@ const MAX_OPEN: usize = 1_000_000;
 pub const DISTRUSTED_BELOW: f64 = 0.25;
 
 /// What this node's ledger holds of one peer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Counts {
     /// Runs it completed for us (its receipts with a succeeded outcome).
     pub completed: u64,
@@ -75,7 +77,7 @@ impl Counts {
 }
 
 /// A peer's standing: the counts, a score in 0..1 (0.5 for a peer never seen), and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Standing {
     pub counts: Counts,
     /// This node holds proof that the peer signed two checkpoints that cannot both be true.

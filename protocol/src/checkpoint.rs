@@ -415,13 +415,16 @@ fn parse_decimal(text: &str) -> Option<u64> {
 /// `prefix_root` differs, the node has proven that its new tree does *not* extend the checkpoint
 /// it signed before: equivocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PrefixProof {
     /// Base64 in JSON, raw bytes on the wire.
     #[serde(with = "base64::hash")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub prefix_root: Hash32,
     /// RFC 6962 consistency proof; base64 in JSON, raw bytes on the wire.
     #[serde(with = "base64::hashes")]
+    #[cfg_attr(feature = "schemars", schemars(with = "Vec<String>"))]
     pub proof: Vec<Hash32>,
 }
 
@@ -439,6 +442,7 @@ pub struct PrefixProof {
 ///
 /// The fields are the raw notes; [`Equivocation::verify`] checks everything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Equivocation {
     /// A signed checkpoint note.

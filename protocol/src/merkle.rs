@@ -496,16 +496,20 @@ pub fn verify_consistency(
 /// Hashes are kept as the bytes received, since a JSON document may hold anything;
 /// [`InclusionProof::verify`] refuses any that is not 32 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InclusionProof {
     pub leaf_idx: u64,
     pub tree_size: u64,
     #[serde(with = "base64::bytes")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub root: Vec<u8>,
     #[serde(with = "base64::bytes")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub leaf_hash: Vec<u8>,
     /// `null` or absent reads as empty.
     #[serde(with = "base64::list", default)]
+    #[cfg_attr(feature = "schemars", schemars(with = "Vec<String>"))]
     pub proof: Vec<Vec<u8>>,
 }
 
@@ -557,15 +561,19 @@ impl InclusionProof {
 /// A consistency proof in the JSON shape of the transparency-dev test vectors:
 /// `{"size1", "size2", "root1", "root2", "proof"}`, hashes in standard base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct ConsistencyProof {
     pub size1: u64,
     pub size2: u64,
     #[serde(with = "base64::bytes")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub root1: Vec<u8>,
     #[serde(with = "base64::bytes")]
+    #[cfg_attr(feature = "schemars", schemars(with = "String"))]
     pub root2: Vec<u8>,
     /// `null` or absent reads as empty.
     #[serde(with = "base64::list", default)]
+    #[cfg_attr(feature = "schemars", schemars(with = "Vec<String>"))]
     pub proof: Vec<Vec<u8>>,
 }
 

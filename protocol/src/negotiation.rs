@@ -451,6 +451,7 @@ pub struct Usage {
 /// measure; these are what the cluster spent, and `cpu_ms` may be priced
 /// ([`PriceTerms::per_cpu_second`](crate::money::PriceTerms)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ClusterUsage {
     /// The scheduler's job id (of the job array, for many tasks).

@@ -34,6 +34,7 @@
 //! | `GET /v1/models` | models the mesh offers (OpenAI's shape, with a `suanli` object) |
 //! | `POST /v1/chat/completions` | an OpenAI chat completion, streamed (SSE) or not, routed to the mesh |
 //! | `POST /v1/completions` | an OpenAI text completion, likewise |
+//! | `GET /v1/openapi.json` | this API's OpenAPI 3.1 document, generated from [`types`] ([`openapi`]) |
 //!
 //! The three OpenAI routes answer errors in OpenAI's shape (`{"error":{"message","type","param",
 //! "code"}}`, [`openai`]).
@@ -48,6 +49,7 @@ mod jobs;
 pub mod ledger;
 mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod serve;
 mod transparency;
 pub mod types;
@@ -100,6 +102,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/node", get(node))
         .route("/v1/peers", get(peers))
         .route("/v1/mesh", get(mesh))

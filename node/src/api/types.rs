@@ -29,6 +29,9 @@
 //! | `GET /metrics` | | OpenMetrics text |
 //! | every error | | [`ErrorBody`] |
 //!
+//! `GET /v1/openapi.json` describes the same routes with the JSON Schemas of these types
+//! ([`super::openapi`]).
+//!
 //! A view is separate from what the node stores: [`JobView`] is built from the market's
 //! [`JobRecord`], so the stored record can change without changing the API (the conversion is
 //! where a change must be decided). Ids and hashes are typed and travel as their text form.
@@ -41,6 +44,7 @@
 //!
 //! This module holds data and pure conversions only: it never reads node state or does I/O.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use suanli_protocol::{ClusterInfo, ContractId, Gpu, Hash32, JobId, NodeId, PriceTerms, Resources};
 
@@ -63,12 +67,12 @@ pub use suanli_protocol::merkle::{ConsistencyProof, InclusionProof};
 // Errors
 
 /// Every error answer: `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     pub code: ApiErrorCode,
     /// For people; clients branch on `code`.
@@ -76,7 +80,7 @@ pub struct ErrorDetail {
 }
 
 /// What went wrong, machine-readable; each code has one HTTP status (docs/api.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiErrorCode {
     /// 404: no such route or object.
@@ -130,7 +134,7 @@ pub enum ApiErrorCode {
 
 /// `GET /v1/tokens`: one API token (never its text) and what it has spent. The operator sees
 /// every token, a token only itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -152,7 +156,7 @@ pub struct TokenView {
     pub model_spent: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenState {
     Active,
@@ -202,12 +206,12 @@ impl TokenView {
 // The node and the mesh
 
 /// `GET /healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HealthView {
     pub status: HealthStatus,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// The node runs and serves its API.
@@ -215,9 +219,10 @@ pub enum HealthStatus {
 }
 
 /// `GET /v1/node`: this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub node_id: NodeId,
     pub version: String,
     /// Multiaddrs.
@@ -235,7 +240,7 @@ pub struct NodeView {
 }
 
 /// An amount of compute resources.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ResourcesView {
     pub cpu_cores: u32,
     pub memory_bytes: u64,
@@ -252,7 +257,7 @@ impl From<&Resources> for ResourcesView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GpuView {
     pub model: String,
     pub memory_bytes: u64,
@@ -270,7 +275,7 @@ impl From<&Gpu> for GpuView {
 }
 
 /// A node's prices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PricesView {
     /// Micro-credits per job.
     pub base: u64,
@@ -294,7 +299,7 @@ impl From<PriceTerms> for PricesView {
 pub use crate::submission::ExecutorName;
 
 /// The node's database: whether it takes new work, and its free space.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StorageView {
     pub state: StorageState,
     /// New work (jobs, contracts) is taken: `state` is `healthy`.
@@ -309,7 +314,7 @@ pub struct StorageView {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageState {
     Healthy,
@@ -323,9 +328,10 @@ pub enum StorageState {
 }
 
 /// One node of `GET /v1/mesh`: its newest valid advert.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MeshNodeView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub node_id: NodeId,
     /// Milliseconds since the advert was issued (by the sender's clock).
     pub age_ms: u64,
@@ -352,7 +358,7 @@ pub struct MeshNodeView {
 }
 
 /// A cluster behind a node, as its scheduler last reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterView {
     /// E.g. `slurm 22.05.8`.
     pub scheduler: String,
@@ -382,7 +388,7 @@ impl From<&ClusterInfo> for ClusterView {
 }
 
 /// A model as a node advertises it (`GET /v1/mesh`, and the `suanli` object of `GET /v1/models`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelView {
     pub name: String,
     pub family: String,
@@ -420,14 +426,15 @@ impl From<&suanli_protocol::tokens::ModelInfo> for ModelView {
 pub use crate::submission::{LimitsRequest, PlacementRequest, SubmitRequest};
 
 /// The `202` answer to `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitResponse {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub job_id: JobId,
 }
 
 /// `GET /v1/jobs/{id}?wait_ms=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobQuery {
     /// Long-poll: answer as soon as the job is final, or after this many milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -435,7 +442,7 @@ pub struct JobQuery {
 }
 
 /// `GET /v1/jobs?after=&limit=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobListQuery {
     /// A job id: list the jobs submitted after it (a page's `next`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -445,39 +452,46 @@ pub struct JobListQuery {
 }
 
 /// `GET /v1/jobs`: one page of jobs, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobView>,
     /// The `after` of the following page; `null` on the last one.
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub next: Option<JobId>,
 }
 
 /// One step of a job in `GET /v1/jobs/{id}/events`: the job it concerns (the job itself, or one
 /// run of a replicated job) and what happened (`event` names it, as the SSE event does).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobEventView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub job_id: JobId,
     #[serde(flatten)]
     pub event: JobEvent,
 }
 
 /// `GET /v1/jobs/{id}`: everything the node knows about one job it was given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub job_id: JobId,
     pub state: JobState,
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub module_hash: Hash32,
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub stdin_hash: Hash32,
     /// SHA-256 of the job spec's canonical bytes.
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub spec_hash: Option<Hash32>,
     /// The submitter's nonce, part of the job id (decimal text: it is 128 bits).
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub nonce: Option<u128>,
     pub args: Vec<String>,
     pub limits: LimitsView,
@@ -485,8 +499,10 @@ pub struct JobView {
     pub max_price: u64,
     /// The provider of the job's contract, once it has one.
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub provider: Option<NodeId>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub contract_id: Option<ContractId>,
     pub exit_code: Option<i32>,
     pub usage: Option<UsageView>,
@@ -494,6 +510,7 @@ pub struct JobView {
     pub cost: Option<u64>,
     /// SHA-256 of the output (`GET /v1/jobs/{id}/output`).
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub output_hash: Option<Hash32>,
     pub error: Option<JobErrorView>,
     /// Every try at placing the job, oldest first (the newest 64 are kept).
@@ -514,11 +531,12 @@ pub struct JobView {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub group: Option<JobId>,
 }
 
 /// The runs of a replicated job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReplicasView {
     /// Replicas asked for (for a spot check: the runs it has needed so far).
     pub count: usize,
@@ -529,23 +547,28 @@ pub struct ReplicasView {
     pub runs: Vec<ReplicaView>,
     /// The providers whose signed result differed from the majority's.
     #[serde(with = "crate::serde_text::display_vec")]
+    #[schemars(with = "Vec<String>")]
     pub odd: Vec<NodeId>,
     /// The evidence stored against them.
     pub evidence: Vec<EvidenceView>,
 }
 
 /// One run of a replicated job (itself a job: `GET /v1/jobs/{job_id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReplicaView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub job_id: JobId,
     pub state: JobState,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub provider: Option<NodeId>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub contract_id: Option<ContractId>,
     pub exit_code: Option<i32>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub output_hash: Option<Hash32>,
     pub error: Option<JobErrorView>,
 }
@@ -566,22 +589,26 @@ impl From<&JobRecord> for ReplicaView {
 
 /// Evidence that a provider of a replicated job or token request signed a result other than
 /// the majority's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EvidenceView {
     /// The replicated job, or the id of the replicated token request.
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub group: JobId,
     /// `job` (the evidence is a `ReplicaMismatch`) or `tokens` (a `TokenMismatch`).
     pub kind: EvidenceKind,
     /// The provider whose result differed.
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub provider: NodeId,
     /// Its contract.
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub contract_id: ContractId,
     pub at_ms: u64,
     /// The providers of the majority, as the evidence names them (empty if it does not verify).
     #[serde(with = "crate::serde_text::display_vec")]
+    #[schemars(with = "Vec<String>")]
     pub majority: Vec<NodeId>,
     /// Whether the evidence verified when this answer was made
     /// (`suanli_protocol::replicas::ReplicaMismatch::verify` or `TokenMismatch::verify`).
@@ -608,7 +635,7 @@ impl From<&MismatchRecord> for EvidenceView {
 }
 
 /// `GET /v1/evidence?after=&limit=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EvidenceQuery {
     /// A page's `next`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -618,7 +645,7 @@ pub struct EvidenceQuery {
 }
 
 /// `GET /v1/evidence`: one page of the evidence this node stored, by replicated job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EvidencePage {
     pub evidence: Vec<EvidenceView>,
     /// The `after` of the following page; `null` on the last one.
@@ -668,7 +695,7 @@ impl From<JobRecord> for JobView {
 }
 
 /// A job's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LimitsView {
     pub fuel: u64,
     pub memory_bytes: u64,
@@ -695,7 +722,7 @@ impl From<JobLimits> for LimitsView {
 }
 
 /// What a run used, as its provider's signed receipt metered it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageView {
     pub fuel: u64,
     pub wall_ms: u64,
@@ -727,7 +754,7 @@ impl From<JobUsage> for UsageView {
 }
 
 /// Why a job failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobErrorView {
     pub code: JobErrorCode,
     pub message: String,
@@ -743,11 +770,13 @@ impl From<&JobError> for JobErrorView {
 }
 
 /// One try at placing a job with one provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AttemptView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub provider: NodeId,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub contract_id: Option<ContractId>,
     pub outcome: AttemptOutcome,
     /// The provider's decline code, or how the run ended.
@@ -773,7 +802,7 @@ impl From<&Attempt> for AttemptView {
 // The ledger
 
 /// `GET /v1/ledger?from=&limit=&fields=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LedgerQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<u64>,
@@ -784,7 +813,7 @@ pub struct LedgerQuery {
 }
 
 /// What `GET /v1/ledger` shows of each entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryFields {
     /// Every field: [`EntryView`].
@@ -796,11 +825,13 @@ pub enum EntryFields {
 }
 
 /// `GET /v1/ledger`: a range of entries, and the ledger's durable size and head now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "LedgerPageOf{E}")]
 pub struct LedgerPage<E> {
     pub size: u64,
     /// The hash of the last durable entry (64 zeros for an empty ledger).
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub head: Hash32,
     pub entries: Vec<E>,
 }
@@ -811,7 +842,7 @@ pub type EntriesPage = LedgerPage<EntryView>;
 pub type RawEntriesPage = LedgerPage<RawEntry>;
 
 /// One entry of `GET /v1/ledger?fields=raw`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RawEntry {
     pub index: u64,
     /// The exact stored bytes, standard base64.
@@ -821,26 +852,32 @@ pub struct RawEntry {
 /// One ledger entry: the facts a reader wants, plus the exact stored bytes. Documents are
 /// decoded without re-verifying them (that is `GET /v1/ledger/verify`); fields a kind of entry
 /// does not have are `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EntryView {
     pub index: u64,
     pub timestamp_ms: u64,
     pub kind: EntryKind,
     /// The entry's RFC 6962 leaf hash: what the next entry links to and the Merkle tree holds.
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub hash: Hash32,
     /// The previous entry's hash; empty for an undecodable entry.
     pub prev_hash: String,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub contract_id: Option<ContractId>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub job_id: Option<JobId>,
     /// The hash of the job spec (contracts).
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub job_hash: Option<Hash32>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub requester: Option<NodeId>,
     #[serde(with = "crate::serde_text::display_option", default)]
+    #[schemars(with = "Option<String>")]
     pub provider: Option<NodeId>,
     /// Micro-credits: a contract's maximum; what a receipt or settlement charged.
     pub cost: Option<u64>,
@@ -865,7 +902,7 @@ pub struct EntryView {
 }
 
 /// What a ledger entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     Contract,
@@ -899,7 +936,7 @@ impl EntryKind {
 }
 
 /// `GET /v1/ledger/entry/{index}?raw=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntryQuery {
     /// `1` or `true`: the exact stored bytes instead of JSON (`0`, `false`: JSON).
@@ -908,7 +945,7 @@ pub struct EntryQuery {
 }
 
 /// `GET /v1/ledger/proof/inclusion?index=&size=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     pub index: u64,
@@ -918,7 +955,7 @@ pub struct InclusionQuery {
 }
 
 /// `GET /v1/ledger/proof/consistency?from=&to=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     pub from: u64,
@@ -928,7 +965,7 @@ pub struct ConsistencyQuery {
 }
 
 /// `GET /v1/ledger/audit?peer=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditQuery {
     /// The peer's node id (checked by the handler, which names the field).
     pub peer: String,

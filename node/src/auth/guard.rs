@@ -44,7 +44,13 @@ pub fn needs_token(method: &Method, path: &str) -> bool {
     // out of proportion to the request.
     let public = matches!(
         path,
-        "/healthz" | "/v1/node" | "/v1/mesh" | "/v1/peers" | "/v1/models" | "/v1/ledger"
+        "/healthz"
+            | "/v1/node"
+            | "/v1/mesh"
+            | "/v1/peers"
+            | "/v1/models"
+            | "/v1/ledger"
+            | "/v1/openapi.json"
     ) || crate::api::CONSOLE_PATHS.contains(&path)
         || (path.starts_with("/v1/ledger/")
             && !matches!(path, "/v1/ledger/audit" | "/v1/ledger/verify"));
@@ -256,6 +262,7 @@ mod tests {
             "/v1/ledger",
             "/v1/ledger/entry/0",
             "/v1/ledger/checkpoint",
+            "/v1/openapi.json",
             "/",
             "/console/app.js",
             "/console/style.css",

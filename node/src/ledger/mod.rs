@@ -228,7 +228,7 @@ pub struct StoredEntry {
 }
 
 /// The outcome of verifying a whole ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     /// Entries verified (all of them when `ok`; those before the bad one otherwise).
@@ -239,14 +239,14 @@ pub struct VerifyReport {
 }
 
 /// The first bad entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VerifyFailure {
     pub index: u64,
     pub message: String,
 }
 
 /// Net credits with one counterparty, from the settlements in this ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Balance {
     /// The counterparty.
     pub node_id: String,

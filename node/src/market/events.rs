@@ -16,7 +16,7 @@ use super::jobs::{AttemptOutcome, AttemptReason, JobState};
 const QUEUE: usize = 1024;
 
 /// One step of placing a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
     /// A placement round ranked these providers (cheapest first); sent when the providers
@@ -25,11 +25,13 @@ pub enum JobEvent {
     /// A contract was proposed to this provider.
     Offer {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
     },
     /// The provider declined with a signed reason.
     Decline {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
         reason: Option<AttemptReason>,
         message: String,
@@ -37,32 +39,40 @@ pub enum JobEvent {
     /// Both parties signed a contract.
     Contract {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         contract_id: ContractId,
     },
     /// The provider holds the contract and the job's payload: the job is its to run.
     Running {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         contract_id: ContractId,
     },
     /// The provider's signed receipt arrived and checked out.
     Receipt {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         contract_id: ContractId,
         exit_code: Option<i32>,
         fuel: u64,
         wall_ms: u64,
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         output_hash: Hash32,
     },
     /// The contract was settled and the job's record is final.
     Settlement {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         contract_id: ContractId,
         state: JobState,
         /// Micro-credits paid.
@@ -71,6 +81,7 @@ pub enum JobEvent {
     /// An attempt ended without a result (not a decline); the job goes on with another try.
     Failover {
         #[serde(with = "crate::serde_text::display")]
+        #[schemars(with = "String")]
         provider: NodeId,
         outcome: AttemptOutcome,
         reason: Option<AttemptReason>,
@@ -95,9 +106,10 @@ impl JobEvent {
 }
 
 /// One ranked provider and the most the job would cost there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Quote {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub provider: NodeId,
     /// Micro-credits.
     pub max_cost: u64,

@@ -15,7 +15,7 @@ use suanli_protocol::{ContractId, Hash32, JobId, Limits, NodeId, Usage};
 use crate::storage::{Blobs, RecordTree, Storage, StorageError};
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -32,7 +32,7 @@ impl JobState {
 }
 
 /// Why a job failed, machine-readable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobErrorCode {
     /// No provider took the job before the placement deadline; the message lists why.
@@ -95,7 +95,7 @@ impl JobError {
 }
 
 /// How one try with one provider ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The provider declined (its signed reason is the attempt's `reason`).
@@ -126,7 +126,7 @@ pub enum AttemptOutcome {
 }
 
 /// A decline code or a run's failure reason, as an attempt shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptReason {
     // Decline codes.
@@ -435,7 +435,9 @@ pub struct ReplicaGroup {
 }
 
 /// What a piece of stored evidence is about.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EvidenceKind {
     /// A replicated WebAssembly job ([`suanli_protocol::replicas::ReplicaMismatch`]).

@@ -129,7 +129,9 @@ pub struct SignedSession {
 }
 
 /// Counters of the market, for the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct MarketStats {
     /// Jobs submitted here and not final yet.
     pub jobs_in_flight: usize,

@@ -145,7 +145,7 @@ pub enum RequestError {
 }
 
 /// A connected peer, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PeerInfo {
     pub node_id: String,
     pub addrs: Vec<String>,
@@ -262,7 +262,9 @@ pub struct GossipCounters {
 }
 
 /// A snapshot of [`GossipCounters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct GossipStats {
     /// Valid and newer than the advert held: stored and forwarded.
     pub accepted: u64,

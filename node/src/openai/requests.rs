@@ -23,7 +23,7 @@ use suanli_protocol::tokens::{
 // ---------------------------------------------------------------------------------------------
 
 /// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<RequestMessage>,
@@ -32,7 +32,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// The fields both request kinds share: sampling, limits and streaming.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Options {
     /// The older name of `max_completion_tokens`; both are accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +62,7 @@ pub struct Options {
 }
 
 /// One message of a chat request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RequestMessage {
     pub role: String,
     /// Absent or `null` (an assistant message that only called tools) reads as empty text.
@@ -71,7 +71,7 @@ pub struct RequestMessage {
 }
 
 /// A message's content: a string, or an array of parts of which only `text` parts are served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -82,7 +82,7 @@ pub enum MessageContent {
 }
 
 /// One part of a message's content (`{"type":"text","text":"…"}`); other fields are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -91,7 +91,7 @@ pub struct ContentPart {
 }
 
 /// `stop`: one string or an array of strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -101,14 +101,14 @@ pub enum Stop {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
 }
 
 /// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: CompletionPrompt,
@@ -120,7 +120,7 @@ pub struct CompletionRequest {
 }
 
 /// A completion's `prompt`: a string, or an array holding exactly one string.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum CompletionPrompt {
     Text(String),
@@ -398,6 +398,24 @@ impl ErrorKind {
     }
 }
 
+/// The JSON Schema of `type`: one of the names [`ErrorKind::name`] gives.
+impl schemars::JsonSchema for ErrorKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpenAiErrorType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names = [
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotFound,
+            ErrorKind::RateLimit,
+            ErrorKind::Server,
+        ]
+        .map(ErrorKind::name);
+        schemars::json_schema!({"type": "string", "enum": names})
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -424,12 +442,15 @@ pub struct ApiError {
     pub code: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error of these routes, as OpenAI's clients read it.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "OpenAiErrorBody")]
+pub struct ErrorBody<'a> {
     error: ErrorObject<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "OpenAiError")]
 struct ErrorObject<'a> {
     message: &'a str,
     #[serde(rename = "type")]

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use suanli_protocol::checkpoint::SignedCheckpoint;
@@ -49,7 +50,7 @@ pub enum AuditError {
 }
 
 /// What an audit concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditVerdict {
     /// The peer's ledger verified, matched its checkpoint, and every shared document is the same
@@ -60,7 +61,9 @@ pub enum AuditVerdict {
 }
 
 /// The documents both parties of a contract record, and compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DocumentKind {
     Contract,
@@ -77,7 +80,7 @@ impl DocumentKind {
 }
 
 /// How a shared document differs between the two ledgers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiscrepancyIssue {
     /// Both hold it, with different bytes (a conflict to look at, never to overwrite).
@@ -89,7 +92,7 @@ pub enum DiscrepancyIssue {
 }
 
 /// The peer's checkpoint the audit checked against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditedCheckpoint {
     pub size: u64,
     pub root: String,
@@ -101,7 +104,7 @@ pub struct AuditedCheckpoint {
 }
 
 /// An entry of the peer's ledger that failed verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChainProblem {
     pub index: u64,
     pub contract_id: Option<String>,
@@ -109,7 +112,7 @@ pub struct ChainProblem {
 }
 
 /// A shared contract whose records differ.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Discrepancy {
     pub contract_id: String,
     pub kind: DocumentKind,
@@ -121,7 +124,7 @@ pub struct Discrepancy {
 }
 
 /// The result of auditing one peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditReport {
     pub peer: String,
     pub verdict: AuditVerdict,

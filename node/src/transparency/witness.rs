@@ -38,7 +38,7 @@ pub enum Source {
 }
 
 /// What witnessing a checkpoint came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Observation {
     /// The first checkpoint seen from this node: held (trust on first use).
@@ -60,7 +60,7 @@ pub enum Observation {
 }
 
 /// A held checkpoint, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Witnessed {
     pub node_id: String,
     pub size: u64,
@@ -69,7 +69,7 @@ pub struct Witnessed {
 }
 
 /// A stored equivocation proof, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EquivocationRecord {
     pub node_id: String,
     pub proof: Equivocation,

@@ -10,6 +10,7 @@ mod faults;
 mod jobs;
 mod mesh;
 mod metrics;
+mod openapi;
 mod process;
 mod protocol;
 mod replicas;
