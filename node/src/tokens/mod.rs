@@ -22,14 +22,18 @@ pub use route::{Completed, Generating, MeshModel, Replicated, RouteError, Router
 pub use serve::{Offered, Serving, ServingParts};
 
 /// A standing contract (a model session) open at this node, as `GET /v1/sessions` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct SessionView {
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub contract_id: suanli_protocol::ContractId,
     /// This node's side: it sends requests under it, or serves them.
     pub side: SessionSide,
     /// The other party.
     #[serde(with = "crate::serde_text::display")]
+    #[schemars(with = "String")]
     pub peer: suanli_protocol::NodeId,
     pub model: String,
     /// Tokens the contract covers.
@@ -45,7 +49,9 @@ pub struct SessionView {
 }
 
 /// Which side of a standing contract this node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionSide {
     Requester,
