@@ -108,14 +108,8 @@ impl Metrics {
     }
 
     /// A model request this node routed to the mesh ended (`outcome`: `ok` or the error's
-    /// code) after `seconds`, with these tokens.
-    pub fn token_request(
-        &self,
-        model: &str,
-        outcome: &str,
-        seconds: f64,
-        tokens: Option<(u32, u32)>,
-    ) {
+    /// code) after `seconds`.
+    pub fn token_request(&self, model: &str, outcome: &str, seconds: f64) {
         let model = self.model_label(model);
         self.inner
             .token_requests
@@ -126,31 +120,14 @@ impl Metrics {
             .inc();
         self.inner
             .token_request_seconds
-            .get_or_create(&ModelLabel {
-                model: model.clone(),
-            })
+            .get_or_create(&ModelLabel { model })
             .observe(seconds);
-        if let Some((prompt, completion)) = tokens {
-            self.count_tokens(model, "requester", prompt, completion);
-        }
     }
 
-    /// A request this node served was receipted by both parties.
-    pub fn tokens_served(&self, model: &str, prompt: u32, completion: u32) {
+    /// A usage receipt both parties signed is in this node's ledger: `side` is `requester`
+    /// (this node sent the request) or `provider` (it served it).
+    pub fn tokens_receipted(&self, model: &str, side: &str, prompt: u32, completion: u32) {
         let model = self.model_label(model);
-        self.count_tokens(model, "provider", prompt, completion);
-    }
-
-    /// Registers a histogram another piece owns and records into.
-    pub fn register_histogram(&self, name: &'static str, help: &'static str, histogram: Histogram) {
-        self.inner
-            .owned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((name, help, histogram));
-    }
-
-    fn count_tokens(&self, model: String, side: &str, prompt: u32, completion: u32) {
         for (kind, count) in [("prompt", prompt), ("completion", completion)] {
             self.inner
                 .tokens
@@ -161,6 +138,15 @@ impl Metrics {
                 })
                 .inc_by(u64::from(count));
         }
+    }
+
+    /// Registers a histogram another piece owns and records into.
+    pub fn register_histogram(&self, name: &'static str, help: &'static str, histogram: Histogram) {
+        self.inner
+            .owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name, help, histogram));
     }
 
     /// `model`, or `other` once [`MAX_MODEL_LABELS`] names are labelled.

@@ -384,31 +384,28 @@ impl Router {
             if let Err(error) = &result {
                 debug!(model = %request.model, %error, "request not served");
             }
-            router.count(&request.model, started, &result);
+            router.count(&request.model, started, result.as_ref().err());
             let _ = done_tx.send(result);
         });
         Generating { text, done }
     }
 
-    /// Counts a request that ended: its outcome, time and tokens.
-    fn count(
+    /// Counts a request that ended (its tokens are counted with each receipt recorded).
+    pub(super) fn count(
         &self,
         model: &str,
         started: std::time::Instant,
-        result: &Result<Completed, RouteError>,
+        error: Option<&RouteError>,
     ) {
-        let (outcome, tokens) = match result {
-            Ok(done) => ("ok", Some((done.prompt_tokens, done.completion_tokens))),
-            Err(error) => (error.code(), None),
-        };
         // A name the mesh does not serve is the client's text: never a label.
-        let model = match result {
-            Err(RouteError::ModelNotFound(_) | RouteError::BadRequest(_)) => "unknown",
+        let model = match error {
+            Some(RouteError::ModelNotFound(_) | RouteError::BadRequest(_)) => "unknown",
             _ => model,
         };
+        let outcome = error.map_or("ok", RouteError::code);
         self.inner
             .metrics
-            .token_request(model, outcome, started.elapsed().as_secs_f64(), tokens);
+            .token_request(model, outcome, started.elapsed().as_secs_f64());
     }
 
     /// Serves `request` through the mesh, sending its text to `text` as it comes. When `text`
@@ -733,6 +730,12 @@ impl Router {
             .append(EntryBody::Usage(countersigned.clone()))
             .await
             .map_err(|error| Attempt::Fatal(RouteError::Failed(format!("ledger: {error}"))))?;
+        self.inner.metrics.tokens_receipted(
+            &request.model,
+            "requester",
+            receipt.prompt_tokens,
+            receipt.completion_tokens,
+        );
         if writer
             .send(&TokensRequest::Countersigned(countersigned.clone()))
             .await

@@ -806,8 +806,9 @@ impl Serving {
             state.prompt += u64::from(usage.prompt_tokens);
             state.completion += u64::from(usage.completion_tokens);
             if let Some(offered) = self.inner.models.get(session.model) {
-                self.inner.metrics.tokens_served(
+                self.inner.metrics.tokens_receipted(
                     &offered.model.name,
+                    "provider",
                     usage.prompt_tokens,
                     usage.completion_tokens,
                 );

@@ -79,7 +79,9 @@ impl Router {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let router = self.clone();
         self.inner.tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let result = router.generate_replicated(&request, replicas).await;
+            router.count(&request.model, started, result.as_ref().err());
             let _ = done_tx.send(result);
         });
         done
