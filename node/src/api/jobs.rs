@@ -274,13 +274,16 @@ pub async fn events(
     Who(principal): Who,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let job_id = record(&state, &principal, &id)?.job_id;
-    // Subscribed before the snapshot is read: nothing between the two is missed.
+    // Subscribed before the job is read for its snapshot: nothing between the two is missed.
+    let live = state.market.job_events().subscribe();
+    let finished = state.market.subscribe_finished();
+    let first = record(&state, &principal, &id)?;
     let follow = Follow {
-        live: state.market.job_events().subscribe(),
-        finished: state.market.subscribe_finished(),
+        live,
+        finished,
         state,
-        job_id,
+        job_id: first.job_id,
+        first: Some(first),
         next_id: 0,
         phase: Phase::Snapshot,
     };
@@ -295,6 +298,8 @@ pub async fn events(
 struct Follow {
     state: ApiState,
     job_id: JobId,
+    /// The record read when the reader connected: its first snapshot.
+    first: Option<JobRecord>,
     live: broadcast::Receiver<Arc<Announced>>,
     finished: broadcast::Receiver<JobId>,
     /// The SSE id of the next event.
@@ -351,7 +356,11 @@ impl Follow {
 
     /// The job as it stands: `snapshot`, or `end` when it is final (or gone).
     fn snapshot(&mut self) -> Option<Event> {
-        let record = match self.state.market.jobs().get(&self.job_id) {
+        let read = match self.first.take() {
+            Some(first) => Ok(Some(first)),
+            None => self.state.market.jobs().get(&self.job_id),
+        };
+        let record = match read {
             Ok(Some(record)) => record,
             Ok(None) | Err(_) => {
                 self.phase = Phase::Done;
