@@ -29,6 +29,12 @@ pub fn suanli_binary() -> &'static Path {
     })
 }
 
+/// The log filter of the nodes tests start: `SUANLI_TEST_NODE_LOG` (a `RUST_LOG` value, e.g.
+/// `suanli_node=debug` to see why a test's nodes did what they did), else warnings only.
+pub fn node_log_filter() -> String {
+    std::env::var("SUANLI_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Runs `suanli ARGS…` to completion.
 pub fn suanli(args: &[&str]) -> Output {
     Command::new(suanli_binary())
@@ -81,7 +87,7 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", node_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -58,6 +58,12 @@ const MAX_STRIKES: u32 = 3;
 const BAN: Duration = Duration::from_secs(300);
 
 type OutboundReply = tokio::sync::oneshot::Sender<Result<Vec<u8>, RequestError>>;
+type DialReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Callers one peer's dial may hold waiting for its outcome, and peers whose dials may be waited
+/// for at once ([`Command::Dial`]); beyond them a caller is told at once.
+const MAX_DIAL_WAITERS_PER_PEER: usize = 64;
+const MAX_DIAL_WAITING_PEERS: usize = 1024;
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -93,6 +99,9 @@ pub struct EventLoop {
     banned_until: HashMap<PeerId, Instant>,
     /// The IP address of each connected peer's latest connection (bounded by the connections).
     peer_ips: HashMap<PeerId, std::net::IpAddr>,
+    /// Who waits for a peer to be connected ([`Command::Dial`]): told when a connection comes
+    /// up, the dial fails, or the peer's last connection closes.
+    dial_waiters: HashMap<PeerId, Vec<DialReply>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -171,6 +180,7 @@ impl EventLoop {
             strikes: HashMap::new(),
             banned_until: HashMap::new(),
             peer_ips: HashMap::new(),
+            dial_waiters: HashMap::new(),
         })
     }
 
@@ -309,12 +319,15 @@ impl EventLoop {
                 bytes,
                 reply,
             } => {
-                self.connect(peer);
+                let _ = self.connect(peer);
                 let peer = peer.to_peer_id();
                 let id = self.request_response(protocol).send_request(&peer, bytes);
                 self.outbound.insert((protocol, id), (peer, reply));
             }
-            Command::Connect(peer) => self.connect(peer),
+            Command::Connect(peer) => {
+                let _ = self.connect(peer);
+            }
+            Command::Dial(peer, reply) => self.dial_and_tell(peer, reply),
             Command::ConnectionStats(reply) => {
                 let info = self.swarm.network_info();
                 let counters = info.connection_counters();
@@ -773,10 +786,12 @@ impl EventLoop {
 
     /// Dials `node` unless it is connected, with the addresses of the peer book and of its
     /// advert (a provider chosen from the capacity view is usually not a peer yet).
-    fn connect(&mut self, node: NodeId) {
+    /// Fails only when no dial could start (no address known, the peer banned…); a dial that
+    /// runs already is not started again.
+    fn connect(&mut self, node: NodeId) -> Result<(), String> {
         let peer_id = node.to_peer_id();
         if peer_id == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer_id) {
-            return;
+            return Ok(());
         }
         let mut addrs = self.peers.addrs(&peer_id);
         if let Some(entry) = self.parts.mesh.get(&node) {
@@ -796,8 +811,45 @@ impl EventLoop {
             .addresses(addrs)
             .extend_addresses_through_behaviour()
             .build();
-        if let Err(error) = self.swarm.dial(opts) {
-            debug!(%peer_id, %error, "dial not started");
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(error) => {
+                debug!(%peer_id, %error, "dial not started");
+                Err(error.to_string())
+            }
+        }
+    }
+
+    /// Answers `reply` once `node` holds a live connection (at once if it does), or with why
+    /// not: the dial failed, or could not start.
+    fn dial_and_tell(&mut self, node: NodeId, reply: DialReply) {
+        let peer_id = node.to_peer_id();
+        if peer_id == *self.swarm.local_peer_id() || self.peers.is_connected(&peer_id) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if let Err(error) = self.connect(node) {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        if !self.dial_waiters.contains_key(&peer_id)
+            && self.dial_waiters.len() >= MAX_DIAL_WAITING_PEERS
+        {
+            let _ = reply.send(Err("too many dials are waited for".into()));
+            return;
+        }
+        let waiting = self.dial_waiters.entry(peer_id).or_default();
+        waiting.retain(|waiter| !waiter.is_closed());
+        if waiting.len() >= MAX_DIAL_WAITERS_PER_PEER {
+            let _ = reply.send(Err("too many wait for this peer's dial".into()));
+            return;
+        }
+        waiting.push(reply);
+    }
+
+    fn tell_dial_waiters(&mut self, peer_id: &PeerId, outcome: &Result<(), String>) {
+        for waiter in self.dial_waiters.remove(peer_id).unwrap_or_default() {
+            let _ = waiter.send(outcome.clone());
         }
     }
 
@@ -827,7 +879,7 @@ impl EventLoop {
             pick = pick.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             let node = candidates.swap_remove((pick >> 33) as usize % candidates.len());
             debug!(%node, "dialling a node of the capacity view");
-            self.connect(node);
+            let _ = self.connect(node);
         }
     }
 
@@ -952,6 +1004,7 @@ impl EventLoop {
                 }
                 self.peers
                     .connected(peer_id, connection_id, endpoint.is_dialer(), Instant::now());
+                self.tell_dial_waiters(&peer_id, &Ok(()));
                 let established = self
                     .swarm
                     .network_info()
@@ -969,12 +1022,14 @@ impl EventLoop {
                 if self.peers.closed(&peer_id, connection_id, Instant::now()) {
                     debug!(%peer_id, "peer lost; re-dial scheduled");
                     self.peer_ips.remove(&peer_id);
+                    self.tell_dial_waiters(&peer_id, &Err("the connection closed".into()));
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, ?error, "dial failed");
                 if let Some(peer_id) = peer_id {
                     self.peers.dial_failed(&peer_id, Instant::now());
+                    self.tell_dial_waiters(&peer_id, &Err(format!("dial failed: {error}")));
                 }
             }
             SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),

@@ -187,6 +187,9 @@ pub enum Command {
     /// Dial the peer with every address known for it (peer book, its advert) unless it is
     /// connected.
     Connect(NodeId),
+    /// Dial the peer as [`Command::Connect`] does, and answer once it holds a live connection
+    /// (at once if it does), or with why not.
+    Dial(NodeId, oneshot::Sender<Result<(), String>>),
     /// Connection counts and what the peer manager did.
     ConnectionStats(oneshot::Sender<ConnectionStats>),
 }
@@ -473,6 +476,15 @@ impl NetworkHandle {
             .send(Command::Connect(peer))
             .await
             .map_err(|_| NetworkStopped)
+    }
+
+    /// Dials `peer` unless it holds a live connection, and waits until it does; the error says
+    /// why it does not (the dial failed, or could not start).
+    pub async fn dial(&self, peer: NodeId) -> Result<(), RequestError> {
+        self.request(|reply| Command::Dial(peer, reply))
+            .await
+            .map_err(|_| RequestError::Unreachable("the network stopped".into()))?
+            .map_err(RequestError::Unreachable)
     }
 
     pub async fn is_connected(&self, peer: NodeId) -> Result<bool, NetworkStopped> {

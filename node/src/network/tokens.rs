@@ -15,6 +15,7 @@ use libp2p::StreamProtocol;
 use suanli_protocol::NodeId;
 use suanli_protocol::tokens::TOKENS_PROTOCOL;
 use suanli_protocol::wire::WireMessage;
+use tokio::time::Instant;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::{NetworkHandle, RequestError};
@@ -22,6 +23,8 @@ use super::{NetworkHandle, RequestError};
 /// The most a peer may stay silent in the middle of an exchange (a long prompt's prefill on a
 /// busy provider comes before the first text frame).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most opening a stream may take, a dial included.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Buffer of an in-process pipe.
 const LOCAL_PIPE_BYTES: usize = 256 * 1024;
 
@@ -213,11 +216,21 @@ impl IncomingTokenStreams {
 }
 
 impl NetworkHandle {
-    /// Opens a token stream to `peer` (dialling it if needed).
+    /// Opens a token stream to `peer`, dialling it first if it holds no live connection.
+    ///
+    /// The stream is asked for only once this node's network loop has seen a connection come
+    /// up (every behaviour has by then). Asked for without one, libp2p-stream dials by itself
+    /// with fewer addresses, and loses a stream asked for in the instant a connection comes up
+    /// (it learns of the connection's handler before the connection): it would wait for
+    /// another connection.
     pub async fn open_token_stream(&self, peer: NodeId) -> Result<TokenStream, RequestError> {
+        let deadline = Instant::now() + OPEN_TIMEOUT;
+        tokio::time::timeout_at(deadline, self.dial(peer))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
         let mut control = self.streams.clone();
         let open = control.open_stream(peer.to_peer_id(), StreamProtocol::new(TOKENS_PROTOCOL));
-        let stream = tokio::time::timeout(FRAME_TIMEOUT, open)
+        let stream = tokio::time::timeout_at(deadline, open)
             .await
             .map_err(|_| RequestError::Timeout)?
             .map_err(|error| RequestError::Unreachable(error.to_string()))?;

@@ -386,3 +386,49 @@ async fn thirty_nodes_converge_without_exceeding_their_connection_limit() {
     })
     .await;
 }
+
+/// Token streams asked for while a node is still dialling its peer open once the connection is
+/// up (libp2p-stream, asked without a connection, loses a stream asked for in the instant one
+/// comes up; the node waits for its own dial instead), and one to a node nobody knows an address
+/// of fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_streams_asked_for_while_a_peer_is_dialled_open() {
+    with_timeout(async {
+        let b = TestNode::start(&[]).await;
+        for round in 0..100u64 {
+            let a = TestNode::start(&[b.tcp_addr()]).await;
+            // Asked for right after the start, while the bootstrap dial runs, spread over it.
+            let opens = (0..16u64).map(|i| {
+                let network = a.handle.network.clone();
+                let peer = b.handle.node_id;
+                async move {
+                    tokio::time::sleep(Duration::from_micros(i * 50 * (round % 8))).await;
+                    tokio::time::timeout(Duration::from_secs(15), network.open_token_stream(peer))
+                        .await
+                }
+            });
+            for (i, opened) in futures::future::join_all(opens)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match opened {
+                    Ok(Ok(_stream)) => {}
+                    Ok(Err(error)) => panic!("round {round}, stream {i}: {error}"),
+                    Err(_) => panic!("round {round}, stream {i}: not open after 15 s"),
+                }
+            }
+            a.stop().await;
+        }
+        // A node no address is known for is an error at once, not a wait.
+        let stranger = Keypair::generate().expect("key").node_id();
+        let opened = tokio::time::timeout(
+            Duration::from_secs(5),
+            b.handle.network.open_token_stream(stranger),
+        )
+        .await;
+        assert!(matches!(opened, Ok(Err(_))), "{opened:?}");
+        b.stop().await;
+    })
+    .await;
+}
