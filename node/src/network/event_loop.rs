@@ -60,9 +60,9 @@ const BAN: Duration = Duration::from_secs(300);
 type OutboundReply = tokio::sync::oneshot::Sender<Result<Vec<u8>, RequestError>>;
 type DialReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-/// Callers one peer's dial may hold waiting for its outcome, and peers whose dials may be waited
-/// for at once ([`Command::Dial`]); beyond them a caller is told at once.
+/// Callers that may wait for one peer's dial ([`Command::Dial`]); one more is refused at once.
 const MAX_DIAL_WAITERS_PER_PEER: usize = 64;
+/// Peers whose dials may be waited for at once; a caller for one more is refused at once.
 const MAX_DIAL_WAITING_PEERS: usize = 1024;
 
 pub struct EventLoop {
@@ -828,23 +828,26 @@ impl EventLoop {
             let _ = reply.send(Ok(()));
             return;
         }
+        let waiting = match self.dial_waiters.get_mut(&peer_id) {
+            Some(waiting) => {
+                waiting.retain(|waiter| !waiter.is_closed());
+                waiting.len()
+            }
+            None => 0,
+        };
+        let full = match waiting {
+            0 => self.dial_waiters.len() >= MAX_DIAL_WAITING_PEERS,
+            n => n >= MAX_DIAL_WAITERS_PER_PEER,
+        };
+        if full {
+            let _ = reply.send(Err("too many wait for dials".into()));
+            return;
+        }
         if let Err(error) = self.connect(node) {
             let _ = reply.send(Err(error));
             return;
         }
-        if !self.dial_waiters.contains_key(&peer_id)
-            && self.dial_waiters.len() >= MAX_DIAL_WAITING_PEERS
-        {
-            let _ = reply.send(Err("too many dials are waited for".into()));
-            return;
-        }
-        let waiting = self.dial_waiters.entry(peer_id).or_default();
-        waiting.retain(|waiter| !waiter.is_closed());
-        if waiting.len() >= MAX_DIAL_WAITERS_PER_PEER {
-            let _ = reply.send(Err("too many wait for this peer's dial".into()));
-            return;
-        }
-        waiting.push(reply);
+        self.dial_waiters.entry(peer_id).or_default().push(reply);
     }
 
     fn tell_dial_waiters(&mut self, peer_id: &PeerId, outcome: &Result<(), String>) {
